@@ -1,0 +1,161 @@
+"""Composition root: builds the services from settings and wires routes, errors and headers."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx2
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from broker import api, cli_auth, pages, signin
+from broker.auth import ApiTokens, WebSessions
+from broker.errors import BrokerError, NotAuthenticated
+from broker.oidc import OidcClient
+from broker.services import Services
+from broker.settings import Settings
+from sessions.audit import AuditLog
+from sessions.clock import Clock, SystemClock
+from sessions.db import create_db_engine, migrate
+
+log = logging.getLogger("conduit.broker")
+HERE = Path(__file__).parent
+
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self' http://127.0.0.1:* http://localhost:* {idp}"
+    ),
+    "Cache-Control": "no-store",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding the security headers to every response that lacks them."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app, self.headers = app, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope["path"]).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    if name not in out and not (static and name == "Cache-Control"):
+                        out[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
+        "accept", ""
+    )
+
+
+def build_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    engine: Engine | None = None,
+    oidc_transport: httpx2.AsyncBaseTransport | None = None,
+) -> Services:
+    """Create every long-lived service. The caller owns the result (see :func:`create_app`)."""
+    clock = clock or SystemClock()
+    engine = engine or create_db_engine(settings.database_url)
+    redirect_uri = settings.public_url.rstrip("/") + "/auth/callback"
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    return Services(
+        settings=settings,
+        engine=engine,
+        clock=clock,
+        audit=AuditLog(engine, clock),
+        oidc=OidcClient(settings.oidc, redirect_uri, clock, transport=oidc_transport),
+        web_sessions=WebSessions(engine, clock, settings.session_ttl_s),
+        tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s),
+        templates=templates,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    engine: Engine | None = None,
+    oidc_transport: httpx2.AsyncBaseTransport | None = None,
+    run_migrations: bool = True,
+) -> Starlette:
+    """The broker's ASGI app. Migrates the database at start-up unless told not to.
+
+    ``oidc_transport`` lets tests put a tampering layer between the broker and the real IdP.
+    """
+    svc = build_services(settings, clock=clock, engine=engine, oidc_transport=oidc_transport)
+    idp_origin = "{0.scheme}://{0.netloc}".format(httpx2.URL(settings.oidc.issuer))
+    headers = {k: v.replace("{idp}", idp_origin) for k, v in SECURITY_HEADERS.items()}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if run_migrations:
+            migrate(svc.engine)
+        try:
+            yield
+        finally:
+            await svc.oidc.aclose()
+
+    async def on_broker_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BrokerError)
+        if isinstance(exc, NotAuthenticated) and not _wants_json(request) and request.method == "GET":
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
+        if _wants_json(request):
+            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
+        return svc.templates.TemplateResponse(
+            request, "error.html",
+            {"principal": request.scope.get("principal"), "nav": [], "error": exc},
+            status_code=exc.status,
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        ref = secrets.token_hex(6)
+        log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
+        err = BrokerError(f"internal error; reference {ref}", code="internal_error")
+        return await on_broker_error(request, err)
+
+    app = Starlette(
+        debug=False,
+        routes=[
+            *pages.routes,
+            *signin.routes,
+            *cli_auth.routes,
+            *api.routes,
+            Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
+        ],
+        exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},
+        lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders, headers=headers)],
+    )
+
+    app.state.services = svc
+    return app

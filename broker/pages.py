@@ -1,0 +1,116 @@
+"""The web shell: home, who-am-I and one landing page per role."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from sqlmodel import col, select
+
+from broker.services import services
+from broker.web import current_principal, render, require
+from sessions.db import session_scope
+from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
+from sessions.models import AccessRequest, Asset, AuditEvent, Grant, Site, User, Zone
+
+AUDIT_PAGE = 50
+
+
+async def home(request: Request) -> Response:
+    principal = await current_principal(request)
+    if principal is None:
+        return render(request, "signed_out.html", {"next": "/"})
+    return render(request, "home.html")
+
+
+async def whoami(request: Request) -> Response:
+    await require(request)
+    return render(request, "whoami.html")
+
+
+async def vendor_home(request: Request) -> Response:
+    principal = await require(request, VENDOR)
+    svc = services(request)
+
+    def _load() -> list[tuple[Grant, str]]:
+        with session_scope(svc.engine) as db:
+            rows = db.exec(
+                select(Grant, Asset.name).join(Asset, col(Asset.id) == col(Grant.asset_id))
+                .where(Grant.user_id == principal.user_id).order_by(col(Grant.starts_at).desc())
+            ).all()
+            return [(g, name) for g, name in rows]
+
+    return render(request, "vendor.html", {"grants": await run_in_threadpool(_load)})
+
+
+async def approvals(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    svc = services(request)
+
+    def _load() -> list[tuple[AccessRequest, str, str]]:
+        with session_scope(svc.engine) as db:
+            query = (
+                select(AccessRequest, Asset.name, User.name)
+                .join(Asset, col(Asset.id) == col(AccessRequest.asset_id))
+                .join(User, col(User.id) == col(AccessRequest.requester_id))
+                .where(AccessRequest.state == "pending")
+            )
+            if not principal.has(ADMIN):
+                query = query.where(col(Asset.owner_group).in_(principal.groups))
+            return [(r, a, u) for r, a, u in db.exec(query).all()]
+
+    return render(request, "approvals.html", {"requests": await run_in_threadpool(_load)})
+
+
+async def admin_assets(request: Request) -> Response:
+    await require(request, ADMIN)
+    svc = services(request)
+
+    def _load() -> list[tuple[Asset, str, str, int]]:
+        with session_scope(svc.engine) as db:
+            rows = db.exec(
+                select(Asset, Site.name, Zone.name, Zone.purdue_level)
+                .join(Site, col(Site.id) == col(Asset.site_id))
+                .join(Zone, col(Zone.id) == col(Asset.zone_id))
+                .order_by(col(Site.name), col(Zone.purdue_level), col(Asset.name))
+            ).all()
+            return [(a, s, z, lvl) for a, s, z, lvl in rows]
+
+    return render(request, "assets.html", {"assets": await run_in_threadpool(_load)})
+
+
+async def security_audit(request: Request) -> Response:
+    await require(request, SECURITY, ADMIN)
+    svc = services(request)
+    try:
+        before = int(request.query_params.get("before", "0"))
+    except ValueError:
+        before = 0
+
+    def _load() -> list[AuditEvent]:
+        with session_scope(svc.engine) as db:
+            query = select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(AUDIT_PAGE)
+            if before > 0:
+                query = query.where(AuditEvent.seq < before)
+            events = list(db.exec(query).all())
+            for e in events:
+                db.expunge(e)
+            return events
+
+    events = await run_in_threadpool(_load)
+    verification = None
+    if request.query_params.get("verify") == "1":
+        verification = await run_in_threadpool(svc.audit.verify)
+    return render(request, "audit.html", {"events": events, "verification": verification,
+                                          "older": events[-1].seq if len(events) == AUDIT_PAGE else None})
+
+
+routes = [
+    Route("/", home),
+    Route("/whoami", whoami),
+    Route("/vendor", vendor_home),
+    Route("/approvals", approvals),
+    Route("/admin/assets", admin_assets),
+    Route("/security/audit", security_audit),
+]

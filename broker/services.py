@@ -1,0 +1,64 @@
+"""The broker's service container, built once by :func:`broker.app.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.templating import Jinja2Templates
+
+from broker.auth import ApiTokens, WebSessions
+from broker.oidc import OidcClient
+from broker.settings import Settings
+from sessions.audit import AuditLog
+from sessions.clock import Clock
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    audit: AuditLog
+    oidc: OidcClient
+    web_sessions: WebSessions
+    tokens: ApiTokens
+    templates: Jinja2Templates
+
+    async def record(
+        self,
+        request: Request | None,
+        kind: str,
+        *,
+        actor: str,
+        outcome: str,
+        subject: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an audit event off the event loop (the append takes a DB write lock)."""
+        ip = client_ip(request) if request is not None else None
+        await run_in_threadpool(
+            lambda: self.audit.append(
+                kind, actor=actor, outcome=outcome, subject=subject, source_ip=ip, details=details
+            )
+        )
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def client_ip(request: Request) -> str | None:
+    """The peer address; X-Forwarded-For is honoured only from configured trusted proxies."""
+    peer = request.client.host if request.client else None
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if peer and svc and peer in svc.settings.trusted_proxies:
+        fwd = request.headers.get("x-forwarded-for", "")
+        first = fwd.split(",")[0].strip()
+        if first:
+            return first
+    return peer

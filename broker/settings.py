@@ -1,0 +1,180 @@
+"""Broker settings: parsed and validated once at start-up, then passed explicitly.
+
+Sources, lowest precedence first: built-in defaults, a TOML file (``--config`` or
+``CONDUIT_CONFIG``), environment variables ``CONDUIT_*`` (nested with ``__``, e.g.
+``CONDUIT_OIDC__ISSUER``). Anything invalid or insecure raises :class:`SettingsError`
+with one line per problem; the broker refuses to start rather than run half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from broker.errors import SettingsError
+from sessions.identity import ROLES
+
+DEV_SESSION_SECRET = "dev-only-session-secret-not-for-production-use"  # noqa: S105
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    return host in {"127.0.0.1", "localhost", "::1"} or (host or "").startswith("127.")
+
+
+class OidcSettings(BaseModel):
+    """The OpenID provider Conduit trusts for sign-in."""
+
+    issuer: str = ""
+    client_id: str = "conduit"
+    client_secret: SecretStr | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email", "groups"])
+    groups_claim: str = "groups"
+    vendor_org_claim: str = "vendor_org"
+    fetch_userinfo: bool = True
+    http_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    clock_skew_s: int = Field(default=60, ge=0, le=300)
+    allowed_algs: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+
+    @model_validator(mode="after")
+    def _check(self) -> OidcSettings:
+        if "openid" not in self.scopes:
+            raise ValueError("oidc.scopes must include 'openid'")
+        if any(a.lower() == "none" or a.startswith("HS") for a in self.allowed_algs):
+            raise ValueError("oidc.allowed_algs may only name asymmetric algorithms")
+        return self
+
+
+class RoleSettings(BaseModel):
+    """IdP group names (or IDs) that grant each Conduit role."""
+
+    vendor: list[str] = Field(default_factory=lambda: ["conduit-vendors"])
+    approver: list[str] = Field(default_factory=lambda: ["ot-approvers"])
+    admin: list[str] = Field(default_factory=lambda: ["conduit-admins"])
+    security: list[str] = Field(default_factory=lambda: ["security-reviewers"])
+
+    def as_mapping(self) -> dict[str, list[str]]:
+        return {role: list(getattr(self, role)) for role in ROLES}
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Every knob of the broker. Construct with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONDUIT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mode: Literal["dev", "prod"] = "dev"
+    public_url: str = "http://127.0.0.1:8080"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=0, le=65535)
+    database_url: str = "sqlite:///./var/conduit.db"
+    data_dir: Path = Path("./var")
+    session_secret: SecretStr | None = None
+    session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    login_flow_ttl_s: int = Field(default=600, ge=30, le=3600)
+    cli_token_ttl_s: int = Field(default=3600, ge=60, le=86400)
+    device_code_ttl_s: int = Field(default=600, ge=60, le=3600)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    roles: RoleSettings = Field(default_factory=RoleSettings)
+
+    @model_validator(mode="after")
+    def _secure(self) -> Settings:
+        problems: list[str] = []
+        pub = urlsplit(self.public_url)
+        if pub.scheme not in {"http", "https"} or not pub.netloc:
+            problems.append(f"public_url {self.public_url!r} is not an http(s) URL")
+        if not self.oidc.issuer:
+            problems.append("oidc.issuer is required (CONDUIT_OIDC__ISSUER)")
+        iss = urlsplit(self.oidc.issuer)
+        if self.oidc.issuer and iss.scheme not in {"http", "https"}:
+            problems.append(f"oidc.issuer {self.oidc.issuer!r} is not an http(s) URL")
+        if self.mode == "prod":
+            secret = self.session_secret.get_secret_value() if self.session_secret else ""
+            if len(secret) < 32:
+                problems.append(
+                    "session_secret must be set to at least 32 characters in prod mode "
+                    "(CONDUIT_SESSION_SECRET)"
+                )
+            if secret == DEV_SESSION_SECRET:
+                problems.append("session_secret is the published development secret")
+            if iss.scheme != "https":
+                problems.append("oidc.issuer must use https in prod mode")
+            if pub.scheme != "https":
+                problems.append("public_url must use https in prod mode")
+            if not self.oidc.client_secret:
+                problems.append("oidc.client_secret is required in prod mode (confidential client)")
+        elif iss.scheme == "http" and not _is_loopback_host(iss.hostname):
+            problems.append("an http oidc.issuer is only accepted on a loopback address")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def secure_cookies(self) -> bool:
+        return urlsplit(self.public_url).scheme == "https"
+
+    def session_secret_bytes(self) -> bytes:
+        """The session secret; in dev mode without one, a published constant (never in prod)."""
+        if self.session_secret is not None:
+            return self.session_secret.get_secret_value().encode()
+        return DEV_SESSION_SECRET.encode()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any) and the environment, validate, and return settings.
+
+    ``config_file`` defaults to ``$CONDUIT_CONFIG``. Environment variables override the file;
+    keyword overrides (used by tests and the demo) override both.
+    Raises :class:`SettingsError` whose message lists every problem, one per line.
+    """
+    env_path = os.environ.get("CONDUIT_CONFIG")
+    path = config_file or (Path(env_path) if env_path else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file {path} does not exist") from exc
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _TomlSource(settings_cls, data))
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if loc else msg)
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

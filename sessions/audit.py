@@ -1,0 +1,360 @@
+"""The append-only, hash-chained audit log.
+
+Each :class:`~sessions.models.AuditEvent` carries ``seq`` (1, 2, 3 … without gaps),
+``prev_hash`` (the previous event's ``hash``; 64 zeros for event 1) and ``hash``::
+
+    hash = sha256_hex(prev_hash + canonical_json(every field except hash))
+
+where :func:`canonical_json` sorts keys, uses no whitespace, encodes as UTF-8 (non-ASCII kept
+as is) and writes timestamps as ISO-8601 UTC with microseconds and a ``Z``.  Changing any
+stored field breaks that event's hash; deleting an event leaves a gap in ``seq``; re-hashing a
+changed event breaks the next event's ``prev_hash``.  Removing events from the *end* is only
+detectable against a head hash kept elsewhere (:attr:`AuditVerification.head_hash`).
+
+:func:`canonical_json` and :func:`event_hash` are pure, so an offline verifier can re-check an
+:meth:`AuditLog.export_jsonl` file without this package's database code.
+
+Secrets: :func:`redact` is applied to ``details`` on every append; see its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from sessions.clock import Clock
+from sessions.db import is_sqlite, session_scope, write_connection
+from sessions.errors import AuditIntegrityError, ConflictError, ValidationError
+from sessions.models import AuditEvent, AuditOutcome, new_id
+
+GENESIS_HASH = "0" * 64
+REDACTED = "[redacted]"
+SECRET_KEY_PATTERN = re.compile(
+    r"secret|password|token|code_verifier|client_secret|cookie|authorization", re.IGNORECASE
+)
+# Fields covered by the hash, in the order they are exported (the hash itself sorts keys).
+HASHED_FIELDS = (
+    "seq",
+    "id",
+    "ts",
+    "kind",
+    "actor",
+    "subject",
+    "outcome",
+    "source_ip",
+    "details",
+    "prev_hash",
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# pg_advisory_xact_lock key serialising appends across processes on PostgreSQL.
+_APPEND_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"conduit.audit_events").digest()[:8], "big", signed=True
+)
+_APPEND_ATTEMPTS = 5
+_TABLE: sa.Table = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def format_timestamp(value: datetime) -> str:
+    """``2025-01-01T12:00:00.000000Z``: ISO-8601 UTC, always with microseconds.
+
+    Raises :class:`ValueError` for naive datetimes (their instant is unknown).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("canonical_json: naive datetime cannot be encoded")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    raise TypeError(f"canonical_json: {type(value).__name__} is not JSON-serialisable")
+
+
+def canonical_json(obj: object) -> str:
+    """Encode ``obj`` canonically: sorted keys, no whitespace, non-ASCII unescaped, no NaN.
+
+    Datetimes become :func:`format_timestamp` strings.  Raises :class:`TypeError` or
+    :class:`ValueError` for anything JSON cannot represent exactly.
+    """
+    return json.dumps(
+        obj,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
+
+
+def event_hash(prev_hash: str, fields: Mapping[str, object]) -> str:
+    """Return the hash of an event whose predecessor's hash is ``prev_hash``.
+
+    ``fields`` are the event's fields; a ``hash`` key, if present, is ignored, and a
+    ``prev_hash`` key must equal ``prev_hash`` (it is part of the hashed content).  Accepts
+    exported JSONL records as they are (timestamps as strings).  Raises :class:`ValueError` for
+    a malformed ``prev_hash`` or content that cannot be encoded.
+    """
+    if not _HEX64.fullmatch(prev_hash):
+        raise ValueError("event_hash: prev_hash must be 64 lowercase hex digits")
+    body = {key: value for key, value in fields.items() if key != "hash"}
+    if body.setdefault("prev_hash", prev_hash) != prev_hash:
+        raise ValueError("event_hash: fields['prev_hash'] differs from prev_hash")
+    payload = prev_hash + canonical_json(body)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def redact(mapping: Mapping[str, object]) -> dict[str, object]:
+    """Return a copy of ``mapping`` with secret-looking values replaced by ``"[redacted]"``.
+
+    A value is replaced when its key contains (case-insensitively) ``secret``, ``password``,
+    ``token``, ``code_verifier``, ``client_secret``, ``cookie`` or ``authorization`` — so
+    ``id_token``, ``Set-Cookie`` and ``csrf_token`` are all caught.  Nested mappings and lists
+    are walked.  This errs towards redaction: name non-secret details so they do not match
+    (e.g. ``token_kind`` is redacted; use ``credential_kind``).  Values under other keys are
+    not inspected, so never put a secret under an innocent key.
+    """
+    return {str(key): _redact_value(str(key), value) for key, value in mapping.items()}
+
+
+def _redact_value(key: str, value: object) -> object:
+    if SECRET_KEY_PATTERN.search(key):
+        return REDACTED
+    if isinstance(value, Mapping):
+        return redact(value)
+    if isinstance(value, list | tuple):
+        return [_redact_value("", item) for item in value]
+    return value
+
+
+def event_fields(event: AuditEvent) -> dict[str, Any]:
+    """The hashed fields of ``event`` (everything but ``hash``), as stored."""
+    return {name: getattr(event, name) for name in HASHED_FIELDS}
+
+
+def event_record(event: AuditEvent) -> dict[str, Any]:
+    """The exported form of ``event``: all fields including ``hash``, JSON-ready."""
+    record = event_fields(event)
+    record["ts"] = format_timestamp(event.ts)
+    record["hash"] = event.hash
+    return record
+
+
+# --------------------------------------------------------------------------- the log
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """Result of :meth:`AuditLog.verify`.
+
+    ``checked`` counts the events that verified intact, from event 1 up to the first break;
+    ``head_hash`` is the hash of the last of them (None for an empty or immediately broken
+    chain).  ``reason`` names the first broken seq and what is wrong with it.
+    """
+
+    ok: bool
+    checked: int
+    first_broken_seq: int | None
+    reason: str | None
+    head_hash: str | None
+
+
+class AuditLog:
+    """Appends to, reads and verifies the audit chain stored in ``audit_events``.
+
+    Appends are serialised across threads and processes by the database: SQLite's write lock
+    (``BEGIN IMMEDIATE``) or a PostgreSQL transaction-scoped advisory lock.  The unique ``seq``
+    and ``hash`` constraints are the last line of defence: a writer that lost a race anyway
+    retries on the new head, so the chain never forks.
+    """
+
+    def __init__(self, engine: sa.Engine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def append(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        outcome: str,
+        subject: str | None = None,
+        source_ip: str | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> AuditEvent:
+        """Append one event and return it (detached from any session).
+
+        ``details`` is passed through :func:`redact`, must be JSON-serialisable (datetimes
+        allowed: stored as ``…Z`` strings) and is stored in canonical form.  Raises
+        :class:`ValidationError` for an empty ``kind``/``actor``, an unknown ``outcome`` or
+        unserialisable details; :class:`StorageError` when the database fails;
+        :class:`AuditIntegrityError` if the append keeps losing races (a writer bypassing this
+        class).  The timestamp is taken while holding the lock, so ``ts`` follows ``seq``.
+        """
+        if not kind or not actor:
+            raise ValidationError("audit append: kind and actor must be non-empty")
+        if outcome not in AuditOutcome.ALL:
+            raise ValidationError(
+                f"audit append: outcome {outcome!r} is not one of {AuditOutcome.ALL}",
+                code="invalid_outcome",
+            )
+        clean = _normalise_details(details or {})
+        for _ in range(_APPEND_ATTEMPTS):
+            try:
+                return self._append_once(kind, actor, outcome, subject, source_ip, clean)
+            except ConflictError:
+                continue  # lost a race on seq/hash: retry on the new head
+        raise AuditIntegrityError(
+            f"audit append: {kind}: lost {_APPEND_ATTEMPTS} races for the next seq; "
+            "is something writing audit_events without the lock?"
+        )
+
+    def _append_once(
+        self,
+        kind: str,
+        actor: str,
+        outcome: str,
+        subject: str | None,
+        source_ip: str | None,
+        details: dict[str, Any],
+    ) -> AuditEvent:
+        with write_connection(self._engine) as conn:
+            if not is_sqlite(self._engine):
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY}
+                )
+            last = conn.execute(
+                sa.select(_TABLE.c.seq, _TABLE.c.hash).order_by(_TABLE.c.seq.desc()).limit(1)
+            ).first()
+            seq, prev_hash = (1, GENESIS_HASH) if last is None else (last.seq + 1, last.hash)
+            fields: dict[str, Any] = {
+                "seq": seq,
+                "id": new_id(),
+                "ts": self._now(),
+                "kind": kind,
+                "actor": actor,
+                "subject": subject,
+                "outcome": outcome,
+                "source_ip": source_ip,
+                "details": details,
+                "prev_hash": prev_hash,
+            }
+            digest = event_hash(prev_hash, fields)
+            conn.execute(sa.insert(_TABLE).values(**fields, hash=digest))
+        return AuditEvent(**fields, hash=digest)
+
+    def _now(self) -> datetime:
+        now = self._clock.now()
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValidationError("audit append: the clock returned a naive datetime")
+        return now.astimezone(UTC)
+
+    def head(self) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the newest event, or None when the log is empty."""
+        with session_scope(self._engine) as session:
+            last = session.exec(
+                select(AuditEvent.seq, AuditEvent.hash).order_by(col(AuditEvent.seq).desc())
+            ).first()
+        return None if last is None else (last[0], last[1])
+
+    def iter_events(self, *, since_seq: int = 0, batch: int = 1000) -> Iterator[AuditEvent]:
+        """Yield events with ``seq > since_seq`` in seq order, fetching ``batch`` rows at a time.
+
+        Each batch is read in its own short transaction (no transaction is held open between
+        yields), so events appended meanwhile are picked up and writers are not blocked.
+        """
+        if batch < 1:
+            raise ValidationError("audit iter_events: batch must be >= 1")
+        last_seq = since_seq
+        while True:
+            with session_scope(self._engine) as session:
+                rows = list(
+                    session.exec(
+                        select(AuditEvent)
+                        .where(col(AuditEvent.seq) > last_seq)
+                        .order_by(col(AuditEvent.seq))
+                        .limit(batch)
+                    ).all()
+                )
+            yield from rows
+            if len(rows) < batch:
+                return
+            last_seq = rows[-1].seq
+
+    def verify(self, *, batch: int = 1000) -> AuditVerification:
+        """Walk the whole chain in seq order (streaming) and report the first break.
+
+        Checks, per event: its seq is the next one (a gap means deleted events), its
+        ``prev_hash`` equals the previous event's hash (genesis: 64 zeros), and its hash matches
+        its content.  Never raises for a broken chain: that is the result, not an error.
+        """
+        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+        for event in self.iter_events(batch=batch):
+            problem = _check_event(event, expected_seq, prev_hash)
+            if problem is not None:
+                broken_seq, reason = problem
+                return AuditVerification(
+                    ok=False,
+                    checked=checked,
+                    first_broken_seq=broken_seq,
+                    reason=reason,
+                    head_hash=prev_hash if checked else None,
+                )
+            checked += 1
+            expected_seq, prev_hash = event.seq + 1, event.hash
+        return AuditVerification(
+            ok=True,
+            checked=checked,
+            first_broken_seq=None,
+            reason=None,
+            head_hash=prev_hash if checked else None,
+        )
+
+    def export_jsonl(self, out: TextIO, *, since_seq: int = 0) -> int:
+        """Write one canonical JSON object per event (with ``hash``/``prev_hash``) to ``out``.
+
+        Returns the number of events written.  Each line ``r`` satisfies
+        ``event_hash(r["prev_hash"], r) == r["hash"]``.
+        """
+        count = 0
+        for event in self.iter_events(since_seq=since_seq):
+            out.write(canonical_json(event_record(event)) + "\n")
+            count += 1
+        return count
+
+
+def _normalise_details(details: Mapping[str, object]) -> dict[str, Any]:
+    try:
+        text = canonical_json(redact(details))
+        text.encode("utf-8")  # lone surrogates cannot be hashed or stored
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise ValidationError(f"audit append: details are not JSON-serialisable: {exc}") from exc
+    # Why round-trip: store exactly what was hashed (string keys, datetimes as text).
+    normalised: dict[str, Any] = json.loads(text)
+    return normalised
+
+
+def _check_event(event: AuditEvent, expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
+    seq = event.seq
+    if seq != expected_seq:
+        return expected_seq, f"event {expected_seq}: missing (the next stored event is {seq})"
+    if event.prev_hash != prev_hash:
+        previous = "the genesis hash" if seq == 1 else f"the hash of event {seq - 1}"
+        return seq, f"event {seq}: prev_hash does not match {previous}"
+    try:
+        recomputed = event_hash(event.prev_hash, event_fields(event))
+    except (TypeError, ValueError) as exc:
+        return seq, f"event {seq}: content cannot be encoded ({exc})"
+    if recomputed != event.hash:
+        return seq, f"event {seq}: content does not match its hash"
+    return None

@@ -1,0 +1,290 @@
+"""Database engines, schema migration and transaction scopes.
+
+Two back ends are supported, with identical behaviour as far as callers can tell:
+
+* SQLite (``sqlite:///path/to/file.db``; ``sqlite://`` in-memory for unit tests only): WAL
+  journal, ``foreign_keys=ON``, ``busy_timeout=5000`` on every connection.  SQLAlchemy, not the
+  ``sqlite3`` driver, emits ``BEGIN``, so transactions really start when SQLAlchemy says so and
+  a writer can take the write lock up front (``BEGIN IMMEDIATE``, see :func:`write_connection`
+  and ``session_scope(write=True)``).
+* PostgreSQL through psycopg 3 (``postgresql+psycopg://``; ``postgresql://`` and
+  ``postgres://`` are rewritten to it).
+
+Driver errors leaving this module's scopes are translated into the sessions error tree
+(:func:`translate_db_error`); the original exception is kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoResultFound,
+    SQLAlchemyError,
+    StatementError,
+)
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from sessions.errors import (
+    ConflictError,
+    NotFoundError,
+    SessionsError,
+    StorageError,
+    ValidationError,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# Connection execution option read by the SQLite "begin" hook: how to BEGIN.
+SQLITE_BEGIN_MODE = "conduit_sqlite_begin"
+_SQLITE_BEGIN_MODES = ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+
+# pg_advisory_xact_lock key serialising schema migrations across processes.
+_MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"conduit.migrate").digest()[:8], "big", signed=True
+)
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def create_db_engine(url: str) -> Engine:
+    """Return an engine for ``url`` configured for Conduit.
+
+    Accepted: ``sqlite:///<file>`` (or ``sqlite+pysqlite``), ``sqlite://`` (in-memory, one
+    shared connection: single-threaded unit tests only), ``postgresql+psycopg://…``,
+    ``postgresql://…`` and ``postgres://…``.  Anything else (other drivers, ``:memory:`` file
+    names, SQLite URI mode) raises :class:`ValidationError`.  No connection is opened here;
+    connection failures surface on first use.
+    """
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True when ``engine`` talks to SQLite (the only other back end is PostgreSQL)."""
+    return engine.dialect.name == "sqlite"
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValidationError("create_db_engine: malformed database URL") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.drivername in ("postgres", "postgresql", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+        raise ValidationError(
+            f"create_db_engine: unsupported database URL {shown!r} "
+            "(use sqlite:///<file> or postgresql+psycopg://)"
+        )
+    database = parsed.database or ""
+    if database == ":memory:" or database.startswith("file:") or parsed.query:
+        raise ValidationError(
+            f"create_db_engine: unsupported SQLite URL {shown!r} "
+            "(use sqlite:///<file>, or sqlite:// for an in-memory test database)"
+        )
+    return parsed
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    in_memory = not url.database
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False},
+        poolclass=StaticPool if in_memory else None,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Why: stop sqlite3 from issuing its own (late, DML-only) BEGIN; _on_begin does it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_MODE, "DEFERRED")
+        if mode not in _SQLITE_BEGIN_MODES:
+            raise ValidationError(f"begin: unknown SQLite transaction mode {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """Yield a :class:`sqlmodel.Session`; commit when the block succeeds, roll back otherwise.
+
+    Objects stay usable after the block (``expire_on_commit=False``).  Pass ``write=True`` for
+    read-modify-write work: on SQLite the write lock is taken at BEGIN, so the transaction
+    cannot fail half-way with "database is locked" when it starts writing (on PostgreSQL it
+    changes nothing; use ``SELECT … FOR UPDATE``).  Database errors raised in the block or by
+    the commit are re-raised as :class:`SessionsError` subclasses (see
+    :func:`translate_db_error`); any other exception propagates unchanged after the rollback.
+    """
+    session = Session(engine, expire_on_commit=False)
+    if write and is_sqlite(engine):
+        session.connection(execution_options={SQLITE_BEGIN_MODE: "IMMEDIATE"})
+    try:
+        yield session
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        _reraise(exc, "database transaction")
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """Yield a Core connection inside a transaction that already holds the write lock on SQLite.
+
+    On PostgreSQL this is an ordinary READ COMMITTED transaction: take advisory or row locks as
+    needed.  Commits on success, rolls back on error; errors translate as in
+    :func:`session_scope`.
+    """
+    try:
+        with engine.connect() as conn:
+            if is_sqlite(engine):
+                conn.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
+    except SQLAlchemyError as exc:
+        _reraise(exc, "database write")
+
+
+def _reraise(exc: SQLAlchemyError, operation: str) -> NoReturn:
+    translated = translate_db_error(exc, operation)
+    if translated is None:
+        raise exc
+    raise translated from exc
+
+
+def translate_db_error(exc: SQLAlchemyError, operation: str) -> SessionsError | None:
+    """Map a SQLAlchemy error onto the sessions error tree.
+
+    * unique or foreign-key violation → :class:`ConflictError`
+    * CHECK / NOT NULL violation, bad data (naive datetime, value out of range) →
+      :class:`ValidationError`
+    * ``NoResultFound`` (from ``.one()``) → :class:`NotFoundError`
+    * any other driver error (locked, disconnected, …) → :class:`StorageError`
+
+    Returns None for other SQLAlchemy errors: they are programming errors, re-raise them as
+    they are.  Messages name the operation and the violated constraint, never the offending
+    values (they may be secret).
+    """
+    if isinstance(exc, IntegrityError):
+        return _integrity_error(exc, operation)
+    if isinstance(exc, DataError):
+        return ValidationError(f"{operation}: value rejected by the database")
+    if isinstance(exc, DBAPIError):
+        return StorageError(f"{operation}: database error ({type(exc.orig).__name__})")
+    if isinstance(exc, StatementError) and isinstance(exc.orig, ValueError | TypeError):
+        return ValidationError(f"{operation}: {exc.orig}")
+    if isinstance(exc, NoResultFound):
+        return NotFoundError(f"{operation}: no matching row")
+    return None
+
+
+def _integrity_error(exc: IntegrityError, operation: str) -> SessionsError:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    message = str(orig)
+    if sqlstate is not None:  # PostgreSQL: SQLSTATE class 23 + the constraint's name
+        diag = getattr(orig, "diag", None)
+        what = getattr(diag, "constraint_name", None) or getattr(diag, "column_name", None)
+        kind = {
+            "23505": "unique",
+            "23503": "foreign key",
+            "23514": "check",
+            "23502": "not null",
+        }.get(sqlstate, "integrity")
+    else:  # SQLite: "UNIQUE constraint failed: assets.name" names columns, not values
+        head, _, what = message.partition(": ")
+        kind = head.removesuffix(" constraint failed").lower()
+    detail = f"{kind} constraint {what}" if what else f"{kind} constraint"
+    if kind in ("check", "not null"):
+        return ValidationError(f"{operation}: {detail} violated")
+    return ConflictError(f"{operation}: {detail} violated")
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def alembic_config() -> Config:
+    """An Alembic config for ``sessions/migrations`` (no alembic.ini involved)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this code."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise StorageError("head_revision: no migrations found")
+    return head
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to the newest revision (a no-op when already there).
+
+    Safe to call from several processes at once: the upgrade runs in one transaction holding
+    the write lock (SQLite) or an advisory lock (PostgreSQL), and DDL is transactional on both,
+    so a failed upgrade leaves the previous schema intact.  Raises :class:`StorageError` when
+    the database cannot be reached or the upgrade fails.
+    """
+    cfg = alembic_config()
+    try:
+        with write_connection(engine) as conn:
+            if not is_sqlite(engine):
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SessionsError as exc:
+        raise StorageError(f"migrate: {exc.message}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at, or None for an empty (unmigrated) database."""
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        _reraise(exc, "current_revision")

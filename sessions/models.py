@@ -1,0 +1,595 @@
+"""The sessions tables (SQLModel, ``table=True``) and their enumerations.
+
+Contracts shared by every table:
+
+* IDs are UUID4 strings unless a table documents another key.
+* Every timestamp is a :class:`~sessions.types.UTCDateTime` (aware UTC in Python; naive input is
+  rejected at flush time).  ``created_at`` defaults to the wall clock only as a fallback:
+  domain code passes ``clock.now()`` explicitly.
+* Enumerated columns hold the string constants of the matching ``*State``/``*Kind`` class below
+  and are enforced by CHECK constraints; each class has an ``ALL`` tuple.
+* Foreign keys to history (requests, approvals, grants, sessions, recordings) are ``RESTRICT``:
+  deleting a user, asset or grant that has history fails instead of erasing it.  Only
+  credentials (web sessions, API tokens, CLI authorizations) cascade with their user.
+  The audit log has no foreign keys at all: it must outlive everything it mentions.
+* JSON columns are replaced, not mutated in place (in-place changes are not tracked).
+* Table models are not validated by pydantic on construction (SQLModel behaviour); the database
+  constraints and the few ``@validates`` hooks here are the enforcement.
+* All tables live in :data:`metadata`, not ``SQLModel.metadata``; Alembic migrations in
+  ``sessions/migrations`` create them (see :func:`sessions.db.migrate`).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from uuid import uuid4
+
+import sqlalchemy as sa
+from sqlalchemy.orm import registry, validates
+from sqlmodel import Field, SQLModel
+
+from sessions.errors import ValidationError
+from sessions.types import UTCDateTime, json_field
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Why a private registry: deterministic constraint names (so migrations can name them) without
+# mutating the process-global SQLModel.metadata other code may use.
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+_registry = registry(metadata=metadata)
+
+OnDelete = Literal["RESTRICT", "CASCADE", "SET NULL"]
+RESTRICT: OnDelete = "RESTRICT"
+CASCADE: OnDelete = "CASCADE"
+SET_NULL: OnDelete = "SET NULL"
+
+
+class Table(SQLModel, registry=_registry):
+    """Base class of every sessions table (binds them to :data:`metadata`)."""
+
+
+def new_id() -> str:
+    """Return a fresh UUID4 string (the default primary key)."""
+    return str(uuid4())
+
+
+def utc_now() -> datetime:
+    """Wall-clock fallback for ``created_at``; domain code should pass ``clock.now()``."""
+    return datetime.now(UTC)
+
+
+def check_timezone(name: str) -> str:
+    """Return ``name`` if it is a known IANA timezone; raise :class:`ValidationError` if not."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValidationError(
+            f"site timezone: {name!r} is not an IANA timezone name", code="invalid_timezone"
+        ) from exc
+    return name
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> sa.CheckConstraint:
+    # Values are the constants below, never user input, so inlining them is safe.
+    allowed = ", ".join(f"'{value}'" for value in values)
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=column)
+
+
+def _id() -> Any:
+    return Field(default_factory=new_id, primary_key=True)
+
+
+def _created() -> Any:
+    return Field(default_factory=utc_now, sa_type=UTCDateTime)
+
+
+def _maybe_when() -> Any:
+    return Field(default=None, sa_type=UTCDateTime)
+
+
+def _optional_fk(target: str, *, ondelete: OnDelete = RESTRICT) -> Any:
+    return Field(default=None, foreign_key=target, ondelete=ondelete, index=True)
+
+
+# --------------------------------------------------------------------------- enumerations
+
+
+class Criticality:
+    """How bad it is if an asset misbehaves."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+    ALL: ClassVar[tuple[str, ...]] = (LOW, MEDIUM, HIGH, CRITICAL)
+
+
+class AgentState:
+    """Agent enrolment: ``pending`` until approved, ``revoked`` is final."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    ALL: ClassVar[tuple[str, ...]] = (PENDING, ACTIVE, REVOKED)
+
+
+class OperationClass:
+    """What a vendor may do to an asset; ``ALL`` is ordered from least to most dangerous."""
+
+    READ_ONLY = "read_only"
+    TUNE = "tune"
+    PROGRAM = "program"
+    FIRMWARE = "firmware"
+    ALL: ClassVar[tuple[str, ...]] = (READ_ONLY, TUNE, PROGRAM, FIRMWARE)
+
+
+class AccessRequestState:
+    """Lifecycle of an access request."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    ALL: ClassVar[tuple[str, ...]] = (PENDING, APPROVED, DENIED, CANCELLED, EXPIRED)
+
+
+class ApprovalVerdict:
+    """One approver's decision."""
+
+    APPROVE = "approve"
+    DENY = "deny"
+    ALL: ClassVar[tuple[str, ...]] = (APPROVE, DENY)
+
+
+class GrantState:
+    """Lifecycle of a grant (the authorization a session runs under)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    ALL: ClassVar[tuple[str, ...]] = (
+        PENDING,
+        APPROVED,
+        ACTIVE,
+        EXPIRED,
+        REVOKED,
+        DENIED,
+        CANCELLED,
+    )
+
+
+class SessionKind:
+    """How a maintenance session reaches the asset."""
+
+    SSH = "ssh"
+    SFTP = "sftp"
+    TCP = "tcp"
+    WEB_TERMINAL = "web_terminal"
+    ALL: ClassVar[tuple[str, ...]] = (SSH, SFTP, TCP, WEB_TERMINAL)
+
+
+class SessionState:
+    """Lifecycle of a maintenance session; ``closed`` and ``failed`` are final."""
+
+    STARTING = "starting"
+    ACTIVE = "active"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+    ALL: ClassVar[tuple[str, ...]] = (STARTING, ACTIVE, CLOSING, CLOSED, FAILED)
+
+
+class RecordingFormat:
+    """File format of a recording."""
+
+    ASCIICAST = "asciicast"
+    PCAP = "pcap"
+    OPS_JSONL = "ops_jsonl"
+    ALL: ClassVar[tuple[str, ...]] = (ASCIICAST, PCAP, OPS_JSONL)
+
+
+class RecordingIntegrity:
+    """Result of the last verification of a recording."""
+
+    UNKNOWN = "unknown"
+    OK = "ok"
+    BROKEN = "broken"
+    ALL: ClassVar[tuple[str, ...]] = (UNKNOWN, OK, BROKEN)
+
+
+class AuditOutcome:
+    """Outcome recorded with an audit event."""
+
+    OK = "ok"
+    ALLOW = "allow"
+    DENY = "deny"
+    ERROR = "error"
+    REJECTED = "rejected"
+    ALL: ClassVar[tuple[str, ...]] = (OK, ALLOW, DENY, ERROR, REJECTED)
+
+
+class ApiTokenKind:
+    """What an API token is for."""
+
+    CLI = "cli"
+    ALL: ClassVar[tuple[str, ...]] = (CLI,)
+
+
+class CliAuthorizationKind:
+    """How the CLI obtains its token (RFC 8628 device flow or loopback redirect)."""
+
+    DEVICE = "device"
+    LOOPBACK = "loopback"
+    ALL: ClassVar[tuple[str, ...]] = (DEVICE, LOOPBACK)
+
+
+class CliAuthorizationState:
+    """Lifecycle of a CLI authorization; ``consumed`` means the token was issued once."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    CONSUMED = "consumed"
+    EXPIRED = "expired"
+    ALL: ClassVar[tuple[str, ...]] = (PENDING, APPROVED, DENIED, CONSUMED, EXPIRED)
+
+
+# --------------------------------------------------------------------------- organisation
+
+
+class VendorOrg(Table, table=True):
+    """A vendor company; ``slug`` equals the IdP's ``vendor_org`` claim."""
+
+    __tablename__ = "vendor_orgs"
+
+    id: str = _id()
+    slug: str = Field(unique=True)
+    name: str
+    created_at: datetime = _created()
+
+
+class User(Table, table=True):
+    """A person known from the IdP, keyed by (issuer, sub); claims are refreshed at login."""
+
+    __tablename__ = "users"
+    __table_args__ = (sa.UniqueConstraint("issuer", "sub"),)
+
+    id: str = _id()
+    issuer: str
+    sub: str
+    email: str | None = None
+    name: str | None = None
+    groups: list[str] = json_field(list)
+    roles: list[str] = json_field(list)
+    vendor_org_id: str | None = _optional_fk("vendor_orgs.id")
+    amr: list[str] = json_field(list)
+    disabled: bool = False
+    created_at: datetime = _created()
+    last_login_at: datetime | None = _maybe_when()
+
+
+class Site(Table, table=True):
+    """A plant.  ``timezone`` is an IANA name, checked on assignment."""
+
+    __tablename__ = "sites"
+
+    id: str = _id()
+    name: str = Field(unique=True)
+    timezone: str
+    description: str = ""
+
+    @validates("timezone")
+    def _validate_timezone(self, key: str, value: str) -> str:
+        return check_timezone(value)
+
+
+class Zone(Table, table=True):
+    """An IEC 62443 zone inside a site, at a Purdue level 0..5."""
+
+    __tablename__ = "zones"
+    __table_args__ = (
+        sa.UniqueConstraint("site_id", "name"),
+        sa.CheckConstraint("purdue_level >= 0 AND purdue_level <= 5", name="purdue_level"),
+    )
+
+    id: str = _id()
+    # No separate index: site_id leads uq_zones_site_id_name.
+    site_id: str = Field(foreign_key="sites.id", ondelete=RESTRICT, index=False)
+    name: str
+    purdue_level: int
+    description: str = ""
+
+
+class Agent(Table, table=True):
+    """An agent process in an OT zone that dials out to the broker."""
+
+    __tablename__ = "agents"
+    __table_args__ = (_one_of("state", AgentState.ALL),)
+
+    id: str = _id()
+    name: str
+    site_id: str = Field(foreign_key="sites.id", ondelete=RESTRICT, index=True)
+    zone_id: str | None = _optional_fk("zones.id")
+    state: str = AgentState.PENDING
+    public_key: str | None = None
+    cert_serial: str | None = None
+    version: str | None = None
+    last_seen_at: datetime | None = _maybe_when()
+    revoked_at: datetime | None = _maybe_when()
+    created_at: datetime = _created()
+
+
+class Asset(Table, table=True):
+    """A machine vendors maintain (PLC, HMI, server), reached through ``agent_id`` if set."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        _one_of("criticality", Criticality.ALL),
+        sa.CheckConstraint("endpoint_port >= 1 AND endpoint_port <= 65535", name="endpoint_port"),
+    )
+
+    id: str = _id()
+    name: str = Field(unique=True)
+    site_id: str = Field(foreign_key="sites.id", ondelete=RESTRICT, index=True)
+    zone_id: str = Field(foreign_key="zones.id", ondelete=RESTRICT, index=True)
+    criticality: str
+    owner_group: str
+    protocols: list[str] = json_field(list)
+    endpoint_host: str
+    endpoint_port: int
+    labels: dict[str, str] = json_field(dict)
+    # Why SET NULL: deleting an agent must leave the asset unreachable, not delete it.
+    agent_id: str | None = _optional_fk("agents.id", ondelete=SET_NULL)
+    created_at: datetime = _created()
+
+
+class VendorContract(Table, table=True):
+    """A vendor's contract covering a site and/or one asset for a validity window."""
+
+    __tablename__ = "vendor_contracts"
+    __table_args__ = (
+        sa.CheckConstraint("site_id IS NOT NULL OR asset_id IS NOT NULL", name="scope"),
+        sa.CheckConstraint("valid_until > valid_from", name="validity"),
+    )
+
+    id: str = _id()
+    vendor_org_id: str = Field(foreign_key="vendor_orgs.id", ondelete=RESTRICT, index=True)
+    site_id: str | None = _optional_fk("sites.id")
+    asset_id: str | None = _optional_fk("assets.id")
+    reference: str
+    valid_from: datetime = Field(sa_type=UTCDateTime)
+    valid_until: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = _created()
+
+
+# --------------------------------------------------------------------------- access
+
+
+class AccessRequest(Table, table=True):
+    """A user's request for access to one asset, for a window and a purpose."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        _one_of("operation_class", OperationClass.ALL),
+        _one_of("state", AccessRequestState.ALL),
+        sa.CheckConstraint("ends_at > starts_at", name="window"),
+        sa.CheckConstraint("length(trim(reason)) > 0", name="reason"),
+    )
+
+    id: str = _id()
+    requester_id: str = Field(foreign_key="users.id", ondelete=RESTRICT, index=True)
+    asset_id: str = Field(foreign_key="assets.id", ondelete=RESTRICT, index=True)
+    operation_class: str
+    protocols: list[str] = json_field(list)
+    ports: list[int] = json_field(list)
+    starts_at: datetime = Field(sa_type=UTCDateTime)
+    ends_at: datetime = Field(sa_type=UTCDateTime)
+    reason: str
+    ticket: str | None = None
+    state: str = Field(default=AccessRequestState.PENDING, index=True)
+    decision_reasons: list[str] = json_field(list)
+    created_at: datetime = _created()
+    decided_at: datetime | None = _maybe_when()
+
+
+class Approval(Table, table=True):
+    """One approver's verdict on a request; an approver decides a request at most once."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        sa.UniqueConstraint("request_id", "approver_id"),
+        _one_of("verdict", ApprovalVerdict.ALL),
+    )
+
+    id: str = _id()
+    # No separate index: request_id leads uq_approvals_request_id_approver_id.
+    request_id: str = Field(foreign_key="access_requests.id", ondelete=RESTRICT, index=False)
+    approver_id: str = Field(foreign_key="users.id", ondelete=RESTRICT, index=True)
+    verdict: str
+    reason: str | None = None
+    created_at: datetime = _created()
+
+
+class Grant(Table, table=True):
+    """The authorization produced by a request: who, what, when, under which obligations."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        _one_of("operation_class", OperationClass.ALL),
+        _one_of("state", GrantState.ALL),
+        sa.CheckConstraint("ends_at > starts_at", name="window"),
+    )
+
+    id: str = _id()
+    request_id: str = Field(foreign_key="access_requests.id", ondelete=RESTRICT, unique=True)
+    user_id: str = Field(foreign_key="users.id", ondelete=RESTRICT, index=True)
+    asset_id: str = Field(foreign_key="assets.id", ondelete=RESTRICT, index=True)
+    operation_class: str
+    starts_at: datetime = Field(sa_type=UTCDateTime)
+    ends_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    state: str = Field(default=GrantState.PENDING, index=True)
+    obligations: dict[str, Any] = json_field(dict)
+    created_at: datetime = _created()
+    revoked_at: datetime | None = _maybe_when()
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
+
+
+class MaintenanceSession(Table, table=True):
+    """One connection of a user to an asset (ssh, sftp, tcp forward or web terminal)."""
+
+    __tablename__ = "maintenance_sessions"
+    __table_args__ = (
+        _one_of("kind", SessionKind.ALL),
+        _one_of("state", SessionState.ALL),
+        sa.CheckConstraint("bytes_up >= 0 AND bytes_down >= 0", name="byte_counts"),
+    )
+
+    id: str = _id()
+    grant_id: str | None = _optional_fk("grants.id")
+    user_id: str = Field(foreign_key="users.id", ondelete=RESTRICT, index=True)
+    asset_id: str = Field(foreign_key="assets.id", ondelete=RESTRICT, index=True)
+    kind: str
+    login: str | None = None
+    state: str = Field(default=SessionState.STARTING, index=True)
+    source_ip: str | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    ended_at: datetime | None = _maybe_when()
+    end_reason: str | None = None
+    bytes_up: int = Field(default=0, sa_type=sa.BigInteger)
+    bytes_down: int = Field(default=0, sa_type=sa.BigInteger)
+
+
+class Recording(Table, table=True):
+    """A recording file of a session, with its hash-chain head and manifest."""
+
+    __tablename__ = "recordings"
+    __table_args__ = (
+        _one_of("format", RecordingFormat.ALL),
+        _one_of("integrity", RecordingIntegrity.ALL),
+        sa.CheckConstraint("size_bytes >= 0", name="size_bytes"),
+    )
+
+    id: str = _id()
+    session_id: str = Field(foreign_key="maintenance_sessions.id", ondelete=RESTRICT, index=True)
+    format: str
+    path: str
+    manifest_path: str | None = None
+    chain_head: str | None = None
+    size_bytes: int = Field(default=0, sa_type=sa.BigInteger)
+    created_at: datetime = _created()
+    finalized_at: datetime | None = _maybe_when()
+    integrity: str = RecordingIntegrity.UNKNOWN
+
+
+class AuditEvent(Table, table=True):
+    """One link of the append-only audit chain; written only by :class:`sessions.audit.AuditLog`.
+
+    ``seq`` is assigned by the log (1, 2, 3 … without gaps), not by the database.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        _one_of("outcome", AuditOutcome.ALL),
+        sa.CheckConstraint("seq >= 1", name="seq"),
+        sa.CheckConstraint("length(prev_hash) = 64", name="prev_hash"),
+        sa.CheckConstraint("length(hash) = 64", name="hash"),
+    )
+
+    seq: int = Field(
+        primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    id: str = Field(default_factory=new_id, unique=True)
+    ts: datetime = Field(sa_type=UTCDateTime, index=True)
+    kind: str = Field(index=True)
+    actor: str = Field(index=True)
+    subject: str | None = Field(default=None, index=True)
+    outcome: str
+    source_ip: str | None = None
+    details: dict[str, Any] = json_field(dict)
+    prev_hash: str
+    hash: str = Field(unique=True)
+
+
+# --------------------------------------------------------------------------- identity / auth
+
+
+class LoginFlow(Table, table=True):
+    """An OIDC login in progress, keyed by the SHA-256 of its OAuth ``state``."""
+
+    __tablename__ = "login_flows"
+
+    state_hash: str = Field(primary_key=True)
+    nonce: str = Field(repr=False)
+    code_verifier: str = Field(repr=False)
+    browser_binding_hash: str
+    return_to: str
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class WebSession(Table, table=True):
+    """A browser session, keyed by the SHA-256 of its cookie value."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: str = Field(primary_key=True)
+    user_id: str = Field(foreign_key="users.id", ondelete=CASCADE, index=True)
+    csrf_token: str = Field(repr=False)
+    # Kept only as the RP-initiated logout hint; never listed or logged.
+    id_token: str | None = Field(default=None, repr=False)
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    last_seen_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ApiToken(Table, table=True):
+    """A bearer token for the CLI; only its hash is stored."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (_one_of("kind", ApiTokenKind.ALL),)
+
+    id: str = _id()
+    token_hash: str = Field(unique=True)
+    user_id: str = Field(foreign_key="users.id", ondelete=CASCADE, index=True)
+    kind: str = ApiTokenKind.CLI
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = _maybe_when()
+    last_used_at: datetime | None = _maybe_when()
+
+
+class CliAuthorization(Table, table=True):
+    """A pending CLI login (device code or loopback redirect with PKCE)."""
+
+    __tablename__ = "cli_authorizations"
+    __table_args__ = (
+        _one_of("kind", CliAuthorizationKind.ALL),
+        _one_of("state", CliAuthorizationState.ALL),
+    )
+
+    id: str = _id()
+    kind: str
+    device_code_hash: str | None = Field(default=None, unique=True)
+    user_code: str | None = Field(default=None, unique=True, repr=False)
+    code_hash: str | None = Field(default=None, unique=True)
+    code_challenge: str | None = None
+    redirect_uri: str | None = None
+    state: str = CliAuthorizationState.PENDING
+    user_id: str | None = _optional_fk("users.id", ondelete=CASCADE)
+    client_name: str
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -1,0 +1,89 @@
+"""Headless Debian Chromium driven by Playwright, for browser tests.
+
+Never run ``playwright install``: the system Chromium is used through
+``executable_path``.  Set ``CONDUIT_CHROMIUM`` to point at another binary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from playwright.async_api import Browser, async_playwright
+from playwright.sync_api import Browser as SyncBrowser
+from playwright.sync_api import sync_playwright
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+LAUNCH_TIMEOUT_MS = 20_000
+
+CHROMIUM_ARGS: list[str] = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
+
+
+class BrowserUnavailable(RuntimeError):
+    """No Chromium binary to launch."""
+
+
+def chromium_path() -> str | None:
+    """The Chromium binary to use: $CONDUIT_CHROMIUM, else /usr/bin/chromium, else None."""
+    candidate = os.environ.get("CONDUIT_CHROMIUM") or DEFAULT_CHROMIUM
+    return candidate if os.access(candidate, os.X_OK) else None
+
+
+def browser_available() -> str | None:
+    """Return why Chromium cannot be launched here, or None when it can."""
+    if chromium_path() is None:
+        return f"no Chromium at $CONDUIT_CHROMIUM or {DEFAULT_CHROMIUM} (Debian package chromium)"
+    return None
+
+
+def _executable() -> str:
+    path = chromium_path()
+    if path is None:
+        raise BrowserUnavailable(f"launch browser: {browser_available()}")
+    return path
+
+
+@asynccontextmanager
+async def launch_browser() -> AsyncIterator[Browser]:
+    """Launch headless Chromium; close it and the Playwright driver on exit."""
+    executable = _executable()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            chromium_sandbox=False,
+            timeout=LAUNCH_TIMEOUT_MS,
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@contextmanager
+def launch_browser_sync() -> Iterator[SyncBrowser]:
+    """Synchronous twin of ``launch_browser`` (not usable inside a running event loop)."""
+    executable = _executable()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            chromium_sandbox=False,
+            timeout=LAUNCH_TIMEOUT_MS,
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -1,0 +1,586 @@
+"""Storage: engines, migrations, models and constraints on SQLite and a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel, select
+
+from sessions.db import (
+    create_db_engine,
+    current_revision,
+    head_revision,
+    migrate,
+    session_scope,
+    write_connection,
+)
+from sessions.errors import ConflictError, StorageError, ValidationError
+from sessions.models import (
+    AccessRequest,
+    Agent,
+    ApiToken,
+    Approval,
+    ApprovalVerdict,
+    Asset,
+    CliAuthorization,
+    CliAuthorizationKind,
+    Criticality,
+    Grant,
+    GrantState,
+    LoginFlow,
+    MaintenanceSession,
+    OperationClass,
+    Recording,
+    RecordingFormat,
+    SessionKind,
+    Site,
+    User,
+    VendorContract,
+    VendorOrg,
+    WebSession,
+    Zone,
+    metadata,
+)
+from sessions.testing import ManualClock
+from sessions.types import UTCDateTime
+from tests.harness.postgres import RunningPostgres, postgres_available, start_postgres
+
+CEST = timezone(timedelta(hours=2))
+T0 = datetime(2025, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPostgres]:
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start_postgres(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'conduit.db'}")
+    else:
+        server: RunningPostgres = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"t_{uuid4().hex[:16]}"))
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def populated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[sa.Engine, dict[str, SQLModel]]]:
+    """A migrated database holding :func:`build_world`, shared by tests that never commit."""
+    if request.param == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'conduit.db'}")
+    else:
+        server: RunningPostgres = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"t_{uuid4().hex[:16]}"))
+    migrate(eng)
+    world = build_world()
+    save(eng, *world.values())
+    yield eng, world
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    eng = create_db_engine(f"sqlite:///{tmp_path / 'conduit.db'}")
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+def build_world(t: datetime = T0) -> dict[str, SQLModel]:
+    """One row of every table (except the audit chain), consistently linked."""
+    org = VendorOrg(slug="acme", name="ACME Automation", created_at=t)
+    vendor = User(
+        issuer="https://idp.example",
+        sub="v-1",
+        email="vera@acme.example",
+        name="Vera Vendor",
+        groups=["vendors", "acme"],
+        roles=["vendor"],
+        vendor_org_id=org.id,
+        amr=["pwd", "otp"],
+        created_at=t,
+        last_login_at=t.astimezone(CEST),
+    )
+    approver = User(issuer="https://idp.example", sub="a-1", roles=["approver"], created_at=t)
+    site = Site(name="plant-1", timezone="Europe/Berlin", description="Main plant")
+    zone = Zone(site_id=site.id, name="cell-3", purdue_level=1)
+    agent = Agent(name="agent-cell-3", site_id=site.id, zone_id=zone.id, created_at=t)
+    asset = Asset(
+        name="press-3-plc",
+        site_id=site.id,
+        zone_id=zone.id,
+        criticality=Criticality.HIGH,
+        owner_group="ot-press",
+        protocols=["modbus", "ssh"],
+        endpoint_host="10.3.0.10",
+        endpoint_port=502,
+        labels={"line": "3", "vendor": "acme"},
+        agent_id=agent.id,
+        created_at=t,
+    )
+    contract = VendorContract(
+        vendor_org_id=org.id,
+        site_id=site.id,
+        reference="C-2025-17",
+        valid_from=t,
+        valid_until=t + timedelta(days=365),
+        created_at=t,
+    )
+    request = AccessRequest(
+        requester_id=vendor.id,
+        asset_id=asset.id,
+        operation_class=OperationClass.READ_ONLY,
+        protocols=["modbus"],
+        ports=[502],
+        starts_at=t,
+        ends_at=t + timedelta(hours=2),
+        reason="diagnostics",
+        ticket="CHG-1042",
+        decision_reasons=["policy: read_only allowed"],
+        created_at=t,
+    )
+    approval = Approval(
+        request_id=request.id,
+        approver_id=approver.id,
+        verdict=ApprovalVerdict.APPROVE,
+        created_at=t,
+    )
+    grant = Grant(
+        request_id=request.id,
+        user_id=vendor.id,
+        asset_id=asset.id,
+        operation_class=OperationClass.READ_ONLY,
+        starts_at=t,
+        ends_at=t + timedelta(hours=2),
+        state=GrantState.APPROVED,
+        obligations={"record": "strict", "max_duration_s": 7200, "modbus": {"fc": [3, 4]}},
+        created_at=t,
+    )
+    session = MaintenanceSession(
+        grant_id=grant.id,
+        user_id=vendor.id,
+        asset_id=asset.id,
+        kind=SessionKind.TCP,
+        source_ip="192.0.2.7",
+        started_at=t,
+        bytes_up=2**40,
+    )
+    recording = Recording(
+        session_id=session.id, format=RecordingFormat.PCAP, path="rec/1.pcap", created_at=t
+    )
+    flow = LoginFlow(
+        state_hash="a" * 64,
+        nonce="n",
+        code_verifier="v",
+        browser_binding_hash="b" * 64,
+        return_to="/",
+        created_at=t,
+        expires_at=t + timedelta(minutes=10),
+    )
+    web = WebSession(
+        id_hash="c" * 64,
+        user_id=vendor.id,
+        csrf_token="csrf",
+        created_at=t,
+        expires_at=t + timedelta(hours=8),
+        last_seen_at=t,
+    )
+    token = ApiToken(
+        token_hash="d" * 64, user_id=vendor.id, created_at=t, expires_at=t + timedelta(days=1)
+    )
+    cli = CliAuthorization(
+        kind=CliAuthorizationKind.DEVICE,
+        device_code_hash="e" * 64,
+        user_code="WDJB-MJHT",
+        client_name="conduit-cli",
+        created_at=t,
+        expires_at=t + timedelta(minutes=15),
+    )
+    return {
+        "org": org,
+        "vendor": vendor,
+        "approver": approver,
+        "site": site,
+        "zone": zone,
+        "agent": agent,
+        "asset": asset,
+        "contract": contract,
+        "request": request,
+        "approval": approval,
+        "grant": grant,
+        "session": session,
+        "recording": recording,
+        "flow": flow,
+        "web": web,
+        "token": token,
+        "cli": cli,
+    }
+
+
+def save(engine: sa.Engine, *rows: SQLModel) -> None:
+    with session_scope(engine) as db:
+        for row in rows:
+            db.add(row)
+            db.flush()  # insert in argument order: parents before children
+
+
+def save_world(engine: sa.Engine) -> dict[str, SQLModel]:
+    world = build_world()
+    save(engine, *world.values())
+    return world
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
+    assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
+    assert current_revision(engine) == head_revision() == "0001_initial"
+    migrate(engine)  # already at head: no-op
+    assert current_revision(engine) == head_revision()
+
+
+def test_migrated_schema_matches_models(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_unmigrated_database_has_no_revision(tmp_path: Path) -> None:
+    eng = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        assert current_revision(eng) is None
+    finally:
+        eng.dispose()
+
+
+def test_sqlite_connection_settings(sqlite_engine: sa.Engine) -> None:
+    with sqlite_engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
+def test_sqlite_write_scopes_take_the_write_lock_first(sqlite_engine: sa.Engine) -> None:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(sqlite_engine, "before_cursor_execute", record)
+    with session_scope(sqlite_engine, write=True) as db:
+        db.exec(select(Site)).all()
+    with write_connection(sqlite_engine) as conn:
+        conn.execute(sa.text("SELECT 1"))
+    with session_scope(sqlite_engine) as db:
+        db.exec(select(Site)).all()
+    begins = [s for s in seen if s.startswith("BEGIN")]
+    assert begins == ["BEGIN IMMEDIATE", "BEGIN IMMEDIATE", "BEGIN DEFERRED"]
+
+
+def test_in_memory_sqlite_for_unit_tests() -> None:
+    eng = create_db_engine("sqlite://")
+    try:
+        migrate(eng)
+        save_world(eng)
+        with session_scope(eng) as db:
+            assert db.exec(select(Asset)).one().name == "press-3-plc"
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgres://u:pw@127.0.0.1:5432/db", "postgresql+psycopg"),
+        ("postgresql://u@127.0.0.1/db", "postgresql+psycopg"),
+        ("postgresql+psycopg://u@127.0.0.1/db", "postgresql+psycopg"),
+        ("sqlite:///relative.db", "sqlite"),
+    ],
+)
+def test_accepted_urls(url: str, driver: str) -> None:
+    eng = create_db_engine(url)  # no connection is made
+    assert eng.url.drivername == driver
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u@127.0.0.1/db",
+        "postgresql+psycopg2://u@127.0.0.1/db",
+        "sqlite:///:memory:",
+        "sqlite:///file:x?mode=memory&uri=true",
+        "not a url",
+    ],
+)
+def test_rejected_urls(url: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        create_db_engine(url)
+    assert info.value.code == "invalid"
+
+
+def test_rejected_url_message_hides_password() -> None:
+    with pytest.raises(ValidationError, match=r"\*\*\*") as info:
+        create_db_engine("mysql://u:hunter2@127.0.0.1/db")
+    assert "hunter2" not in str(info.value)
+
+
+def test_unreachable_database_is_a_storage_error() -> None:
+    from tests.harness.ports import free_port
+
+    eng = create_db_engine(f"postgresql://nobody@127.0.0.1:{free_port()}/none")
+    try:
+        with pytest.raises(StorageError):
+            migrate(eng)
+    finally:
+        eng.dispose()
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_every_model_round_trips(engine: sa.Engine) -> None:
+    world = save_world(engine)
+    with session_scope(engine) as db:
+        for name, original in world.items():
+            model = type(original)
+            key = sa.inspect(model).primary_key[0].name
+            loaded = db.get(model, getattr(original, key))
+            assert loaded is not None, name
+            assert loaded.model_dump() == original.model_dump(), name
+
+
+def test_datetimes_come_back_aware_utc_with_microseconds(engine: sa.Engine) -> None:
+    world = save_world(engine)
+    vendor = world["vendor"]
+    assert isinstance(vendor, User)
+    with session_scope(engine) as db:
+        loaded = db.get(User, vendor.id)
+    assert loaded is not None
+    assert loaded.last_login_at is not None
+    assert loaded.last_login_at.tzinfo is UTC
+    assert loaded.last_login_at == T0  # stored from a +02:00 value: same instant
+    assert loaded.created_at.microsecond == 123456
+
+
+def test_json_columns_keep_types(engine: sa.Engine) -> None:
+    world = save_world(engine)
+    with session_scope(engine) as db:
+        asset = db.exec(select(Asset)).one()
+        grant = db.exec(select(Grant)).one()
+        request = db.exec(select(AccessRequest)).one()
+    assert asset.labels == {"line": "3", "vendor": "acme"}
+    assert asset.protocols == ["modbus", "ssh"]
+    assert request.ports == [502]
+    assert grant.obligations == world["grant"].model_dump()["obligations"]
+    assert grant.obligations["modbus"] == {"fc": [3, 4]}
+
+
+def test_naive_datetime_is_rejected(engine: sa.Engine) -> None:
+    org = VendorOrg(slug="naive", name="Naive", created_at=datetime(2025, 1, 1))
+    with pytest.raises(ValidationError, match="naive"):
+        save(engine, org)
+
+
+def test_utc_datetime_type_contract() -> None:
+    column_type = UTCDateTime()
+    dialect = sa.create_engine("sqlite://").dialect
+    stored = column_type.process_bind_param(T0.astimezone(CEST), dialect)
+    assert stored == T0.replace(tzinfo=None)
+    assert column_type.process_result_value(stored, dialect) == T0
+    with pytest.raises(ValueError, match="naive"):
+        column_type.process_bind_param(datetime(2025, 1, 1), dialect)
+
+
+def test_site_timezone_is_validated() -> None:
+    with pytest.raises(ValidationError) as info:
+        Site(name="x", timezone="Mars/Olympus_Mons")
+    assert info.value.code == "invalid_timezone"
+    site = Site(name="x", timezone="UTC")
+    with pytest.raises(ValidationError):
+        site.timezone = "../../etc/passwd"
+
+
+def test_session_scope_rolls_back_on_error(engine: sa.Engine) -> None:
+    def add_then_fail() -> None:
+        with session_scope(engine) as db:
+            db.add(VendorOrg(slug="ghost", name="Ghost", created_at=T0))
+            db.flush()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        add_then_fail()
+    with session_scope(engine) as db:
+        assert db.exec(select(VendorOrg)).all() == []
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+def clone(row: SQLModel, **update: Any) -> SQLModel:
+    """A new, unsaved row like ``row`` with a fresh id (if it has one) and ``update`` applied."""
+    values = row.model_dump()
+    if "id" in values:
+        values["id"] = str(uuid4())
+    return type(row)(**{**values, **update})
+
+
+def _duplicate_asset_name(world: dict[str, Any]) -> list[SQLModel]:
+    asset = world["asset"]
+    return [clone(asset, agent_id=None)]
+
+
+def _purdue_level_7(world: dict[str, Any]) -> list[SQLModel]:
+    return [Zone(site_id=world["site"].id, name="sky", purdue_level=7)]
+
+
+def _endpoint_port_0(world: dict[str, Any]) -> list[SQLModel]:
+    asset = world["asset"]
+    return [clone(asset, name="p0", endpoint_port=0)]
+
+
+def _window(delta: timedelta) -> Callable[[dict[str, Any]], list[SQLModel]]:
+    def build(world: dict[str, Any]) -> list[SQLModel]:
+        request = world["request"]
+        return [clone(request, ends_at=request.starts_at + delta)]
+
+    build.__name__ = f"_window_{int(delta.total_seconds())}s"
+    return build
+
+
+def _blank_reason(world: dict[str, Any]) -> list[SQLModel]:
+    return [clone(world["request"], reason="   ")]
+
+
+def _second_approval(world: dict[str, Any]) -> list[SQLModel]:
+    approval = world["approval"]
+    return [clone(approval, verdict=ApprovalVerdict.DENY)]
+
+
+def _second_grant_for_request(world: dict[str, Any]) -> list[SQLModel]:
+    return [clone(world["grant"])]
+
+
+def _unknown_state(world: dict[str, Any]) -> list[SQLModel]:
+    return [clone(world["grant"], state="bogus")]
+
+
+def _contract_without_scope(world: dict[str, Any]) -> list[SQLModel]:
+    contract = world["contract"]
+    return [clone(contract, site_id=None)]
+
+
+def _dangling_reference(world: dict[str, Any]) -> list[SQLModel]:
+    return [Zone(site_id=str(uuid4()), name="orphan", purdue_level=2)]
+
+
+def _duplicate_user_identity(world: dict[str, Any]) -> list[SQLModel]:
+    return [User(issuer="https://idp.example", sub="v-1", created_at=T0)]
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (_duplicate_asset_name, ConflictError),
+        (_purdue_level_7, ValidationError),
+        (_endpoint_port_0, ValidationError),
+        (_window(timedelta(0)), ValidationError),
+        (_window(timedelta(minutes=-5)), ValidationError),
+        (_blank_reason, ValidationError),
+        (_second_approval, ConflictError),
+        (_second_grant_for_request, ConflictError),
+        (_unknown_state, ValidationError),
+        (_contract_without_scope, ValidationError),
+        (_dangling_reference, ConflictError),
+        (_duplicate_user_identity, ConflictError),
+    ],
+    ids=lambda value: getattr(value, "__name__", None),
+)
+def test_constraints_are_enforced(
+    populated: tuple[sa.Engine, dict[str, Any]],
+    build: Callable[[dict[str, Any]], list[SQLModel]],
+    error: type[Exception],
+) -> None:
+    engine, world = populated
+    with pytest.raises(error):
+        save(engine, *build(world))
+
+
+def test_history_cannot_be_deleted_through_its_parents(
+    populated: tuple[sa.Engine, dict[str, Any]],
+) -> None:
+    engine, world = populated
+
+    def delete(model: type[SQLModel], key: str) -> None:
+        with session_scope(engine) as db:
+            db.delete(db.get(model, key))
+
+    with pytest.raises(ConflictError):
+        delete(User, world["vendor"].id)
+    with pytest.raises(ConflictError):
+        delete(Grant, world["grant"].id)
+    with pytest.raises(ConflictError):
+        delete(Asset, world["asset"].id)
+
+
+def test_credentials_cascade_and_agent_deletion_unlinks_assets(engine: sa.Engine) -> None:
+    approver = User(issuer="https://idp.example", sub="tmp", created_at=T0)
+    save(engine, approver)
+    token = ApiToken(
+        token_hash="f" * 64, user_id=approver.id, created_at=T0, expires_at=T0 + timedelta(days=1)
+    )
+    save(engine, token)
+    with engine.begin() as conn:  # raw SQL: exercise the database's ON DELETE, not the ORM's
+        conn.execute(sa.text("DELETE FROM users WHERE id = :id"), {"id": approver.id})
+    world = save_world(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM agents WHERE id = :id"), {"id": world["agent"].id})
+    with session_scope(engine) as db:
+        assert db.get(ApiToken, token.id) is None
+        asset = db.get(Asset, world["asset"].id)
+        assert asset is not None
+        assert asset.agent_id is None
+
+
+def test_secrets_are_not_in_reprs() -> None:
+    world = build_world()
+    assert "csrf" not in repr(world["web"])
+    assert "code_verifier='v'" not in repr(world["flow"])
+    assert "WDJB" not in repr(world["cli"])
+
+
+def test_manual_clock() -> None:
+    clock = ManualClock(T0.astimezone(CEST))
+    assert clock.now() == T0
+    assert clock.now().tzinfo is UTC
+    assert clock.advance(1.5) == T0 + timedelta(seconds=1.5)
+    clock.set(T0 - timedelta(days=1))
+    assert clock.now() == T0 - timedelta(days=1)
+    with pytest.raises(ValidationError):
+        clock.advance(-1)
+    with pytest.raises(ValidationError):
+        clock.set(datetime(2025, 1, 1))
