@@ -20,13 +20,9 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import (
@@ -48,6 +44,9 @@ from sessions.errors import (
     StorageError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -153,9 +152,9 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     :func:`translate_db_error`); any other exception propagates unchanged after the rollback.
     """
     session = Session(engine, expire_on_commit=False)
-    if write and is_sqlite(engine):
-        session.connection(execution_options={SQLITE_BEGIN_MODE: "IMMEDIATE"})
     try:
+        if write and is_sqlite(engine):
+            session.connection(execution_options={SQLITE_BEGIN_MODE: "IMMEDIATE"})
         yield session
         session.commit()
     except SQLAlchemyError as exc:
@@ -244,8 +243,14 @@ def _integrity_error(exc: IntegrityError, operation: str) -> SessionsError:
 # --------------------------------------------------------------------------- migrations
 
 
+# Why alembic is imported inside the functions below: it doubles the import time of the
+# package, and most importers (CLI commands, subprocesses, the audit log) never migrate.
+
+
 def alembic_config() -> Config:
     """An Alembic config for ``sessions/migrations`` (no alembic.ini involved)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("path_separator", "os")
@@ -254,6 +259,8 @@ def alembic_config() -> Config:
 
 def head_revision() -> str:
     """The newest migration revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise StorageError("head_revision: no migrations found")
@@ -268,6 +275,8 @@ def migrate(engine: Engine) -> None:
     so a failed upgrade leaves the previous schema intact.  Raises :class:`StorageError` when
     the database cannot be reached or the upgrade fails.
     """
+    from alembic import command
+
     cfg = alembic_config()
     try:
         with write_connection(engine) as conn:
@@ -283,6 +292,8 @@ def migrate(engine: Engine) -> None:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty (unmigrated) database."""
+    from alembic.runtime.migration import MigrationContext
+
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()

@@ -52,7 +52,7 @@ CASCADE: OnDelete = "CASCADE"
 SET_NULL: OnDelete = "SET NULL"
 
 
-class Table(SQLModel, registry=_registry):
+class TableModel(SQLModel, registry=_registry):
     """Base class of every sessions table (binds them to :data:`metadata`)."""
 
 
@@ -250,7 +250,7 @@ class CliAuthorizationState:
 # --------------------------------------------------------------------------- organisation
 
 
-class VendorOrg(Table, table=True):
+class VendorOrg(TableModel, table=True):
     """A vendor company; ``slug`` equals the IdP's ``vendor_org`` claim."""
 
     __tablename__ = "vendor_orgs"
@@ -261,7 +261,7 @@ class VendorOrg(Table, table=True):
     created_at: datetime = _created()
 
 
-class User(Table, table=True):
+class User(TableModel, table=True):
     """A person known from the IdP, keyed by (issuer, sub); claims are refreshed at login."""
 
     __tablename__ = "users"
@@ -270,8 +270,8 @@ class User(Table, table=True):
     id: str = _id()
     issuer: str
     sub: str
-    email: str | None = None
-    name: str | None = None
+    email: str = ""  # "" when the IdP does not release it
+    name: str = ""
     groups: list[str] = json_field(list)
     roles: list[str] = json_field(list)
     vendor_org_id: str | None = _optional_fk("vendor_orgs.id")
@@ -281,7 +281,7 @@ class User(Table, table=True):
     last_login_at: datetime | None = _maybe_when()
 
 
-class Site(Table, table=True):
+class Site(TableModel, table=True):
     """A plant.  ``timezone`` is an IANA name, checked on assignment."""
 
     __tablename__ = "sites"
@@ -296,7 +296,7 @@ class Site(Table, table=True):
         return check_timezone(value)
 
 
-class Zone(Table, table=True):
+class Zone(TableModel, table=True):
     """An IEC 62443 zone inside a site, at a Purdue level 0..5."""
 
     __tablename__ = "zones"
@@ -313,7 +313,7 @@ class Zone(Table, table=True):
     description: str = ""
 
 
-class Agent(Table, table=True):
+class Agent(TableModel, table=True):
     """An agent process in an OT zone that dials out to the broker."""
 
     __tablename__ = "agents"
@@ -332,7 +332,7 @@ class Agent(Table, table=True):
     created_at: datetime = _created()
 
 
-class Asset(Table, table=True):
+class Asset(TableModel, table=True):
     """A machine vendors maintain (PLC, HMI, server), reached through ``agent_id`` if set."""
 
     __tablename__ = "assets"
@@ -356,7 +356,7 @@ class Asset(Table, table=True):
     created_at: datetime = _created()
 
 
-class VendorContract(Table, table=True):
+class VendorContract(TableModel, table=True):
     """A vendor's contract covering a site and/or one asset for a validity window."""
 
     __tablename__ = "vendor_contracts"
@@ -378,7 +378,7 @@ class VendorContract(Table, table=True):
 # --------------------------------------------------------------------------- access
 
 
-class AccessRequest(Table, table=True):
+class AccessRequest(TableModel, table=True):
     """A user's request for access to one asset, for a window and a purpose."""
 
     __tablename__ = "access_requests"
@@ -405,7 +405,7 @@ class AccessRequest(Table, table=True):
     decided_at: datetime | None = _maybe_when()
 
 
-class Approval(Table, table=True):
+class Approval(TableModel, table=True):
     """One approver's verdict on a request; an approver decides a request at most once."""
 
     __tablename__ = "approvals"
@@ -423,7 +423,7 @@ class Approval(Table, table=True):
     created_at: datetime = _created()
 
 
-class Grant(Table, table=True):
+class Grant(TableModel, table=True):
     """The authorization produced by a request: who, what, when, under which obligations."""
 
     __tablename__ = "grants"
@@ -448,7 +448,7 @@ class Grant(Table, table=True):
     revoke_reason: str | None = None
 
 
-class MaintenanceSession(Table, table=True):
+class MaintenanceSession(TableModel, table=True):
     """One connection of a user to an asset (ssh, sftp, tcp forward or web terminal)."""
 
     __tablename__ = "maintenance_sessions"
@@ -473,7 +473,7 @@ class MaintenanceSession(Table, table=True):
     bytes_down: int = Field(default=0, sa_type=sa.BigInteger)
 
 
-class Recording(Table, table=True):
+class Recording(TableModel, table=True):
     """A recording file of a session, with its hash-chain head and manifest."""
 
     __tablename__ = "recordings"
@@ -495,7 +495,7 @@ class Recording(Table, table=True):
     integrity: str = RecordingIntegrity.UNKNOWN
 
 
-class AuditEvent(Table, table=True):
+class AuditEvent(TableModel, table=True):
     """One link of the append-only audit chain; written only by :class:`sessions.audit.AuditLog`.
 
     ``seq`` is assigned by the log (1, 2, 3 … without gaps), not by the database.
@@ -527,7 +527,7 @@ class AuditEvent(Table, table=True):
 # --------------------------------------------------------------------------- identity / auth
 
 
-class LoginFlow(Table, table=True):
+class LoginFlow(TableModel, table=True):
     """An OIDC login in progress, keyed by the SHA-256 of its OAuth ``state``."""
 
     __tablename__ = "login_flows"
@@ -541,7 +541,7 @@ class LoginFlow(Table, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
-class WebSession(Table, table=True):
+class WebSession(TableModel, table=True):
     """A browser session, keyed by the SHA-256 of its cookie value."""
 
     __tablename__ = "web_sessions"
@@ -556,7 +556,7 @@ class WebSession(Table, table=True):
     last_seen_at: datetime = Field(sa_type=UTCDateTime)
 
 
-class ApiToken(Table, table=True):
+class ApiToken(TableModel, table=True):
     """A bearer token for the CLI; only its hash is stored."""
 
     __tablename__ = "api_tokens"
@@ -572,7 +572,7 @@ class ApiToken(Table, table=True):
     last_used_at: datetime | None = _maybe_when()
 
 
-class CliAuthorization(Table, table=True):
+class CliAuthorization(TableModel, table=True):
     """A pending CLI login (device code or loopback redirect with PKCE)."""
 
     __tablename__ = "cli_authorizations"

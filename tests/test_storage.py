@@ -87,7 +87,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
 )
 def populated(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[sa.Engine, dict[str, SQLModel]]]:
+) -> Iterator[tuple[sa.Engine, dict[str, Any]]]:
     """A migrated database holding :func:`build_world`, shared by tests that never commit."""
     if request.param == "sqlite":
         eng = create_db_engine(f"sqlite:///{tmp_path_factory.mktemp('db') / 'conduit.db'}")
@@ -109,7 +109,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-def build_world(t: datetime = T0) -> dict[str, SQLModel]:
+def build_world(t: datetime = T0) -> dict[str, Any]:
     """One row of every table (except the audit chain), consistently linked."""
     org = VendorOrg(slug="acme", name="ACME Automation", created_at=t)
     vendor = User(
@@ -247,7 +247,7 @@ def save(engine: sa.Engine, *rows: SQLModel) -> None:
             db.flush()  # insert in argument order: parents before children
 
 
-def save_world(engine: sa.Engine) -> dict[str, SQLModel]:
+def save_world(engine: sa.Engine) -> dict[str, Any]:
     world = build_world()
     save(engine, *world.values())
     return world

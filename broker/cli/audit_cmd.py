@@ -7,8 +7,6 @@ import sys
 from typing import Any
 
 from broker.cli.common import add_config_arg, engine_from
-from sessions.audit import AuditLog
-from sessions.clock import SystemClock
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +23,9 @@ def add_parser(sub: Any) -> None:
 
 
 def verify(args: argparse.Namespace) -> int:
+    from sessions.audit import AuditLog
+    from sessions.clock import SystemClock
+
     result = AuditLog(engine_from(args), SystemClock()).verify()
     if result.ok:
         print(f"audit chain intact: {result.checked} events, head {result.head_hash}")
@@ -34,6 +35,9 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
+    from sessions.audit import AuditLog
+    from sessions.clock import SystemClock
+
     count = AuditLog(engine_from(args), SystemClock()).export_jsonl(sys.stdout, since_seq=args.since)
     print(f"exported {count} events", file=sys.stderr)
     return 0

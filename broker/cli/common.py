@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
-from broker.settings import Settings, load_settings
-from sessions.db import create_db_engine
+if TYPE_CHECKING:  # imported lazily: `conduit whoami` must start fast
+    from sqlalchemy import Engine
+
+    from broker.settings import Settings
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -16,9 +18,13 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from broker.settings import load_settings
+
     return load_settings(getattr(args, "config", None))
 
 
 def engine_from(args: argparse.Namespace) -> Engine:
     """The database engine for server-side commands (only the database URL is needed)."""
+    from sessions.db import create_db_engine
+
     return create_db_engine(settings_from(args).database_url)

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from broker.cli.common import add_config_arg, engine_from
-from sessions.db import current_revision, migrate
 
 
 def add_parser(sub: Any) -> None:
@@ -21,6 +20,8 @@ def add_parser(sub: Any) -> None:
 
 
 def upgrade(args: argparse.Namespace) -> int:
+    from sessions.db import current_revision, migrate
+
     engine = engine_from(args)
     migrate(engine)
     print(f"database at revision {current_revision(engine)}")
@@ -28,5 +29,7 @@ def upgrade(args: argparse.Namespace) -> int:
 
 
 def current(args: argparse.Namespace) -> int:
+    from sessions.db import current_revision
+
     print(current_revision(engine_from(args)) or "empty")
     return 0

@@ -6,9 +6,6 @@ import argparse
 import logging
 from typing import Any
 
-import uvicorn
-
-from broker.app import create_app
 from broker.cli.common import add_config_arg, settings_from
 
 
@@ -19,6 +16,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from broker.app import create_app
+
     settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,164 @@
+"""`conduit login` (device and loopback flows) and `conduit whoami` against the real IdP."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+
+from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+
+REPO = Path(__file__).resolve().parents[1]
+CONDUIT = [sys.executable, "-m", "broker"]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _start_device_login(broker: RunningBroker, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen([*CONDUIT, "login", "--no-browser", "--broker", broker.url],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    url = lines[1].strip()
+    code = lines[2].strip().rsplit(" ", 1)[-1]
+    assert url.startswith(f"{broker.url}/cli/activate?user_code="), lines
+    return proc, url, code
+
+
+def _whoami(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CONDUIT, "whoami", *extra], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=30, check=False)
+
+
+def test_device_login_then_whoami(broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]) -> None:
+    proc, url, code = _start_device_login(broker, cli_env)
+    path = urlsplit(url)
+    # A second client (the vendor's browser elsewhere) signs in and confirms the code.
+    signed_in = web_login(http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}")
+    page = http.get(broker.url + signed_in.headers["location"])
+    assert code in page.text and "Alice Vendor" in page.text
+    done = http.post(f"{broker.url}/cli/activate", data={**form_values(page.text), "decision": "approve"})
+    assert "CLI signed in" in done.text
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Signed in to" in out and "Alice Vendor" in out and "roles: vendor" in out
+    creds = Path(cli_env["XDG_CONFIG_HOME"]) / "conduit" / "credentials.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.parent.stat().st_mode) == 0o700
+    token = json.loads(creds.read_text())["brokers"][broker.url]["access_token"]
+    assert token not in out + err  # never printed
+    who = _whoami(cli_env)
+    assert who.returncode == 0, who.stderr
+    assert "Alice Vendor" in who.stdout and "Roles:    vendor" in who.stdout and "Expires:" in who.stdout
+    kinds = [(e["kind"], e["outcome"]) for e in audit_events(broker) if e["kind"].startswith("cli.")]
+    assert kinds == [("cli.device_started", "ok"), ("cli.activate", "ok"), ("cli.token", "ok")]
+    # the device code is single use
+    reuse = http.post(f"{broker.url}/api/cli/token", json={
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": "not-a-real-code"})
+    assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
+
+
+def test_device_login_denied_in_browser(broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]) -> None:
+    proc, url, _ = _start_device_login(broker, cli_env)
+    path = urlsplit(url)
+    signed_in = web_login(http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}")
+    page = http.get(broker.url + signed_in.headers["location"])
+    http.post(f"{broker.url}/cli/activate", data={**form_values(page.text), "decision": "deny"})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "access_denied" in err
+    assert _whoami(cli_env).returncode == 1
+
+
+def test_unknown_user_code_is_refused(broker: RunningBroker, http: httpx2.Client) -> None:
+    web_login(http, broker.url, "alice", "alice-demo-pw")
+    page = http.get(f"{broker.url}/cli/activate?user_code=BBBB-CCCC")
+    assert 'id="code-error"' in page.text
+
+
+def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
+           "CONDUIT_TEST_USER": "olga", "CONDUIT_TEST_PASSWORD": "olga-demo-pw"}
+    done = subprocess.run([*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Olga Owner" in done.stdout and "roles: approver" in done.stdout
+    who = _whoami(env, "--json")
+    assert json.loads(who.stdout)["roles"] == ["approver"]
+
+
+def test_loopback_denied(broker: RunningBroker, cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
+           "CONDUIT_TEST_USER": "olga", "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
+           "CONDUIT_TEST_DECISION": "deny"}
+    done = subprocess.run([*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "access_denied" in done.stderr
+
+
+def test_loopback_authorize_refuses_non_loopback_redirect(broker: RunningBroker, http: httpx2.Client) -> None:
+    web_login(http, broker.url, "alice", "alice-demo-pw")
+    resp = http.get(f"{broker.url}/cli/authorize", params={
+        "redirect_uri": "http://evil.example:8000/callback", "code_challenge": "x" * 43, "state": "s"})
+    assert resp.status_code == 400 and "loopback" in resp.text
+
+
+def test_loopback_code_needs_the_pkce_verifier(broker: RunningBroker, http: httpx2.Client) -> None:
+    from tests.harness.idp import pkce_pair
+
+    verifier, challenge = pkce_pair()
+    web_login(http, broker.url, "alice", "alice-demo-pw")
+    redirect = "http://127.0.0.1:9/callback"
+    page = http.get(f"{broker.url}/cli/authorize", params={
+        "redirect_uri": redirect, "code_challenge": challenge, "state": "st"})
+    answer = http.post(f"{broker.url}/cli/authorize", data={**form_values(page.text), "decision": "approve"})
+    code = dict(p.split("=") for p in urlsplit(answer.headers["location"]).query.split("&"))["code"]
+    bad = http.post(f"{broker.url}/api/cli/token", json={
+        "grant_type": "authorization_code", "code": code, "code_verifier": "wrong" * 10, "redirect_uri": redirect})
+    assert bad.json()["error"] == "invalid_grant"
+    # a failed redemption consumes nothing? No: the code stays approved until redeemed correctly once.
+    good = http.post(f"{broker.url}/api/cli/token", json={
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": redirect})
+    assert good.status_code == 200 and good.json()["access_token"].startswith("cdt_")
+    again = http.post(f"{broker.url}/api/cli/token", json={
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": redirect})
+    assert again.json()["error"] == "invalid_grant"
+
+
+def test_whoami_refuses_world_readable_credentials(cli_env: dict[str, str]) -> None:
+    creds = Path(cli_env["XDG_CONFIG_HOME"]) / "conduit" / "credentials.json"
+    creds.parent.mkdir(parents=True)
+    creds.write_text(json.dumps({"current": None, "brokers": {}}))
+    creds.chmod(0o644)
+    who = _whoami(cli_env)
+    assert who.returncode == 2 and "readable by other users" in who.stderr
+
+
+def test_revoked_or_expired_token_is_refused_by_the_api(broker: RunningBroker, http: httpx2.Client) -> None:
+    with broker.services.engine.begin():
+        pass
+    from sessions.db import session_scope
+    from sessions.models import User
+
+    web_login(http, broker.url, "alice", "alice-demo-pw")
+    with session_scope(broker.services.engine) as db:
+        user_id = next(iter(db.exec(__import__("sqlmodel").select(User)).all())).id
+    token, _ = broker.services.tokens.issue(user_id)
+    bearer = {"Authorization": f"Bearer {token}"}
+    with httpx2.Client() as fresh:
+        assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 200
+        assert broker.services.tokens.revoke(token)
+        assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 401
+        assert fresh.get(f"{broker.url}/api/whoami", headers={"Authorization": "Bearer cdt_forged"}).status_code == 401
