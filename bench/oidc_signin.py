@@ -27,9 +27,9 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.devidp import start_dev_idp  # noqa: E402
-from tests.harness.idp import idp_login  # noqa: E402
-from tests.harness.ports import free_port  # noqa: E402
+from broker.devidp import start_dev_idp
+from tests.harness.idp import idp_login
+from tests.harness.ports import free_port
 
 MARK_BEGIN = "<!-- bench:oidc_signin:begin -->"
 MARK_END = "<!-- bench:oidc_signin:end -->"
@@ -63,15 +63,32 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     secret = secrets.token_urlsafe(24)
-    idp = start_dev_idp(work / "idp", [{
-        "client_id": "conduit", "client_secret": secret,
-        "redirect_uris": [f"{base}/auth/callback"], "post_logout_redirect_uris": [f"{base}/"]}])
-    env = {**os.environ, "CONDUIT_PUBLIC_URL": base, "CONDUIT_LISTEN_PORT": str(port),
-           "CONDUIT_DATABASE_URL": f"sqlite:///{work / 'conduit.db'}",
-           "CONDUIT_DATA_DIR": str(work / "var"), "CONDUIT_OIDC__ISSUER": idp.issuer,
-           "CONDUIT_OIDC__CLIENT_SECRET": secret}
-    server = subprocess.Popen([sys.executable, "-m", "broker", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    idp = start_dev_idp(
+        work / "idp",
+        [
+            {
+                "client_id": "conduit",
+                "client_secret": secret,
+                "redirect_uris": [f"{base}/auth/callback"],
+                "post_logout_redirect_uris": [f"{base}/"],
+            }
+        ],
+    )
+    env = {
+        **os.environ,
+        "CONDUIT_PUBLIC_URL": base,
+        "CONDUIT_LISTEN_PORT": str(port),
+        "CONDUIT_DATABASE_URL": f"sqlite:///{work / 'conduit.db'}",
+        "CONDUIT_DATA_DIR": str(work / "var"),
+        "CONDUIT_OIDC__ISSUER": idp.issuer,
+        "CONDUIT_OIDC__CLIENT_SECRET": secret,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "broker", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -98,21 +115,25 @@ def main() -> int:
         ("full round trip (client-observed)", total),
         ("broker share: /login + /auth/callback", broker_ms),
     ]
+    command = f".venv/bin/python bench/oidc_signin.py --sign-ins {args.sign_ins}"
+    runtime = f"{platform.python_implementation()} {platform.python_version()}"
     lines = [
         MARK_BEGIN,
         "## OIDC web sign-in round trip",
         "",
-        f"Command: `.venv/bin/python bench/oidc_signin.py --sign-ins {args.sign_ins} --write docs/benchmarks.md`"
-        f" (also `make bench`). Machine: {os.cpu_count()} vCPU, {platform.python_implementation()} "
-        f"{platform.python_version()}, dev IdP = npm oidc-provider on node, broker = `conduit serve` "
-        "(uvicorn, SQLite WAL), all on 127.0.0.1, one sign-in at a time, fresh cookie jar each.",
+        f"Command: `{command}` (also `make bench`).",
+        f"Machine: {os.cpu_count()} vCPU, {runtime}; dev IdP = npm oidc-provider on node; "
+        "broker = `conduit serve` (uvicorn, SQLite WAL); all on 127.0.0.1; one sign-in at a "
+        "time, each with a fresh cookie jar.",
         "",
         "| measure | n | p50 ms | p99 ms | mean ms |",
         "|---|---|---|---|---|",
     ]
     for name, values in rows:
-        lines.append(f"| {name} | {len(values)} | {pct(values, 50):.1f} | {pct(values, 99):.1f} | "
-                     f"{statistics.fmean(values):.1f} |")
+        lines.append(
+            f"| {name} | {len(values)} | {pct(values, 50):.1f} | {pct(values, 99):.1f} | "
+            f"{statistics.fmean(values):.1f} |"
+        )
     lines.append(MARK_END)
     report = "\n".join(lines)
     print(report)

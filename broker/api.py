@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from sqlalchemy import text
 
 from broker.cli_auth import principal_json
 from broker.services import services

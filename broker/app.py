@@ -7,7 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx2
 from sqlalchemy import Engine
@@ -112,7 +112,8 @@ def create_app(
     ``oidc_transport`` lets tests put a tampering layer between the broker and the real IdP.
     """
     svc = build_services(settings, clock=clock, engine=engine, oidc_transport=oidc_transport)
-    idp_origin = "{0.scheme}://{0.netloc}".format(httpx2.URL(settings.oidc.issuer))
+    issuer = urlsplit(settings.oidc.issuer)
+    idp_origin = f"{issuer.scheme}://{issuer.netloc}"
     headers = {k: v.replace("{idp}", idp_origin) for k, v in SECURITY_HEADERS.items()}
 
     @asynccontextmanager
@@ -126,13 +127,18 @@ def create_app(
 
     async def on_broker_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BrokerError)
-        if isinstance(exc, NotAuthenticated) and not _wants_json(request) and request.method == "GET":
+        if (
+            isinstance(exc, NotAuthenticated)
+            and not _wants_json(request)
+            and request.method == "GET"
+        ):
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
         if _wants_json(request):
             return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
         return svc.templates.TemplateResponse(
-            request, "error.html",
+            request,
+            "error.html",
             {"principal": request.scope.get("principal"), "nav": [], "error": exc},
             status_code=exc.status,
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, delete
-from sqlmodel import select
+from sqlmodel import col, select
 
 from sessions.clock import Clock
 from sessions.db import session_scope
@@ -117,8 +117,8 @@ class WebSessions:
 
     def purge_expired(self) -> int:
         with session_scope(self._engine) as db:
-            result = db.exec(delete(WebSession).where(WebSession.expires_at <= self._clock.now()))  # type: ignore[call-overload]
-            return int(result.rowcount or 0)
+            stmt = delete(WebSession).where(col(WebSession.expires_at) <= self._clock.now())
+            return int(db.exec(stmt).rowcount or 0)
 
 
 class ApiTokens:

@@ -107,17 +107,26 @@ async def device_start(request: Request) -> Response:
             db.add(row)
 
     await run_in_threadpool(_save)
-    await svc.record(request, "cli.device_started", actor="anonymous", outcome="ok",
-                     subject=row.id, details={"client_name": row.client_name})
+    await svc.record(
+        request,
+        "cli.device_started",
+        actor="anonymous",
+        outcome="ok",
+        subject=row.id,
+        details={"client_name": row.client_name},
+    )
     base = svc.settings.public_url.rstrip("/")
-    return JSONResponse({
-        "device_code": device_code,
-        "user_code": format_user_code(user_code),
-        "verification_uri": f"{base}/cli/activate",
-        "verification_uri_complete": f"{base}/cli/activate?{urlencode({'user_code': format_user_code(user_code)})}",
-        "expires_in": svc.settings.device_code_ttl_s,
-        "interval": POLL_INTERVAL_S,
-    })
+    shown = format_user_code(user_code)
+    return JSONResponse(
+        {
+            "device_code": device_code,
+            "user_code": shown,
+            "verification_uri": f"{base}/cli/activate",
+            "verification_uri_complete": f"{base}/cli/activate?{urlencode({'user_code': shown})}",
+            "expires_in": svc.settings.device_code_ttl_s,
+            "interval": POLL_INTERVAL_S,
+        }
+    )
 
 
 def _find_pending_device(svc: Services, user_code: str) -> CliAuthorization | None:
@@ -136,15 +145,22 @@ def _find_pending_device(svc: Services, user_code: str) -> CliAuthorization | No
 async def activate_page(request: Request) -> Response:
     principal = await current_principal(request)
     if principal is None:
-        return RedirectResponse(f"/login?{urlencode({'next': str(request.url.path) + '?' + str(request.url.query)})}", 303)
+        return RedirectResponse(
+            f"/login?{urlencode({'next': str(request.url.path) + '?' + str(request.url.query)})}",
+            303,
+        )
     code = normalize_user_code(request.query_params.get("user_code", ""))
     row = await run_in_threadpool(_find_pending_device, services(request), code) if code else None
-    return render(request, "cli_activate.html", {
-        "user_code": format_user_code(code) if row else "",
-        "entered": request.query_params.get("user_code", ""),
-        "client_name": row.client_name if row else "",
-        "unknown": bool(code) and row is None,
-    })
+    return render(
+        request,
+        "cli_activate.html",
+        {
+            "user_code": format_user_code(code) if row else "",
+            "entered": request.query_params.get("user_code", ""),
+            "client_name": row.client_name if row else "",
+            "unknown": bool(code) and row is None,
+        },
+    )
 
 
 async def activate_submit(request: Request) -> Response:
@@ -170,13 +186,31 @@ async def activate_submit(request: Request) -> Response:
 
     auth_id = await run_in_threadpool(_decide) if code else None
     if auth_id is None:
-        await svc.record(request, "cli.activate", actor=principal.user_id, outcome="rejected",
-                         details={"reason": "unknown or expired user code"})
-        return render(request, "cli_activate.html", {
-            "user_code": "", "entered": str(form.get("user_code", "")), "client_name": "",
-            "unknown": True}, status=400)
-    await svc.record(request, "cli.activate", actor=principal.user_id,
-                     outcome="ok" if approve else "deny", subject=auth_id)
+        await svc.record(
+            request,
+            "cli.activate",
+            actor=principal.user_id,
+            outcome="rejected",
+            details={"reason": "unknown or expired user code"},
+        )
+        return render(
+            request,
+            "cli_activate.html",
+            {
+                "user_code": "",
+                "entered": str(form.get("user_code", "")),
+                "client_name": "",
+                "unknown": True,
+            },
+            status=400,
+        )
+    await svc.record(
+        request,
+        "cli.activate",
+        actor=principal.user_id,
+        outcome="ok" if approve else "deny",
+        subject=auth_id,
+    )
     return render(request, "cli_done.html", {"approved": approve})
 
 
@@ -186,7 +220,11 @@ async def activate_submit(request: Request) -> Response:
 async def authorize_page(request: Request) -> Response:
     svc = services(request)
     q = request.query_params
-    redirect_uri, challenge, state = q.get("redirect_uri", ""), q.get("code_challenge", ""), q.get("state", "")
+    redirect_uri, challenge, state = (
+        q.get("redirect_uri", ""),
+        q.get("code_challenge", ""),
+        q.get("state", ""),
+    )
     if not _is_loopback_redirect(redirect_uri):
         raise BadRequest("redirect_uri must be an http://127.0.0.1:PORT/ loopback address")
     if q.get("code_challenge_method", "S256") != "S256" or not 43 <= len(challenge) <= 128:
@@ -195,12 +233,19 @@ async def authorize_page(request: Request) -> Response:
         raise BadRequest("state is required")
     principal = await current_principal(request)
     if principal is None:
-        return RedirectResponse(f"/login?{urlencode({'next': request.url.path + '?' + request.url.query})}", 303)
+        return RedirectResponse(
+            f"/login?{urlencode({'next': request.url.path + '?' + request.url.query})}", 303
+        )
     now = svc.clock.now()
     row = CliAuthorization(
-        kind="loopback", state="pending", code_challenge=challenge, redirect_uri=redirect_uri,
-        user_id=principal.user_id, client_name=_client_name(q.get("client_name")),
-        created_at=now, expires_at=now + timedelta(seconds=svc.settings.device_code_ttl_s),
+        kind="loopback",
+        state="pending",
+        code_challenge=challenge,
+        redirect_uri=redirect_uri,
+        user_id=principal.user_id,
+        client_name=_client_name(q.get("client_name")),
+        created_at=now,
+        expires_at=now + timedelta(seconds=svc.settings.device_code_ttl_s),
     )
 
     def _save() -> None:
@@ -208,10 +253,16 @@ async def authorize_page(request: Request) -> Response:
             db.add(row)
 
     await run_in_threadpool(_save)
-    return render(request, "cli_authorize.html", {
-        "auth_id": row.id, "client_name": row.client_name, "state": state,
-        "redirect_host": urlsplit(redirect_uri).netloc,
-    })
+    return render(
+        request,
+        "cli_authorize.html",
+        {
+            "auth_id": row.id,
+            "client_name": row.client_name,
+            "state": state,
+            "redirect_host": urlsplit(redirect_uri).netloc,
+        },
+    )
 
 
 async def authorize_submit(request: Request) -> Response:
@@ -225,8 +276,13 @@ async def authorize_submit(request: Request) -> Response:
     def _decide() -> str | None:
         with session_scope(svc.engine) as db:
             row = db.get(CliAuthorization, auth_id)
-            if (row is None or row.kind != "loopback" or row.state != "pending"
-                    or row.user_id != principal.user_id or row.expires_at <= svc.clock.now()):
+            if (
+                row is None
+                or row.kind != "loopback"
+                or row.state != "pending"
+                or row.user_id != principal.user_id
+                or row.expires_at <= svc.clock.now()
+            ):
                 return None
             row.state = "approved" if approve else "denied"
             row.code_hash = secret_hash(code) if approve else None
@@ -235,12 +291,27 @@ async def authorize_submit(request: Request) -> Response:
 
     redirect_uri = await run_in_threadpool(_decide)
     if redirect_uri is None:
-        await svc.record(request, "cli.authorize", actor=principal.user_id, outcome="rejected",
-                         subject=auth_id, details={"reason": "unknown or expired request"})
-        raise BadRequest("this CLI sign-in request is unknown or expired; run `conduit login` again")
-    await svc.record(request, "cli.authorize", actor=principal.user_id,
-                     outcome="ok" if approve else "deny", subject=auth_id)
-    params = {"code": code, "state": state} if approve else {"error": "access_denied", "state": state}
+        await svc.record(
+            request,
+            "cli.authorize",
+            actor=principal.user_id,
+            outcome="rejected",
+            subject=auth_id,
+            details={"reason": "unknown or expired request"},
+        )
+        raise BadRequest(
+            "this CLI sign-in request is unknown or expired; run `conduit login` again"
+        )
+    await svc.record(
+        request,
+        "cli.authorize",
+        actor=principal.user_id,
+        outcome="ok" if approve else "deny",
+        subject=auth_id,
+    )
+    params = (
+        {"code": code, "state": state} if approve else {"error": "access_denied", "state": state}
+    )
     return RedirectResponse(f"{redirect_uri}?{urlencode(params)}", status_code=303)
 
 
@@ -254,12 +325,24 @@ def _redeem(svc: Services, params: dict[str, Any]) -> tuple[str, str] | JSONResp
     with session_scope(svc.engine) as db:
         if grant == DEVICE_GRANT:
             dc = str(params.get("device_code", ""))
-            row = db.exec(select(CliAuthorization).where(
-                CliAuthorization.device_code_hash == secret_hash(dc))).first() if dc else None
+            row = (
+                db.exec(
+                    select(CliAuthorization).where(
+                        CliAuthorization.device_code_hash == secret_hash(dc)
+                    )
+                ).first()
+                if dc
+                else None
+            )
         elif grant == "authorization_code":
             code = str(params.get("code", ""))
-            row = db.exec(select(CliAuthorization).where(
-                CliAuthorization.code_hash == secret_hash(code))).first() if code else None
+            row = (
+                db.exec(
+                    select(CliAuthorization).where(CliAuthorization.code_hash == secret_hash(code))
+                ).first()
+                if code
+                else None
+            )
         else:
             return _oauth_error("unsupported_grant_type", "use device_code or authorization_code")
         if row is None:
@@ -294,23 +377,48 @@ async def token(request: Request) -> Response:
     result = await run_in_threadpool(_redeem, svc, params)
     if isinstance(result, JSONResponse):
         if b"authorization_pending" not in bytes(result.body):
-            await svc.record(request, "cli.token", actor="anonymous", outcome="rejected",
-                             details={"grant_type": str(params.get("grant_type", ""))[:80],
-                                      "error": bytes(result.body).decode()[:200]})
+            await svc.record(
+                request,
+                "cli.token",
+                actor="anonymous",
+                outcome="rejected",
+                details={
+                    "grant_type": str(params.get("grant_type", ""))[:80],
+                    "error": bytes(result.body).decode()[:200],
+                },
+            )
         return result
     auth_id, user_id = result
     access, expires = await run_in_threadpool(svc.tokens.issue, user_id)
-    await svc.record(request, "cli.token", actor=user_id, outcome="ok", subject=auth_id,
-                     details={"expires_at": expires.isoformat()})
-    return JSONResponse({"access_token": access, "token_type": "Bearer",
-                         "expires_at": expires.isoformat(),
-                         "expires_in": int((expires - svc.clock.now()).total_seconds())})
+    await svc.record(
+        request,
+        "cli.token",
+        actor=user_id,
+        outcome="ok",
+        subject=auth_id,
+        details={"expires_at": expires.isoformat()},
+    )
+    return JSONResponse(
+        {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_at": expires.isoformat(),
+            "expires_in": int((expires - svc.clock.now()).total_seconds()),
+        }
+    )
 
 
 def principal_json(p: Principal) -> dict[str, Any]:
-    return {"sub": p.sub, "email": p.email, "name": p.name, "roles": list(p.roles),
-            "groups": list(p.groups), "amr": list(p.amr), "expires_at": p.expires_at.isoformat(),
-            "via": p.via}
+    return {
+        "sub": p.sub,
+        "email": p.email,
+        "name": p.name,
+        "roles": list(p.roles),
+        "groups": list(p.groups),
+        "amr": list(p.amr),
+        "expires_at": p.expires_at.isoformat(),
+        "via": p.via,
+    }
 
 
 routes = [

@@ -53,14 +53,33 @@ def seed(database_url: str) -> None:
             db.flush()
             zones[name] = zone.id
         for name, zone_name, crit, owner, protocols, port in DEMO_ASSETS:
-            db.add(Asset(name=name, site_id=site.id, zone_id=zones[zone_name], criticality=crit,
-                         owner_group=owner, protocols=protocols, endpoint_host="127.0.0.1",
-                         endpoint_port=port, labels={"line": "press"}, created_at=now))
+            db.add(
+                Asset(
+                    name=name,
+                    site_id=site.id,
+                    zone_id=zones[zone_name],
+                    criticality=crit,
+                    owner_group=owner,
+                    protocols=protocols,
+                    endpoint_host="127.0.0.1",
+                    endpoint_port=port,
+                    labels={"line": "press"},
+                    created_at=now,
+                )
+            )
         org = VendorOrg(slug="acme-automation", name="ACME Automation", created_at=now)
         db.add(org)
         db.flush()
-        db.add(VendorContract(vendor_org_id=org.id, site_id=site.id, reference="SVC-2026-001",
-                              valid_from=now, valid_until=now + timedelta(days=365), created_at=now))
+        db.add(
+            VendorContract(
+                vendor_org_id=org.id,
+                site_id=site.id,
+                reference="SVC-2026-001",
+                valid_from=now,
+                valid_until=now + timedelta(days=365),
+                created_at=now,
+            )
+        )
     engine.dispose()
 
 
@@ -73,16 +92,23 @@ def run(args: argparse.Namespace) -> int:
         secret_file.write_text(secrets.token_urlsafe(32))
         secret_file.chmod(0o600)
     client_secret = secret_file.read_text().strip()
-    clients = [{
-        "client_id": "conduit", "client_secret": client_secret,
-        "redirect_uris": [f"{public_url}/auth/callback"],
-        "post_logout_redirect_uris": [f"{public_url}/"],
-    }]
+    clients = [
+        {
+            "client_id": "conduit",
+            "client_secret": client_secret,
+            "redirect_uris": [f"{public_url}/auth/callback"],
+            "post_logout_redirect_uris": [f"{public_url}/"],
+        }
+    ]
     idp = start_dev_idp(workdir / "idp", clients, port=args.idp_port)
     try:
         settings = load_settings(
-            None, mode="dev", public_url=public_url, listen_port=args.port,
-            database_url=f"sqlite:///{workdir / 'conduit.db'}", data_dir=workdir / "var",
+            None,
+            mode="dev",
+            public_url=public_url,
+            listen_port=args.port,
+            database_url=f"sqlite:///{workdir / 'conduit.db'}",
+            data_dir=workdir / "var",
             oidc={"issuer": idp.issuer, "client_id": "conduit", "client_secret": client_secret},
         )
         seed(settings.database_url)
@@ -95,11 +121,18 @@ def run(args: argparse.Namespace) -> int:
             extra = f"  one-time code {u['otp']}" if u.get("otp") else ""
             groups = ", ".join(u.get("groups", [])) or "no groups: signs in with no role"
             print(f"    {u['username']:<7} / {u['password']:<15} {u['name']} ({groups}){extra}")
-        print(f"\n  CLI:     conduit login --broker {public_url} --no-browser\n"
-              "  Stop with Ctrl-C.\n", flush=True)
+        print(
+            f"\n  CLI:     conduit login --broker {public_url} --no-browser\n  Stop with Ctrl-C.\n",
+            flush=True,
+        )
         logging.basicConfig(level=logging.WARNING)
-        uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_level="warning",
-                    server_header=False)
+        uvicorn.run(
+            create_app(settings),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+            server_header=False,
+        )
     finally:
         idp.stop()
     return 0

@@ -19,9 +19,9 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx2
+from authlib.common.errors import AuthlibBaseError
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
-from authlib.common.errors import AuthlibBaseError
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -38,12 +38,12 @@ _REQUIRED_METADATA = ("issuer", "authorization_endpoint", "token_endpoint", "jwk
 
 def new_state() -> str:
     """A fresh unguessable value for ``state``, ``nonce`` or a browser binding."""
-    return generate_token(43)
+    return str(generate_token(43))
 
 
 def new_code_verifier() -> str:
     """A PKCE code verifier (RFC 7636: 43-128 unreserved characters)."""
-    return generate_token(64)
+    return str(generate_token(64))
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from sqlmodel import col, select
 
 from broker.services import services
 from broker.web import current_principal, render, require
@@ -36,8 +36,10 @@ async def vendor_home(request: Request) -> Response:
     def _load() -> list[tuple[Grant, str]]:
         with session_scope(svc.engine) as db:
             rows = db.exec(
-                select(Grant, Asset.name).join(Asset, col(Asset.id) == col(Grant.asset_id))
-                .where(Grant.user_id == principal.user_id).order_by(col(Grant.starts_at).desc())
+                select(Grant, Asset.name)
+                .join(Asset, col(Asset.id) == col(Grant.asset_id))
+                .where(Grant.user_id == principal.user_id)
+                .order_by(col(Grant.starts_at).desc())
             ).all()
             return [(g, name) for g, name in rows]
 
@@ -102,8 +104,15 @@ async def security_audit(request: Request) -> Response:
     verification = None
     if request.query_params.get("verify") == "1":
         verification = await run_in_threadpool(svc.audit.verify)
-    return render(request, "audit.html", {"events": events, "verification": verification,
-                                          "older": events[-1].seq if len(events) == AUDIT_PAGE else None})
+    return render(
+        request,
+        "audit.html",
+        {
+            "events": events,
+            "verification": verification,
+            "older": events[-1].seq if len(events) == AUDIT_PAGE else None,
+        },
+    )
 
 
 routes = [

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete
+from sqlmodel import col
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -36,7 +37,9 @@ def safe_return_to(value: str | None) -> str:
     return value
 
 
-def _store_flow(svc: Services, state: str, nonce: str, verifier: str, binding: str, ret: str) -> None:
+def _store_flow(
+    svc: Services, state: str, nonce: str, verifier: str, binding: str, ret: str
+) -> None:
     now = svc.clock.now()
     flow = LoginFlow(
         state_hash=secret_hash(state),
@@ -48,7 +51,7 @@ def _store_flow(svc: Services, state: str, nonce: str, verifier: str, binding: s
         expires_at=now + timedelta(seconds=svc.settings.login_flow_ttl_s),
     )
     with session_scope(svc.engine) as db:
-        db.exec(delete(LoginFlow).where(LoginFlow.expires_at <= now))  # type: ignore[call-overload]
+        db.exec(delete(LoginFlow).where(col(LoginFlow.expires_at) <= now))
         db.add(flow)
 
 
@@ -58,9 +61,7 @@ def _consume_flow(svc: Services, state: str) -> LoginFlow | None:
         flow = db.get(LoginFlow, secret_hash(state))
         if flow is None:
             return None
-        result = db.exec(  # type: ignore[call-overload]
-            delete(LoginFlow).where(LoginFlow.state_hash == flow.state_hash)
-        )
+        result = db.exec(delete(LoginFlow).where(col(LoginFlow.state_hash) == flow.state_hash))
         if result.rowcount != 1:  # lost a race with a concurrent replay
             return None
         db.expunge(flow)
@@ -75,22 +76,33 @@ async def login(request: Request) -> Response:
         url = await svc.oidc.authorization_url(state=state, nonce=nonce, code_verifier=verifier)
     except IdpUnavailable as exc:
         await svc.record(
-            request, "auth.login", actor="anonymous", outcome="error",
+            request,
+            "auth.login",
+            actor="anonymous",
+            outcome="error",
             details={"code": exc.code, "error": exc.message},
         )
         raise
     await run_in_threadpool(_store_flow, svc, state, nonce, verifier, binding, ret)
     resp = RedirectResponse(url, status_code=302)
     resp.set_cookie(
-        LOGIN_COOKIE, binding, max_age=svc.settings.login_flow_ttl_s, path="/auth",
-        httponly=True, secure=svc.settings.secure_cookies, samesite="lax",
+        LOGIN_COOKIE,
+        binding,
+        max_age=svc.settings.login_flow_ttl_s,
+        path="/auth",
+        httponly=True,
+        secure=svc.settings.secure_cookies,
+        samesite="lax",
     )
     return resp
 
 
 async def _reject(request: Request, exc: BrokerError, details: dict[str, Any]) -> None:
     await services(request).record(
-        request, "auth.login", actor="anonymous", outcome="rejected",
+        request,
+        "auth.login",
+        actor="anonymous",
+        outcome="rejected",
         details={"code": exc.code, "error": exc.message, **details},
     )
 
@@ -151,15 +163,28 @@ async def callback(request: Request) -> Response:
 
     user_id, cookie = await run_in_threadpool(_sign_in)
     await svc.record(
-        request, "auth.login", actor=user_id, outcome="ok", subject=identity.sub,
-        details={"roles": roles, "groups": list(identity.groups), "amr": list(identity.amr),
-                 "no_roles": not roles},
+        request,
+        "auth.login",
+        actor=user_id,
+        outcome="ok",
+        subject=identity.sub,
+        details={
+            "roles": roles,
+            "groups": list(identity.groups),
+            "amr": list(identity.amr),
+            "no_roles": not roles,
+        },
     )
     resp = RedirectResponse(flow.return_to, status_code=303)
     resp.delete_cookie(LOGIN_COOKIE, path="/auth")
     resp.set_cookie(
-        SESSION_COOKIE, cookie, max_age=svc.settings.session_ttl_s, path="/",
-        httponly=True, secure=svc.settings.secure_cookies, samesite="lax",
+        SESSION_COOKIE,
+        cookie,
+        max_age=svc.settings.session_ttl_s,
+        path="/",
+        httponly=True,
+        secure=svc.settings.secure_cookies,
+        samesite="lax",
     )
     return resp
 
@@ -168,7 +193,9 @@ async def logout(request: Request) -> Response:
     svc = services(request)
     principal = await require(request)
     await check_csrf(request, principal)
-    hint = await run_in_threadpool(svc.web_sessions.destroy, request.cookies.get(SESSION_COOKIE, ""))
+    hint = await run_in_threadpool(
+        svc.web_sessions.destroy, request.cookies.get(SESSION_COOKIE, "")
+    )
     await svc.record(request, "auth.logout", actor=principal.user_id, outcome="ok")
     home = svc.settings.public_url.rstrip("/") + "/"
     target = await svc.oidc.end_session_url(id_token_hint=hint, post_logout=home) or "/"
@@ -181,7 +208,9 @@ async def login_page(request: Request) -> Response:
     """A landing page for signed-out users (the layout's sign-in button goes to /login)."""
     if await current_principal(request) is not None:
         return RedirectResponse("/", status_code=303)
-    return render(request, "signed_out.html", {"next": safe_return_to(request.query_params.get("next"))})
+    return render(
+        request, "signed_out.html", {"next": safe_return_to(request.query_params.get("next"))}
+    )
 
 
 routes = [

@@ -42,11 +42,12 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if value.tzinfo is not None:  # a driver that returns aware values: normalise only
+            return value.astimezone(UTC)
         return value.replace(tzinfo=UTC)
 
 
-# Why a shared instance: the migration and the models must agree on the column type for
-# alembic's compare_metadata to see no difference.
+# One declaration for every JSON column; the migration spells the same type as sa.JSON().
 JSONDocument = sa.JSON()
 
 

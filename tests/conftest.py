@@ -31,21 +31,28 @@ def client_secret() -> str:
 
 
 @pytest.fixture(scope="session")
-def idp(tmp_path_factory: pytest.TempPathFactory, broker_port: int, client_secret: str) -> Iterator[RunningIdP]:
+def idp(
+    tmp_path_factory: pytest.TempPathFactory, broker_port: int, client_secret: str
+) -> Iterator[RunningIdP]:
     """The real dev IdP (npm oidc-provider), with the broker registered as a client."""
     base = f"http://127.0.0.1:{broker_port}"
-    clients = [{
-        "client_id": CLIENT_ID, "client_secret": client_secret,
-        "redirect_uris": [f"{base}/auth/callback"],
-        "post_logout_redirect_uris": [f"{base}/"],
-    }]
+    clients = [
+        {
+            "client_id": CLIENT_ID,
+            "client_secret": client_secret,
+            "redirect_uris": [f"{base}/auth/callback"],
+            "post_logout_redirect_uris": [f"{base}/"],
+        }
+    ]
     running = start_dev_idp(tmp_path_factory.mktemp("idp"), clients)
     yield running
     running.stop()
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, broker_port: int, idp: RunningIdP, client_secret: str) -> Callable[..., Settings]:
+def make_settings(
+    tmp_path: Path, broker_port: int, idp: RunningIdP, client_secret: str
+) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
         base: dict[str, Any] = {
             "mode": "dev",
@@ -67,10 +74,14 @@ def make_broker(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
     started: list[RunningBroker] = []
 
     def factory(
-        *, clock: Clock | None = None, oidc_transport: httpx2.AsyncBaseTransport | None = None,
+        *,
+        clock: Clock | None = None,
+        oidc_transport: httpx2.AsyncBaseTransport | None = None,
         **overrides: Any,
     ) -> RunningBroker:
-        broker = start_broker(make_settings(**overrides), clock=clock, oidc_transport=oidc_transport)
+        broker = start_broker(
+            make_settings(**overrides), clock=clock, oidc_transport=oidc_transport
+        )
         started.append(broker)
         return broker
 

@@ -27,9 +27,17 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _start_device_login(broker: RunningBroker, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, str]:
-    proc = subprocess.Popen([*CONDUIT, "login", "--no-browser", "--broker", broker.url],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+def _start_device_login(
+    broker: RunningBroker, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen(
+        [*CONDUIT, "login", "--no-browser", "--broker", broker.url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.stdout is not None
     lines = [proc.stdout.readline() for _ in range(3)]
     url = lines[1].strip()
@@ -39,18 +47,31 @@ def _start_device_login(broker: RunningBroker, env: dict[str, str]) -> tuple[sub
 
 
 def _whoami(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CONDUIT, "whoami", *extra], env=env, capture_output=True, text=True,
-                          cwd=REPO, timeout=30, check=False)
+    return subprocess.run(
+        [*CONDUIT, "whoami", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
 
 
-def test_device_login_then_whoami(broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]) -> None:
+def test_device_login_then_whoami(
+    broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]
+) -> None:
     proc, url, code = _start_device_login(broker, cli_env)
     path = urlsplit(url)
     # A second client (the vendor's browser elsewhere) signs in and confirms the code.
-    signed_in = web_login(http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}")
+    signed_in = web_login(
+        http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}"
+    )
     page = http.get(broker.url + signed_in.headers["location"])
     assert code in page.text and "Alice Vendor" in page.text
-    done = http.post(f"{broker.url}/cli/activate", data={**form_values(page.text), "decision": "approve"})
+    done = http.post(
+        f"{broker.url}/cli/activate", data={**form_values(page.text), "decision": "approve"}
+    )
     assert "CLI signed in" in done.text
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -62,19 +83,34 @@ def test_device_login_then_whoami(broker: RunningBroker, http: httpx2.Client, cl
     assert token not in out + err  # never printed
     who = _whoami(cli_env)
     assert who.returncode == 0, who.stderr
-    assert "Alice Vendor" in who.stdout and "Roles:    vendor" in who.stdout and "Expires:" in who.stdout
-    kinds = [(e["kind"], e["outcome"]) for e in audit_events(broker) if e["kind"].startswith("cli.")]
+    assert (
+        "Alice Vendor" in who.stdout
+        and "Roles:    vendor" in who.stdout
+        and "Expires:" in who.stdout
+    )
+    kinds = [
+        (e["kind"], e["outcome"]) for e in audit_events(broker) if e["kind"].startswith("cli.")
+    ]
     assert kinds == [("cli.device_started", "ok"), ("cli.activate", "ok"), ("cli.token", "ok")]
     # the device code is single use
-    reuse = http.post(f"{broker.url}/api/cli/token", json={
-        "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": "not-a-real-code"})
+    reuse = http.post(
+        f"{broker.url}/api/cli/token",
+        json={
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": "not-a-real-code",
+        },
+    )
     assert reuse.status_code == 400 and reuse.json()["error"] == "invalid_grant"
 
 
-def test_device_login_denied_in_browser(broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]) -> None:
+def test_device_login_denied_in_browser(
+    broker: RunningBroker, http: httpx2.Client, cli_env: dict[str, str]
+) -> None:
     proc, url, _ = _start_device_login(broker, cli_env)
     path = urlsplit(url)
-    signed_in = web_login(http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}")
+    signed_in = web_login(
+        http, broker.url, "alice", "alice-demo-pw", next_path=f"{path.path}?{path.query}"
+    )
     page = http.get(broker.url + signed_in.headers["location"])
     http.post(f"{broker.url}/cli/activate", data={**form_values(page.text), "decision": "deny"})
     _, err = proc.communicate(timeout=30)
@@ -89,10 +125,21 @@ def test_unknown_user_code_is_refused(broker: RunningBroker, http: httpx2.Client
 
 
 def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, str]) -> None:
-    env = {**cli_env, "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
-           "CONDUIT_TEST_USER": "olga", "CONDUIT_TEST_PASSWORD": "olga-demo-pw"}
-    done = subprocess.run([*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **cli_env,
+        "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
+        "CONDUIT_TEST_USER": "olga",
+        "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
+    }
+    done = subprocess.run(
+        [*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Olga Owner" in done.stdout and "roles: approver" in done.stdout
     who = _whoami(env, "--json")
@@ -100,18 +147,37 @@ def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, s
 
 
 def test_loopback_denied(broker: RunningBroker, cli_env: dict[str, str]) -> None:
-    env = {**cli_env, "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
-           "CONDUIT_TEST_USER": "olga", "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
-           "CONDUIT_TEST_DECISION": "deny"}
-    done = subprocess.run([*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60, check=False)
+    env = {
+        **cli_env,
+        "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
+        "CONDUIT_TEST_USER": "olga",
+        "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
+        "CONDUIT_TEST_DECISION": "deny",
+    }
+    done = subprocess.run(
+        [*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2 and "access_denied" in done.stderr
 
 
-def test_loopback_authorize_refuses_non_loopback_redirect(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_loopback_authorize_refuses_non_loopback_redirect(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     web_login(http, broker.url, "alice", "alice-demo-pw")
-    resp = http.get(f"{broker.url}/cli/authorize", params={
-        "redirect_uri": "http://evil.example:8000/callback", "code_challenge": "x" * 43, "state": "s"})
+    resp = http.get(
+        f"{broker.url}/cli/authorize",
+        params={
+            "redirect_uri": "http://evil.example:8000/callback",
+            "code_challenge": "x" * 43,
+            "state": "s",
+        },
+    )
     assert resp.status_code == 400 and "loopback" in resp.text
 
 
@@ -121,19 +187,44 @@ def test_loopback_code_needs_the_pkce_verifier(broker: RunningBroker, http: http
     verifier, challenge = pkce_pair()
     web_login(http, broker.url, "alice", "alice-demo-pw")
     redirect = "http://127.0.0.1:9/callback"
-    page = http.get(f"{broker.url}/cli/authorize", params={
-        "redirect_uri": redirect, "code_challenge": challenge, "state": "st"})
-    answer = http.post(f"{broker.url}/cli/authorize", data={**form_values(page.text), "decision": "approve"})
+    page = http.get(
+        f"{broker.url}/cli/authorize",
+        params={"redirect_uri": redirect, "code_challenge": challenge, "state": "st"},
+    )
+    answer = http.post(
+        f"{broker.url}/cli/authorize", data={**form_values(page.text), "decision": "approve"}
+    )
     code = dict(p.split("=") for p in urlsplit(answer.headers["location"]).query.split("&"))["code"]
-    bad = http.post(f"{broker.url}/api/cli/token", json={
-        "grant_type": "authorization_code", "code": code, "code_verifier": "wrong" * 10, "redirect_uri": redirect})
+    bad = http.post(
+        f"{broker.url}/api/cli/token",
+        json={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": "wrong" * 10,
+            "redirect_uri": redirect,
+        },
+    )
     assert bad.json()["error"] == "invalid_grant"
-    # a failed redemption consumes nothing? No: the code stays approved until redeemed correctly once.
-    good = http.post(f"{broker.url}/api/cli/token", json={
-        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": redirect})
+    # A wrong verifier does not burn the code: only a correct redemption consumes it.
+    good = http.post(
+        f"{broker.url}/api/cli/token",
+        json={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": redirect,
+        },
+    )
     assert good.status_code == 200 and good.json()["access_token"].startswith("cdt_")
-    again = http.post(f"{broker.url}/api/cli/token", json={
-        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "redirect_uri": redirect})
+    again = http.post(
+        f"{broker.url}/api/cli/token",
+        json={
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": verifier,
+            "redirect_uri": redirect,
+        },
+    )
     assert again.json()["error"] == "invalid_grant"
 
 
@@ -146,7 +237,9 @@ def test_whoami_refuses_world_readable_credentials(cli_env: dict[str, str]) -> N
     assert who.returncode == 2 and "readable by other users" in who.stderr
 
 
-def test_revoked_or_expired_token_is_refused_by_the_api(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_revoked_or_expired_token_is_refused_by_the_api(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     with broker.services.engine.begin():
         pass
     from sessions.db import session_scope
@@ -161,4 +254,9 @@ def test_revoked_or_expired_token_is_refused_by_the_api(broker: RunningBroker, h
         assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 200
         assert broker.services.tokens.revoke(token)
         assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 401
-        assert fresh.get(f"{broker.url}/api/whoami", headers={"Authorization": "Bearer cdt_forged"}).status_code == 401
+        assert (
+            fresh.get(
+                f"{broker.url}/api/whoami", headers={"Authorization": "Bearer cdt_forged"}
+            ).status_code
+            == 401
+        )

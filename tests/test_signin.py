@@ -85,18 +85,26 @@ def tampered(make_broker: Callable[..., RunningBroker], tamper: TamperTransport)
     return make_broker(oidc_transport=tamper)
 
 
-def test_tampered_signature_is_rejected(tampered: RunningBroker, tamper: TamperTransport, http: httpx2.Client) -> None:
+def test_tampered_signature_is_rejected(
+    tampered: RunningBroker, tamper: TamperTransport, http: httpx2.Client
+) -> None:
     def flip(token: str) -> str:
         head, body, sig = token.split(".")
         return f"{head}.{body}.{sig[:10]}{'A' if sig[10] != 'A' else 'B'}{sig[11:]}"
 
     tamper.id_token_hook = flip
-    _assert_rejected(tampered, web_login(http, tampered.url, "alice", "alice-demo-pw"), "id_token_bad_signature")
+    _assert_rejected(
+        tampered, web_login(http, tampered.url, "alice", "alice-demo-pw"), "id_token_bad_signature"
+    )
 
 
-def test_alg_none_token_is_rejected(tampered: RunningBroker, tamper: TamperTransport, http: httpx2.Client) -> None:
+def test_alg_none_token_is_rejected(
+    tampered: RunningBroker, tamper: TamperTransport, http: httpx2.Client
+) -> None:
     tamper.id_token_hook = lambda token: unsigned(claims_of(token))
-    _assert_rejected(tampered, web_login(http, tampered.url, "alice", "alice-demo-pw"), "id_token_bad_alg")
+    _assert_rejected(
+        tampered, web_login(http, tampered.url, "alice", "alice-demo-pw"), "id_token_bad_alg"
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,8 +118,12 @@ def test_alg_none_token_is_rejected(tampered: RunningBroker, tamper: TamperTrans
     ids=["wrong-issuer", "wrong-audience", "wrong-nonce", "expired"],
 )
 def test_validly_signed_but_wrong_claims_are_rejected(
-    tampered: RunningBroker, tamper: TamperTransport, idp: RunningIdP, http: httpx2.Client,
-    change: dict[str, Any], code: str,
+    tampered: RunningBroker,
+    tamper: TamperTransport,
+    idp: RunningIdP,
+    http: httpx2.Client,
+    change: dict[str, Any],
+    code: str,
 ) -> None:
     tamper.id_token_hook = lambda token: resign(idp.private_jwks, {**claims_of(token), **change})
     _assert_rejected(tampered, web_login(http, tampered.url, "alice", "alice-demo-pw"), code)
@@ -122,7 +134,9 @@ def test_token_expired_by_the_brokers_clock_is_rejected(
 ) -> None:
     clock = ManualClock(datetime.now(UTC) + timedelta(hours=2))  # IdP tokens live 10 minutes
     broker = make_broker(clock=clock)
-    _assert_rejected(broker, web_login(http, broker.url, "alice", "alice-demo-pw"), "id_token_expired")
+    _assert_rejected(
+        broker, web_login(http, broker.url, "alice", "alice-demo-pw"), "id_token_expired"
+    )
 
 
 def test_missing_pkce_verifier_is_refused_by_the_idp(
@@ -143,12 +157,16 @@ def test_replayed_state_is_rejected(broker: RunningBroker, http: httpx2.Client) 
     assert [e["details"]["code"] for e in _rejections(broker)] == ["unknown_state"]
 
 
-def test_callback_with_unknown_state_is_rejected(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_callback_with_unknown_state_is_rejected(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     resp = http.get(f"{broker.url}/auth/callback", params={"state": "made-up", "code": "made-up"})
     _assert_rejected(broker, resp, "unknown_state")
 
 
-def test_callback_in_another_browser_is_rejected(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_callback_in_another_browser_is_rejected(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     authorize = begin_login(http, broker.url)
     callback = idp_login(http, authorize, "alice", "alice-demo-pw").headers["location"]
     with httpx2.Client() as attacker:  # has the link, not the binding cookie
@@ -167,7 +185,9 @@ def test_idp_unreachable_shows_an_error_page(
     from tests.harness.ports import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    broker = make_broker(oidc={"issuer": dead, "client_id": "conduit", "client_secret": client_secret})
+    broker = make_broker(
+        oidc={"issuer": dead, "client_id": "conduit", "client_secret": client_secret}
+    )
     resp = http.get(f"{broker.url}/login")
     assert resp.status_code == 503
     assert "Identity provider unavailable" in resp.text and ">idp_unavailable<" in resp.text
@@ -176,7 +196,9 @@ def test_idp_unreachable_shows_an_error_page(
     assert [(e["outcome"], e["details"]["code"]) for e in events] == [("error", "idp_unavailable")]
 
 
-def test_user_without_groups_signs_in_with_no_roles(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_user_without_groups_signs_in_with_no_roles(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     resp = web_login(http, broker.url, "nora", "nora-demo-pw")
     assert resp.status_code == 303
     home = http.get(f"{broker.url}/")
@@ -197,7 +219,9 @@ def test_roles_gate_pages(broker: RunningBroker, http: httpx2.Client) -> None:
     assert "Chain intact" in verify.text
 
 
-def test_open_redirect_after_sign_in_is_prevented(broker: RunningBroker, http: httpx2.Client) -> None:
+def test_open_redirect_after_sign_in_is_prevented(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
     resp = web_login(http, broker.url, "alice", "alice-demo-pw", next_path="//evil.example/")
     assert resp.headers["location"] == "/"
 

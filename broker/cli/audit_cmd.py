@@ -6,17 +6,17 @@ import argparse
 import sys
 from typing import Any
 
-from broker.cli.common import add_config_arg, engine_from
+from broker.cli.common import add_database_arg, engine_from
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("audit", help="audit log")
     asub = p.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="verify the hash chain; exit 1 at the first broken link")
-    add_config_arg(v)
+    add_database_arg(v)
     v.set_defaults(func=verify)
     e = asub.add_parser("export", help="stream events")
-    add_config_arg(e)
+    add_database_arg(e)
     e.add_argument("--format", choices=["jsonl"], default="jsonl")
     e.add_argument("--since", type=int, default=0, help="only events with a larger sequence number")
     e.set_defaults(func=export)
@@ -38,6 +38,8 @@ def export(args: argparse.Namespace) -> int:
     from sessions.audit import AuditLog
     from sessions.clock import SystemClock
 
-    count = AuditLog(engine_from(args), SystemClock()).export_jsonl(sys.stdout, since_seq=args.since)
+    count = AuditLog(engine_from(args), SystemClock()).export_jsonl(
+        sys.stdout, since_seq=args.since
+    )
     print(f"exported {count} events", file=sys.stderr)
     return 0

@@ -54,7 +54,9 @@ def _read() -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BrokerError(f"{path} is unreadable; run `conduit login` again", code="credentials_bad") from exc
+        raise BrokerError(
+            f"{path} is unreadable; run `conduit login` again", code="credentials_bad"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("brokers"), dict):
         raise BrokerError(f"{path} is malformed; run `conduit login` again", code="credentials_bad")
     return data

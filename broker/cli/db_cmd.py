@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker.cli.common import add_config_arg, engine_from
+from broker.cli.common import add_database_arg, engine_from
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("db", help="database schema")
     dsub = p.add_subparsers(dest="db_command", required=True)
     up = dsub.add_parser("upgrade", help="apply all migrations")
-    add_config_arg(up)
+    add_database_arg(up)
     up.set_defaults(func=upgrade)
     cur = dsub.add_parser("current", help="print the schema revision")
-    add_config_arg(cur)
+    add_database_arg(cur)
     cur.set_defaults(func=current)
 
 

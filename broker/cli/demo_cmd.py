@@ -20,7 +20,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
-
 def _run(args: argparse.Namespace) -> int:
     from broker.demo import run
 

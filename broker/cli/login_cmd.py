@@ -27,13 +27,17 @@ from broker.errors import BrokerError
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 LOGIN_TIMEOUT_S = 300.0
+DONE_TEXT = "Signed in. You can close this window and return to the terminal."
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("login", help="sign the CLI in to a broker")
     p.add_argument("--broker", help="broker URL (default: the last one used)")
-    p.add_argument("--no-browser", action="store_true",
-                   help="print a URL and a code instead of opening a browser (device flow)")
+    p.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print a URL and a code instead of opening a browser (device flow)",
+    )
     p.add_argument("--timeout", type=float, default=LOGIN_TIMEOUT_S, help=argparse.SUPPRESS)
     p.set_defaults(func=login)
     o = sub.add_parser("logout", help="forget the stored broker token")
@@ -53,8 +57,10 @@ def _broker_url(args: argparse.Namespace) -> str:
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise BrokerError(f"--broker {url!r} is not an http(s) URL", code="bad_broker")
     if parts.scheme == "http" and parts.hostname not in {"127.0.0.1", "localhost", "::1"}:
-        raise BrokerError("refusing to send credentials to a non-loopback broker over http",
-                          code="insecure_broker")
+        raise BrokerError(
+            "refusing to send credentials to a non-loopback broker over http",
+            code="insecure_broker",
+        )
     return url.rstrip("/")
 
 
@@ -66,16 +72,23 @@ def _post_token(client: httpx2.Client, broker: str, body: dict[str, str]) -> htt
     try:
         return client.post(f"{broker}/api/cli/token", json=body)
     except httpx2.HTTPError as exc:
-        raise BrokerError(f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable") from exc
+        raise BrokerError(
+            f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable"
+        ) from exc
 
 
 def _finish(client: httpx2.Client, broker: str, token: dict[str, Any]) -> int:
     access = str(token["access_token"])
     me = client.get(f"{broker}/api/whoami", headers={"Authorization": f"Bearer {access}"}).json()
-    path = credentials.save(credentials.StoredToken(
-        broker=broker, access_token=access, expires_at=str(token["expires_at"]),
-        name=str(me.get("name", "")), email=str(me.get("email", "")),
-    ))
+    path = credentials.save(
+        credentials.StoredToken(
+            broker=broker,
+            access_token=access,
+            expires_at=str(token["expires_at"]),
+            name=str(me.get("name", "")),
+            email=str(me.get("email", "")),
+        )
+    )
     roles = ", ".join(me.get("roles") or []) or "none"
     print(f"Signed in to {broker} as {me.get('name')} <{me.get('email')}> (roles: {roles}).")
     print(f"Token expires at {token['expires_at']}; stored in {path}.")
@@ -86,9 +99,13 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
     try:
         resp = client.post(f"{broker}/api/cli/device", json={"client_name": "conduit CLI"})
     except httpx2.HTTPError as exc:
-        raise BrokerError(f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable") from exc
+        raise BrokerError(
+            f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable"
+        ) from exc
     if resp.status_code != 200:
-        raise BrokerError(f"broker refused to start a sign-in ({resp.status_code})", code="login_failed")
+        raise BrokerError(
+            f"broker refused to start a sign-in ({resp.status_code})", code="login_failed"
+        )
     start = resp.json()
     print("To sign in, open this URL in any browser:")
     print(f"  {start['verification_uri_complete']}")
@@ -98,10 +115,16 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
     deadline = time.monotonic() + min(timeout, float(start.get("expires_in", timeout)))
     while time.monotonic() < deadline:
         time.sleep(interval)
-        tok = _post_token(client, broker, {"grant_type": DEVICE_GRANT, "device_code": start["device_code"]})
+        tok = _post_token(
+            client, broker, {"grant_type": DEVICE_GRANT, "device_code": start["device_code"]}
+        )
         if tok.status_code == 200:
             return _finish(client, broker, tok.json())
-        err = tok.json().get("error") if tok.headers.get("content-type", "").startswith("application/json") else None
+        err = (
+            tok.json().get("error")
+            if tok.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
         if err == "authorization_pending":
             continue
         if err == "slow_down":
@@ -111,53 +134,93 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
     raise BrokerError("sign-in timed out; run `conduit login` again", code="login_timeout")
 
 
+class _Answer:
+    """What the browser brought back to the loopback listener (first /callback hit wins)."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.done = threading.Event()
+
+
 class _Callback(BaseHTTPRequestHandler):
-    result: dict[str, str] | None = None
-    done = threading.Event()
+    server: _LoopbackServer
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        if parts.path != "/callback":
+        answer = self.server.answer
+        if parts.path != "/callback" or answer.done.is_set():
             self.send_error(404)
             return
-        type(self).result = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        ok = "code" in type(self).result  # type: ignore[operator]
-        body = (f"<!doctype html><title>Conduit</title><p>{html.escape('Signed in. You can close this window.' if ok else 'Sign-in was not completed.')}</p>").encode()
+        answer.params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        ok = "code" in answer.params
+        body = (
+            "<!doctype html><title>Conduit</title><p>"
+            + html.escape(DONE_TEXT if ok else "Sign-in was not completed.")
+            + "</p>"
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        type(self).done.set()
+        answer.done.set()
 
     def log_message(self, format: str, *args: Any) -> None:  # keep codes out of the terminal
         return
 
 
+class _LoopbackServer(HTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Callback)
+        self.answer = _Answer()
+
+
 def _browser_login(client: httpx2.Client, broker: str, timeout: float) -> int:
-    handler = type("Handler", (_Callback,), {"result": None, "done": threading.Event()})
-    server = HTTPServer(("127.0.0.1", 0), handler)
+    server = _LoopbackServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         redirect_uri = f"http://127.0.0.1:{server.server_port}/callback"
         verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
         state = secrets.token_urlsafe(24)
-        url = f"{broker}/cli/authorize?" + urlencode({
-            "redirect_uri": redirect_uri, "code_challenge": challenge,
-            "code_challenge_method": "S256", "state": state, "client_name": "conduit CLI"})
-        print(f"Opening {url}\nIf no browser opens, visit it yourself (or use --no-browser).", flush=True)
+        url = f"{broker}/cli/authorize?" + urlencode(
+            {
+                "redirect_uri": redirect_uri,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": state,
+                "client_name": "conduit CLI",
+            }
+        )
+        print(
+            f"Opening {url}\nIf no browser opens, visit it yourself (or use --no-browser).",
+            flush=True,
+        )
         webbrowser.open(url)
-        if not handler.done.wait(timeout):
+        if not server.answer.done.wait(timeout):
             raise BrokerError("sign-in timed out; run `conduit login` again", code="login_timeout")
-        result = handler.result or {}
+        result = server.answer.params
         if result.get("state") != state:
             raise BrokerError("sign-in answer has the wrong state; ignored", code="login_failed")
         if "code" not in result:
-            raise BrokerError(f"sign-in failed: {result.get('error', 'no code')}", code="login_failed")
-        tok = _post_token(client, broker, {"grant_type": "authorization_code", "code": result["code"],
-                                           "code_verifier": verifier, "redirect_uri": redirect_uri})
+            raise BrokerError(
+                f"sign-in failed: {result.get('error', 'no code')}", code="login_failed"
+            )
+        tok = _post_token(
+            client,
+            broker,
+            {
+                "grant_type": "authorization_code",
+                "code": result["code"],
+                "code_verifier": verifier,
+                "redirect_uri": redirect_uri,
+            },
+        )
         if tok.status_code != 200:
             raise BrokerError(f"sign-in failed: {tok.text[:200]}", code="login_failed")
         return _finish(client, broker, tok.json())
@@ -186,17 +249,26 @@ def whoami(args: argparse.Namespace) -> int:
         print("Not signed in: run `conduit login --broker URL`.", file=sys.stderr)
         return 1
     if stored.expired():
-        print(f"The token for {stored.broker} expired at {stored.expires_at}: run `conduit login`.", file=sys.stderr)
+        print(
+            f"The token for {stored.broker} expired at {stored.expires_at}: run `conduit login`.",
+            file=sys.stderr,
+        )
         return 1
     with _client() as client:
         try:
-            resp = client.get(f"{stored.broker}/api/whoami",
-                              headers={"Authorization": f"Bearer {stored.access_token}"})
+            resp = client.get(
+                f"{stored.broker}/api/whoami",
+                headers={"Authorization": f"Bearer {stored.access_token}"},
+            )
         except httpx2.HTTPError as exc:
-            raise BrokerError(f"broker {stored.broker} unreachable: {type(exc).__name__}",
-                              code="broker_unreachable") from exc
+            raise BrokerError(
+                f"broker {stored.broker} unreachable: {type(exc).__name__}",
+                code="broker_unreachable",
+            ) from exc
     if resp.status_code == 401:
-        print("The broker no longer accepts the stored token: run `conduit login`.", file=sys.stderr)
+        print(
+            "The broker no longer accepts the stored token: run `conduit login`.", file=sys.stderr
+        )
         return 1
     if resp.status_code != 200:
         raise BrokerError(f"broker answered {resp.status_code}", code="whoami_failed")

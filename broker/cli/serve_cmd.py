@@ -22,10 +22,16 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
     uvicorn.run(
-        app, host=settings.listen_host, port=settings.listen_port, log_level="info",
-        proxy_headers=False, server_header=False,
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_level="info",
+        proxy_headers=False,
+        server_header=False,
     )
     return 0

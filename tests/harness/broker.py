@@ -111,8 +111,15 @@ def form_values(html: str) -> dict[str, str]:
 def audit_events(broker: RunningBroker, kind: str | None = None) -> list[dict[str, Any]]:
     """Every audit event (oldest first), optionally of one kind, as dicts."""
     return [
-        {"seq": e.seq, "kind": e.kind, "outcome": e.outcome, "actor": e.actor,
-         "subject": e.subject, "details": e.details, "source_ip": e.source_ip}
+        {
+            "seq": e.seq,
+            "kind": e.kind,
+            "outcome": e.outcome,
+            "actor": e.actor,
+            "subject": e.subject,
+            "details": e.details,
+            "source_ip": e.source_ip,
+        }
         for e in broker.services.audit.iter_events()
         if kind is None or e.kind == kind
     ]

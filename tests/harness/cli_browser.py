@@ -20,14 +20,19 @@ def main(url: str) -> int:
     with httpx2.Client(timeout=10.0) as client:
         to_login = client.get(url)  # not signed in at the broker yet: 303 to /login
         to_idp = client.get(httpx2.URL(url).join(to_login.headers["location"]))
-        answer = idp_login(client, to_idp.headers["location"], os.environ["CONDUIT_TEST_USER"],
-                           os.environ["CONDUIT_TEST_PASSWORD"])
+        answer = idp_login(
+            client,
+            to_idp.headers["location"],
+            os.environ["CONDUIT_TEST_USER"],
+            os.environ["CONDUIT_TEST_PASSWORD"],
+        )
         resp = client.get(answer.headers["location"])  # broker callback -> back to /cli/authorize
         page = client.get(httpx2.URL(url).join(resp.headers["location"]))
         fields = form_values(page.text)
         decision = os.environ.get("CONDUIT_TEST_DECISION", "approve")
-        done = client.post(httpx2.URL(url).join("/cli/authorize"),
-                           data={**fields, "decision": decision})
+        done = client.post(
+            httpx2.URL(url).join("/cli/authorize"), data={**fields, "decision": decision}
+        )
         assert done.status_code == 303, done.text
         client.get(done.headers["location"])  # the CLI's loopback listener
     return 0

@@ -1,0 +1,65 @@
+"""`conduit audit verify` names the first broken event; `conduit audit export` streams JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+
+from sessions.audit import AuditLog
+from sessions.db import create_db_engine, migrate
+from sessions.testing import ManualClock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _conduit(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_verify_and_export_then_detect_a_flipped_byte(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    engine = create_db_engine(url)
+    migrate(engine)
+    log = AuditLog(engine, ManualClock(datetime(2026, 11, 27, 12, tzinfo=UTC)))
+    for i in range(10):
+        log.append("auth.login", actor=f"user-{i}", outcome="ok", details={"n": i})
+
+    ok = _conduit("audit", "verify", "--database-url", url)
+    assert ok.returncode == 0, ok.stderr
+    assert "intact: 10 events" in ok.stdout
+
+    export = _conduit("audit", "export", "--format", "jsonl", "--database-url", url, "--since", "3")
+    lines = [json.loads(line) for line in export.stdout.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(4, 11))
+    assert all(e["hash"] and e["prev_hash"] for e in lines)
+    assert (
+        lines[0]["prev_hash"]
+        == json.loads(_conduit("audit", "export", "--database-url", url).stdout.splitlines()[2])[
+            "hash"
+        ]
+    )
+
+    with engine.begin() as conn:  # flip one byte of event 7 behind the log's back
+        actor = conn.execute(text("SELECT actor FROM audit_events WHERE seq = 7")).scalar_one()
+        conn.execute(
+            text("UPDATE audit_events SET actor = :a WHERE seq = 7"),
+            {"a": actor[:-1] + chr(ord(actor[-1]) ^ 1)},
+        )
+    broken = _conduit("audit", "verify", "--database-url", url)
+    assert broken.returncode == 1
+    assert "BROKEN at event 7" in broken.stdout
