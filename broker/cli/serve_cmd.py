@@ -18,6 +18,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from broker import logsafe
     from broker.app import create_app
 
     settings = settings_from(args)
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
+    logsafe.install()
     uvicorn.run(
         app,
         host=settings.listen_host,
