@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx2
@@ -21,13 +24,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import api, cli_auth, pages, signin
+from broker import api, cli_auth, pages, policy_admin, signin
 from broker.auth import ApiTokens, WebSessions
 from broker.errors import BrokerError, NotAuthenticated
 from broker.oidc import OidcClient
 from broker.services import Services
 from broker.settings import Settings
+from policies.engine import Engine as PolicyEngine
+from policies.errors import BundleError
+from policies.manager import PolicyManager
 from sessions.audit import AuditLog
+from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate
 
@@ -69,6 +76,16 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def _refresh_policy_data(svc: Services) -> None:
+    """Keep ``data.plant`` in step with the database (changes apply without a restart)."""
+    while True:
+        await asyncio.sleep(svc.settings.policy.data_refresh_s)
+        try:
+            await svc.refresh_policy_data()
+        except Exception:  # keep the last good data; the next round retries
+            log.exception("refreshing policy data failed")
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
         "accept", ""
@@ -87,15 +104,45 @@ def build_services(
     engine = engine or create_db_engine(settings.database_url)
     redirect_uri = settings.public_url.rstrip("/") + "/auth/callback"
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    audit = AuditLog(engine, clock)
+    policy = build_policy_engine(settings, audit)
     return Services(
         settings=settings,
         engine=engine,
         clock=clock,
-        audit=AuditLog(engine, clock),
+        audit=audit,
         oidc=OidcClient(settings.oidc, redirect_uri, clock, transport=oidc_transport),
         web_sessions=WebSessions(engine, clock, settings.session_ttl_s),
         tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s),
         templates=templates,
+        policy=policy,
+        authorizer=Authorizer(policy, audit),
+    )
+
+
+def build_policy_engine(settings: Settings, audit: AuditLog) -> PolicyEngine:
+    """The configured decision point: the embedded manager (hot reload) or an OPA server."""
+    ps = settings.policy
+    if ps.engine == "opa":
+        from policies.opa import OpaEngine
+
+        return OpaEngine(
+            ps.opa_url,
+            token=ps.opa_token.get_secret_value() if ps.opa_token else None,
+            ca_file=ps.opa_ca_file,
+            timeout_s=ps.opa_timeout_ms / 1000,
+            retries=ps.opa_retries,
+        )
+
+    def on_event(kind: str, details: dict[str, Any]) -> None:
+        outcome = "ok" if kind == "policy.activated" else "rejected"
+        audit.append(kind, actor="system", outcome=outcome, details=details)
+
+    return PolicyManager(
+        ps.bundle_dir,
+        on_event=on_event,
+        budget_ms=ps.budget_ms,
+        validate_timeout_s=ps.validate_timeout_s,
     )
 
 
@@ -120,9 +167,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if run_migrations:
             migrate(svc.engine)
+        manager = svc.policy_manager
+        if manager is not None:
+            try:
+                await asyncio.to_thread(manager.reload)
+            except BundleError as exc:  # audited by the manager; every decision denies
+                log.error("no valid policy bundle: %s", exc.message)
+            manager.start_watching(settings.policy.watch_interval_s)
+        await svc.refresh_policy_data()
+        refresher = asyncio.create_task(_refresh_policy_data(svc))
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await svc.policy.aclose()
             await svc.oidc.aclose()
 
     async def on_broker_error(request: Request, exc: Exception) -> Response:
@@ -156,6 +216,7 @@ def create_app(
             *signin.routes,
             *cli_auth.routes,
             *api.routes,
+            *policy_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},

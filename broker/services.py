@@ -13,8 +13,13 @@ from starlette.templating import Jinja2Templates
 from broker.auth import ApiTokens, WebSessions
 from broker.oidc import OidcClient
 from broker.settings import Settings
+from policies.engine import Engine as PolicyEngine
+from policies.manager import PolicyManager
 from sessions.audit import AuditLog
+from sessions.authorizer import Authorizer
 from sessions.clock import Clock
+from sessions.db import session_scope
+from sessions.policy_data import build_plant_data
 
 
 @dataclass
@@ -27,6 +32,29 @@ class Services:
     web_sessions: WebSessions
     tokens: ApiTokens
     templates: Jinja2Templates
+    policy: PolicyEngine
+    authorizer: Authorizer
+
+    @property
+    def policy_manager(self) -> PolicyManager | None:
+        """The embedded engine's manager (None when decisions come from an OPA server)."""
+        return self.policy if isinstance(self.policy, PolicyManager) else None
+
+    def policy_version(self) -> str | None:
+        version = getattr(self.policy, "version", None)
+        return version if isinstance(version, str) else None
+
+    async def refresh_policy_data(self) -> None:
+        """Rebuild ``data.plant`` from the database and push it to the engine."""
+
+        def _build() -> dict[str, Any]:
+            with session_scope(self.engine) as db:
+                return build_plant_data(db)
+
+        data = await run_in_threadpool(_build)
+        set_data = getattr(self.policy, "set_data", None)
+        if callable(set_data):
+            set_data(data)
 
     async def record(
         self,

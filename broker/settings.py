@@ -50,6 +50,39 @@ class OidcSettings(BaseModel):
         return self
 
 
+def default_bundle_dir() -> Path:
+    """The default policy bundle shipped inside the ``policies`` package."""
+    import policies
+
+    return Path(policies.__file__).parent / "bundle"
+
+
+class PolicySettings(BaseModel):
+    """Where decisions come from: the embedded Rego engine (default) or an OPA server."""
+
+    engine: Literal["embedded", "opa"] = "embedded"
+    bundle_dir: Path = Field(default_factory=default_bundle_dir)
+    watch_interval_s: float = Field(default=1.0, gt=0, le=60)
+    data_refresh_s: float = Field(default=5.0, gt=0, le=3600)
+    budget_ms: float = Field(default=50.0, gt=0, le=10_000)
+    validate_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    opa_url: str = ""
+    opa_token: SecretStr | None = None
+    opa_ca_file: Path | None = None
+    opa_timeout_ms: int = Field(default=500, ge=10, le=30_000)
+    opa_retries: int = Field(default=1, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicySettings:
+        if self.engine == "opa":
+            parts = urlsplit(self.opa_url)
+            if parts.scheme not in {"http", "https"} or not parts.netloc:
+                raise ValueError("policy.opa_url must be an http(s) URL when policy.engine = 'opa'")
+        if self.opa_ca_file is not None and not self.opa_ca_file.is_file():
+            raise ValueError(f"policy.opa_ca_file {self.opa_ca_file} does not exist")
+        return self
+
+
 class RoleSettings(BaseModel):
     """IdP group names (or IDs) that grant each Conduit role."""
 
@@ -95,6 +128,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     roles: RoleSettings = Field(default_factory=RoleSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @model_validator(mode="after")
     def _secure(self) -> Settings:
@@ -122,6 +156,15 @@ class Settings(BaseSettings):
                 problems.append("public_url must use https in prod mode")
             if not self.oidc.client_secret:
                 problems.append("oidc.client_secret is required in prod mode (confidential client)")
+            opa = urlsplit(self.policy.opa_url)
+            if (
+                self.policy.engine == "opa"
+                and opa.scheme != "https"
+                and not _is_loopback_host(opa.hostname)
+            ):
+                problems.append(
+                    "policy.opa_url must use https in prod mode unless it is on loopback"
+                )
         elif iss.scheme == "http" and not _is_loopback_host(iss.hostname):
             problems.append("an http oidc.issuer is only accepted on a loopback address")
         if problems:

@@ -18,6 +18,8 @@ NAV = (
     ("vendor", "My access", "/vendor"),
     ("approver", "Approvals", "/approvals"),
     ("admin", "Assets", "/admin/assets"),
+    ("admin", "Policy", "/admin/policy"),
+    ("admin", "What-if", "/admin/whatif"),
     ("security", "Audit log", "/security/audit"),
     ("admin", "Audit log", "/security/audit"),
 )

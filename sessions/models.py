@@ -296,6 +296,35 @@ class Site(TableModel, table=True):
         return check_timezone(value)
 
 
+class MaintenanceWindow(TableModel, table=True):
+    """A recurring maintenance window of a site, in the site's timezone.
+
+    ``days`` are the days the window *starts* on (``mon``..``sun``); ``start``/``end`` are
+    ``HH:MM``; an ``end`` at or before ``start`` means the window runs past midnight.
+    """
+
+    __tablename__ = "maintenance_windows"
+
+    id: str = _id()
+    site_id: str = Field(foreign_key="sites.id", ondelete=CASCADE, index=True)
+    days: list[str] = json_field(list)
+    start: str
+    end: str
+    description: str = ""
+    created_at: datetime = _created()
+
+
+class PlantFlag(TableModel, table=True):
+    """A plant-wide switch, e.g. ``vendor_lockout``; ``value`` is a small JSON object."""
+
+    __tablename__ = "plant_flags"
+
+    key: str = Field(primary_key=True)
+    value: dict[str, Any] = json_field(dict)
+    updated_at: datetime = _created()
+    updated_by: str | None = None
+
+
 class Zone(TableModel, table=True):
     """An IEC 62443 zone inside a site, at a Purdue level 0..5."""
 

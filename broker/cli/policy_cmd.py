@@ -1,0 +1,120 @@
+"""``conduit policy test|check|eval``: work on Rego bundles offline (no broker needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _default_dir() -> Path:
+    from broker.settings import default_bundle_dir
+
+    return default_bundle_dir()
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("policy", help="policy bundles")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    t = psub.add_parser("test", help="run the bundle's Rego tests; prints 'N passed, M failed'")
+    t.add_argument("dir", nargs="?", type=Path, help="bundle directory (default: built-in)")
+    t.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    t.set_defaults(func=test)
+    c = psub.add_parser("check", help="parse and compile; errors as file:line:col")
+    c.add_argument("dir", type=Path)
+    c.set_defaults(func=check)
+    e = psub.add_parser("eval", help="evaluate one input document; prints the decision JSON")
+    e.add_argument(
+        "--input", type=Path, required=True, help="input document (JSON file, - for stdin)"
+    )
+    e.add_argument("--bundle", type=Path, help="bundle directory (default: built-in)")
+    e.add_argument("--data", type=Path, help="data document (JSON), e.g. {'plant': {...}}")
+    e.add_argument("--explain", action="store_true", help="also print every rule of the package")
+    e.set_defaults(func=evaluate)
+
+
+def test(args: argparse.Namespace) -> int:
+    from policies.bundle import load_bundle, run_tests
+    from policies.errors import BundleError
+
+    root = args.dir or _default_dir()
+    try:
+        report = run_tests(load_bundle(root))
+    except BundleError as exc:
+        print(f"{exc.message}:", *exc.problems, sep="\n  ")
+        print("0 passed, 1 failed")
+        return 1
+    for problem in report.problems:
+        print(f"ERROR {problem}")
+    for r in report.results:
+        if not r.passed:
+            print(f"FAIL {r.name} ({r.file}): {r.error}")
+        elif args.verbose:
+            print(f"PASS {r.name} ({r.duration_ms:.2f} ms)")
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def check(args: argparse.Namespace) -> int:
+    from policies.bundle import check_bundle, load_bundle
+    from policies.errors import BundleError
+
+    try:
+        bundle = load_bundle(args.dir)
+    except BundleError as exc:
+        print(*exc.problems, sep="\n")
+        return 1
+    problems = check_bundle(bundle)
+    if problems:
+        print(*problems, sep="\n")
+        return 1
+    print(
+        f"ok: {len(bundle.files)} files, packages {', '.join(bundle.packages())}, "
+        f"version {bundle.version}"
+    )
+    return 0
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"conduit: cannot read {what} {path}: {exc}") from None
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from policies.bundle import engine_error
+    from policies.embedded import EmbeddedEngine
+    from policies.errors import BundleError
+
+    document = _read_json(args.input, "input")
+    if not isinstance(document, dict):
+        raise SystemExit("conduit: the input document must be a JSON object")
+    try:
+        engine = EmbeddedEngine.from_directory(args.bundle or _default_dir(), budget_ms=10_000)
+    except BundleError as exc:
+        print(f"{exc.message}:", *exc.problems, sep="\n  ", file=sys.stderr)
+        return 2
+    if args.data:
+        engine.set_data(_read_json(args.data, "data"))
+    decision = engine.decide_sync(document)
+    out: dict[str, Any] = decision.as_dict()
+    if args.explain:
+        explain: dict[str, Any] = {}
+        probe = engine.clone_engine()
+        probe.set_input(document)
+        for package in engine.bundle.packages():
+            try:
+                explain[package] = probe.eval_query(f"data.{package}")["result"][0]["expressions"][
+                    0
+                ]["value"]
+            except (RuntimeError, IndexError, KeyError) as exc:
+                explain[package] = (
+                    f"error: {engine_error(exc) if isinstance(exc, RuntimeError) else 'undefined'}"
+                )
+        out["explain"] = explain
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if decision.allow else 3
