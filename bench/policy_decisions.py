@@ -48,6 +48,7 @@ def representative_inputs() -> list[dict[str, Any]]:
         "sub": "vendor-alice",
         "email": "alice@acme-automation.example",
         "name": "Alice Vendor",
+        "roles": ["vendor"],
         "groups": ["vendors", "acme-automation"],
         "amr": ["pwd", "otp"],
         "acr": "mfa",
@@ -66,10 +67,13 @@ def representative_inputs() -> list[dict[str, Any]]:
     }
     grant = {
         "id": "g-1042",
-        "approvers": ["bob"],
+        "requester": "vendor-alice",
+        "approvers": ["carol"],
         "starts_at": "2025-06-02T08:00:00Z",
         "ends_at": "2025-06-02T10:00:00Z",
         "ticket": "CHG-1042",
+        "state": "active",
+        "maintenance_window_only": False,
     }
     context = {
         "now": "2025-06-02T09:00:00Z",
@@ -104,11 +108,17 @@ def representative_inputs() -> list[dict[str, Any]]:
         case(user={"amr": ["pwd"], "acr": "pwd"}),  # no MFA
         case(context={"now": "2025-06-02T11:00:00Z"}),  # after the window
         case(context={"agent_online": False}),
-        case(user={"sub": "stranger", "groups": [], "vendor_org": ""}, grant=None),
+        case(user={"sub": "stranger", "roles": [], "groups": [], "vendor_org": None}, grant=None),
         case(action={"kind": "request", "port": 0}, grant=None),
         case(
-            user={"sub": "bob", "groups": ["ot-press-line"], "vendor_org": ""},
+            user={
+                "sub": "bob",
+                "roles": ["approver"],
+                "groups": ["ot-press-line"],
+                "vendor_org": None,
+            },
             action={"kind": "approve", "port": 0},
+            grant={"state": "pending", "approvers": []},
         ),
     ]
 

@@ -162,8 +162,11 @@ def _obligations(raw: Any) -> Obligations:
     )
 
 
-def parse_decision(raw: Any) -> Decision:
-    """Turn the engine's raw answer into a Decision; never raises, fails closed instead."""
+def parse_decision(raw: Any, **stamps: Any) -> Decision:
+    """Turn the engine's raw answer into a Decision; never raises, fails closed instead.
+
+    ``stamps`` (engine, bundle_version, input_hash, elapsed_ms) are set on the result.
+    """
     try:
         if not isinstance(raw, Mapping):
             raise MalformedDecision(f"decision must be an object, got {type(raw).__name__}")
@@ -175,7 +178,7 @@ def parse_decision(raw: Any) -> Decision:
             raise MalformedDecision("decision.reasons must be a list of strings")
         obligations = _obligations(raw.get("obligations"))
     except MalformedDecision as exc:
-        return deny(f"policy returned a malformed decision: {exc}")
+        return deny(f"policy returned a malformed decision: {exc}", **stamps)
     if not reasons:
         reasons = ["allowed by policy" if allow else "denied by policy (no reason given)"]
-    return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations)
+    return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations, **stamps)

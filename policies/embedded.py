@@ -9,6 +9,7 @@ a deny, so a policy that degrades fails closed and is visible in the audit log.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import time
@@ -19,7 +20,14 @@ from typing import Any
 import regorus
 
 from policies.bundle import Bundle, compile_bundle, engine_error, load_bundle
-from policies.decision import DECISION_QUERY, Decision, deny, input_hash, parse_decision
+from policies.decision import (
+    DECISION_QUERY,
+    Decision,
+    canonical_json,
+    deny,
+    input_hash,
+    parse_decision,
+)
 
 DEFAULT_BUDGET_MS = 50.0
 
@@ -95,38 +103,29 @@ class EmbeddedEngine:
 
     def decide_sync(self, document: Mapping[str, Any]) -> Decision:
         """Evaluate one decision; never raises (errors become denies with the reason)."""
+        stamps: dict[str, Any] = {"engine": self.name, "bundle_version": self.version}
         try:
-            digest = input_hash(document)
+            text = canonical_json(document)  # hashed for the audit log and fed to the engine
         except (TypeError, ValueError) as exc:
-            return deny(
-                f"policy input is not a JSON document: {exc}",
-                engine=self.name,
-                bundle_version=self.version,
-            )
+            return deny(f"policy input is not a JSON document: {exc}", **stamps)
+        stamps["input_hash"] = hashlib.sha256(text.encode()).hexdigest()
         start = time.perf_counter_ns()
         try:
             engine = self._thread_engine()
-            engine.set_input(dict(document))
+            engine.set_input_json(text)
             raw = engine.eval_rule(DECISION_QUERY)
         except (RuntimeError, ValueError, TypeError) as exc:
-            decision = deny(f"policy evaluation failed: {engine_error(exc)}")
+            raw, error = None, f"policy evaluation failed: {engine_error(exc)}"
         else:
-            if raw is None:
-                decision = deny("policy returned no decision (undefined)")
-            else:
-                decision = parse_decision(raw)
+            error = None if raw is not None else "policy returned no decision (undefined)"
         elapsed = time.perf_counter_ns() - start
+        stamps["elapsed_ms"] = elapsed / 1e6
         if elapsed > self._budget_ns:
-            decision = deny(
-                f"policy evaluation took {elapsed / 1e6:.1f} ms, over its "
-                f"{self._budget_ns / 1e6:.0f} ms budget"
-            )
-        return decision.stamped(
-            engine=self.name,
-            bundle_version=self.version,
-            input_hash=digest,
-            elapsed_ms=elapsed / 1e6,
-        )
+            error = (f"policy evaluation took {elapsed / 1e6:.1f} ms, over its "
+                     f"{self._budget_ns / 1e6:.0f} ms budget")
+        if error is not None:
+            return deny(error, **stamps)
+        return parse_decision(raw, **stamps)
 
     async def decide(self, document: Mapping[str, Any]) -> Decision:
         return self.decide_sync(document)
