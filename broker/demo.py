@@ -75,7 +75,7 @@ def seed(database_url: str) -> None:
                 vendor_org_id=org.id,
                 site_id=site.id,
                 reference="SVC-2026-001",
-                valid_from=now,
+                valid_from=now - timedelta(days=30),
                 valid_until=now + timedelta(days=365),
                 created_at=now,
             )

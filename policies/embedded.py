@@ -109,6 +109,7 @@ class EmbeddedEngine:
         except (TypeError, ValueError) as exc:
             return deny(f"policy input is not a JSON document: {exc}", **stamps)
         stamps["input_hash"] = hashlib.sha256(text.encode()).hexdigest()
+        error: str | None = None
         start = time.perf_counter_ns()
         try:
             engine = self._thread_engine()
@@ -121,8 +122,10 @@ class EmbeddedEngine:
         elapsed = time.perf_counter_ns() - start
         stamps["elapsed_ms"] = elapsed / 1e6
         if elapsed > self._budget_ns:
-            error = (f"policy evaluation took {elapsed / 1e6:.1f} ms, over its "
-                     f"{self._budget_ns / 1e6:.0f} ms budget")
+            error = (
+                f"policy evaluation took {elapsed / 1e6:.1f} ms, over its "
+                f"{self._budget_ns / 1e6:.0f} ms budget"
+            )
         if error is not None:
             return deny(error, **stamps)
         return parse_decision(raw, **stamps)

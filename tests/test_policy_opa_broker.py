@@ -25,9 +25,16 @@ def test_opa_configured_broker_fails_closed_then_allows(
     make_broker: Callable[..., RunningBroker], http: httpx2.Client, tmp_path: Path
 ) -> None:
     port = free_port()
-    broker = make_broker(policy={"engine": "opa", "opa_url": f"http://127.0.0.1:{port}",
-                                 "opa_token": "opa-test-token", "opa_timeout_ms": 300})
+    broker = make_broker(
+        policy={
+            "engine": "opa",
+            "opa_url": f"http://127.0.0.1:{port}",
+            "opa_token": "opa-test-token",
+            "opa_timeout_ms": 300,
+        }
+    )
     seed(broker.services.settings.database_url)
+    broker.refresh_policy_data()
     web_login(http, broker.url, "adam", "adam-demo-pw")
     status = http.get(f"{broker.url}/api/policy/status").json()
     assert status["engine"] == "opa"
@@ -38,8 +45,9 @@ def test_opa_configured_broker_fails_closed_then_allows(
 
     data = tmp_path / "data.json"
     data.write_text(json.dumps({"plant": {"blocked": "nobody"}}))
-    with start_opa_server(write_bundle(tmp_path / "bundle"), token="opa-test-token",
-                          port=port, data=data):
+    with start_opa_server(
+        write_bundle(tmp_path / "bundle"), token="opa-test-token", port=port, data=data
+    ):
         up = http.post(f"{broker.url}/api/policy/whatif", json=QUESTION).json()["decision"]
     assert up["allow"] is True and up["reasons"] == ["u-1 may read"]
     outcomes = [e["outcome"] for e in audit_events(broker, "policy.decision")]

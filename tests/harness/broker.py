@@ -18,6 +18,8 @@ from broker.app import create_app
 from broker.services import Services
 from broker.settings import Settings
 from sessions.clock import Clock
+from sessions.db import session_scope
+from sessions.policy_data import build_plant_data
 from tests.harness.idp import idp_login
 
 
@@ -32,6 +34,14 @@ class RunningBroker:
     def services(self) -> Services:
         svc: Services = self.app.state.services
         return svc
+
+    def refresh_policy_data(self) -> None:
+        """Push the database's current plant data to the engine now (as the periodic task does)."""
+        with session_scope(self.services.engine) as db:
+            data = build_plant_data(db)
+        set_data = getattr(self.services.policy, "set_data", None)
+        if callable(set_data):
+            set_data(data)
 
     def stop(self) -> None:
         self.server.should_exit = True

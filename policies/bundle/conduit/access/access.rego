@@ -1,0 +1,311 @@
+# Conduit's default access policy: who may connect to, request or approve access to an asset.
+#
+# Query data.conduit.access.decision (contract: docs/policy.md). It is always defined.
+#
+# An allow is one conjunction of requirements (the first body of `decision`, then `allowed`
+# for the kind of action). Each requirement is a function of the input that, when met,
+# returns the text explaining it (the allow reasons). Next to every requirement, deny rules
+# fire exactly when it is not met and say why; they are evaluated only for a deny. The
+# requirements are functions rather than rules because regorus calls a function several
+# times faster than it evaluates a rule (an allow takes ~0.2 ms; see docs/policy.md).
+package conduit.access
+
+import rego.v1
+
+import data.conduit.calendar
+import data.conduit.ot
+
+decision := d if {
+	input_ok
+	now := calendar.ns(input.context.now)
+	not vendor_locked_out(input.user)
+	input.asset.purdue_level != 0
+	role := role_basis(input.user, input.asset, input.action.kind)
+	contract := contract_basis(input.user, input.asset, input.action.kind, now)
+	d := allowed(input, input.action.kind, now, [role, contract])
+} else := {"allow": false, "reasons": deny_reasons, "obligations": denied_obligations}
+
+allow := decision.allow
+
+# allowed(input, kind, now, reasons so far): the allow decision when the kind's own
+# requirements hold (below, per kind), else undefined.
+allowed(inp, kind, now, common) := decision if {
+	kind in ["ssh", "sftp", "tcp", "web_terminal"]
+	mfa := mfa_basis(inp.user, inp.asset, inp.action.operation_class)
+	inp.context.agent_online == true
+	agent := sprintf("agent for %s is online", [inp.asset.name])
+	grant := grant_basis(inp, now)
+	reasons := array.concat(common, [mfa, grant.reason, agent])
+	decision := allow_decision(reasons, granted_obligations(inp, grant.ends_ns, now))
+}
+
+allowed(inp, "request", now, common) := decision if {
+	op := inp.action.operation_class
+	obligations := granted_obligations(inp, null, now)
+	request := sprintf("request for %s on %s needs %d approval(s)", [op, inp.asset.name, obligations.approvals_required])
+	decision := allow_decision(array.concat(common, [request]), obligations)
+}
+
+allowed(inp, "approve", now, common) := decision if {
+	approvable(inp.grant, inp.user)
+	approval := sprintf("approving grant %s requested by %s", [inp.grant.id, inp.grant.requester])
+	decision := allow_decision(array.concat(common, [approval]), granted_obligations(inp, null, now))
+}
+
+allow_decision(reasons, obligations) := {"allow": true, "reasons": sorted, "obligations": obligations} if {
+	sorted := sort([r | some r in reasons; r != ""])
+}
+
+deny_reasons := sort(deny) if count(deny) > 0
+else := ["denied by default: no rule allows this action"]
+
+# Malformed or missing input fields (input.rego).
+deny contains problem if {
+	not input_ok
+	some problem in malformed
+}
+
+# ---- emergency lockout ----------------------------------------------------------------------
+
+# Every action of a user with role vendor is denied unless data.plant.lockout.vendors is false.
+vendor_locked_out(user) if {
+	"vendor" in user.roles
+	not data.plant.lockout.vendors == false
+}
+
+locked_out if vendor_locked_out(input.user)
+
+deny contains reason if {
+	locked_out
+	data.plant.lockout.vendors == true
+	reason := lockout_reason(object.get(data.plant.lockout, "reason", ""))
+}
+
+deny contains "emergency lockout assumed: data.plant.lockout.vendors is not set" if {
+	locked_out
+	not is_boolean(data.plant.lockout.vendors)
+}
+
+lockout_reason(why) := sprintf("emergency lockout: all vendor access is disabled (%s)", [why]) if {
+	is_string(why)
+	why != ""
+} else := "emergency lockout: all vendor access is disabled"
+
+# ---- Purdue level 0 -------------------------------------------------------------------------
+
+deny contains sprintf("%s is at Purdue level 0 (process and field devices): level 0 is never reachable through conduit", [asset_name]) if {
+	input.asset.purdue_level == 0
+}
+
+# ---- roles ----------------------------------------------------------------------------------
+
+# Connections and requests: role vendor, or admin (for themselves). Approvals: role admin
+# (any asset) or role approver in the asset's owner group.
+role_basis(user, asset, kind) := sprintf("role vendor may %s", [kind]) if {
+	kind in ["ssh", "sftp", "tcp", "web_terminal", "request"]
+	"vendor" in user.roles
+} else := sprintf("role admin may %s", [kind]) if {
+	kind in ["ssh", "sftp", "tcp", "web_terminal", "request"]
+	"admin" in user.roles
+} else := sprintf("role admin may approve any asset (%s)", [asset.name]) if {
+	kind == "approve"
+	"admin" in user.roles
+} else := sprintf("approver is in owner group %s of %s", [asset.owner_group, asset.name]) if {
+	kind == "approve"
+	"approver" in user.roles
+	asset.owner_group in user.groups
+}
+
+deny contains sprintf("%s needs role vendor or admin", [input.action.kind]) if {
+	input.action.kind in ["ssh", "sftp", "tcp", "web_terminal", "request"]
+	not role_basis(input.user, input.asset, input.action.kind)
+}
+
+deny contains "approve needs role approver or admin" if {
+	input.action.kind == "approve"
+	not "approver" in input.user.roles
+	not "admin" in input.user.roles
+}
+
+deny contains sprintf("approver is not in owner group %v of %s", [input.asset.owner_group, asset_name]) if {
+	input.action.kind == "approve"
+	"approver" in input.user.roles
+	not role_basis(input.user, input.asset, "approve")
+}
+
+# ---- vendor contracts -----------------------------------------------------------------------
+
+# A vendor's connections and requests need a contract of the vendor's own organisation,
+# valid now (valid_from <= now < valid_until), that names the asset (and, if it also names a
+# site, the asset's site) or names the asset's site. Admins who are not vendors need none.
+needs_contract(user, kind) if {
+	kind in ["ssh", "sftp", "tcp", "web_terminal", "request"]
+	"vendor" in user.roles
+}
+
+contract_basis(user, asset, kind, now) := concat("", ["vendor contract ", refs, " covers ", asset.name]) if {
+	needs_contract(user, kind)
+	valid := [c.reference |
+		some c in data.plant.vendor_orgs[user.vendor_org].contracts
+		covers(c, asset)
+		contract_current(c, now)
+	]
+	count(valid) > 0
+	refs := concat(", ", valid)
+} else := "" if not needs_contract(user, kind)
+
+# data.plant is built by the broker from its database and trusted to be well formed; a
+# contract without "site" or "asset" keys covers nothing.
+covers(c, asset) if {
+	c.asset in [asset.name, null]
+	c.site in [asset.site, null]
+	[c.asset, c.site] != [null, null]
+}
+
+contract_current(c, now) if {
+	calendar.ns(c.valid_from) <= now
+	now < calendar.ns(c.valid_until)
+}
+
+contract_needed if needs_contract(input.user, input.action.kind)
+
+covering_contracts contains c.reference if {
+	some c in data.plant.vendor_orgs[input.user.vendor_org].contracts
+	covers(c, input.asset)
+}
+
+deny contains "vendor user has no vendor_org" if {
+	contract_needed
+	not is_string(input.user.vendor_org)
+}
+
+deny contains sprintf("no contract of vendor org %s covers %s", [input.user.vendor_org, asset_name]) if {
+	contract_needed
+	is_string(input.user.vendor_org)
+	count(covering_contracts) == 0
+}
+
+deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s is not valid at %s", [input.user.vendor_org, asset_name, input.context.now])]) if {
+	contract_needed
+	count(covering_contracts) > 0
+	not contract_basis(input.user, input.asset, input.action.kind, checked_now)
+	refs := concat(", ", sort(covering_contracts))
+}
+
+# ---- connections: agent, MFA, grant ---------------------------------------------------------
+
+deny contains sprintf("agent for %s is offline", [asset_name]) if {
+	is_connection
+	not input.context.agent_online == true
+}
+
+# MFA (amr mfa, otp or hwk) for connections to level 1-2 assets and for program/firmware work.
+mfa_basis(user, asset, op) := "" if {
+	not asset.purdue_level in [1, 2]
+	not op in ["program", "firmware"]
+} else := concat("", ["MFA present (amr ", methods, ")"]) if {
+	present := [m | some m in user.amr; m in ["mfa", "otp", "hwk"]]
+	count(present) > 0
+	methods := concat(", ", present)
+}
+
+deny contains sprintf("%s to %s needs MFA: input.user.amr has none of mfa, otp, hwk", [input.action.kind, asset_name]) if {
+	is_connection
+	not mfa_basis(input.user, input.asset, input.action.operation_class)
+}
+
+# Every connection needs a grant, except an admin's (who is not a vendor) to level 3+. The
+# grant must be approved or active, current (starts_at <= now < ends_at), the user's own, and
+# if maintenance_window_only, used while a maintenance window of the asset's site is open.
+admin_standing(user, asset) if {
+	"admin" in user.roles
+	not "vendor" in user.roles
+	is_number(asset.purdue_level)
+	asset.purdue_level >= 3
+}
+
+grant_basis(inp, now) := {"reason": reason, "ends_ns": null} if {
+	admin_standing(inp.user, inp.asset)
+	reason := sprintf("admin standing access to Purdue level %d asset %s (no grant needed)", [inp.asset.purdue_level, inp.asset.name])
+} else := {"reason": concat("", ["grant ", g.id, " ", g.state, " until ", g.ends_at, window]), "ends_ns": ends} if {
+	g := inp.grant
+	g.state in ["approved", "active"]
+	grant_current(g, now)
+	g.requester == inp.user.sub
+	window := window_basis(g, inp.asset, now)
+	ends := calendar.ns(g.ends_at)
+}
+
+grant_current(g, now) if {
+	calendar.ns(g.starts_at) <= now
+	now < calendar.ns(g.ends_at)
+}
+
+window_basis(g, asset, now) := "" if g.maintenance_window_only == false
+else := concat("", [", inside maintenance window ", open, " (", site.timezone, ")"]) if {
+	site := data.plant.sites[asset.site]
+	windows := calendar.open_windows(site, now)
+	count(windows) > 0
+	open := concat(", ", sort(windows))
+}
+
+grant_checked if {
+	is_connection
+	not admin_standing(input.user, input.asset)
+}
+
+deny contains sprintf("%s to %s needs an approved grant", [input.action.kind, asset_name]) if {
+	grant_checked
+	not is_object(input.grant)
+}
+
+deny contains sprintf("grant %s is %v, not approved or active", [grant_id, input.grant.state]) if {
+	grant_checked
+	not input.grant.state in {"approved", "active"}
+}
+
+deny contains sprintf("grant %s is not valid at %v (valid from %v until %v)", [grant_id, input.context.now, input.grant.starts_at, input.grant.ends_at]) if {
+	grant_checked
+	grant_times_valid
+	not grant_current(input.grant, checked_now)
+}
+
+deny contains sprintf("grant %s was requested by %v, not by %v", [grant_id, input.grant.requester, input.user.sub]) if {
+	grant_checked
+	not input.grant.requester == input.user.sub
+}
+
+deny contains sprintf("grant %s is limited to maintenance windows; %v is outside every window of site %v", [grant_id, input.context.now, input.asset.site]) if {
+	grant_checked
+	input.grant.maintenance_window_only != false
+	not window_basis(input.grant, input.asset, checked_now)
+}
+
+# ---- approvals ------------------------------------------------------------------------------
+
+# Approving: a pending request of someone else, not already approved by this user.
+approvable(g, user) if {
+	g.requester != user.sub
+	g.state == "pending"
+	not user.sub in g.approvers
+}
+
+deny contains "approve needs input.grant (the request to approve)" if {
+	input.action.kind == "approve"
+	not is_object(input.grant)
+}
+
+deny contains "cannot approve your own request" if {
+	input.action.kind == "approve"
+	input.grant.requester == input.user.sub
+}
+
+deny contains sprintf("grant %s is %v; only pending requests can be approved", [grant_id, input.grant.state]) if {
+	input.action.kind == "approve"
+	input.grant.state != "pending"
+}
+
+deny contains sprintf("%v already approved grant %s", [input.user.sub, grant_id]) if {
+	input.action.kind == "approve"
+	input.user.sub in input.grant.approvers
+}
