@@ -121,10 +121,9 @@ def run(args: argparse.Namespace) -> int:
             extra = f"  one-time code {u['otp']}" if u.get("otp") else ""
             groups = ", ".join(u.get("groups", [])) or "no groups: signs in with no role"
             print(f"    {u['username']:<7} / {u['password']:<15} {u['name']} ({groups}){extra}")
-        print(
-            f"\n  CLI:     conduit login --broker {public_url} --no-browser\n  Stop with Ctrl-C.\n",
-            flush=True,
-        )
+        print("\n  Policy:  sign in as adam; Policy shows the active Rego bundle, What-if asks it")
+        print(f"  CLI:     conduit login --broker {public_url} --no-browser")
+        print("  Stop with Ctrl-C.\n", flush=True)
         logging.basicConfig(level=logging.WARNING)
         uvicorn.run(
             create_app(settings),
