@@ -6,15 +6,21 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx2
 import pytest
+import sqlalchemy as sa
+from playwright.sync_api import Browser, Page
 
 from broker.settings import Settings, load_settings
 from sessions.clock import Clock
+from sessions.db import create_db_engine, migrate
 from tests.harness.broker import RunningBroker, start_broker
+from tests.harness.browser import browser_available, launch_browser_sync
 from tests.harness.idp import RunningIdP, start_dev_idp
 from tests.harness.ports import free_port
+from tests.harness.postgres import RunningPostgres, postgres_available, start_postgres
 
 CLIENT_ID = "conduit"
 
@@ -99,3 +105,47 @@ def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
 def http() -> Iterator[httpx2.Client]:
     with httpx2.Client(timeout=10.0, follow_redirects=False) as client:
         yield client
+
+
+# --- storage: every storage test runs on SQLite and on a real PostgreSQL -----------------
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPostgres]:
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start_postgres(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    if request.param == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'conduit.db'}")
+    else:
+        server: RunningPostgres = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"t_{uuid4().hex[:16]}"))
+    migrate(eng)
+    yield eng
+    eng.dispose()
+
+
+# --- browser: one headless Chromium per module, a fresh context per test -------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    why = browser_available()
+    if why:
+        pytest.skip(f"Chromium cannot run here: {why}")
+    with launch_browser_sync() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(chromium: Browser) -> Iterator[Page]:
+    context = chromium.new_context()
+    yield context.new_page()
+    context.close()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,21 +11,9 @@ from sqlalchemy import text
 from sessions.audit import AuditLog
 from sessions.db import create_db_engine, migrate
 from sessions.testing import ManualClock
+from tests.harness.cli import run_conduit
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _conduit(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+_conduit = run_conduit
 
 
 def test_verify_and_export_then_detect_a_flipped_byte(tmp_path: Path) -> None:

@@ -45,9 +45,12 @@ async def test_allow_and_missing_field_are_both_audited(tmp_path: Path) -> None:
 
 async def test_wrong_type_decision_is_denied_and_audited(tmp_path: Path) -> None:
     audit = _audit(tmp_path)
-    bundle = write_bundle(tmp_path / "b", 'package conduit.access\nimport rego.v1\ndecision := 42\n', test=None)
+    bundle = write_bundle(
+        tmp_path / "b", "package conduit.access\nimport rego.v1\ndecision := 42\n", test=None
+    )
     decision = await Authorizer(EmbeddedEngine.from_directory(bundle), audit).decide(
-        make_input(), actor="u1", purpose="connect")
+        make_input(), actor="u1", purpose="connect"
+    )
     assert not decision.allow and "malformed decision" in decision.reasons[0]
     (event,) = list(audit.iter_events())
     assert event.outcome == "deny" and "malformed decision" in event.details["reasons"][0]

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.harness.broker import RunningBroker, audit_events
-from tests.harness.browser import browser_available, launch_browser_sync
 
 pytestmark = pytest.mark.browser
-
-_why = browser_available()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if _why:
-        pytest.skip(f"Chromium cannot run here: {_why}")
-    with launch_browser_sync() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context()
-    yield context.new_page()
-    context.close()
 
 
 def _sign_in(page: Page, broker: RunningBroker, username: str, password: str) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ from policies.bundle import check_bundle, load_bundle, run_tests
 from policies.decision import parse_decision
 from policies.embedded import EmbeddedEngine
 from policies.errors import BundleError
+from tests.harness.cli import run_conduit
 from tests.rego_fixtures import FAILING_TEST, GOOD_POLICY, write_bundle
 
-REPO = Path(__file__).resolve().parents[1]
 READ = {"user": {"sub": "a"}, "action": {"operation_class": "read_only"}}
 
 
@@ -153,18 +150,7 @@ def test_run_tests_counts(tmp_path: Path) -> None:
     assert check_bundle(load_bundle(tmp_path)) == []
 
 
-def _conduit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args],
-        env=env,
-        cwd=REPO,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+_conduit = run_conduit
 
 
 def test_cli_policy_test_pass_and_fail(tmp_path: Path) -> None:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import PlantFlag
 from sessions.policy_data import LOCKOUT_FLAG
 from tests.harness.broker import RunningBroker, audit_events, web_login
-from tests.harness.browser import browser_available, launch_browser_sync
 
 NO_MFA = {
     "sub": "u-vendor-alice",
@@ -127,24 +125,6 @@ def test_lockout_in_the_database_takes_effect_without_restart(
         assert time.monotonic() < deadline, "lockout not applied without restart"
         time.sleep(0.1)
     assert any(r.startswith("emergency lockout") for r in d["reasons"])  # type: ignore[union-attr]
-
-
-_why = browser_available()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if _why:
-        pytest.skip(f"Chromium cannot run here: {_why}")
-    with launch_browser_sync() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(chromium: Browser) -> Iterator[Page]:
-    context = chromium.new_context()
-    yield context.new_page()
-    context.close()
 
 
 @pytest.mark.browser

@@ -51,35 +51,13 @@ from sessions.models import (
 )
 from sessions.testing import ManualClock
 from sessions.types import UTCDateTime
-from tests.harness.postgres import RunningPostgres, postgres_available, start_postgres
+from tests.harness.postgres import RunningPostgres
 
 CEST = timezone(timedelta(hours=2))
 T0 = datetime(2025, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPostgres]:
-    reason = postgres_available()
-    if reason is not None:
-        pytest.skip(reason)
-    server = start_postgres(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    if request.param == "sqlite":
-        eng = create_db_engine(f"sqlite:///{tmp_path / 'conduit.db'}")
-    else:
-        server: RunningPostgres = request.getfixturevalue("pg_server")
-        eng = create_db_engine(server.create_database(f"t_{uuid4().hex[:16]}"))
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture(
