@@ -63,7 +63,10 @@ def seed(database_url: str) -> None:
                     protocols=protocols,
                     endpoint_host="127.0.0.1",
                     endpoint_port=port,
-                    labels={"line": "press"},
+                    labels={
+                        "line": "press",
+                        **({"tune_write_ranges": "0-99"} if "modbus" in protocols else {}),
+                    },
                     created_at=now,
                 )
             )
