@@ -3,7 +3,8 @@
 A bundle is read whole, given a content version (SHA-256 over every file, 12 hex digits),
 compiled with the embedded engine (regorus), and its tests run: every rule named ``test_*``
 in a ``*_test.rego`` file must evaluate to ``true``. Package paths must mirror folders
-(``conduit/access/x.rego`` declares ``package conduit.access`` or ``conduit.access_test``).
+(``conduit/access/x.rego`` declares ``package conduit.access`` or ``conduit.access_test``);
+the folder may sit deeper below the root (``policies/`` holds the bundle in ``bundle/``).
 Errors come back as ``file:line:col: message`` lines, never as engine stack traces.
 """
 
@@ -117,8 +118,10 @@ def load_bundle(root: Path) -> Bundle:
             problems.append(f"{rel}:1:1: no package declaration")
             continue
         package = match.group(1)
-        folder = ".".join(path.parent.relative_to(root).parts)
-        if package not in {folder, f"{folder}_test"} and folder:
+        parts = path.parent.relative_to(root).parts
+        pkg_parts = tuple(package.removesuffix("_test").split("."))
+        folder = ".".join(parts)
+        if parts and parts[-len(pkg_parts) :] != pkg_parts:
             problems.append(
                 f"{rel}:{text[: match.start()].count(chr(10)) + 1}:1: package {package} does not "
                 f"mirror its folder (expected {folder})"

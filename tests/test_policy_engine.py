@@ -191,3 +191,23 @@ def test_cli_policy_eval_prints_decision(tmp_path: Path) -> None:
         "policy", "eval", "--input", "-", "--bundle", str(bundle), stdin=json.dumps({})
     )
     assert denied.returncode == 3 and json.loads(denied.stdout)["allow"] is False
+
+
+def test_default_bundle_tests_pass_and_a_broken_test_fails(tmp_path: Path) -> None:
+    import shutil
+
+    ok = _conduit("policy", "test", "policies/")
+    assert ok.returncode == 0, ok.stdout
+    passed = int(ok.stdout.strip().splitlines()[-1].split()[0])
+    assert passed >= 50 and ok.stdout.strip().endswith(f"{passed} passed, 0 failed")
+
+    broken = tmp_path / "policies"
+    shutil.copytree("policies/bundle", broken / "bundle")
+    test_file = broken / "bundle" / "conduit" / "access" / "access_test.rego"
+    text = test_file.read_text()
+    test_file.write_text(
+        text.replace('"cannot approve your own request"', '"anyone may approve"', 1)
+    )
+    bad = _conduit("policy", "test", str(broken))
+    assert bad.returncode == 1
+    assert bad.stdout.strip().endswith(f"{passed - 1} passed, 1 failed"), bad.stdout
