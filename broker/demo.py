@@ -10,12 +10,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy import Engine
 from sqlmodel import select
 
 from broker.app import create_app
 from broker.devidp import DEFAULT_USERS_PATH, start_dev_idp
 from broker.settings import load_settings
-from sessions.clock import SystemClock
+from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate, session_scope
 from sessions.models import Asset, Site, VendorContract, VendorOrg, Zone
 
@@ -35,10 +36,15 @@ DEMO_ASSETS = (  # (name, zone, criticality, owner group, protocols, port)
 
 
 def seed(database_url: str) -> None:
-    """Create the demo plant once (idempotent)."""
+    """Create the demo plant once (idempotent) in the database at ``database_url``."""
     engine = create_db_engine(database_url)
     migrate(engine)
-    clock = SystemClock()
+    seed_plant(engine, SystemClock())
+    engine.dispose()
+
+
+def seed_plant(engine: Engine, clock: Clock) -> None:
+    """Insert the demo site, zones, assets and vendor contract unless already there."""
     now = clock.now()
     with session_scope(engine) as db:
         if db.exec(select(Site).where(Site.name == "Riverside Plant")).first() is not None:
@@ -83,7 +89,6 @@ def seed(database_url: str) -> None:
                 created_at=now,
             )
         )
-    engine.dispose()
 
 
 def run(args: argparse.Namespace) -> int:
