@@ -33,6 +33,7 @@ from broker.settings import Settings
 from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
 from policies.manager import PolicyManager
+from sessions.access import AccessService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
@@ -86,6 +87,16 @@ async def _refresh_policy_data(svc: Services) -> None:
             log.exception("refreshing policy data failed")
 
 
+async def _grant_clock(svc: Services) -> None:
+    """Open and close grants on time: one tick per second (windows are minute-grained)."""
+    while True:
+        await asyncio.sleep(svc.settings.grant_tick_s)
+        try:
+            await svc.access.tick()
+        except Exception:  # the next tick retries; a failure must not stop the clock
+            log.exception("grant tick failed")
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
         "accept", ""
@@ -106,6 +117,7 @@ def build_services(
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     audit = AuditLog(engine, clock)
     policy = build_policy_engine(settings, audit)
+    authorizer = Authorizer(policy, audit)
     return Services(
         settings=settings,
         engine=engine,
@@ -116,7 +128,8 @@ def build_services(
         tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s),
         templates=templates,
         policy=policy,
-        authorizer=Authorizer(policy, audit),
+        authorizer=authorizer,
+        access=AccessService(engine, authorizer, audit, clock),
     )
 
 
@@ -175,13 +188,17 @@ def create_app(
                 log.error("no valid policy bundle: %s", exc.message)
             manager.start_watching(settings.policy.watch_interval_s)
         await svc.refresh_policy_data()
-        refresher = asyncio.create_task(_refresh_policy_data(svc))
+        tasks = [
+            asyncio.create_task(_refresh_policy_data(svc)),
+            asyncio.create_task(_grant_clock(svc)),
+        ]
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await svc.policy.aclose()
             await svc.oidc.aclose()
 

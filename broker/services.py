@@ -15,6 +15,7 @@ from broker.oidc import OidcClient
 from broker.settings import Settings
 from policies.engine import Engine as PolicyEngine
 from policies.manager import PolicyManager
+from sessions.access import AccessService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
@@ -34,6 +35,7 @@ class Services:
     templates: Jinja2Templates
     policy: PolicyEngine
     authorizer: Authorizer
+    access: AccessService
 
     @property
     def policy_manager(self) -> PolicyManager | None:

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     cli_token_ttl_s: int = Field(default=3600, ge=60, le=86400)
     device_code_ttl_s: int = Field(default=600, ge=60, le=3600)
     trusted_proxies: list[str] = Field(default_factory=list)
+    grant_tick_s: float = Field(default=1.0, gt=0, le=60)
+    webhook_url: str = ""
+    webhook_secret: SecretStr | None = None
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     roles: RoleSettings = Field(default_factory=RoleSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
