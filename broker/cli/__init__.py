@@ -10,10 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from broker.cli import audit_cmd, db_cmd, demo_cmd, login_cmd, policy_cmd, serve_cmd
+from broker.cli import (
+    access_cmd,
+    audit_cmd,
+    db_cmd,
+    demo_cmd,
+    login_cmd,
+    policy_cmd,
+    serve_cmd,
+)
 from broker.errors import BrokerError
 
-COMMANDS = (serve_cmd, db_cmd, login_cmd, audit_cmd, policy_cmd, demo_cmd)
+COMMANDS = (serve_cmd, db_cmd, login_cmd, access_cmd, audit_cmd, policy_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

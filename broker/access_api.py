@@ -1,0 +1,266 @@
+"""JSON API for access requests, approvals, grants and the vendor lockout (CLI and integrations).
+
+Every endpoint needs a signed-in principal (bearer token or session cookie); the domain
+service (:mod:`sessions.access`) asks policy and audits. Errors are JSON
+``{"error": code, "message": ..., "reasons": [...]}`` with 400 (invalid), 403 (policy or role),
+404 (unknown), 409 (state conflict).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.errors import BadRequest
+from broker.services import Services, services
+from broker.web import require
+from sessions.access import AccessDenied, RequestSpec
+from sessions.authorizer import iso
+from sessions.db import session_scope
+from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
+from sessions.identity import ADMIN, APPROVER, VENDOR
+from sessions.models import AccessRequest, Asset, Grant, User
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
+_STATUS = {ValidationError: 400, AccessDenied: 403, NotFoundError: 404, ConflictError: 409}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``2h``, ``90m``, ``1h30m`` → timedelta; raises BadRequest otherwise."""
+    match = _DURATION.match(text or "")
+    if not match or not any(match.groups()):
+        raise BadRequest(f"duration {text!r} is not like 2h, 90m or 1h30m")
+    return timedelta(hours=int(match[1] or 0), minutes=int(match[2] or 0))
+
+
+def parse_time(text: str, what: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise BadRequest(f"{what} {text!r} is not an ISO-8601 time") from exc
+    if value.tzinfo is None:
+        raise BadRequest(f"{what} must include a time zone (e.g. ...Z)")
+    return value
+
+
+def domain_error(exc: SessionsError) -> JSONResponse:
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+    body: dict[str, Any] = {"error": exc.code, "message": str(exc)}
+    if isinstance(exc, AccessDenied):
+        body["reasons"] = list(exc.reasons)
+    return JSONResponse(body, status_code=status)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("request body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def request_json(req: AccessRequest, asset: str, requester: str) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "asset": asset,
+        "requester": requester,
+        "state": req.state,
+        "operation_class": req.operation_class,
+        "starts_at": iso(req.starts_at),
+        "ends_at": iso(req.ends_at),
+        "reason": req.reason,
+        "ticket": req.ticket,
+        "policy_reasons": list(req.decision_reasons),
+    }
+
+
+def grant_json(grant: Grant, asset: str, user: str) -> dict[str, Any]:
+    return {
+        "id": grant.id,
+        "request_id": grant.request_id,
+        "asset": asset,
+        "user": user,
+        "state": grant.state,
+        "operation_class": grant.operation_class,
+        "starts_at": iso(grant.starts_at),
+        "ends_at": iso(grant.ends_at),
+        "obligations": grant.obligations,
+        "revoke_reason": grant.revoke_reason,
+    }
+
+
+async def create_request(request: Request) -> Response:
+    principal = await require(request, VENDOR, ADMIN)
+    svc = services(request)
+    body = await _json(request)
+    now = svc.clock.now()
+    starts = parse_time(str(body["starts_at"]), "starts_at") if body.get("starts_at") else now
+    if body.get("ends_at"):
+        ends = parse_time(str(body["ends_at"]), "ends_at")
+    else:
+        ends = starts + parse_duration(str(body.get("duration", "")))
+    ports = body.get("ports") or []
+    if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise BadRequest("ports must be a list of port numbers")
+    spec = RequestSpec(
+        asset=str(body.get("asset", "")),
+        operation_class=str(body.get("operation_class", "read_only")),
+        starts_at=starts,
+        ends_at=ends,
+        reason=str(body.get("reason", "")),
+        ticket=str(body["ticket"]) if body.get("ticket") else None,
+        ports=ports,
+    )
+    try:
+        row = await svc.access.request(principal.user_id, spec)
+    except SessionsError as exc:
+        return domain_error(exc)
+    return JSONResponse(request_json(row, spec.asset, principal.name), status_code=201)
+
+
+def _list(
+    svc: Services,
+    principal_id: str,
+    groups: tuple[str, ...],
+    roles: tuple[str, ...],
+    params: dict[str, str],
+    what: str,
+) -> list[dict[str, Any]]:
+    model = AccessRequest if what == "requests" else Grant
+    owner = col(AccessRequest.requester_id) if what == "requests" else col(Grant.user_id)
+    with session_scope(svc.engine) as db:
+        query = (
+            select(model, Asset.name, User.name)
+            .join(Asset, col(Asset.id) == col(model.asset_id))
+            .join(User, col(User.id) == owner)
+        )
+        if params.get("mine") in {"1", "true"} or not (ADMIN in roles or APPROVER in roles):
+            query = query.where(owner == principal_id)
+        elif ADMIN not in roles:
+            query = query.where(col(Asset.owner_group).in_(groups))
+        if params.get("state"):
+            query = query.where(col(model.state) == params["state"])
+        if params.get("asset"):
+            query = query.where(Asset.name == params["asset"])
+        rows = db.exec(query.order_by(col(model.created_at).desc()).limit(500)).all()
+        render = request_json if what == "requests" else grant_json
+        return [render(row, asset, user) for row, asset, user in rows]  # type: ignore[arg-type]
+
+
+async def list_requests(request: Request) -> Response:
+    p = await require(request)
+    data = await run_in_threadpool(
+        _list,
+        services(request),
+        p.user_id,
+        p.groups,
+        p.roles,
+        dict(request.query_params),
+        "requests",
+    )
+    return JSONResponse(data)
+
+
+async def list_grants(request: Request) -> Response:
+    p = await require(request)
+    data = await run_in_threadpool(
+        _list, services(request), p.user_id, p.groups, p.roles, dict(request.query_params), "grants"
+    )
+    return JSONResponse(data)
+
+
+async def approve(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    try:
+        grant = await services(request).access.approve(request.path_params["id"], principal.user_id)
+    except SessionsError as exc:
+        return domain_error(exc)
+    return JSONResponse(
+        {
+            "approved": True,
+            "grant_id": grant.id if grant else None,
+            "grant_state": grant.state if grant else None,
+        }
+    )
+
+
+async def deny(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    body = await _json(request)
+    svc = services(request)
+    try:
+        row = await run_in_threadpool(
+            svc.access.deny,
+            request.path_params["id"],
+            principal.user_id,
+            str(body.get("reason", "")),
+        )
+    except SessionsError as exc:
+        return domain_error(exc)
+    return JSONResponse({"id": row.id, "state": row.state})
+
+
+async def cancel(request: Request) -> Response:
+    principal = await require(request)
+    svc = services(request)
+    try:
+        row = await run_in_threadpool(
+            svc.access.cancel, request.path_params["id"], principal.user_id
+        )
+    except SessionsError as exc:
+        return domain_error(exc)
+    return JSONResponse({"id": row.id, "state": row.state})
+
+
+async def revoke(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    body = await _json(request)
+    svc = services(request)
+    try:
+        grant = await run_in_threadpool(
+            svc.access.revoke,
+            request.path_params["id"],
+            principal.user_id,
+            str(body.get("reason", "")),
+        )
+    except SessionsError as exc:
+        return domain_error(exc)
+    return JSONResponse({"id": grant.id, "state": grant.state})
+
+
+async def lockout(request: Request) -> Response:
+    svc = services(request)
+    if request.method == "GET":
+        await require(request)
+        return JSONResponse({"vendor_lockout": await run_in_threadpool(svc.access.lockout_active)})
+    principal = await require(request, ADMIN)
+    body = await _json(request)
+    if not isinstance(body.get("on"), bool):
+        raise BadRequest("'on' must be true or false")
+    reason = str(body.get("reason", "")).strip()
+    if not reason:
+        raise BadRequest("a reason is required to change the vendor lockout")
+    revoked = await run_in_threadpool(svc.access.set_lockout, body["on"], principal.user_id, reason)
+    await svc.refresh_policy_data()
+    return JSONResponse({"vendor_lockout": body["on"], "revoked_grants": revoked})
+
+
+routes = [
+    Route("/api/requests", create_request, methods=["POST"]),
+    Route("/api/requests", list_requests, methods=["GET"]),
+    Route("/api/requests/{id}/approve", approve, methods=["POST"]),
+    Route("/api/requests/{id}/deny", deny, methods=["POST"]),
+    Route("/api/requests/{id}/cancel", cancel, methods=["POST"]),
+    Route("/api/grants", list_grants, methods=["GET"]),
+    Route("/api/grants/{id}/revoke", revoke, methods=["POST"]),
+    Route("/api/lockout", lockout, methods=["GET", "POST"]),
+]

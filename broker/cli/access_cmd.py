@@ -1,0 +1,129 @@
+"""``conduit request|requests|grants|approve|deny|cancel|revoke|lockout``: access from the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from broker.cli.api_client import call
+
+
+def add_parser(sub: Any) -> None:
+    r = sub.add_parser("request", help="ask for access to an asset for a window")
+    r.add_argument("asset")
+    r.add_argument(
+        "--class",
+        dest="operation_class",
+        default="read_only",
+        choices=["read_only", "tune", "program", "firmware"],
+    )
+    r.add_argument(
+        "--for", dest="duration", default="1h", help="duration, e.g. 2h, 90m (default 1h)"
+    )
+    r.add_argument("--start", help="ISO-8601 start with time zone (default: now)")
+    r.add_argument("--reason", required=True)
+    r.add_argument("--ticket")
+    r.add_argument("--port", type=int, action="append", dest="ports")
+    r.set_defaults(func=request)
+    for name, what in (("requests", "access requests"), ("grants", "grants")):
+        ls = sub.add_parser(name, help=f"list {what} (yours, or those you approve)")
+        ls.add_argument("--state")
+        ls.add_argument("--mine", action="store_true")
+        ls.add_argument("--json", action="store_true")
+        ls.set_defaults(func=listing, what=name)
+    a = sub.add_parser("approve", help="approve a pending request")
+    a.add_argument("id")
+    a.set_defaults(func=approve)
+    d = sub.add_parser("deny", help="deny a pending request")
+    d.add_argument("id")
+    d.add_argument("--reason", required=True)
+    d.set_defaults(func=deny)
+    c = sub.add_parser("cancel", help="cancel your pending request")
+    c.add_argument("id")
+    c.set_defaults(func=cancel)
+    v = sub.add_parser("revoke", help="revoke a grant now")
+    v.add_argument("id")
+    v.add_argument("--reason", required=True)
+    v.set_defaults(func=revoke)
+    lo = sub.add_parser("lockout", help="disable (on) or re-enable (off) all vendor access")
+    lo.add_argument("state", choices=["on", "off", "status"])
+    lo.add_argument("--reason", default="")
+    lo.set_defaults(func=lockout)
+
+
+def request(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "asset": args.asset,
+        "operation_class": args.operation_class,
+        "duration": args.duration,
+        "reason": args.reason,
+        "ticket": args.ticket,
+        "ports": args.ports or [],
+    }
+    if args.start:
+        body["starts_at"] = args.start
+    row = call("POST", "/api/requests", body=body)
+    print(
+        f"Request {row['id']} for {row['asset']} ({row['operation_class']}) "
+        f"{row['starts_at']} - {row['ends_at']}: {row['state']}"
+    )
+    return 0
+
+
+def listing(args: argparse.Namespace) -> int:
+    params = {
+        k: v for k, v in {"state": args.state, "mine": "1" if args.mine else None}.items() if v
+    }
+    rows = call("GET", f"/api/{args.what}", params=params)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no {args.what}")
+    for row in rows:
+        who = row.get("requester") or row.get("user")
+        print(
+            f"{row['id']}  {row['state']:<9} {row['asset']:<14} {row['operation_class']:<9} "
+            f"{row['starts_at']} - {row['ends_at']}  {who}"
+        )
+    return 0
+
+
+def approve(args: argparse.Namespace) -> int:
+    out = call("POST", f"/api/requests/{args.id}/approve")
+    print(
+        f"Approved; grant {out['grant_id']} is {out['grant_state']}."
+        if out["grant_id"]
+        else "Approval recorded; more approvals are needed."
+    )
+    return 0
+
+
+def deny(args: argparse.Namespace) -> int:
+    out = call("POST", f"/api/requests/{args.id}/deny", body={"reason": args.reason})
+    print(f"Request {out['id']} is {out['state']}.")
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    out = call("POST", f"/api/requests/{args.id}/cancel")
+    print(f"Request {out['id']} is {out['state']}.")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    out = call("POST", f"/api/grants/{args.id}/revoke", body={"reason": args.reason})
+    print(f"Grant {out['id']} is {out['state']}.")
+    return 0
+
+
+def lockout(args: argparse.Namespace) -> int:
+    if args.state == "status":
+        on = call("GET", "/api/lockout")["vendor_lockout"]
+    else:
+        out = call("POST", "/api/lockout", body={"on": args.state == "on", "reason": args.reason})
+        on = out["vendor_lockout"]
+        print(f"{out['revoked_grants']} vendor grant(s) revoked." if on else "Lockout lifted.")
+    print(f"Vendor lockout is {'ON: all vendor access is disabled' if on else 'off'}.")
+    return 0

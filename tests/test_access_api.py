@@ -1,0 +1,146 @@
+"""Access requests end to end through the JSON API and the `conduit` CLI (real broker, real IdP)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import httpx2
+import pytest
+from sqlmodel import select
+
+from broker.demo import seed
+from sessions.db import session_scope
+from sessions.models import User
+from tests.harness.broker import RunningBroker, web_login
+from tests.harness.cli import clean_env, run_conduit
+
+
+@pytest.fixture
+def plant(broker: RunningBroker) -> RunningBroker:
+    seed(broker.services.settings.database_url)
+    broker.refresh_policy_data()
+    return broker
+
+
+def _cli_env(broker: RunningBroker, tmp_path: Path, username: str) -> dict[str, str]:
+    """A config dir holding a broker token for ``username`` (who signs in once, for real)."""
+    with httpx2.Client() as client:
+        web_login(client, broker.url, username, f"{username}-demo-pw")
+    with session_scope(broker.services.engine) as db:
+        user = db.exec(select(User).where(User.sub.endswith(username))).one()  # type: ignore[attr-defined]
+    token, expires = broker.services.tokens.issue(user.id)
+    home = tmp_path / username
+    (home / "conduit").mkdir(parents=True)
+    creds = home / "conduit" / "credentials.json"
+    creds.write_text(
+        json.dumps(
+            {
+                "current": broker.url,
+                "brokers": {
+                    broker.url: {
+                        "broker": broker.url,
+                        "access_token": token,
+                        "expires_at": expires.isoformat(),
+                        "name": username,
+                        "email": "",
+                    }
+                },
+            }
+        )
+    )
+    creds.chmod(0o600)
+    return clean_env(XDG_CONFIG_HOME=str(home))
+
+
+def test_request_approve_list_via_cli(plant: RunningBroker, tmp_path: Path) -> None:
+    alice, olga = _cli_env(plant, tmp_path, "alice"), _cli_env(plant, tmp_path, "olga")
+    made = run_conduit(
+        "request",
+        "hist-01",
+        "--for",
+        "1h",
+        "--reason",
+        "read alarms",
+        "--ticket",
+        "CHG-1",
+        env=alice,
+    )
+    assert made.returncode == 0, made.stderr
+    request_id = made.stdout.split()[1]
+    assert "pending" in made.stdout
+
+    queue = run_conduit("requests", "--state", "pending", env=olga)
+    assert request_id in queue.stdout and "hist-01" in queue.stdout
+    approved = run_conduit("approve", request_id, env=olga)
+    assert approved.returncode == 0 and "is approved" in approved.stdout, approved.stderr
+
+    grants = json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)
+    assert [(g["asset"], g["state"]) for g in grants] == [("hist-01", "approved")]
+    again = run_conduit("approve", request_id, env=olga)
+    assert again.returncode == 2 and "pending" in again.stderr
+
+
+def test_refusals_are_clear(plant: RunningBroker, tmp_path: Path) -> None:
+    alice = _cli_env(plant, tmp_path, "alice")
+    too_long = run_conduit(
+        "request", "scada-01", "--class", "program", "--for", "5h", "--reason", "x", env=alice
+    )
+    assert too_long.returncode == 2 and "longer than policy allows" in too_long.stderr
+    level0 = run_conduit("request", "drive-press-3", "--reason", "x", env=alice)
+    assert level0.returncode == 2 and "level 0" in level0.stderr
+    past = run_conduit(
+        "request", "hist-01", "--reason", "x", "--start", "2020-01-01T00:00:00Z", env=alice
+    )
+    assert past.returncode == 2 and "in the past" in past.stderr
+    no_approver = run_conduit("approve", "some-id", env=alice)
+    assert no_approver.returncode == 2 and "role" in no_approver.stderr
+
+
+def test_self_approval_refused_by_api(plant: RunningBroker, http: httpx2.Client) -> None:
+    web_login(http, plant.url, "adam", "adam-demo-pw")
+    made = http.post(
+        f"{plant.url}/api/requests", json={"asset": "hist-01", "duration": "1h", "reason": "patch"}
+    )
+    assert made.status_code == 201, made.text
+    answer = http.post(f"{plant.url}/api/requests/{made.json()['id']}/approve")
+    assert (
+        answer.status_code == 403 and "cannot approve your own request" in answer.json()["reasons"]
+    )
+    bad = http.post(
+        f"{plant.url}/api/requests", json={"asset": "hist-01", "duration": "soon", "reason": "x"}
+    )
+    assert bad.status_code == 400 and "duration" in bad.json()["message"]
+
+
+def test_lockout_via_cli_revokes_and_blocks(plant: RunningBroker, tmp_path: Path) -> None:
+    alice, olga, adam = (_cli_env(plant, tmp_path, u) for u in ("alice", "olga", "adam"))
+    request_id = run_conduit("request", "hist-01", "--reason", "diag", env=alice).stdout.split()[1]
+    run_conduit("approve", request_id, env=olga)
+    on = run_conduit("lockout", "on", "--reason", "incident 9", env=adam)
+    assert on.returncode == 0 and "1 vendor grant(s) revoked" in on.stdout, on.stderr
+    assert (
+        json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)[0]["state"]
+        == "revoked"
+    )
+    blocked = run_conduit("request", "scada-01", "--reason", "diag", env=alice)
+    assert blocked.returncode == 2 and "emergency lockout" in blocked.stderr
+    vendor_try = run_conduit("lockout", "off", "--reason", "me", env=alice)
+    assert vendor_try.returncode == 2
+    assert "ON" in run_conduit("lockout", "status", env=olga).stdout
+    run_conduit("lockout", "off", "--reason", "all clear", env=adam)
+    assert "off" in run_conduit("lockout", "status", env=olga).stdout
+
+
+def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> None:
+    web_login(http, plant.url, "alice", "alice-demo-pw")
+    made = http.post(
+        f"{plant.url}/api/requests", json={"asset": "hist-01", "duration": "1h30m", "reason": "x"}
+    ).json()
+    from datetime import datetime
+
+    start, end = (
+        datetime.fromisoformat(made[k].replace("Z", "+00:00")) for k in ("starts_at", "ends_at")
+    )
+    assert end - start == timedelta(minutes=90)
