@@ -30,6 +30,7 @@ from broker.errors import BrokerError, NotAuthenticated
 from broker.oidc import OidcClient
 from broker.services import Services
 from broker.settings import Settings
+from broker.webhook import WebhookNotifier
 from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
 from policies.manager import PolicyManager
@@ -188,6 +189,12 @@ def create_app(
                 log.error("no valid policy bundle: %s", exc.message)
             manager.start_watching(settings.policy.watch_interval_s)
         await svc.refresh_policy_data()
+        notifier = None
+        if settings.webhook_url:
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+            notifier = WebhookNotifier(settings.webhook_url, secret.encode(), svc.audit)
+            notifier.start()
+            svc.access.listeners.append(notifier.notify)
         tasks = [
             asyncio.create_task(_refresh_policy_data(svc)),
             asyncio.create_task(_grant_clock(svc)),
@@ -199,6 +206,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if notifier is not None:
+                await notifier.aclose()
             await svc.policy.aclose()
             await svc.oidc.aclose()
 

@@ -159,6 +159,8 @@ class Settings(BaseSettings):
                 problems.append("public_url must use https in prod mode")
             if not self.oidc.client_secret:
                 problems.append("oidc.client_secret is required in prod mode (confidential client)")
+            if self.webhook_url and urlsplit(self.webhook_url).scheme != "https":
+                problems.append("webhook_url must use https in prod mode")
             opa = urlsplit(self.policy.opa_url)
             if (
                 self.policy.engine == "opa"
@@ -170,6 +172,15 @@ class Settings(BaseSettings):
                 )
         elif iss.scheme == "http" and not _is_loopback_host(iss.hostname):
             problems.append("an http oidc.issuer is only accepted on a loopback address")
+        if self.webhook_url:
+            hook = urlsplit(self.webhook_url)
+            if hook.scheme not in {"http", "https"} or not hook.netloc:
+                problems.append(f"webhook_url {self.webhook_url!r} is not an http(s) URL")
+            secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+            if len(secret) < 16:
+                problems.append(
+                    "webhook_secret of at least 16 characters is required with webhook_url"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -85,6 +85,8 @@ class AccessService:
     ) -> None:
         self._engine, self._authorizer, self._audit, self._clock = engine, authorizer, audit, clock
         self.on_grant_ended: list[GrantEnded] = []
+        # Called (from any thread) after each committed state change: (kind, subject, details).
+        self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         self._buffer = threading.local()
 
     # ---- helpers ------------------------------------------------------------------------
@@ -99,6 +101,9 @@ class AccessService:
 
     def _append(self, kind: str, actor: str, outcome: str, subject: str, details: Any) -> None:
         self._audit.append(kind, actor=actor, outcome=outcome, subject=subject, details=details)
+        if outcome == "ok":
+            for listener in self.listeners:
+                listener(kind, subject, {"actor": actor, **details})
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
