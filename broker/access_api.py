@@ -26,7 +26,8 @@ from sessions.authorizer import iso
 from sessions.db import session_scope
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.identity import ADMIN, APPROVER, VENDOR
-from sessions.models import AccessRequest, Asset, Grant, User
+from sessions.models import AccessRequest, Asset, Grant, MaintenanceWindow, User
+from sessions.windows import add_window, list_windows, remove_window
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
 _STATUS = {ValidationError: 400, AccessDenied: 403, NotFoundError: 404, ConflictError: 409}
@@ -119,6 +120,7 @@ async def create_request(request: Request) -> Response:
         reason=str(body.get("reason", "")),
         ticket=str(body["ticket"]) if body.get("ticket") else None,
         ports=ports,
+        maintenance_window_only=bool(body.get("maintenance_window_only", False)),
     )
     try:
         row = await svc.access.request(principal.user_id, spec)
@@ -263,4 +265,89 @@ routes = [
     Route("/api/grants", list_grants, methods=["GET"]),
     Route("/api/grants/{id}/revoke", revoke, methods=["POST"]),
     Route("/api/lockout", lockout, methods=["GET", "POST"]),
+]
+
+
+def _window_json(window: MaintenanceWindow, site: str) -> dict[str, Any]:
+    return {
+        "id": window.id,
+        "site": site,
+        "days": window.days,
+        "start": window.start,
+        "end": window.end,
+        "description": window.description,
+    }
+
+
+async def windows(request: Request) -> Response:
+    """GET: every site's maintenance windows; POST (admin): add one."""
+    svc = services(request)
+    if request.method == "GET":
+        await require(request)
+
+        def _all() -> list[dict[str, Any]]:
+            with session_scope(svc.engine) as db:
+                return [_window_json(w, s) for w, s in list_windows(db)]
+
+        return JSONResponse(await run_in_threadpool(_all))
+    principal = await require(request, ADMIN)
+    body = await _json(request)
+    days = body.get("days")
+    if not isinstance(days, list):
+        raise BadRequest("days must be a list such as ['tue', 'thu']")
+
+    def _add() -> dict[str, Any]:
+        with session_scope(svc.engine) as db:
+            window = add_window(
+                db,
+                str(body.get("site", "")),
+                [str(d) for d in days],
+                str(body.get("start", "")),
+                str(body.get("end", "")),
+                str(body.get("description", "")),
+            )
+            return _window_json(window, str(body.get("site")))
+
+    try:
+        created = await run_in_threadpool(_add)
+    except SessionsError as exc:
+        return domain_error(exc)
+    await svc.record(
+        request,
+        "plant.window_added",
+        actor=principal.user_id,
+        outcome="ok",
+        subject=created["id"],
+        details=created,
+    )
+    await svc.refresh_policy_data()
+    return JSONResponse(created, status_code=201)
+
+
+async def remove_window_route(request: Request) -> Response:
+    principal = await require(request, ADMIN)
+    svc = services(request)
+
+    def _remove() -> None:
+        with session_scope(svc.engine) as db:
+            remove_window(db, request.path_params["id"])
+
+    try:
+        await run_in_threadpool(_remove)
+    except SessionsError as exc:
+        return domain_error(exc)
+    await svc.record(
+        request,
+        "plant.window_removed",
+        actor=principal.user_id,
+        outcome="ok",
+        subject=request.path_params["id"],
+    )
+    await svc.refresh_policy_data()
+    return JSONResponse({"removed": request.path_params["id"]})
+
+
+routes += [
+    Route("/api/windows", windows, methods=["GET", "POST"]),
+    Route("/api/windows/{id}", remove_window_route, methods=["DELETE"]),
 ]

@@ -74,6 +74,7 @@ class RequestSpec:
     ticket: str | None = None
     protocols: list[str] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
+    maintenance_window_only: bool = False
 
 
 GrantEnded = Callable[[str, str], None]
@@ -211,6 +212,7 @@ class AccessService:
                     ends_at=spec.ends_at,
                     reason=spec.reason.strip(),
                     ticket=spec.ticket,
+                    maintenance_window_only=spec.maintenance_window_only,
                     decision_reasons=list(decision.reasons),
                     created_at=now,
                 )
@@ -256,7 +258,7 @@ class AccessService:
             "ends_at": iso(req.ends_at),
             "ticket": req.ticket,
             "state": req.state,
-            "maintenance_window_only": False,
+            "maintenance_window_only": req.maintenance_window_only,
         }
 
     async def approve(self, request_id: str, approver_id: str) -> Grant | None:
@@ -345,7 +347,10 @@ class AccessService:
                     starts_at=req.starts_at,
                     ends_at=req.ends_at,
                     state=GrantState.APPROVED,
-                    obligations=decision.obligations.as_dict(),
+                    obligations={
+                        **decision.obligations.as_dict(),
+                        "maintenance_window_only": req.maintenance_window_only,
+                    },
                     created_at=now,
                 )
                 db.add(grant)

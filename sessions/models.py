@@ -428,6 +428,9 @@ class AccessRequest(TableModel, table=True):
     ends_at: datetime = Field(sa_type=UTCDateTime)
     reason: str
     ticket: str | None = None
+    maintenance_window_only: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()}
+    )
     state: str = Field(default=AccessRequestState.PENDING, index=True)
     decision_reasons: list[str] = json_field(list)
     created_at: datetime = _created()

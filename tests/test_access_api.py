@@ -144,3 +144,95 @@ def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> No
         datetime.fromisoformat(made[k].replace("Z", "+00:00")) for k in ("starts_at", "ends_at")
     )
     assert end - start == timedelta(minutes=90)
+
+
+def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path) -> None:
+    import asyncio
+    from datetime import datetime
+
+    from sessions.authorizer import build_input, grant_document, user_document
+    from sessions.models import Asset, Grant
+
+    alice, olga, adam = (_cli_env(plant, tmp_path, u) for u in ("alice", "olga", "adam"))
+    added = run_conduit(
+        "windows",
+        "add",
+        "Riverside Plant",
+        "--days",
+        "tue",
+        "--start",
+        "22:00",
+        "--end",
+        "02:00",
+        "--description",
+        "weekly",
+        env=adam,
+    )
+    assert added.returncode == 0, added.stderr
+    listed = run_conduit("windows", "list", env=alice).stdout.split()
+    assert listed[-3:] == ["tue", "22:00-02:00", "weekly"]
+    bad = run_conduit(
+        "windows",
+        "add",
+        "Riverside Plant",
+        "--days",
+        "tue",
+        "--start",
+        "25:00",
+        "--end",
+        "02:00",
+        env=adam,
+    )
+    assert bad.returncode == 2 and "HH:MM" in bad.stderr
+    assert (
+        run_conduit(
+            "windows",
+            "add",
+            "Riverside Plant",
+            "--days",
+            "tue",
+            "--start",
+            "22:00",
+            "--end",
+            "02:00",
+            env=alice,
+        ).returncode
+        == 2
+    )
+
+    made = run_conduit(
+        "request",
+        "hist-01",
+        "--start",
+        "2026-12-01T20:00:00Z",
+        "--for",
+        "8h",
+        "--reason",
+        "weekly check",
+        "--window-only",
+        env=alice,
+    )
+    assert made.returncode == 0, made.stderr
+    assert run_conduit("approve", made.stdout.split()[1], env=olga).returncode == 0
+
+    def decide(at: str) -> bool:
+        with session_scope(plant.services.engine) as db:
+            grant = db.exec(select(Grant)).one()
+            user, asset = db.get(User, grant.user_id), db.get(Asset, grant.asset_id)
+            assert user is not None and asset is not None
+            doc = build_input(
+                db,
+                user=user_document(db, user),
+                asset=asset,
+                grant=grant_document(db, grant),
+                action={"kind": "ssh", "port": 22, "operation_class": "read_only"},
+                now=datetime.fromisoformat(at),
+                agent_online=True,
+            )
+        decision = asyncio.run(
+            plant.services.authorizer.decide(doc, actor="test", purpose="connect")
+        )
+        return decision.allow
+
+    assert decide("2026-12-01T21:30:00+00:00")  # 22:30 in Berlin, Tuesday: inside
+    assert not decide("2026-12-02T03:30:00+00:00")  # 04:30 in Berlin: grant valid, window closed

@@ -25,6 +25,11 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--reason", required=True)
     r.add_argument("--ticket")
     r.add_argument("--port", type=int, action="append", dest="ports")
+    r.add_argument(
+        "--window-only",
+        action="store_true",
+        help="the grant is usable only inside the site's maintenance windows",
+    )
     r.set_defaults(func=request)
     for name, what in (("requests", "access requests"), ("grants", "grants")):
         ls = sub.add_parser(name, help=f"list {what} (yours, or those you approve)")
@@ -50,6 +55,22 @@ def add_parser(sub: Any) -> None:
     lo.add_argument("state", choices=["on", "off", "status"])
     lo.add_argument("--reason", default="")
     lo.set_defaults(func=lockout)
+    w = sub.add_parser("windows", help="recurring maintenance windows per site")
+    wsub = w.add_subparsers(dest="windows_command", required=True)
+    wl = wsub.add_parser("list")
+    wl.set_defaults(func=windows_list)
+    wa = wsub.add_parser(
+        "add", help="e.g. add 'Riverside Plant' --days tue --start 22:00 --end 02:00"
+    )
+    wa.add_argument("site")
+    wa.add_argument("--days", required=True, help="comma-separated: mon,tue,...")
+    wa.add_argument("--start", required=True, help="HH:MM in the site's time zone")
+    wa.add_argument("--end", required=True, help="HH:MM; before --start means past midnight")
+    wa.add_argument("--description", default="")
+    wa.set_defaults(func=windows_add)
+    wr = wsub.add_parser("remove")
+    wr.add_argument("id")
+    wr.set_defaults(func=windows_remove)
 
 
 def request(args: argparse.Namespace) -> int:
@@ -60,6 +81,7 @@ def request(args: argparse.Namespace) -> int:
         "reason": args.reason,
         "ticket": args.ticket,
         "ports": args.ports or [],
+        "maintenance_window_only": args.window_only,
     }
     if args.start:
         body["starts_at"] = args.start
@@ -126,4 +148,33 @@ def lockout(args: argparse.Namespace) -> int:
         on = out["vendor_lockout"]
         print(f"{out['revoked_grants']} vendor grant(s) revoked." if on else "Lockout lifted.")
     print(f"Vendor lockout is {'ON: all vendor access is disabled' if on else 'off'}.")
+    return 0
+
+
+def windows_list(args: argparse.Namespace) -> int:
+    rows = call("GET", "/api/windows")
+    for w in rows:
+        days = ",".join(w["days"])
+        print(f"{w['id']}  {w['site']:<18} {days:<20} {w['start']}-{w['end']}  {w['description']}")
+    if not rows:
+        print("no maintenance windows")
+    return 0
+
+
+def windows_add(args: argparse.Namespace) -> int:
+    body = {
+        "site": args.site,
+        "days": [d for d in args.days.split(",") if d],
+        "start": args.start,
+        "end": args.end,
+        "description": args.description,
+    }
+    w = call("POST", "/api/windows", body=body)
+    print(f"Window {w['id']}: {w['site']} {','.join(w['days'])} {w['start']}-{w['end']}")
+    return 0
+
+
+def windows_remove(args: argparse.Namespace) -> int:
+    call("DELETE", f"/api/windows/{args.id}")
+    print(f"Window {args.id} removed.")
     return 0
