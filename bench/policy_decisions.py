@@ -26,6 +26,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,39 @@ MARK_BEGIN = "<!-- bench:policy:begin -->"
 MARK_END = "<!-- bench:policy:end -->"
 DEFAULT_BUNDLE = Path("policies/bundle")
 TARGET_P99_MS = 0.1
+
+
+# data.plant matching the inputs below (as the broker pushes it from its database).
+PLANT_DATA: dict[str, Any] = {
+    "plant": {
+        "sites": {"plant-1": {"timezone": "Europe/Berlin", "maintenance_windows": []}},
+        "assets": {
+            "press-3-plc": {
+                "site": "plant-1",
+                "zone": "cell-3",
+                "purdue_level": 1,
+                "criticality": "high",
+                "owner_group": "ot-press-line",
+                "protocols": ["modbus", "ssh"],
+                "tune_write_ranges": [[0, 99]],
+            }
+        },
+        "vendor_orgs": {
+            "acme-automation": {
+                "contracts": [
+                    {
+                        "site": "plant-1",
+                        "asset": None,
+                        "valid_from": "2025-01-01T00:00:00Z",
+                        "valid_until": "2026-12-31T00:00:00Z",
+                        "reference": "SVC-1",
+                    }
+                ]
+            }
+        },
+        "lockout": {"vendors": False, "reason": ""},
+    }
+}
 
 
 def representative_inputs() -> list[dict[str, Any]]:
@@ -163,7 +197,9 @@ def ms(value: float) -> str:
 async def run_opa(
     bundle: Path, inputs: list[dict[str, Any]], n: int, embedded: EmbeddedEngine
 ) -> tuple[list[float], int]:
-    with start_opa_server(bundle) as server:
+    data_file = Path(tempfile.mkdtemp(prefix="conduit-bench-")) / "data.json"
+    data_file.write_text(json.dumps(PLANT_DATA))
+    with start_opa_server(bundle, data=data_file) as server:
         opa = OpaEngine(server.url)
         try:
             for doc in inputs:  # same answer as embedded, else the comparison is meaningless
@@ -190,6 +226,7 @@ def main() -> int:
     args = parser.parse_args()
     inputs = json.loads(args.inputs.read_text()) if args.inputs else representative_inputs()
     embedded = EmbeddedEngine.from_directory(args.bundle)
+    embedded.set_data(PLANT_DATA)
     outcomes = [embedded.decide_sync(doc) for doc in inputs]
     allowed = sum(d.allow for d in outcomes)
     broken = [d.reasons[0] for d in outcomes if d.reasons[0].startswith("policy ")]

@@ -12,11 +12,21 @@ import rego.v1
 # upper-case "T" and "Z". Elements may be any JSON value (sprintf renders non-strings, which
 # then fail). One regular expression for the whole list, because regorus compiles it on
 # every call; the split count stops one element from smuggling in two timestamps.
-valid_all(times) if {
-	joined := sprintf(["", "%v", "%v %v", "%v %v %v", "%v %v %v %v"][count(times)], times)
+valid_all(times) if valid_joined(sprintf(["", "%v", "%v %v", "%v %v %v", "%v %v %v %v"][count(times)], times), count(times))
+
+# valid_joined(joined, n): joined is n RFC 3339 timestamps (see valid_all) joined with " ".
+valid_joined(joined, n) if {
 	regex.match(`^(?:(?:(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29|[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31))T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])(?: |$))+$`, joined)
-	count(split(joined, " ")) == count(times)
+	count(split(joined, " ")) == n
 }
+
+# valid_strings(joined, n): valid_joined for n non-empty strings joined with " ". First the
+# common shape, "YYYY-MM-DDTHH:MM:SSZ" without 02-29: a smaller expression, and as each such
+# timestamp has 20 characters, the length alone shows that no element holds two of them.
+valid_strings(joined, n) := true if {
+	count(joined) == (21 * n) - 1
+	regex.match(`^(?:[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z(?: |$))+$`, joined)
+} else := true if valid_joined(joined, n)
 
 # ns(s): nanoseconds since the epoch of a timestamp valid_all accepted. "Z" is sent as
 # "+00:00" because rego-cpp (the differential-test engine) rejects the "Z" designator.
