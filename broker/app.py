@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import access_api, api, cli_auth, pages, policy_admin, signin
+from broker import access_api, access_pages, api, cli_auth, pages, policy_admin, signin
 from broker.auth import ApiTokens, WebSessions
 from broker.errors import BrokerError, NotAuthenticated
 from broker.oidc import OidcClient
@@ -243,6 +243,7 @@ def create_app(
             *cli_auth.routes,
             *api.routes,
             *access_api.routes,
+            *access_pages.routes,
             *policy_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],

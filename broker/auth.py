@@ -93,21 +93,21 @@ class WebSessions:
     def lookup(self, value: str) -> Principal | None:
         """The principal for a cookie value, or None if unknown, expired or disabled."""
         now = self._clock.now()
-        with session_scope(self._engine) as db:
+        with session_scope(self._engine) as db:  # read-only: page views must not serialise
             row = db.get(WebSession, secret_hash(value))
             if row is None:
                 return None
-            if row.expires_at <= now:
-                db.delete(row)
-                return None
-            user = db.get(User, row.user_id)
-            if user is None or user.disabled:
-                return None
-            return _principal(user, row.expires_at, "session", row.csrf_token)
+            user = db.get(User, row.user_id) if row.expires_at > now else None
+            if user is not None and not user.disabled:
+                return _principal(user, row.expires_at, "session", row.csrf_token)
+            expired = row.expires_at <= now
+        if expired:
+            self.destroy(value)
+        return None
 
     def destroy(self, value: str) -> str | None:
         """End a session; returns its ID token (logout hint) or None if there was none."""
-        with session_scope(self._engine) as db:
+        with session_scope(self._engine, write=True) as db:
             row = db.get(WebSession, secret_hash(value))
             if row is None:
                 return None
@@ -138,7 +138,7 @@ class ApiTokens:
             created_at=now,
             expires_at=now + self._ttl,
         )
-        with session_scope(self._engine) as db:
+        with session_scope(self._engine, write=True) as db:
             db.add(row)
         return token, row.expires_at
 
@@ -147,7 +147,7 @@ class ApiTokens:
         if not token.startswith(TOKEN_PREFIX):
             return None
         now = self._clock.now()
-        with session_scope(self._engine) as db:
+        with session_scope(self._engine, write=True) as db:
             row = db.exec(select(ApiToken).where(ApiToken.token_hash == secret_hash(token))).first()
             if row is None or row.revoked_at is not None or row.expires_at <= now:
                 return None
@@ -159,7 +159,7 @@ class ApiTokens:
             return _principal(user, row.expires_at, "token", None)
 
     def revoke(self, token: str) -> bool:
-        with session_scope(self._engine) as db:
+        with session_scope(self._engine, write=True) as db:
             row = db.exec(select(ApiToken).where(ApiToken.token_hash == secret_hash(token))).first()
             if row is None or row.revoked_at is not None:
                 return False

@@ -171,7 +171,7 @@ async def activate_submit(request: Request) -> Response:
     approve = form.get("decision") == "approve"
 
     def _decide() -> str | None:
-        with session_scope(svc.engine) as db:
+        with session_scope(svc.engine, write=True) as db:
             row = db.exec(
                 select(CliAuthorization).where(
                     CliAuthorization.user_code == code, CliAuthorization.kind == "device"
@@ -249,7 +249,7 @@ async def authorize_page(request: Request) -> Response:
     )
 
     def _save() -> None:
-        with session_scope(svc.engine) as db:
+        with session_scope(svc.engine, write=True) as db:
             db.add(row)
 
     await run_in_threadpool(_save)
@@ -322,7 +322,7 @@ def _redeem(svc: Services, params: dict[str, Any]) -> tuple[str, str] | JSONResp
     """Check a token request; on success mark the authorization consumed, return (id, user)."""
     grant = params.get("grant_type")
     now = svc.clock.now()
-    with session_scope(svc.engine) as db:
+    with session_scope(svc.engine, write=True) as db:
         if grant == DEVICE_GRANT:
             dc = str(params.get("device_code", ""))
             row = (

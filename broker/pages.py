@@ -11,8 +11,8 @@ from starlette.routing import Route
 from broker.services import services
 from broker.web import current_principal, render, require
 from sessions.db import session_scope
-from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
-from sessions.models import AccessRequest, Asset, AuditEvent, Grant, Site, User, Zone
+from sessions.identity import ADMIN, SECURITY
+from sessions.models import Asset, AuditEvent, Site, Zone
 
 AUDIT_PAGE = 50
 
@@ -27,42 +27,6 @@ async def home(request: Request) -> Response:
 async def whoami(request: Request) -> Response:
     await require(request)
     return render(request, "whoami.html")
-
-
-async def vendor_home(request: Request) -> Response:
-    principal = await require(request, VENDOR)
-    svc = services(request)
-
-    def _load() -> list[tuple[Grant, str]]:
-        with session_scope(svc.engine) as db:
-            rows = db.exec(
-                select(Grant, Asset.name)
-                .join(Asset, col(Asset.id) == col(Grant.asset_id))
-                .where(Grant.user_id == principal.user_id)
-                .order_by(col(Grant.starts_at).desc())
-            ).all()
-            return [(g, name) for g, name in rows]
-
-    return render(request, "vendor.html", {"grants": await run_in_threadpool(_load)})
-
-
-async def approvals(request: Request) -> Response:
-    principal = await require(request, APPROVER, ADMIN)
-    svc = services(request)
-
-    def _load() -> list[tuple[AccessRequest, str, str]]:
-        with session_scope(svc.engine) as db:
-            query = (
-                select(AccessRequest, Asset.name, User.name)
-                .join(Asset, col(Asset.id) == col(AccessRequest.asset_id))
-                .join(User, col(User.id) == col(AccessRequest.requester_id))
-                .where(AccessRequest.state == "pending")
-            )
-            if not principal.has(ADMIN):
-                query = query.where(col(Asset.owner_group).in_(principal.groups))
-            return [(r, a, u) for r, a, u in db.exec(query).all()]
-
-    return render(request, "approvals.html", {"requests": await run_in_threadpool(_load)})
 
 
 async def admin_assets(request: Request) -> Response:
@@ -118,8 +82,6 @@ async def security_audit(request: Request) -> Response:
 routes = [
     Route("/", home),
     Route("/whoami", whoami),
-    Route("/vendor", vendor_home),
-    Route("/approvals", approvals),
     Route("/admin/assets", admin_assets),
     Route("/security/audit", security_audit),
 ]

@@ -57,7 +57,7 @@ def _store_flow(
 
 def _consume_flow(svc: Services, state: str) -> LoginFlow | None:
     """Delete and return the flow for ``state``; None if unknown or already used."""
-    with session_scope(svc.engine) as db:
+    with session_scope(svc.engine, write=True) as db:
         flow = db.get(LoginFlow, secret_hash(state))
         if flow is None:
             return None
@@ -155,7 +155,7 @@ async def callback(request: Request) -> Response:
     roles = map_roles(identity.groups, svc.settings.roles.as_mapping())
 
     def _sign_in() -> tuple[str, str]:
-        with session_scope(svc.engine) as db:
+        with session_scope(svc.engine, write=True) as db:
             user = upsert_user(db, identity, roles, svc.clock)
             user_id = user.id
         value, _ = svc.web_sessions.create(user_id, tokens.id_token)

@@ -17,6 +17,8 @@ NAV = (
     # (role, label, path): the layout shows the links of the roles the user holds.
     ("vendor", "My access", "/vendor"),
     ("approver", "Approvals", "/approvals"),
+    ("approver", "Grants", "/admin/grants"),
+    ("admin", "Grants", "/admin/grants"),
     ("admin", "Assets", "/admin/assets"),
     ("admin", "Policy", "/admin/policy"),
     ("admin", "What-if", "/admin/whatif"),

@@ -1,0 +1,364 @@
+"""Web pages for access: a vendor's requests and grants, the approver queue, the grant list.
+
+Server-rendered forms that call :class:`sessions.access.AccessService`, which asks policy and
+audits every step. A refused action re-renders its page with the service's message (and the
+policy's reasons) and a 400/403/404/409 status; a successful one redirects (303) back.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from broker.auth import Principal
+from broker.services import services
+from broker.web import check_csrf, render, require
+from sessions.access import LIVE_GRANT_STATES, AccessDenied, RequestSpec
+from sessions.db import session_scope
+from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
+from sessions.identity import ADMIN, APPROVER, VENDOR
+from sessions.models import (
+    AccessRequest,
+    AccessRequestState,
+    Approval,
+    ApprovalVerdict,
+    Asset,
+    Grant,
+    GrantState,
+    OperationClass,
+    PlantFlag,
+    User,
+    Zone,
+)
+from sessions.policy_data import LOCKOUT_FLAG
+
+DURATIONS = ((30, "30 min"), (60, "1 h"), (120, "2 h"), (240, "4 h"), (480, "8 h"))
+KEY_OBLIGATIONS = ("record", "require_mfa", "supervise", "max_duration_s", "idle_timeout_s")
+_NEEDS = re.compile(r"needs (\d+) approval")
+_STATUS = {ValidationError: 400, AccessDenied: 403, NotFoundError: 404, ConflictError: 409}
+Rows = list[dict[str, Any]]
+
+
+def _status(exc: SessionsError) -> int:
+    return next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+
+
+def _failure(exc: SessionsError) -> dict[str, Any]:
+    reasons = list(exc.reasons) if isinstance(exc, AccessDenied) else []
+    return {"error": exc.message, "reasons": reasons}
+
+
+def _done(path: str, message: str) -> Response:
+    return RedirectResponse(f"{path}?{urlencode({'message': message})}", status_code=303)
+
+
+def _assets_in_scope(principal: Principal) -> Any:
+    """A filter on Asset for what an approver owns (admins: everything)."""
+    return sa.true() if principal.has(ADMIN) else col(Asset.owner_group).in_(principal.groups)
+
+
+def _names(db: Session, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    users = db.exec(select(User).where(col(User.id).in_(ids))).all()
+    return {u.id: u.name or u.sub for u in users}
+
+
+# ---- vendor: my access ----------------------------------------------------------------------
+
+
+def _parse_spec(form: dict[str, Any]) -> RequestSpec:
+    try:
+        starts = datetime.fromisoformat(str(form.get("starts_at", "")))
+        minutes = int(str(form.get("duration", "")))
+    except ValueError as exc:
+        raise ValidationError("start must be a date and time (UTC) and duration minutes") from exc
+    if minutes not in dict(DURATIONS):
+        raise ValidationError("pick one of the offered durations")
+    starts = starts.replace(tzinfo=UTC) if starts.tzinfo is None else starts.astimezone(UTC)
+    return RequestSpec(
+        asset=str(form.get("asset", "")),
+        operation_class=str(form.get("operation_class", "")),
+        starts_at=starts,
+        ends_at=starts + timedelta(minutes=minutes),
+        reason=str(form.get("reason", "")),
+        ticket=str(form.get("ticket", "")).strip() or None,
+        maintenance_window_only=bool(form.get("maintenance_window_only")),
+    )
+
+
+def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
+    with session_scope(engine) as db:
+        assets = db.exec(
+            select(Asset.name, Zone.name, Zone.purdue_level)
+            .join(Zone, col(Zone.id) == col(Asset.zone_id))
+            .order_by(col(Asset.name))
+        ).all()
+        names = {a.id: a.name for a in db.exec(select(Asset)).all()}
+        requests = db.exec(
+            select(AccessRequest)
+            .where(AccessRequest.requester_id == user_id)
+            .order_by(col(AccessRequest.created_at).desc())
+        ).all()
+        denials = {
+            a.request_id: a.reason
+            for a in db.exec(
+                select(Approval).where(
+                    col(Approval.request_id).in_([r.id for r in requests]),
+                    Approval.verdict == ApprovalVerdict.DENY,
+                )
+            ).all()
+        }
+        grants = db.exec(
+            select(Grant).where(Grant.user_id == user_id).order_by(col(Grant.starts_at).desc())
+        ).all()
+        return {
+            "assets": [(n, f"{n} ({z}, level {lvl})") for n, z, lvl in assets],
+            "requests": [
+                {"req": r, "asset": names.get(r.asset_id, "?"), "denial": denials.get(r.id)}
+                for r in requests
+            ],
+            "grants": [
+                {
+                    "grant": g,
+                    "asset": names.get(g.asset_id, "?"),
+                    "obligations": [(k, g.obligations.get(k)) for k in KEY_OBLIGATIONS],
+                }
+                for g in grants
+            ],
+        }
+
+
+async def _vendor_page(
+    request: Request,
+    principal: Principal,
+    form: dict[str, Any] | None = None,
+    failure: dict[str, Any] | None = None,
+    status: int = 200,
+) -> Response:
+    svc = services(request)
+    ctx = await run_in_threadpool(_vendor_data, svc.engine, principal.user_id)
+    defaults = {
+        "operation_class": OperationClass.READ_ONLY,
+        "starts_at": svc.clock.now().strftime("%Y-%m-%dT%H:%M"),
+        "duration": "60",
+    }
+    ctx.update(
+        form={**defaults, **(form or {})},
+        classes=OperationClass.ALL,
+        durations=DURATIONS,
+        message=request.query_params.get("message"),
+        **(failure or {}),
+    )
+    return render(request, "vendor.html", ctx, status=status)
+
+
+async def vendor_home(request: Request) -> Response:
+    principal = await require(request, VENDOR, ADMIN)
+    return await _vendor_page(request, principal)
+
+
+async def create_request(request: Request) -> Response:
+    principal = await require(request, VENDOR, ADMIN)
+    form = await check_csrf(request, principal)
+    try:
+        spec = _parse_spec(form)
+        created = await services(request).access.request(principal.user_id, spec)
+    except SessionsError as exc:
+        return await _vendor_page(request, principal, form, _failure(exc), _status(exc))
+    return _done("/vendor", f"request for {created.operation_class} on {spec.asset} filed")
+
+
+async def cancel_request(request: Request) -> Response:
+    principal = await require(request, VENDOR, ADMIN)
+    await check_csrf(request, principal)
+    request_id = request.path_params["id"]
+    try:
+        await run_in_threadpool(services(request).access.cancel, request_id, principal.user_id)
+    except SessionsError as exc:
+        return await _vendor_page(request, principal, None, _failure(exc), _status(exc))
+    return _done("/vendor", "request cancelled")
+
+
+# ---- approver queue -------------------------------------------------------------------------
+
+
+def _queue(engine: Any, principal: Principal) -> Rows:
+    with session_scope(engine) as db:
+        rows = db.exec(
+            select(AccessRequest, Asset.name, Zone.name, Zone.purdue_level)
+            .join(Asset, col(Asset.id) == col(AccessRequest.asset_id))
+            .join(Zone, col(Zone.id) == col(Asset.zone_id))
+            .where(AccessRequest.state == AccessRequestState.PENDING, _assets_in_scope(principal))
+            .order_by(col(AccessRequest.starts_at))
+        ).all()
+        users = _names(db, {r.requester_id for r, *_ in rows})
+        approvals = db.exec(
+            select(Approval.request_id).where(
+                col(Approval.request_id).in_([r.id for r, *_ in rows]),
+                Approval.verdict == ApprovalVerdict.APPROVE,
+            )
+        ).all()
+        out = []
+        for req, asset, zone, level in rows:
+            needed = [int(m[1]) for m in map(_NEEDS.search, req.decision_reasons) if m]
+            out.append(
+                {
+                    "req": req,
+                    "requester": users.get(req.requester_id, "?"),
+                    "asset": asset,
+                    "zone": zone,
+                    "level": level,
+                    "approved": sum(1 for a in approvals if a == req.id),
+                    "required": needed[0] if needed else None,
+                }
+            )
+        return out
+
+
+async def _approvals_page(
+    request: Request, principal: Principal, failure: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    rows = await run_in_threadpool(_queue, services(request).engine, principal)
+    ctx = {"rows": rows, "message": request.query_params.get("message"), **(failure or {})}
+    return render(request, "approvals.html", ctx, status=status)
+
+
+async def approvals(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    return await _approvals_page(request, principal)
+
+
+async def approve(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    await check_csrf(request, principal)
+    try:
+        grant = await services(request).access.approve(request.path_params["id"], principal.user_id)
+    except SessionsError as exc:
+        return await _approvals_page(request, principal, _failure(exc), _status(exc))
+    done = "approved: grant created" if grant else "approval recorded; more approvals needed"
+    return _done("/approvals", done)
+
+
+async def deny(request: Request) -> Response:
+    principal = await require(request, APPROVER, ADMIN)
+    form = await check_csrf(request, principal)
+    access = services(request).access
+    try:
+        await run_in_threadpool(
+            access.deny, request.path_params["id"], principal.user_id, str(form.get("reason", ""))
+        )
+    except SessionsError as exc:
+        return await _approvals_page(request, principal, _failure(exc), _status(exc))
+    return _done("/approvals", "request denied")
+
+
+# ---- grants and requests overview, revoke, lockout ------------------------------------------
+
+
+def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dict[str, Any]:
+    with session_scope(engine) as db:
+        assets = {
+            a.id: a.name for a in db.exec(select(Asset).where(_assets_in_scope(principal))).all()
+        }
+        ids = [i for i, n in assets.items() if filters["asset"] in ("", n)]
+        grants = db.exec(
+            select(Grant).where(col(Grant.asset_id).in_(ids)).order_by(col(Grant.starts_at).desc())
+        ).all()
+        requests = db.exec(
+            select(AccessRequest)
+            .where(col(AccessRequest.asset_id).in_(ids))
+            .order_by(col(AccessRequest.created_at).desc())
+        ).all()
+        users = _names(db, {g.user_id for g in grants} | {r.requester_id for r in requests})
+
+        def keep(state: str, user_id: str) -> bool:
+            user = filters["user"].lower()
+            name = users.get(user_id, "")
+            return filters["state"] in ("", state) and (not user or user in name.lower())
+
+        flag = db.get(PlantFlag, LOCKOUT_FLAG)
+        return {
+            "grants": [
+                {"grant": g, "asset": assets[g.asset_id], "user": users.get(g.user_id, "?")}
+                for g in grants
+                if keep(g.state, g.user_id)
+            ],
+            "requests": [
+                {"req": r, "asset": assets[r.asset_id], "user": users.get(r.requester_id, "?")}
+                for r in requests
+                if keep(r.state, r.requester_id)
+            ],
+            "asset_names": sorted(assets.values()),
+            "lockout": flag if flag and flag.value.get("vendors") else None,
+        }
+
+
+async def _grants_page(
+    request: Request, principal: Principal, failure: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    q = request.query_params
+    filters = {k: q.get(k, "").strip() for k in ("state", "asset", "user")}
+    ctx = await run_in_threadpool(_overview, services(request).engine, principal, filters)
+    ctx.update(
+        filters=filters,
+        states=sorted(set(GrantState.ALL) | set(AccessRequestState.ALL)),
+        live=LIVE_GRANT_STATES,
+        message=q.get("message"),
+        **(failure or {}),
+    )
+    return render(request, "access_grants.html", ctx, status=status)
+
+
+async def grants(request: Request) -> Response:
+    principal = await require(request, ADMIN, APPROVER)
+    return await _grants_page(request, principal)
+
+
+async def revoke(request: Request) -> Response:
+    principal = await require(request, ADMIN, APPROVER)
+    form = await check_csrf(request, principal)
+    access = services(request).access
+    try:
+        await run_in_threadpool(
+            access.revoke, request.path_params["id"], principal.user_id, str(form.get("reason", ""))
+        )
+    except SessionsError as exc:
+        return await _grants_page(request, principal, _failure(exc), _status(exc))
+    return _done("/admin/grants", "grant revoked")
+
+
+async def lockout(request: Request) -> Response:
+    principal = await require(request, ADMIN)
+    form = await check_csrf(request, principal)
+    svc = services(request)
+    on, reason = str(form.get("on", "")) == "1", str(form.get("reason", "")).strip()
+    if not reason:
+        failure = {"error": "a reason is required to change the vendor lockout", "reasons": []}
+        return await _grants_page(request, principal, failure, 400)
+    revoked = await run_in_threadpool(svc.access.set_lockout, on, principal.user_id, reason)
+    await svc.refresh_policy_data()
+    done = f"vendor access disabled; {revoked} grant(s) revoked" if on else "vendor access enabled"
+    return _done("/admin/grants", done)
+
+
+routes = [
+    Route("/vendor", vendor_home),
+    Route("/vendor/requests", create_request, methods=["POST"]),
+    Route("/vendor/requests/{id}/cancel", cancel_request, methods=["POST"]),
+    Route("/approvals", approvals),
+    Route("/approvals/{id}/approve", approve, methods=["POST"]),
+    Route("/approvals/{id}/deny", deny, methods=["POST"]),
+    Route("/admin/grants", grants),
+    Route("/admin/grants/{id}/revoke", revoke, methods=["POST"]),
+    Route("/admin/lockout", lockout, methods=["POST"]),
+]
