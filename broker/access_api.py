@@ -195,48 +195,31 @@ async def approve(request: Request) -> Response:
     )
 
 
-async def deny(request: Request) -> Response:
-    principal = await require(request, APPROVER, ADMIN)
-    body = await _json(request)
-    svc = services(request)
+async def _state_change(request: Request, change: Any, *roles: str, reason: bool) -> Response:
+    """Run ``change(id, actor[, reason])`` off the loop; answer ``{"id", "state"}`` or the error."""
+    principal = await require(request, *roles)
+    args: list[str] = [request.path_params["id"], principal.user_id]
+    if reason:
+        args.append(str((await _json(request)).get("reason", "")))
     try:
-        row = await run_in_threadpool(
-            svc.access.deny,
-            request.path_params["id"],
-            principal.user_id,
-            str(body.get("reason", "")),
-        )
+        row = await run_in_threadpool(change, *args)
     except SessionsError as exc:
         return domain_error(exc)
     return JSONResponse({"id": row.id, "state": row.state})
+
+
+async def deny(request: Request) -> Response:
+    return await _state_change(request, services(request).access.deny, APPROVER, ADMIN, reason=True)
 
 
 async def cancel(request: Request) -> Response:
-    principal = await require(request)
-    svc = services(request)
-    try:
-        row = await run_in_threadpool(
-            svc.access.cancel, request.path_params["id"], principal.user_id
-        )
-    except SessionsError as exc:
-        return domain_error(exc)
-    return JSONResponse({"id": row.id, "state": row.state})
+    return await _state_change(request, services(request).access.cancel, reason=False)
 
 
 async def revoke(request: Request) -> Response:
-    principal = await require(request, APPROVER, ADMIN)
-    body = await _json(request)
-    svc = services(request)
-    try:
-        grant = await run_in_threadpool(
-            svc.access.revoke,
-            request.path_params["id"],
-            principal.user_id,
-            str(body.get("reason", "")),
-        )
-    except SessionsError as exc:
-        return domain_error(exc)
-    return JSONResponse({"id": grant.id, "state": grant.state})
+    return await _state_change(
+        request, services(request).access.revoke, APPROVER, ADMIN, reason=True
+    )
 
 
 async def lockout(request: Request) -> Response:

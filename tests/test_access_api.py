@@ -236,3 +236,34 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
 
     assert decide("2026-12-01T21:30:00+00:00")  # 22:30 in Berlin, Tuesday: inside
     assert not decide("2026-12-02T03:30:00+00:00")  # 04:30 in Berlin: grant valid, window closed
+
+
+def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:
+    with httpx2.Client() as alice, httpx2.Client() as olga:
+        web_login(alice, plant.url, "alice", "alice-demo-pw")
+        web_login(olga, plant.url, "olga", "olga-demo-pw")
+        body = {"duration": "1h", "reason": "diag"}
+        first = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
+        assert olga.post(f"{plant.url}/api/requests/{first['id']}/deny", json={}).status_code == 400
+        denied = olga.post(
+            f"{plant.url}/api/requests/{first['id']}/deny", json={"reason": "not now"}
+        )
+        assert denied.json() == {"id": first["id"], "state": "denied"}
+        second = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
+        assert (
+            alice.post(f"{plant.url}/api/requests/{second['id']}/cancel").json()["state"]
+            == "cancelled"
+        )
+        assert olga.post(f"{plant.url}/api/requests/{second['id']}/cancel").status_code == 404
+        third = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
+        grant_id = olga.post(f"{plant.url}/api/requests/{third['id']}/approve").json()["grant_id"]
+        assert (
+            alice.post(
+                f"{plant.url}/api/grants/{grant_id}/revoke", json={"reason": "x"}
+            ).status_code
+            == 403
+        )
+        revoked = olga.post(
+            f"{plant.url}/api/grants/{grant_id}/revoke", json={"reason": "wrong line"}
+        )
+        assert revoked.json() == {"id": grant_id, "state": "revoked"}
