@@ -14,6 +14,7 @@ import httpx2
 import pytest
 
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.cli import run_conduit
 
 REPO = Path(__file__).resolve().parents[1]
 CONDUIT = [sys.executable, "-m", "broker"]
@@ -124,22 +125,23 @@ def test_unknown_user_code_is_refused(broker: RunningBroker, http: httpx2.Client
     assert 'id="code-error"' in page.text
 
 
-def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, str]) -> None:
+def _loopback_login(
+    broker: RunningBroker, cli_env: dict[str, str], **extra: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """`conduit login` with tests.harness.cli_browser as the vendor's browser (olga signs in)."""
     env = {
         **cli_env,
         "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
         "CONDUIT_TEST_USER": "olga",
         "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
+        **extra,
     }
-    done = subprocess.run(
-        [*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_conduit("login", "--broker", broker.url, "--timeout", "20", env=env)
+    return done, env
+
+
+def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, str]) -> None:
+    done, env = _loopback_login(broker, cli_env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Olga Owner" in done.stdout and "roles: approver" in done.stdout
     who = _whoami(env, "--json")
@@ -147,22 +149,7 @@ def test_loopback_login_with_browser(broker: RunningBroker, cli_env: dict[str, s
 
 
 def test_loopback_denied(broker: RunningBroker, cli_env: dict[str, str]) -> None:
-    env = {
-        **cli_env,
-        "BROWSER": f"{sys.executable} -m tests.harness.cli_browser %s",
-        "CONDUIT_TEST_USER": "olga",
-        "CONDUIT_TEST_PASSWORD": "olga-demo-pw",
-        "CONDUIT_TEST_DECISION": "deny",
-    }
-    done = subprocess.run(
-        [*CONDUIT, "login", "--broker", broker.url, "--timeout", "20"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done, _ = _loopback_login(broker, cli_env, CONDUIT_TEST_DECISION="deny")
     assert done.returncode == 2 and "access_denied" in done.stderr
 
 

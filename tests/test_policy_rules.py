@@ -22,6 +22,7 @@ from tests.policy_inputs import (
     ADMIN,
     APPROVER,
     ASSET,
+    MALFORMED_FIELDS,
     NOW,
     at,
     make_contract,
@@ -141,33 +142,7 @@ def test_deny_lists_all_reasons_and_restrictive_obligations(decide: Decide) -> N
 # --------------------------------------------------------------------------- malformed input
 
 
-@pytest.mark.parametrize(
-    "field",
-    [
-        "user",
-        "user.sub",
-        "user.roles",
-        "user.groups",
-        "user.amr",
-        "asset",
-        "asset.name",
-        "asset.site",
-        "asset.purdue_level",
-        "asset.criticality",
-        "asset.owner_group",
-        "action.kind",
-        "action.operation_class",
-        "context.now",
-        "context.agent_online",
-        "grant.id",
-        "grant.requester",
-        "grant.approvers",
-        "grant.starts_at",
-        "grant.ends_at",
-        "grant.state",
-        "grant.maintenance_window_only",
-    ],
-)
+@pytest.mark.parametrize("field", MALFORMED_FIELDS)
 def test_missing_field_denies_naming_it(decide: Decide, field: str) -> None:
     assert denied(decide(without(make_input(), field)), f"input.{field} is missing")
 
