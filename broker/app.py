@@ -24,7 +24,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import access_api, access_pages, api, cli_auth, pages, policy_admin, signin
+from broker import (
+    access_api,
+    access_pages,
+    agent_api,
+    api,
+    cli_auth,
+    pages,
+    policy_admin,
+    signin,
+)
+from broker.agent_gateway import AgentGateway
+from broker.agent_keys import load_agent_keys
 from broker.auth import ApiTokens, WebSessions
 from broker.errors import BrokerError, NotAuthenticated
 from broker.oidc import OidcClient
@@ -35,6 +46,7 @@ from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
 from policies.manager import PolicyManager
 from sessions.access import AccessService
+from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
@@ -119,6 +131,7 @@ def build_services(
     audit = AuditLog(engine, clock)
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
+    agent_keys = load_agent_keys(settings.agent_key_dir, settings.agents.cert_validity_days * 86400)
     return Services(
         settings=settings,
         engine=engine,
@@ -131,6 +144,8 @@ def build_services(
         policy=policy,
         authorizer=authorizer,
         access=AccessService(engine, authorizer, audit, clock),
+        agents=AgentService(engine, audit, clock, agent_keys.sign_agent, agent_keys.pin),
+        agent_keys=agent_keys,
     )
 
 
@@ -195,6 +210,12 @@ def create_app(
             notifier = WebhookNotifier(settings.webhook_url, secret.encode(), svc.audit)
             notifier.start()
             svc.access.listeners.append(notifier.notify)
+        if settings.agents.enabled:
+            gateway = AgentGateway(
+                settings.agents, svc.agent_keys, svc.agents, svc.audit, svc.clock
+            )
+            await gateway.start()
+            svc.gateway = gateway
         tasks = [
             asyncio.create_task(_refresh_policy_data(svc)),
             asyncio.create_task(_grant_clock(svc)),
@@ -206,6 +227,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if svc.gateway is not None:
+                await svc.gateway.aclose()
+                svc.gateway = None
             if notifier is not None:
                 await notifier.aclose()
             await svc.policy.aclose()
@@ -244,6 +268,7 @@ def create_app(
             *api.routes,
             *access_api.routes,
             *access_pages.routes,
+            *agent_api.routes,
             *policy_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],

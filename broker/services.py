@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
+from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
 from broker.oidc import OidcClient
 from broker.settings import Settings
 from policies.engine import Engine as PolicyEngine
 from policies.manager import PolicyManager
 from sessions.access import AccessService
+from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
 from sessions.db import session_scope
 from sessions.policy_data import build_plant_data
+
+if TYPE_CHECKING:
+    from broker.agent_gateway import AgentGateway
 
 
 @dataclass
@@ -36,6 +41,10 @@ class Services:
     policy: PolicyEngine
     authorizer: Authorizer
     access: AccessService
+    agents: AgentService
+    agent_keys: AgentKeys
+    # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
+    gateway: AgentGateway | None = None
 
     @property
     def policy_manager(self) -> PolicyManager | None:

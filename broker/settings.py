@@ -83,6 +83,36 @@ class PolicySettings(BaseModel):
         return self
 
 
+class AgentSettings(BaseModel):
+    """The agent gateway: where agents dial in, and how the broker treats them."""
+
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=7022, ge=0, le=65535)
+    # Gateway addresses handed to agents at join (host:port); default: the listen address.
+    advertise: list[str] = Field(default_factory=list)
+    key_dir: Path | None = None  # default: data_dir / "keys"
+    node_name: str = ""  # this broker's name in health views; default: host:port
+    cert_validity_days: int = Field(default=365, ge=1, le=3650)
+    keepalive_s: float = Field(default=15.0, gt=0, le=600)
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    open_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    heartbeat_flush_s: float = Field(default=30.0, gt=0, le=3600)
+    max_frames_per_s: int = Field(default=50, ge=1, le=10_000)
+    max_channels_per_agent: int = Field(default=256, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> AgentSettings:
+        for address in self.advertise:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"agents.advertise entry {address!r} is not host:port")
+        return self
+
+    def gateways(self, bound_port: int) -> list[str]:
+        return self.advertise or [f"{self.listen_host}:{bound_port}"]
+
+
 class RoleSettings(BaseModel):
     """IdP group names (or IDs) that grant each Conduit role."""
 
@@ -132,6 +162,7 @@ class Settings(BaseSettings):
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     roles: RoleSettings = Field(default_factory=RoleSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
 
     @model_validator(mode="after")
     def _secure(self) -> Settings:
@@ -184,6 +215,10 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def agent_key_dir(self) -> Path:
+        return self.agents.key_dir or self.data_dir / "keys"
 
     @property
     def secure_cookies(self) -> bool:

@@ -354,11 +354,54 @@ class Agent(TableModel, table=True):
     zone_id: str | None = _optional_fk("zones.id")
     state: str = AgentState.PENDING
     public_key: str | None = None
+    # SHA-256 pin of ``public_key`` (agents.wire.key_pin): how the gateway finds the agent.
+    key_pin: str | None = Field(default=None, unique=True)
     cert_serial: str | None = None
     version: str | None = None
+    hostname: str | None = None
+    # The broker node holding its tunnel now (None when disconnected everywhere known).
+    connected_via: str | None = None
     last_seen_at: datetime | None = _maybe_when()
     revoked_at: datetime | None = _maybe_when()
     created_at: datetime = _created()
+
+
+class AgentJoinToken(TableModel, table=True):
+    """A one-time, expiring enrolment token for a site/zone; only the secret's hash is stored."""
+
+    __tablename__ = "agent_join_tokens"
+    __table_args__ = (sa.CheckConstraint("expires_at > created_at", name="validity"),)
+
+    id: str = Field(primary_key=True)  # the public token id (16 hex digits)
+    secret_hash: str
+    site_id: str = Field(foreign_key="sites.id", ondelete=RESTRICT, index=True)
+    zone_id: str | None = _optional_fk("zones.id")
+    name: str = ""  # the agent's name if the admin chose one
+    created_by: str = ""
+    created_at: datetime = _created()
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = _maybe_when()
+    agent_id: str | None = _optional_fk("agents.id", ondelete=SET_NULL)
+
+
+class AgentEndpoint(TableModel, table=True):
+    """A host:port an agent declares in its own config (its inventory report)."""
+
+    __tablename__ = "agent_endpoints"
+    __table_args__ = (
+        sa.UniqueConstraint("agent_id", "host", "port"),
+        sa.CheckConstraint("port >= 1 AND port <= 65535", name="port"),
+    )
+
+    id: str = _id()
+    agent_id: str = Field(foreign_key="agents.id", ondelete=CASCADE, index=True)
+    host: str
+    port: int
+    protocol: str = "tcp"
+    name: str = ""
+    declared: bool = True  # False once the agent stops declaring it
+    first_seen_at: datetime = _created()
+    last_reported_at: datetime = _created()
 
 
 class Asset(TableModel, table=True):

@@ -66,6 +66,7 @@ def make_settings(
             "listen_port": broker_port,
             "database_url": f"sqlite:///{tmp_path / 'conduit.db'}",
             "data_dir": tmp_path / "var",
+            "agents": {"listen_port": 0},
             "oidc": {"issuer": idp.issuer, "client_id": CLIENT_ID, "client_secret": client_secret},
         }
         base.update(overrides)

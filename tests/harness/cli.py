@@ -12,7 +12,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The current environment without any ``CONDUIT_*`` setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CONDUIT_") or k == "CONDUIT_AGENT_DEBUG"
+    }
     env.update(extra)
     return env
 
