@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ def check_host(value: object) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         pass
-    if not _HOSTNAME.match(value):
+    if not _HOSTNAME.fullmatch(value):  # not match: ``$`` also matches before a final \n
         raise WireError(f"host {value[:80]!r} is not a DNS name or IP address")
     return value.lower()
 
@@ -77,15 +78,21 @@ def check_port(value: object) -> int:
 
 
 def _check(pattern: re.Pattern[str], value: object, what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise WireError(f"{what} {str(value)[:80]!r} is malformed")
     return value
 
 
 def _number(value: object, what: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        raise WireError(f"{what} must be a number")
-    return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)  # JSON ints may be too large for a float
+        except OverflowError:
+            pass
+        else:
+            if math.isfinite(number):  # json accepts NaN and Infinity
+                return number
+    raise WireError(f"{what} must be a finite number")
 
 
 @dataclass(frozen=True, order=True)
@@ -205,8 +212,10 @@ class Hello:
     def parse(cls, raw: dict[str, Any]) -> Hello:
         if raw.get("type") != "hello":
             raise WireError("first control frame must be hello", code="unexpected")
-        if raw.get("protocol") != PROTOCOL_VERSION:
-            raise WireError(f"protocol {raw.get('protocol')!r} not supported", code="version")
+        if type(raw.get("protocol")) is not int or raw["protocol"] != PROTOCOL_VERSION:
+            raise WireError(
+                f"protocol {str(raw.get('protocol'))[:20]!r} not supported", code="version"
+            )
         endpoints = raw.get("endpoints")
         if not isinstance(endpoints, list) or len(endpoints) > MAX_ENDPOINTS:
             raise WireError(f"endpoints must be a list of at most {MAX_ENDPOINTS}")

@@ -174,7 +174,8 @@ class EchoAsset:
         self.opened = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
 
     async def _start(self) -> int:
@@ -198,7 +199,55 @@ class EchoAsset:
         async def stop() -> None:
             if self._server is not None:
                 self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(stop(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+async def _pipe(read: Any, write: Any, drain: Any, eof: Any) -> None:
+    with contextlib.suppress(Exception):
+        while data := await read(65536):
+            write(data)
+            await drain()
+    with contextlib.suppress(Exception):
+        eof()
+
+
+def bridge(
+    broker: RunningBroker, agent_id: str, host: str, port: int, *, expires_in_s: float = 60
+) -> int:
+    """A loopback TCP port whose connections are relayed through the agent to host:port.
+
+    (The stand-in for the session layer: each accepted connection opens one agent channel.)
+    """
+    gw = gateway(broker)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        expires_at = broker.services.clock.now() + timedelta(seconds=expires_in_s)
+        try:
+            ch = await gw.open_channel(agent_id, host, port, expires_at=expires_at)
+        except Exception:
+            writer.close()
+            return
+        await asyncio.gather(
+            _pipe(reader.read, ch.write, ch.drain, ch.write_eof),
+            _pipe(ch.read, writer.write, writer.drain, writer.close),
+        )
+        ch.close()
+
+    async def start() -> int:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        _bridges.append(server)
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
+    return on_broker_loop(broker, start())
+
+
+_bridges: list[asyncio.Server] = []

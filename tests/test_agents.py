@@ -1,0 +1,478 @@
+"""Agents end to end: real `conduit-agent` processes, a real broker, a real sshd and TCP assets.
+
+Covers the issue's acceptance: join → run → the broker reaches a declared sshd through the
+tunnel while undeclared ports/hosts are refused at the agent; token reuse/expiry/forgery;
+revoke; broker restart (reconnect < 5 s); a killed or frozen broker (channels end by expiry);
+no listening socket in the agent; the local kill switch; several brokers at once; inventory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from agents.wire import JoinToken, key_pin
+from broker.agent_gateway import ChannelRefused
+from broker.demo import seed
+from sessions.testing import ManualClock
+from tests.harness.agent import (
+    AgentProcess,
+    EchoAsset,
+    agent_cmd,
+    bridge,
+    gateway,
+    join,
+    make_token,
+    on_broker_loop,
+    wait_connected,
+    wait_disconnected,
+    write_config,
+)
+from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.cli import REPO, clean_env
+from tests.harness.ports import free_port
+from tests.harness.sshd import RunningSshd, sshd_available, start_sshd
+
+
+@pytest.fixture
+def plant(broker: RunningBroker) -> RunningBroker:
+    seed(broker.services.settings.database_url)
+    return broker
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoAsset]:
+    asset = EchoAsset()
+    yield asset
+    asset.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        agent.stop()
+
+
+def _run_agent(config: Path, started: list[AgentProcess]) -> AgentProcess:
+    agent = AgentProcess.start(config)
+    started.append(agent)
+    return agent
+
+
+def _open(
+    broker: RunningBroker, agent_id: str, host: str, port: int, expires_in_s: float = 60
+) -> Any:
+    async def go() -> Any:
+        expires_at = broker.services.clock.now() + timedelta(seconds=expires_in_s)
+        return await gateway(broker).open_channel(agent_id, host, port, expires_at=expires_at)
+
+    return on_broker_loop(broker, go())
+
+
+def _echo_roundtrip(broker: RunningBroker, channel: Any, payload: bytes = b"hello\n") -> bytes:
+    async def go() -> bytes:
+        channel.write(payload)
+        await channel.drain()
+        data = b""
+        while len(data) < len(payload):
+            chunk = await asyncio.wait_for(channel.read(65536), 5)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    result: bytes = on_broker_loop(broker, go())
+    return result
+
+
+def _refusal(broker: RunningBroker, agent_id: str, host: str, port: int) -> str:
+    with pytest.raises(ChannelRefused) as info:
+        _open(broker, agent_id, host, port)
+    return info.value.message
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def _events(broker: RunningBroker, kind: str) -> list[dict[str, Any]]:
+    return audit_events(broker, kind)
+
+
+# --------------------------------------------------------------------------- the main path
+
+
+@pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+def test_join_run_reaches_declared_sshd_and_refuses_the_rest(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    with start_sshd(tmp_path / "sshd") as sshd:
+        config = write_config(tmp_path / "agent", [("127.0.0.1", sshd.port, "ssh")])
+        agent_id = join(plant, make_token(plant), config)
+        _run_agent(config, agents)
+        wait_connected(plant, agent_id)
+
+        # A real OpenSSH client logs in to the real sshd through broker → agent.
+        port = bridge(plant, agent_id, "127.0.0.1", sshd.port)
+        done = _ssh_via(sshd, port, "echo through-the-agent; whoami")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["through-the-agent", sshd.user]
+
+        # Undeclared port on the same host, and an undeclared host: refused at the agent.
+        assert "not declared by this agent" in _refusal(plant, agent_id, "127.0.0.1", echo.port)
+        assert "not declared" in _refusal(plant, agent_id, "127.0.0.2", sshd.port)
+        assert echo.opened == 0, "the agent must not even try an undeclared endpoint"
+        refused = _events(plant, "agent.channel.refused")
+        _wait_for(lambda: len(_events(plant, "agent.channel.refused")) >= 2, 5, "refusal audit")
+        refused = _events(plant, "agent.channel.refused")
+        assert {e["details"]["endpoint"] for e in refused} == {
+            f"127.0.0.1:{echo.port}",
+            f"127.0.0.2:{sshd.port}",
+        }
+        assert all(e["outcome"] == "deny" for e in refused)
+
+        # Inventory: the sshd endpoint is reported, unmatched until an admin adopts it.
+        svc = plant.services.agents
+        _wait_for(lambda: bool(svc.list()[0].endpoints), 5, "inventory")
+        [view] = svc.list()
+        [endpoint] = view.endpoints
+        assert (endpoint.host, endpoint.port, endpoint.protocol) == ("127.0.0.1", sshd.port, "ssh")
+        assert view.assets == {}
+        asset = svc.adopt(
+            endpoint.id, actor="test-admin", name="sshd-lab", owner_group="ot-approvers"
+        )
+        assert asset.agent_id == agent_id and asset.endpoint_port == sshd.port
+        assert svc.list()[0].assets == {endpoint.id: "sshd-lab"}
+
+
+def _ssh_via(sshd: RunningSshd, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "ssh", "-F", "/dev/null", "-i", str(sshd.client_key_path),
+        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", f"UserKnownHostsFile={sshd.known_hosts_path}",
+        "-o", f"HostKeyAlias=[127.0.0.1]:{sshd.port}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-p", str(port), f"{sshd.user}@127.0.0.1", command,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+# --------------------------------------------------------------------------- enrolment
+
+
+def test_join_tokens_are_single_use_expiring_and_unforgeable(
+    make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    broker = make_broker(clock=clock)
+    seed(broker.services.settings.database_url)
+
+    def try_join(token: str, name: str) -> subprocess.CompletedProcess[str]:
+        config = write_config(tmp_path / name, [("127.0.0.1", 9, "tcp")])
+        return agent_cmd("join", "--broker", broker.url, "--token", token, "--config", str(config))
+
+    token = make_token(broker)
+    assert try_join(token, "first").returncode == 0
+    reused = try_join(token, "second")
+    assert reused.returncode == 1 and "already used" in reused.stderr
+
+    parsed = JoinToken.parse(make_token(broker))
+    forged = JoinToken(parsed.token_id, "x" * 43, parsed.pin)
+    refused = try_join(str(forged), "forged")
+    assert refused.returncode == 1 and "does not match" in refused.stderr
+    unknown = JoinToken("0123456789abcdef", parsed.secret, parsed.pin)
+    assert "unknown join token" in try_join(str(unknown), "unknown").stderr
+
+    # A token for another broker (pin of a different key): the agent rejects the answer.
+    other_pin = key_pin(asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode())
+    fresh = JoinToken.parse(make_token(broker))
+    wrong_pin = try_join(str(JoinToken(fresh.token_id, fresh.secret, other_pin)), "pin")
+    assert wrong_pin.returncode == 1 and "does not match the pin" in wrong_pin.stderr
+    assert not (tmp_path / "pin" / "state" / "enrollment.json").exists()
+
+    expiring = make_token(broker, ttl_s=900)
+    clock.advance(901)
+    expired = try_join(expiring, "expired")
+    assert expired.returncode == 1 and "expired" in expired.stderr
+
+    reasons = [e["details"]["reason"] for e in _events(broker, "agent.join.refused")]
+    assert reasons == ["reused", "forged", "unknown_token", "expired"]
+    garbage = agent_cmd(
+        "join", "--broker", broker.url, "--token", "nonsense", "--state-dir", str(tmp_path / "g")
+    )
+    assert garbage.returncode == 1 and "malformed" in garbage.stderr
+
+
+# --------------------------------------------------------------------------- revoke, restart
+
+
+def test_revoke_drops_the_tunnel_at_once_and_refuses_reconnection(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    agent_id = join(plant, make_token(plant), config)
+    agent = _run_agent(config, agents)
+    wait_connected(plant, agent_id)
+    channel = _open(plant, agent_id, "127.0.0.1", echo.port)
+    assert _echo_roundtrip(plant, channel) == b"hello\n"
+
+    on_broker_loop(plant, gateway(plant).revoke(agent_id, actor="test-admin"))
+    assert wait_disconnected(plant, agent_id, timeout=2) < 2
+    _wait_for(lambda: len(echo.closed_at) == 1, 2, "the asset-side connection to close")
+    agent.wait_log("revoked; not reconnecting")
+    agent.stop()
+
+    again = _run_agent(config, agents)
+    again.wait_log("Host key is revoked")
+    assert agent_id not in gateway(plant).live()
+    refused = _events(plant, "agent.connect.refused")
+    assert refused and "revoked" in refused[-1]["details"]["detail"]
+
+
+def test_agents_reconnect_within_5s_after_broker_restart(
+    make_broker: Callable[..., RunningBroker],
+    tmp_path: Path,
+    echo: EchoAsset,
+    agents: list[AgentProcess],
+) -> None:
+    gateway_port = free_port()
+    broker = make_broker(agents={"listen_port": gateway_port})
+    seed(broker.services.settings.database_url)
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    agent_id = join(broker, make_token(broker), config)
+    _run_agent(config, agents)
+    wait_connected(broker, agent_id)
+
+    broker.stop()
+    time.sleep(3)  # the agent backs off while the broker is away
+    restarted = make_broker(agents={"listen_port": gateway_port})
+    assert wait_connected(restarted, agent_id, timeout=5) < 5
+    assert (
+        _echo_roundtrip(restarted, _open(restarted, agent_id, "127.0.0.1", echo.port)) == b"hello\n"
+    )
+
+
+# --------------------------------------------------------------------------- fail closed
+
+
+def _broker_process(
+    make_settings: Callable[..., Any], tmp_path: Path, echo: EchoAsset, expires_in_s: float
+) -> tuple[subprocess.Popen[str], str]:
+    settings = make_settings()
+    spec = {
+        "settings": {
+            "mode": "dev",
+            "public_url": settings.public_url,
+            "listen_port": settings.listen_port,
+            "database_url": settings.database_url,
+            "data_dir": str(settings.data_dir),
+            "agents": {"listen_port": 0},
+            "oidc": {
+                "issuer": settings.oidc.issuer,
+                "client_id": settings.oidc.client_id,
+                "client_secret": settings.oidc.client_secret.get_secret_value(),
+            },
+        },
+        "endpoint": ["127.0.0.1", echo.port],
+        "expires_in_s": expires_in_s,
+    }
+    spec_path = tmp_path / "broker-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.broker_proc", str(spec_path)],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "TOKEN", f"broker process did not start: {line}"
+    return proc, line[1]
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_channels_end_by_their_expiry_when_the_broker_dies(
+    how: str,
+    make_settings: Callable[..., Any],
+    tmp_path: Path,
+    echo: EchoAsset,
+    agents: list[AgentProcess],
+) -> None:
+    proc, token = _broker_process(make_settings, tmp_path, echo, expires_in_s=3)
+    try:
+        config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+        done = agent_cmd(
+            "join",
+            "--broker",
+            make_settings().public_url,
+            "--token",
+            token,
+            "--config",
+            str(config),
+        )
+        assert done.returncode == 0, done.stderr
+        _run_agent(config, agents)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "OPEN"
+        opened = time.monotonic()
+        assert echo.opened == 1 and not echo.closed_at
+        # SIGKILL: the broker's sockets die with it. SIGSTOP: the TCP connection stays up and
+        # nothing answers — only the agent's own expiry can end the channel.
+        proc.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        _wait_for(lambda: bool(echo.closed_at), 10, "the asset-side connection to close")
+        lasted = echo.closed_at[0] - opened
+        if how == "frozen":
+            assert 2.0 <= lasted <= 4.5, f"channel lasted {lasted:.2f} s, expiry was 3 s"
+        else:
+            assert lasted <= 3.5
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_channel_is_cut_at_expiry_by_the_agent(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    agent_id = join(plant, make_token(plant), config)
+    _run_agent(config, agents)
+    wait_connected(plant, agent_id)
+    started = time.monotonic()
+    channel = _open(plant, agent_id, "127.0.0.1", echo.port, expires_in_s=1.5)
+    assert _echo_roundtrip(plant, channel) == b"hello\n"
+    _wait_for(lambda: bool(echo.closed_at), 5, "expiry")
+    assert 1.0 <= echo.closed_at[0] - started <= 3.0
+    assert on_broker_loop(plant, channel.read(10)) == b""  # the broker side sees the end too
+    _wait_for(lambda: bool(_events(plant, "agent.channel.closed")), 5, "closed event")
+    assert _events(plant, "agent.channel.closed")[-1]["details"]["reason"] == "grant expired"
+    # Expiry in the past or beyond the agent's cap is refused outright.
+    assert "expired" in _refusal_with(plant, agent_id, echo.port, -5)
+    assert "max_channel_s" in _refusal_with(plant, agent_id, echo.port, 30 * 86400)
+
+
+def _refusal_with(broker: RunningBroker, agent_id: str, port: int, expires_in_s: float) -> str:
+    with pytest.raises(ChannelRefused) as info:
+        _open(broker, agent_id, "127.0.0.1", port, expires_in_s=expires_in_s)
+    return info.value.message
+
+
+def test_agent_process_has_no_listening_socket(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    agent_id = join(plant, make_token(plant), config)
+    agent = _run_agent(config, agents)
+    wait_connected(plant, agent_id)
+    channel = _open(plant, agent_id, "127.0.0.1", echo.port)  # busy, not just idle
+    assert _echo_roundtrip(plant, channel) == b"hello\n"
+    pid = agent.proc.pid
+
+    def sockets(*flags: str) -> list[str]:
+        out = subprocess.run(["ss", *flags, "-pH"], capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()
+
+    listening = sockets("-ltn") + sockets("-lun") + sockets("-lx")
+    # Sanity: ss does show owning processes here (our own test process listens for the echo).
+    assert any(f"pid={os.getpid()}," in line for line in sockets("-ltn"))
+    assert [line for line in listening if f"pid={pid}," in line] == []
+    assert any(f"pid={pid}," in line for line in sockets("-tn")), "the agent's outbound tunnel"
+
+
+def test_local_kill_switch_closes_channels_and_refuses_new_ones(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    agent_id = join(plant, make_token(plant), config)
+    _run_agent(config, agents)
+    wait_connected(plant, agent_id)
+    channels = [_open(plant, agent_id, "127.0.0.1", echo.port) for _ in range(3)]
+    for channel in channels:
+        assert _echo_roundtrip(plant, channel) == b"hello\n"
+
+    stopped = time.monotonic()
+    done = agent_cmd("stop-all", "--config", str(config))
+    assert done.returncode == 0 and "kill switch engaged" in done.stdout
+    _wait_for(lambda: len(echo.closed_at) == 3, 3, "every channel to close")
+    assert max(echo.closed_at) - stopped < 2
+    assert "local kill switch engaged" in _refusal(plant, agent_id, "127.0.0.1", echo.port)
+    _wait_for(lambda: gateway(plant).live()[agent_id].kill_switch, 3, "health to show it")
+
+    assert agent_cmd("resume", "--config", str(config)).returncode == 0
+    _wait_for(lambda: not gateway(plant).live()[agent_id].kill_switch, 3, "release")
+    assert _echo_roundtrip(plant, _open(plant, agent_id, "127.0.0.1", echo.port)) == b"hello\n"
+
+
+def test_agent_keeps_a_tunnel_to_every_broker(
+    make_broker: Callable[..., RunningBroker],
+    tmp_path: Path,
+    echo: EchoAsset,
+    agents: list[AgentProcess],
+) -> None:
+    first = make_broker()
+    seed(first.services.settings.database_url)
+    second_port = free_port()
+    second = make_broker(listen_port=second_port, public_url=f"http://127.0.0.1:{second_port}")
+    addresses = [f"127.0.0.1:{gateway(b).port}" for b in (first, second)]
+    config = write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")], brokers=addresses)
+    agent_id = join(first, make_token(first), config)
+    _run_agent(config, agents)
+    wait_connected(first, agent_id)
+    wait_connected(second, agent_id)
+    assert _echo_roundtrip(second, _open(second, agent_id, "127.0.0.1", echo.port)) == b"hello\n"
+
+    first.stop()
+    assert _echo_roundtrip(second, _open(second, agent_id, "127.0.0.1", echo.port)) == b"hello\n"
+    # A revoke through one broker reaches the other's tunnel (shared database).
+    on_broker_loop(second, gateway(second).revoke(agent_id, actor="test-admin"))
+    wait_disconnected(second, agent_id, timeout=2)
+
+
+def test_inventory_changes_are_recorded(
+    plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
+) -> None:
+    config = write_config(
+        tmp_path / "agent", [("127.0.0.1", echo.port, "tcp"), ("127.0.0.1", 502, "modbus")]
+    )
+    agent_id = join(plant, make_token(plant), config)
+    agent = _run_agent(config, agents)
+    wait_connected(plant, agent_id)
+    svc = plant.services.agents
+    _wait_for(lambda: len(svc.list()[0].endpoints) == 2, 5, "inventory")
+    modbus = next(e for e in svc.list()[0].endpoints if e.port == 502)
+    svc.adopt(modbus.id, actor="test-admin", name="plc-lab", owner_group="ot-press-line")
+
+    agent.stop()
+    write_config(tmp_path / "agent", [("127.0.0.1", echo.port, "tcp")])
+    _run_agent(config, agents)
+    _wait_for(
+        lambda: not next(e for e in svc.list()[0].endpoints if e.port == 502).declared,
+        10,
+        "undeclare",
+    )
+    assert svc.list()[0].undeclared_assets == ["plc-lab"]
+    inventory = _events(plant, "agent.inventory")
+    assert inventory[-1]["details"]["removed"] == ["127.0.0.1:502"]
