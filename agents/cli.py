@@ -3,7 +3,7 @@
 Commands::
 
     conduit-agent join --broker URL --token T [--config agent.toml | --state-dir DIR]
-    conduit-agent run --config agent.toml
+    conduit-agent run [--config agent.toml]     # default /etc/conduit-agent/agent.toml
     conduit-agent stop-all --config agent.toml   # kill switch: close every channel now
     conduit-agent resume --config agent.toml     # allow channels again
 
@@ -30,6 +30,9 @@ from agents.enrollment import EnrollmentError, join, load_enrollment
 
 VERSION = "0.2.0"
 PID_FILE = "agent.pid"
+# Where the config and identity live unless told otherwise (packaged installs).
+DEFAULT_CONFIG = Path(os.environ.get("CONDUIT_AGENT_CONFIG", "/etc/conduit-agent/agent.toml"))
+DEFAULT_STATE_DIR = Path("/var/lib/conduit-agent")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     j = sub.add_parser("join", help="enroll this host with a broker (once)")
     j.add_argument("--broker", required=True, help="broker URL, e.g. https://conduit.example")
     j.add_argument("--token", required=True, help="one-time join token (cjt1....)")
-    j.add_argument("--config", type=Path, help="agent config (for its state_dir)")
-    j.add_argument("--state-dir", type=Path, help="where to keep the key and certificate")
+    j.add_argument("--config", type=Path, help=f"agent config (default {DEFAULT_CONFIG})")
+    j.add_argument(
+        "--state-dir", type=Path, help=f"key and certificate (default {DEFAULT_STATE_DIR})"
+    )
     j.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker's TLS")
     j.add_argument("--allow-http", action="store_true", help="allow plain http (lab only)")
     j.add_argument("--force", action="store_true", help="replace an existing enrollment")
@@ -50,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         ("resume", "release the kill switch"),
     ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--config", type=Path, required=True)
+        c.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="default: %(default)s")
         if name == "run":
             c.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -74,10 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
-    if args.state_dir is None and args.config is None:
-        print("conduit-agent: join needs --config or --state-dir", file=sys.stderr)
-        return 2
-    state_dir = args.state_dir or load_config(args.config).state_dir
+    if args.state_dir is not None:
+        state_dir = args.state_dir
+    elif args.config is not None or DEFAULT_CONFIG.exists():
+        state_dir = load_config(args.config or DEFAULT_CONFIG).state_dir
+    else:
+        state_dir = DEFAULT_STATE_DIR
     enrollment = join(
         args.broker,
         args.token,

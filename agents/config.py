@@ -39,7 +39,6 @@ _TOP = {
     "endpoint",
 }
 _ENDPOINT_KEYS = {"name", "host", "port", "protocol"}
-_ENDPOINT_KEYS = {"name", "host", "port", "protocol"}
 
 
 class ConfigError(Exception):

@@ -135,7 +135,8 @@ def agent_json(view: AgentView, live: LiveAgent | None, now: datetime) -> dict[s
                 "port": e.port,
                 "protocol": e.protocol,
                 "declared": e.declared,
-                "asset": view.assets.get(e.id),
+                "asset": ", ".join(view.assets.get(e.id, [])) or None,
+                "assets": view.assets.get(e.id, []),
             }
             for e in view.endpoints
         ],

@@ -6,19 +6,27 @@ import argparse
 import json
 import logging
 import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
-from sqlalchemy import Engine
-from sqlmodel import select
+from sqlalchemy import Engine, update
+from sqlmodel import col, select
 
 from broker.app import create_app
 from broker.devidp import DEFAULT_USERS_PATH, start_dev_idp
+from broker.errors import BrokerError
+from broker.services import Services
 from broker.settings import load_settings
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate, session_scope
-from sessions.models import Asset, Site, VendorContract, VendorOrg, Zone
+from sessions.errors import SessionsError
+from sessions.models import AgentState, Asset, Site, VendorContract, VendorOrg, Zone
 
 DEMO_ZONES = (  # (name, Purdue level)
     ("enterprise-dmz", 3),
@@ -26,6 +34,10 @@ DEMO_ZONES = (  # (name, Purdue level)
     ("press-line-control", 1),
     ("field-devices", 0),
 )
+DEMO_SITE = "Riverside Plant"
+DEMO_AGENT_NAME = "demo-agent"
+DEMO_AGENT_ZONE = "supervisory"
+DEMO_UNMATCHED = ("opcua-gateway", 4840, "opcua")  # declared by the demo agent, no asset yet
 DEMO_ASSETS = (  # (name, zone, criticality, owner group, protocols, port)
     ("hist-01", "enterprise-dmz", "medium", "ot-approvers", ["ssh"], 22),
     ("scada-01", "supervisory", "high", "ot-approvers", ["ssh", "opcua"], 22),
@@ -91,7 +103,134 @@ def seed_plant(engine: Engine, clock: Clock) -> None:
         )
 
 
+class DemoAgent:
+    """The demo's own ``conduit-agent`` subprocess (owner of the process: :meth:`stop`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], agent_id: str, name: str) -> None:
+        self.proc, self.agent_id, self.name = proc, agent_id, name
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def demo_endpoints() -> list[tuple[str, int, str, str]]:
+    """(name, port, protocol, matched asset or "") the demo agent declares on 127.0.0.1.
+
+    One endpoint per distinct port of :data:`DEMO_ASSETS` (assets sharing a port share it),
+    plus :data:`DEMO_UNMATCHED`, which no asset uses, so the admin can try "adopt".
+    """
+    seen: dict[int, tuple[str, int, str, str]] = {}
+    for name, _zone, _crit, _owner, protocols, port in DEMO_ASSETS:
+        seen.setdefault(port, (f"{protocols[0]}-{port}", port, protocols[0], name))
+    return [*seen.values(), (*DEMO_UNMATCHED, "")]
+
+
+def _agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agents", *args]
+
+
+def _write_agent_config(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f"state_dir = {str(directory / 'state')!r}", "heartbeat_s = 5"]
+    for name, port, protocol, _ in demo_endpoints():
+        lines += ["", "[[endpoint]]", f'name = "{name}"', 'host = "127.0.0.1"']
+        lines += [f"port = {port}", f'protocol = "{protocol}"']
+    path = directory / "agent.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _enrolled_agent(svc: Services, id_file: Path) -> str | None:
+    """The demo agent enrolled by an earlier run, if it is still active."""
+    try:
+        agent_id = id_file.read_text(encoding="utf-8").strip()
+        return agent_id if svc.agents.get(agent_id).state == AgentState.ACTIVE else None
+    except (OSError, SessionsError):
+        return None
+
+
+def start_demo_agent(svc: Services, directory: Path, public_url: str) -> DemoAgent:
+    """Enrol (once per demo directory) and start the demo agent; route the demo assets to it.
+
+    A join token is made in-process, redeemed by the real ``conduit-agent join`` and never
+    printed. Raises :class:`BrokerError` (code ``demo_agent``) if the join fails.
+    """
+    config = _write_agent_config(directory)
+    id_file = directory / "agent-id"
+    agent_id = _enrolled_agent(svc, id_file)
+    if agent_id is None:
+        token, _ = svc.agents.create_token(
+            actor="system:demo",
+            site=DEMO_SITE,
+            zone=DEMO_AGENT_ZONE,
+            ttl=timedelta(minutes=5),
+            name=DEMO_AGENT_NAME,
+        )
+        join = ("join", "--broker", public_url, "--token", str(token), "--config", str(config))
+        done = subprocess.run(  # noqa: S603 - fixed argv: this interpreter + the agent module
+            _agent_cmd(*join, "--force"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BrokerError(
+                f"demo agent: join failed: {done.stderr.strip()[:300]}", code="demo_agent"
+            )
+        agent_id = done.stdout.split()[3]  # "joined as agent <id> (...)"
+        id_file.write_text(agent_id + "\n", encoding="utf-8")
+    ports = {port for _, port, *_ in demo_endpoints()}
+    with session_scope(svc.engine, write=True) as db:
+        db.execute(
+            update(Asset)
+            .where(col(Asset.endpoint_host) == "127.0.0.1")
+            .where(col(Asset.endpoint_port).in_(ports))
+            .where(col(Asset.name).in_([a[0] for a in DEMO_ASSETS]))
+            .values(agent_id=agent_id)
+        )
+    log_file = (directory / "agent.log").open("ab")
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter + the agent module
+            _agent_cmd("run", "--config", str(config), "-v"),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    finally:
+        log_file.close()  # the child holds its own descriptor
+    return DemoAgent(proc, agent_id, DEMO_AGENT_NAME)
+
+
+def _wait_connected(svc: Services, agent: DemoAgent, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and agent.proc.poll() is None:
+        live = svc.gateway.live().get(agent.agent_id) if svc.gateway else None
+        if live is not None and live.hello.is_set():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _serve(server: uvicorn.Server) -> threading.Thread:
+    thread = threading.Thread(target=server.run, name="broker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise BrokerError("demo: the broker did not start", code="demo_broker")
+        time.sleep(0.05)
+    return thread
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the dev IdP, the broker and the demo agent until Ctrl-C or SIGTERM; stop all three."""
     workdir: Path = args.dir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     public_url = f"http://127.0.0.1:{args.port}"
@@ -109,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         }
     ]
     idp = start_dev_idp(workdir / "idp", clients, port=args.idp_port)
+    agent: DemoAgent | None = None
     try:
         settings = load_settings(
             None,
@@ -120,26 +260,57 @@ def run(args: argparse.Namespace) -> int:
             oidc={"issuer": idp.issuer, "client_id": "conduit", "client_secret": client_secret},
         )
         seed(settings.database_url)
-        users = json.loads(DEFAULT_USERS_PATH.read_text())
-        print("\nConduit demo is running.\n")
-        print(f"  Broker:  {public_url}/")
-        print(f"  IdP:     {idp.issuer} (development IdP, demo users only)\n")
-        print("  Demo logins (username / password):")
-        for u in users:
-            extra = f"  one-time code {u['otp']}" if u.get("otp") else ""
-            groups = ", ".join(u.get("groups", [])) or "no groups: signs in with no role"
-            print(f"    {u['username']:<7} / {u['password']:<15} {u['name']} ({groups}){extra}")
-        print("\n  Policy:  sign in as adam; Policy shows the active Rego bundle, What-if asks it")
-        print(f"  CLI:     conduit login --broker {public_url} --no-browser")
-        print("  Stop with Ctrl-C.\n", flush=True)
         logging.basicConfig(level=logging.WARNING)
-        uvicorn.run(
-            create_app(settings),
-            host="127.0.0.1",
-            port=args.port,
-            log_level="warning",
-            server_header=False,
+        app = create_app(settings)
+        svc: Services = app.state.services
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=args.port,
+                log_level="warning",
+                server_header=False,
+            )
         )
+        thread = _serve(server)  # uvicorn leaves signals alone outside the main thread
+        signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+        try:
+            agent = start_demo_agent(svc, workdir / "agent", public_url)
+            online = _wait_connected(svc, agent)
+            state = "connected" if online else f"not connected yet (see {workdir}/agent/agent.log)"
+            unmatched = f"{DEMO_UNMATCHED[0]} on 127.0.0.1:{DEMO_UNMATCHED[1]}"
+            agent_line = (
+                f"{agent.name} ({agent.agent_id}), {state}; unmatched endpoint to adopt: "
+                f"{unmatched}"
+            )
+        except BrokerError as exc:
+            agent_line = f"not started: {exc.message}"
+        _banner(public_url, idp.issuer, agent_line)
+        try:
+            while thread.is_alive():
+                thread.join(0.5)
+        except KeyboardInterrupt:
+            server.should_exit = True
+            thread.join(15)
     finally:
+        if agent is not None:
+            agent.stop()
         idp.stop()
     return 0
+
+
+def _banner(public_url: str, issuer: str, agent_line: str) -> None:
+    users = json.loads(DEFAULT_USERS_PATH.read_text())
+    print("\nConduit demo is running.\n")
+    print(f"  Broker:  {public_url}/")
+    print(f"  IdP:     {issuer} (development IdP, demo users only)")
+    print(f"  Agent:   {agent_line}\n")
+    print("  Demo logins (username / password):")
+    for u in users:
+        extra = f"  one-time code {u['otp']}" if u.get("otp") else ""
+        groups = ", ".join(u.get("groups", [])) or "no groups: signs in with no role"
+        print(f"    {u['username']:<7} / {u['password']:<15} {u['name']} ({groups}){extra}")
+    print("\n  Policy:  sign in as adam; Policy shows the active Rego bundle, What-if asks it")
+    print("  Agents:  sign in as adam; Agents shows health, inventory, join tokens, adopt, revoke")
+    print(f"  CLI:     conduit login --broker {public_url} --no-browser; conduit agents list")
+    print("  Stop with Ctrl-C.\n", flush=True)

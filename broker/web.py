@@ -20,6 +20,7 @@ NAV = (
     ("approver", "Grants", "/admin/grants"),
     ("admin", "Grants", "/admin/grants"),
     ("admin", "Assets", "/admin/assets"),
+    ("admin", "Agents", "/admin/agents"),
     ("admin", "Policy", "/admin/policy"),
     ("admin", "What-if", "/admin/whatif"),
     ("security", "Audit log", "/security/audit"),

@@ -82,7 +82,7 @@ class AgentView:
     site: str
     zone: str | None
     endpoints: list[AgentEndpoint]
-    assets: dict[str, str] = field(default_factory=dict)  # endpoint id -> asset name
+    assets: dict[str, list[str]] = field(default_factory=dict)  # endpoint id -> asset names
     undeclared_assets: list[str] = field(default_factory=list)  # assets it cannot reach
 
 
@@ -472,7 +472,9 @@ class AgentService:
                     )
                 )
                 assets = list(db.exec(select(Asset).where(Asset.agent_id == agent.id)))
-                by_ep = {(a.endpoint_host, a.endpoint_port): a.name for a in assets}
+                by_ep: dict[tuple[str, int], list[str]] = {}
+                for a in sorted(assets, key=lambda a: a.name):
+                    by_ep.setdefault((a.endpoint_host, a.endpoint_port), []).append(a.name)
                 declared = {(e.host, e.port) for e in eps if e.declared}
                 views.append(
                     AgentView(

@@ -160,7 +160,7 @@ def test_join_run_reaches_declared_sshd_and_refuses_the_rest(
             endpoint.id, actor="test-admin", name="sshd-lab", owner_group="ot-approvers"
         )
         assert asset.agent_id == agent_id and asset.endpoint_port == sshd.port
-        assert svc.list()[0].assets == {endpoint.id: "sshd-lab"}
+        assert svc.list()[0].assets == {endpoint.id: ["sshd-lab"]}
 
 
 def _ssh_via(sshd: RunningSshd, port: int, command: str) -> subprocess.CompletedProcess[str]:
