@@ -33,15 +33,19 @@ from broker import (
     cli_auth,
     pages,
     policy_admin,
+    session_api,
     signin,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
 from broker.auth import ApiTokens, WebSessions
 from broker.errors import BrokerError, NotAuthenticated
+from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.services import Services
 from broker.settings import Settings
+from broker.ssh_front import FrontDeps, FrontDoor
+from broker.ssh_keys import load_ssh_keys
 from broker.webhook import WebhookNotifier
 from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
@@ -52,6 +56,7 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate
+from sessions.maintenance import MaintenanceService
 
 log = logging.getLogger("conduit.broker")
 HERE = Path(__file__).parent
@@ -147,6 +152,9 @@ def build_services(
         access=AccessService(engine, authorizer, audit, clock),
         agents=AgentService(engine, audit, clock, agent_keys.sign_agent, agent_keys.pin),
         agent_keys=agent_keys,
+        maintenance=MaintenanceService(engine, authorizer, audit, clock),
+        live=LiveSessions(clock, settings.ssh.watchdog_interval_s),
+        ssh_keys=load_ssh_keys(settings.agent_key_dir),
     )
 
 
@@ -217,6 +225,24 @@ def create_app(
             )
             await gateway.start()
             svc.gateway = gateway
+        svc.live.start()
+        svc.access.on_grant_ended.append(svc.live.end_grant)
+        if settings.ssh.enabled:
+            front = FrontDoor(
+                FrontDeps(
+                    settings=settings.ssh,
+                    keys=svc.ssh_keys,
+                    maintenance=svc.maintenance,
+                    gateway=lambda: svc.gateway,
+                    audit=svc.audit,
+                    clock=svc.clock,
+                    live=svc.live,
+                    recorder=svc.recorder,
+                    pin_host_key=svc.maintenance.pin_host_key,
+                )
+            )
+            await front.start()
+            svc.front = front
         tasks = [
             asyncio.create_task(_refresh_policy_data(svc)),
             asyncio.create_task(_grant_clock(svc)),
@@ -228,6 +254,10 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await svc.live.aclose()
+            if svc.front is not None:
+                await svc.front.aclose()
+                svc.front = None
             if svc.gateway is not None:
                 await svc.gateway.aclose()
                 svc.gateway = None
@@ -270,6 +300,7 @@ def create_app(
             *access_api.routes,
             *access_pages.routes,
             *agent_api.routes,
+            *session_api.routes,
             *agent_pages.routes,
             *policy_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -12,8 +12,10 @@ from starlette.templating import Jinja2Templates
 
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
+from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.settings import Settings
+from broker.ssh_keys import SshKeys
 from policies.engine import Engine as PolicyEngine
 from policies.manager import PolicyManager
 from sessions.access import AccessService
@@ -22,10 +24,12 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
 from sessions.db import session_scope
+from sessions.maintenance import MaintenanceService
 from sessions.policy_data import build_plant_data
 
 if TYPE_CHECKING:
     from broker.agent_gateway import AgentGateway
+    from broker.ssh_front import FrontDoor, Recorder
 
 
 @dataclass
@@ -43,8 +47,12 @@ class Services:
     access: AccessService
     agents: AgentService
     agent_keys: AgentKeys
+    maintenance: MaintenanceService
+    live: LiveSessions
+    ssh_keys: SshKeys
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
+    front: FrontDoor | None = None
 
     @property
     def policy_manager(self) -> PolicyManager | None:
@@ -66,6 +74,12 @@ class Services:
         set_data = getattr(self.policy, "set_data", None)
         if callable(set_data):
             set_data(data)
+
+    def recorder(
+        self, session_id: str, channel: int, width: int, height: int, title: str
+    ) -> Recorder | None:
+        """The recorder for one PTY/exec channel (None: recording not configured)."""
+        return None
 
     async def record(
         self,

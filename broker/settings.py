@@ -113,6 +113,22 @@ class AgentSettings(BaseModel):
         return self.advertise or [f"{self.listen_host}:{bound_port}"]
 
 
+class SshSettings(BaseModel):
+    """The SSH front door vendors reach with stock ``ssh``/``scp``/``sftp``."""
+
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=2222, ge=0, le=65535)
+    public_host: str = ""  # what ``conduit ssh-config`` writes; default: listen_host
+    cert_max_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    login_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    clientless_code_ttl_s: int = Field(default=300, ge=30, le=3600)
+    keepalive_s: float = Field(default=30.0, gt=0, le=600)
+    default_idle_timeout_s: int = Field(default=900, ge=10, le=86400)
+    record_input: bool = False
+    watchdog_interval_s: float = Field(default=0.25, gt=0, le=5)
+
+
 class RoleSettings(BaseModel):
     """IdP group names (or IDs) that grant each Conduit role."""
 
@@ -163,6 +179,7 @@ class Settings(BaseSettings):
     roles: RoleSettings = Field(default_factory=RoleSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
 
     @model_validator(mode="after")
     def _secure(self) -> Settings:

@@ -110,9 +110,14 @@ class EmbeddedEngine:
             return deny(f"policy input is not a JSON document: {exc}", **stamps)
         stamps["input_hash"] = hashlib.sha256(text.encode()).hexdigest()
         error: str | None = None
+        try:
+            # Not timed: compiling this thread's engine after a data change is set-up, not
+            # evaluation (a data refresh must not make the next decision miss its budget).
+            engine = self._thread_engine()
+        except (RuntimeError, ValueError, TypeError) as exc:
+            return deny(f"policy engine could not be built: {engine_error(exc)}", **stamps)
         start = time.perf_counter_ns()
         try:
-            engine = self._thread_engine()
             engine.set_input_json(text)
             raw = engine.eval_rule(DECISION_QUERY)
         except (RuntimeError, ValueError, TypeError) as exc:

@@ -67,6 +67,7 @@ def make_settings(
             "database_url": f"sqlite:///{tmp_path / 'conduit.db'}",
             "data_dir": tmp_path / "var",
             "agents": {"listen_port": 0},
+            "ssh": {"listen_port": 0},
             "oidc": {"issuer": idp.issuer, "client_id": CLIENT_ID, "client_secret": client_secret},
         }
         base.update(overrides)

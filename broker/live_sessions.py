@@ -1,0 +1,145 @@
+"""Live maintenance sessions on this broker, and the watchdog that ends them on time.
+
+A session ends (its ``kill(reason)`` runs once) when:
+
+* its deadline passes (grant window end or the policy's max duration) — checked by the
+  watchdog every ``interval_s`` against the injected clock, so it ends within that interval;
+* it has been idle (no byte either way) for its idle timeout;
+* its grant ended for any other reason (revoke, lockout, eligibility): :meth:`end_grant`,
+  wired to ``AccessService.on_grant_ended`` and safe to call from any thread;
+* an admin kills it (:meth:`kill`).
+
+Owner: the app's lifespan (``start``/``aclose``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sessions.clock import Clock
+
+log = logging.getLogger("conduit.sessions")
+
+
+@dataclass(eq=False)
+class LiveSession:
+    id: str
+    kind: str
+    user_id: str
+    user: str
+    asset: str
+    login: str | None
+    grant_id: str | None
+    source_ip: str | None
+    started_at: datetime
+    deadline: datetime
+    deadline_reason: str
+    idle_timeout_s: float
+    last_activity: datetime
+    kill: Callable[[str], None] = field(repr=False)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    ended: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "user": self.user,
+            "asset": self.asset,
+            "login": self.login,
+            "grant": self.grant_id,
+            "source_ip": self.source_ip,
+            "started_at": self.started_at.isoformat(),
+            "expires_at": self.deadline.isoformat(),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+        }
+
+
+class LiveSessions:
+    """Registry of this broker's live sessions (event-loop confined, except end_grant)."""
+
+    def __init__(self, clock: Clock, interval_s: float = 0.25) -> None:
+        self._clock, self._interval = clock, interval_s
+        self._sessions: dict[str, LiveSession] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, session: LiveSession) -> None:
+        self._sessions[session.id] = session
+
+    def remove(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def get(self, session_id: str) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def list(self) -> list[LiveSession]:
+        return sorted(self._sessions.values(), key=lambda s: s.started_at)
+
+    def kill(self, session_id: str, reason: str) -> bool:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        self._end(session, reason)
+        return True
+
+    def end_grant(self, grant_id: str, reason: str) -> None:
+        """End every session of ``grant_id``; callable from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._end_grant(grant_id, reason)
+        else:
+            loop.call_soon_threadsafe(self._end_grant, grant_id, reason)
+
+    def _end_grant(self, grant_id: str, reason: str) -> None:
+        for session in [s for s in self._sessions.values() if s.grant_id == grant_id]:
+            self._end(session, reason)
+
+    def _end(self, session: LiveSession, reason: str) -> None:
+        if session.ended:
+            return
+        session.ended = True
+        self._sessions.pop(session.id, None)
+        try:
+            session.kill(reason)
+        except Exception:  # one broken session must not stop the others from ending
+            log.exception("ending session %s failed", session.id)
+
+    def check(self) -> None:
+        """One watchdog round: end sessions past their deadline or idle timeout."""
+        now = self._clock.now()
+        for session in list(self._sessions.values()):
+            if now >= session.deadline:
+                self._end(session, session.deadline_reason)
+            elif (now - session.last_activity).total_seconds() >= session.idle_timeout_s:
+                self._end(session, f"idle for {int(session.idle_timeout_s)} s")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.check()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._watch())
+
+    async def aclose(self, reason: str = "broker shutting down") -> None:
+        for session in list(self._sessions.values()):
+            self._end(session, reason)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

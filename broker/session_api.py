@@ -1,0 +1,109 @@
+"""JSON API for SSH access and live sessions: certificates, front-door facts, list, kill.
+
+``POST /api/ssh/cert`` signs a vendor's public key with the user CA for no longer than the
+caller's own broker token; ``GET /api/ssh/info`` gives what an ``ssh_config`` needs (host,
+port, host key); ``GET /api/sessions`` lists live sessions (admins and security reviewers see
+all, others their own); ``POST /api/sessions/{id}/kill`` (admin) ends one at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.access_api import _json
+from broker.errors import BadRequest, BrokerError
+from broker.services import services
+from broker.ssh_keys import SshKeys
+from broker.web import require
+from sessions.identity import ADMIN, SECURITY, VENDOR
+
+
+def _front_port(request: Request) -> int:
+    svc = services(request)
+    if svc.front is None:
+        raise BrokerError("the SSH front door is disabled", code="no_ssh", status=503)
+    return svc.front.port
+
+
+async def ssh_info(request: Request) -> Response:
+    svc = services(request)
+    port = _front_port(request)
+    return JSONResponse(
+        {
+            "host": svc.settings.ssh.public_host or svc.settings.ssh.listen_host,
+            "port": port,
+            "host_key": SshKeys.public(svc.ssh_keys.host),
+            "asset_ca": SshKeys.public(svc.ssh_keys.asset_ca),
+        }
+    )
+
+
+async def ssh_cert(request: Request) -> Response:
+    principal = await require(request, VENDOR, ADMIN)
+    svc = services(request)
+    body = await _json(request)
+    public_key = body.get("public_key")
+    if not isinstance(public_key, str) or len(public_key) > 8192:
+        raise BadRequest("public_key must be an OpenSSH public key")
+    valid_before = min(
+        int(principal.expires_at.timestamp()), int(time.time()) + svc.settings.ssh.cert_max_s
+    )
+    cert = svc.ssh_keys.sign_user(
+        public_key,
+        user_id=principal.user_id,
+        key_id=principal.email or principal.sub,
+        valid_before=valid_before,
+    )
+    await svc.record(
+        request,
+        "ssh.cert.issued",
+        actor=principal.user_id,
+        outcome="ok",
+        subject=f"user:{principal.user_id}",
+        details={"valid_before": valid_before},
+    )
+    return JSONResponse(
+        {"certificate": cert, "valid_before": valid_before, "port": _front_port(request)},
+        status_code=201,
+    )
+
+
+async def list_sessions(request: Request) -> Response:
+    principal = await require(request)
+    svc = services(request)
+    everyone = principal.has(ADMIN, SECURITY)
+    rows = [s.as_dict() for s in svc.live.list() if everyone or s.user_id == principal.user_id]
+    return JSONResponse({"sessions": rows})
+
+
+async def kill_session(request: Request) -> Response:
+    principal = await require(request, ADMIN)
+    svc = services(request)
+    session_id = request.path_params["id"]
+    reason = f"terminated by an administrator ({principal.name or principal.email})"
+    if not svc.live.kill(session_id, reason):
+        return JSONResponse(
+            {"error": "not_found", "message": f"no live session {session_id} on this broker"},
+            status_code=404,
+        )
+    await svc.record(
+        request,
+        "session.killed",
+        actor=principal.user_id,
+        outcome="ok",
+        subject=f"session:{session_id}",
+        details={"reason": reason},
+    )
+    return JSONResponse({"id": session_id, "state": "closed", "reason": reason})
+
+
+routes = [
+    Route("/api/ssh/info", ssh_info, methods=["GET"]),
+    Route("/api/ssh/cert", ssh_cert, methods=["POST"]),
+    Route("/api/sessions", list_sessions, methods=["GET"]),
+    Route("/api/sessions/{id}/kill", kill_session, methods=["POST"]),
+]

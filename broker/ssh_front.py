@@ -1,0 +1,636 @@
+"""The SSH front door: stock ``ssh``/``scp``/``sftp`` in, through the zone's agent to the asset.
+
+Target syntax: the SSH user name is ``LOGIN@ASSET`` (``ssh -p 2222 root@plc-press-3@broker``;
+OpenSSH splits user and host at the *last* ``@``).
+
+Authentication (identity only): a certificate from the broker's user CA (``conduit ssh-cert``)
+whose principals include ``u:<user id>``; the vendor's key never needs registering.
+Authorization, at connect time and again for every channel (shell, exec, sftp/scp, port
+forward): :meth:`sessions.maintenance.MaintenanceService.authorize` (active grant + policy).
+A refusal reaches the vendor as one line on stderr (``conduit: ...``) or as the channel-open
+failure text for ``ssh -L``, and is audited.
+
+Relay: the broker logs in to the asset as ``LOGIN`` with a per-session certificate from the
+asset CA (the vendor never sees it), over an :class:`broker.agent_tunnel.AgentTunnel` whose
+expiry is the session deadline; the asset's host key is pinned (asset label ``ssh_host_key``,
+learned on first use and audited when absent). PTY (with window changes), exec (exit status
+and signals), the sftp subsystem and ``scp`` pass through; output is recorded per channel.
+Sessions end on time, on revoke/lockout, on idle and on admin kill (:mod:`broker.live_sessions`);
+the vendor sees ``conduit: session ended: <reason>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import asyncssh
+from asyncssh.stream import SSHTCPStreamSession
+
+from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
+from broker.agent_tunnel import AgentTunnel
+from broker.live_sessions import LiveSession, LiveSessions
+from broker.settings import SshSettings
+from broker.ssh_keys import USER_PRINCIPAL, SshKeys
+from sessions.access import AccessDenied
+from sessions.audit import AuditLog
+from sessions.clock import Clock
+from sessions.maintenance import Authorization, MaintenanceService
+
+log = logging.getLogger("conduit.ssh")
+
+GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+_LOGIN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
+_ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_PENDING_INPUT = 1 << 20
+# The agent's own cut-off trails the broker's deadline by this much, so the broker (which can
+# tell the vendor why) normally ends the session first; the agent's expiry is the backstop.
+GRACE = timedelta(seconds=1)
+
+
+class Recorder(Protocol):
+    """What the front door records into (an asciicast recorder, or nothing)."""
+
+    def output(self, data: bytes) -> None: ...
+
+    def input(self, data: bytes) -> None: ...
+
+    def resize(self, width: int, height: int) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+# (session id, channel number, width, height, title) -> recorder or None; raises to refuse.
+RecorderFactory = Callable[[str, int, int, int, str], Recorder | None]
+
+
+def parse_target(username: str) -> tuple[str, str] | None:
+    """``LOGIN@ASSET`` → (login, asset), or None if malformed."""
+    login, sep, asset = username.partition("@")
+    if not sep or not _LOGIN.match(login) or not _ASSET.match(asset):
+        return None
+    return login, asset
+
+
+class _PrincipalCapture(asyncssh.SSHAuthorizedKeys):
+    """Authorized keys = our user CA (any principal); remembers the certificate's principals."""
+
+    def __init__(self, ca_line: str) -> None:
+        super().__init__(f'cert-authority,principals="{USER_PRINCIPAL}" {ca_line}\n')
+        self.principals: tuple[str, ...] = ()
+
+    def validate(
+        self,
+        key: Any,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Any = None,
+        ca: bool = False,
+    ) -> Any:
+        result = super().validate(key, client_host, client_addr, cert_principals, ca)
+        self.principals = tuple(cert_principals or ()) if result is not None else ()
+        return result
+
+
+@dataclass(frozen=True)
+class FrontDeps:
+    settings: SshSettings
+    keys: SshKeys
+    maintenance: MaintenanceService
+    gateway: Callable[[], AgentGateway | None]
+    audit: AuditLog
+    clock: Clock
+    live: LiveSessions
+    recorder: RecorderFactory
+    pin_host_key: Callable[[str, str], None]  # (asset name, OpenSSH host key) learned on first use
+
+
+class FrontDoor:
+    """The asyncssh server. Owner: the app's lifespan (``start``/``aclose``)."""
+
+    def __init__(self, deps: FrontDeps) -> None:
+        self.deps = deps
+        self.port = 0
+        self._server: asyncssh.SSHAcceptor | None = None
+        self.user_ca_line = SshKeys.public(deps.keys.user_ca)
+
+    async def start(self) -> None:
+        s = self.deps.settings
+        self._server = await asyncssh.listen(
+            s.listen_host,
+            s.listen_port,
+            server_factory=lambda: _Vendor(self),
+            server_host_keys=[self.deps.keys.host],
+            encryption_algs=GCM,
+            login_timeout=s.login_timeout_s,
+            keepalive_interval=s.keepalive_s,
+            keepalive_count_max=3,
+            password_auth=False,
+            kbdint_auth=False,
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            encoding=None,
+            line_editor=False,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("ssh front door listening on %s:%s", s.listen_host, self.port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class _Vendor(asyncssh.SSHServer):
+    """One vendor connection = one maintenance session (possibly many channels)."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door, self.deps = door, door.deps
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer: str | None = None
+        self.target: tuple[str, str] | None = None
+        self.username = ""
+        self.user_id: str | None = None
+        self.capture = _PrincipalCapture(door.user_ca_line)
+        self.session: LiveSession | None = None
+        self.auth: Authorization | None = None
+        self.asset_conn: asyncssh.SSHClientConnection | None = None
+        self.channels: set[_Channel] = set()
+        self._lock = asyncio.Lock()
+        self._channel_no = 0
+        self.ended: str | None = None
+
+    # ---- authentication -----------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = peer[0] if peer else None
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        self.target = parse_target(username)
+        assert self.conn is not None
+        self.conn.set_authorized_keys(self.capture)
+        if self.target is None:
+            self.conn.send_auth_banner(
+                "conduit: the user name must be LOGIN@ASSET, e.g. ssh root@plc-1@broker\r\n"
+            )
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return False  # plain keys never: only certificates from the user CA
+
+    def auth_completed(self) -> None:
+        ids = [p[2:] for p in self.capture.principals if p.startswith("u:")]
+        self.user_id = ids[0] if len(ids) == 1 else None
+
+    # ---- channels -----------------------------------------------------------------------
+
+    def session_requested(self) -> _Channel:
+        self._channel_no += 1
+        return _Channel(self, self._channel_no)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # no remote forwarding into the vendor's network
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, dest_host: str, dest_port: int) -> Any:
+        """``ssh -L``: only to the asset itself, only a port the grant and policy allow."""
+        try:
+            await self.ensure("tcp", port=dest_port)
+        except AccessDenied as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
+            ) from None
+        except (ChannelRefused, AgentUnavailable, asyncssh.Error, OSError) as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
+            ) from None
+        assert self.auth is not None
+        assert self.target is not None
+        asset = self.auth.asset
+        if dest_host not in (asset.name, asset.endpoint_host, "localhost", "127.0.0.1"):
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"conduit: forwarding goes only to {asset.name} itself",
+            )
+        gateway = self.deps.gateway()
+        if gateway is None or asset.agent_id is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "conduit: no agent")
+        try:
+            channel = await gateway.open_channel(
+                asset.agent_id,
+                asset.endpoint_host,
+                dest_port,
+                expires_at=self.auth.deadline + GRACE,
+            )
+        except (ChannelRefused, AgentUnavailable) as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
+            ) from None
+        session = self.session
+
+        async def pipe(
+            reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
+        ) -> None:
+            async def up() -> None:
+                while data := await reader.read(65536):
+                    channel.write(data)
+                    await channel.drain()
+                    if session is not None:
+                        session.bytes_up += len(data)
+                        session.last_activity = self.deps.clock.now()
+                channel.write_eof()
+
+            async def down() -> None:
+                while data := await channel.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                    if session is not None:
+                        session.bytes_down += len(data)
+                        session.last_activity = self.deps.clock.now()
+                writer.write_eof()
+
+            try:
+                await asyncio.gather(up(), down())
+            except (OSError, asyncssh.Error):
+                pass
+            finally:
+                channel.close()
+                writer.close()
+
+        return SSHTCPStreamSession(pipe)
+
+    # ---- session set-up -----------------------------------------------------------------
+
+    async def ensure(self, kind: str, *, port: int | None = None) -> Authorization:
+        """Authorize one channel; on the first, open the session and the asset connection."""
+        if self.ended:
+            raise AccessDenied(f"session ended: {self.ended}", (self.ended,))
+        if self.target is None:
+            raise AccessDenied(
+                "the user name must be LOGIN@ASSET", ("the user name must be LOGIN@ASSET",)
+            )
+        if self.user_id is None:
+            raise AccessDenied("unknown user certificate", ("unknown user certificate",))
+        login, asset_name = self.target
+        gateway = self.deps.gateway()
+        live = gateway.live() if gateway is not None else {}
+        auth = await self.deps.maintenance.authorize(
+            user_id=self.user_id,
+            asset_name=asset_name,
+            kind=kind,
+            login=login,
+            port=port,
+            source_ip=self.peer,
+            agent_online=lambda agent_id: agent_id is not None and agent_id in live,
+        )
+        async with self._lock:
+            if self.session is None:
+                await self._open(auth, kind)
+            if kind != "tcp" and self.asset_conn is None:
+                assert self.session is not None
+                await self._connect_asset(auth, login, self.session.id)
+        return auth
+
+    async def _open(self, auth: Authorization, kind: str) -> None:
+        assert self.target is not None
+        login, _ = self.target
+        d = self.deps
+        session_id = await asyncio.to_thread(
+            d.maintenance.open, auth, kind="sftp" if kind == "sftp" else kind, login=login,
+            source_ip=self.peer,
+        )  # fmt: skip
+        obligations = auth.decision.obligations
+        now = d.clock.now()
+        grant_end = auth.grant is not None and auth.deadline == auth.grant.ends_at
+        self.auth = auth
+        self.session = LiveSession(
+            id=session_id,
+            kind=kind,
+            user_id=auth.user.id,
+            user=auth.user.email or auth.user.name or auth.user.sub,
+            asset=auth.asset.name,
+            login=login,
+            grant_id=auth.grant.id if auth.grant else None,
+            source_ip=self.peer,
+            started_at=now,
+            deadline=auth.deadline,
+            deadline_reason="grant window ended"
+            if grant_end
+            else "maximum session duration reached",
+            idle_timeout_s=float(obligations.idle_timeout_s or d.settings.default_idle_timeout_s),
+            last_activity=now,
+            kill=self.end,
+        )
+        d.live.add(self.session)
+
+    async def _connect_asset(self, auth: Authorization, login: str, session_id: str) -> None:
+        d, asset = self.deps, auth.asset
+        gateway = d.gateway()
+        if gateway is None or asset.agent_id is None:
+            raise AgentUnavailable(f"{asset.name} has no agent connected to this broker")
+        key, cert = d.keys.asset_login(login, key_id=f"conduit:{session_id}:{auth.user.sub}")
+        pinned = asset.labels.get("ssh_host_key")
+        known_hosts: Any = None
+        if pinned:
+            known_hosts = ([asyncssh.import_public_key(pinned)], [], [])
+        tunnel = AgentTunnel(
+            gateway, asset.agent_id, expires_at=auth.deadline, ref=f"s-{session_id[:24]}"
+        )
+        self.asset_conn = await asyncssh.connect(
+            asset.endpoint_host,
+            asset.endpoint_port,
+            tunnel=tunnel,
+            username=login,
+            client_keys=[(key, cert)],
+            known_hosts=known_hosts,
+            config=None,
+            agent_path=None,
+            encryption_algs=GCM,
+            connect_timeout=15,
+            keepalive_interval=30,
+        )
+        if not pinned:
+            host_key = self.asset_conn.get_server_host_key()
+            if host_key is not None:
+                await asyncio.to_thread(
+                    d.pin_host_key, asset.name, host_key.export_public_key().decode().strip()
+                )
+
+    # ---- ending -------------------------------------------------------------------------
+
+    def end(self, reason: str) -> None:
+        """End the whole session now: tell every channel why, close both connections."""
+        if self.ended:
+            return
+        self.ended = reason
+        for channel in list(self.channels):
+            channel.terminate(reason)
+        if self.asset_conn is not None:
+            self.asset_conn.close()
+        if self.conn is not None:
+            loop = asyncio.get_running_loop()
+            conn = self.conn
+            loop.call_later(0.2, conn.close)  # let the reason line reach the vendor first
+        session = self.session
+        if session is not None:
+            self.deps.live.remove(session.id)
+            asyncio.get_running_loop().create_task(
+                asyncio.to_thread(
+                    self.deps.maintenance.close,
+                    session.id,
+                    reason=reason,
+                    bytes_up=session.bytes_up,
+                    bytes_down=session.bytes_down,
+                )
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is not None and self.session.ended is False:
+            self.session.ended = True
+        if not self.ended:
+            self.end("client disconnected" if exc is None else f"connection lost: {exc}")
+
+
+class _AssetSide(asyncssh.SSHClientSession[bytes]):
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+        self.exit_status: int | None = None
+        self.exit_signal: tuple[str, bool, str, str] | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._channel.from_asset(data, datatype)
+
+    def eof_received(self) -> bool:
+        with contextlib.suppress(Exception):
+            self._channel.chan.write_eof()  # type: ignore[union-attr]
+        return True
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = (signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        if self._channel.chan is not None:
+            self._channel.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._channel.chan is not None:
+            self._channel.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._channel.asset_closed(self, exc)
+
+
+class _Channel(asyncssh.SSHServerSession[bytes]):
+    """One vendor channel (shell, exec or subsystem) relayed to one asset channel."""
+
+    def __init__(self, vendor: _Vendor, number: int) -> None:
+        self.vendor, self.number = vendor, number
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.asset_chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.pty: tuple[str, tuple[int, int, int, int], Any] | None = None
+        self.command: str | None = None
+        self.subsystem: str | None = None
+        self.pending: list[bytes] = []
+        self.pending_eof = False
+        self.recorder: Recorder | None = None
+        self.done = False
+
+    # -- requests from the vendor
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+        self.vendor.channels.add(self)
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self.pty = (term_type, term_size, term_modes)
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp":
+            return False
+        self.subsystem = subsystem
+        return True
+
+    def session_started(self) -> None:
+        asyncio.get_running_loop().create_task(self._start())
+
+    @property
+    def kind(self) -> str:
+        scp = self.command is not None and self.command.split(" ", 1)[0] == "scp"
+        return "sftp" if self.subsystem == "sftp" or scp else "ssh"
+
+    async def _start(self) -> None:
+        v = self.vendor
+        try:
+            await v.ensure(self.kind)
+            assert v.asset_conn is not None
+            assert v.session is not None
+            width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
+            if self.kind == "ssh":
+                title = f"{v.session.user} → {v.target[0] if v.target else '?'}@{v.session.asset}"
+                self.recorder = v.deps.recorder(v.session.id, self.number, width, height, title)
+            kwargs: dict[str, Any] = {"encoding": None}
+            if self.pty:
+                kwargs.update(term_type=self.pty[0], term_size=self.pty[1])
+            if self.subsystem:
+                kwargs["subsystem"] = self.subsystem
+            elif self.command is not None:
+                kwargs["command"] = self.command
+            chan, _ = await v.asset_conn.create_session(lambda: _AssetSide(self), **kwargs)
+        except AccessDenied as exc:
+            self.refuse(f"access denied: {'; '.join(exc.reasons) or exc.message}")
+            return
+        except (ChannelRefused, AgentUnavailable) as exc:
+            self.refuse(f"cannot reach the asset: {exc.message}")
+            return
+        except (asyncssh.Error, OSError) as exc:
+            self.refuse(f"cannot reach the asset: {_message(exc)}")
+            return
+        except Exception as exc:  # e.g. strict recording could not start
+            log.exception("starting channel failed")
+            self.refuse(f"session refused: {_message(exc)}")
+            return
+        self.asset_chan = chan
+        for data in self.pending:
+            chan.write(data)
+        self.pending.clear()
+        if self.pending_eof:
+            chan.write_eof()
+
+    def refuse(self, message: str) -> None:
+        if self.chan is None or self.done:
+            return
+        self.done = True
+        with contextlib.suppress(Exception):
+            self.chan.write_stderr(f"conduit: {message}\r\n".encode())
+            self.chan.exit(1)
+
+    def terminate(self, reason: str) -> None:
+        """The session ended: one line to the vendor, then close this channel and its twin."""
+        if self.recorder is not None:
+            self.recorder.close(reason)
+            self.recorder = None
+        if self.asset_chan is not None:
+            self.asset_chan.close()
+        if not self.done:
+            self.refuse(f"session ended: {reason}")
+
+    # -- data
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        s = self.vendor.session
+        if s is not None:
+            s.bytes_up += len(data)
+            s.last_activity = self.vendor.deps.clock.now()
+        if self.recorder is not None and self.vendor.deps.settings.record_input:
+            self.recorder.input(data)
+        if self.asset_chan is not None:
+            self.asset_chan.write(data)
+        elif sum(map(len, self.pending)) + len(data) <= MAX_PENDING_INPUT:
+            self.pending.append(data)
+
+    def from_asset(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        s = self.vendor.session
+        if s is not None:
+            s.bytes_down += len(data)
+            s.last_activity = self.vendor.deps.clock.now()
+        if self.recorder is not None:
+            self.recorder.output(data)
+        if self.chan is None or self.done:
+            return
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.chan.write_stderr(data)
+        else:
+            self.chan.write(data)
+
+    def eof_received(self) -> bool:
+        if self.asset_chan is not None:
+            self.asset_chan.write_eof()
+        else:
+            self.pending_eof = True
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self.asset_chan is not None:
+            self.asset_chan.change_terminal_size(width, height, pixwidth, pixheight)
+        if self.recorder is not None:
+            self.recorder.resize(width, height)
+
+    def signal_received(self, signal: str) -> None:
+        if self.asset_chan is not None:
+            self.asset_chan.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self.asset_chan is not None:
+            self.asset_chan.send_break(msec)
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        if self.asset_chan is not None:
+            self.asset_chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.asset_chan is not None:
+            self.asset_chan.resume_reading()
+
+    def asset_closed(self, side: _AssetSide, exc: Exception | None) -> None:
+        s = self.vendor.session
+        abrupt = side.exit_status is None and side.exit_signal is None
+        if abrupt and s is not None and self.vendor.deps.clock.now() >= s.deadline - GRACE:
+            # The agent cut the channel at its expiry a moment before our watchdog ran.
+            self.vendor.deps.live.kill(s.id, s.deadline_reason)
+            return
+        if self.recorder is not None:
+            self.recorder.close("channel closed")
+            self.recorder = None
+        if self.chan is None or self.done:
+            return
+        self.done = True
+        with contextlib.suppress(Exception):
+            if side.exit_signal is not None:
+                sig, core, msg, lang = side.exit_signal
+                self.chan.exit_with_signal(sig, core, msg, lang)
+            else:
+                self.chan.exit(side.exit_status if side.exit_status is not None else 255)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.vendor.channels.discard(self)
+        if self.asset_chan is not None:
+            self.asset_chan.close()
+        if self.recorder is not None:
+            self.recorder.close("channel closed")
+            self.recorder = None
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
+    return str(text)[:300] or type(exc).__name__

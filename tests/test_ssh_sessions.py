@@ -1,0 +1,149 @@
+"""SSH sessions end to end: stock OpenSSH → front door → agent → real sshd (asset CA login)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from sqlmodel import select
+
+from sessions.db import session_scope
+from sessions.models import Grant
+
+from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.ssh_session import SshRig
+from tests.harness.sshd import sshd_available
+
+pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+
+
+@pytest.fixture
+def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
+    rig = SshRig.build(broker, tmp_path)
+    rig.vendor("alice")
+    yield rig
+    rig.close()
+
+
+def test_exec_with_exit_code_through_agent(rig: SshRig) -> None:
+    rig.grant()
+    done = rig.ssh("echo hello-from-asset; whoami; exit 7")
+    assert done.stdout.split() == ["hello-from-asset", rig.sshd.user], done.stderr
+    assert done.returncode == 7
+    started = audit_events(rig.broker, "session.started")
+    assert started and started[-1]["details"]["asset"] == "lab-ssh"
+
+
+def _start(rig: SshRig, command: str = "echo ready; sleep 60") -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [*rig.ssh_argv(), command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _asset_connections(rig: SshRig) -> int:
+    out = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{rig.sshd.port} )"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return len(out.stdout.splitlines())
+
+
+def _ended_within(rig: SshRig, proc: subprocess.Popen[str], started: float, reason: str) -> None:
+    try:
+        _, err = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    took = time.monotonic() - started
+    assert f"conduit: session ended: {reason}" in err
+    assert took < 1.5, f"session ended after {took:.2f} s"
+    deadline = time.monotonic() + 1.5
+    while _asset_connections(rig) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _asset_connections(rig) == 0, "the asset-side SSH connection is still open"
+
+
+def test_revoke_ends_the_session_within_a_second(rig: SshRig) -> None:
+    grant_id = rig.grant()
+    proc = _start(rig)
+    assert _asset_connections(rig) == 1
+    started = time.monotonic()
+    _token(rig, "adam")
+    rig.broker.services.access.revoke(grant_id, rig.users["adam"], "vendor done")
+    _ended_within(rig, proc, started, "grant revoked")
+
+
+def test_lockout_ends_vendor_sessions(rig: SshRig) -> None:
+    rig.grant()
+    proc = _start(rig)
+    started = time.monotonic()
+    _token(rig, "adam")
+    rig.broker.services.access.set_lockout(True, rig.users["adam"], "incident")
+    _ended_within(rig, proc, started, "emergency lockout")
+
+
+def test_grant_expiry_ends_the_session(rig: SshRig) -> None:
+    rig.grant(minutes=4 / 60)  # ends 4 s from now
+    proc = _start(rig)
+    with session_scope(rig.broker.services.engine) as db:
+        ends = db.exec(select(Grant)).one().ends_at
+    wait = (ends - rig.broker.services.clock.now()).total_seconds()
+    time.sleep(max(0.0, wait))
+    _ended_within(rig, proc, time.monotonic(), "grant")
+
+
+def test_admin_kill_ends_the_session(rig: SshRig) -> None:
+    rig.grant()
+    proc = _start(rig)
+    [live] = rig.broker.services.live.list()
+    admin_token = _token(rig, "adam")
+    started = time.monotonic()
+    resp = httpx2.post(
+        f"{rig.broker.url}/api/sessions/{live.id}/kill",
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert resp.status_code == 200, resp.text
+    _ended_within(rig, proc, started, "terminated by an administrator")
+    vendor = httpx2.post(
+        f"{rig.broker.url}/api/sessions/{live.id}/kill",
+        headers={"Authorization": f"Bearer {_token(rig, 'alice')}"},
+    )
+    assert vendor.status_code == 403
+
+
+def _token(rig: SshRig, name: str) -> str:
+    if name not in rig.users:
+        rig.vendor(name)
+    token, _ = rig.broker.services.tokens.issue(rig.users[name])
+    return token
+
+
+def _loop(rig: SshRig) -> asyncio.AbstractEventLoop:
+    loop = rig.broker.services.gateway.loop if rig.broker.services.gateway else None
+    assert loop is not None
+    return loop
+
+
+def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
+    no_grant = rig.ssh("true")
+    assert no_grant.returncode == 1
+    assert "conduit: access denied" in no_grant.stderr and "grant" in no_grant.stderr
+    other_asset = rig.ssh("true", asset="hist-01")
+    assert "conduit: access denied" in other_asset.stderr
+    bad_name = subprocess.run(
+        [*rig.ssh_argv()[:-1], "no-asset-here@127.0.0.1", "true"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert bad_name.returncode != 0 and "LOGIN@ASSET" in bad_name.stderr
+    rig.grant()
+    wrong_login = rig.ssh("true", login="root")
+    assert wrong_login.returncode == 1 and "conduit: cannot reach the asset" in wrong_login.stderr
+    denials = audit_events(rig.broker, "policy.decision")
+    assert any(e["outcome"] == "deny" and e["subject"] == "lab-ssh" for e in denials)
