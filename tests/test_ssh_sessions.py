@@ -14,7 +14,6 @@ from sqlmodel import select
 
 from sessions.db import session_scope
 from sessions.models import Grant
-
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.ssh_session import SshRig
 from tests.harness.sshd import sshd_available
