@@ -352,7 +352,7 @@ class _Vendor(asyncssh.SSHServer):
         if pinned:
             known_hosts = ([asyncssh.import_public_key(pinned)], [], [])
         tunnel = AgentTunnel(
-            gateway, asset.agent_id, expires_at=auth.deadline, ref=f"s-{session_id[:24]}"
+            gateway, asset.agent_id, expires_at=auth.deadline + GRACE, ref=f"s-{session_id[:24]}"
         )
         self.asset_conn = await asyncssh.connect(
             asset.endpoint_host,
