@@ -60,7 +60,8 @@ class AgentKeys:
         return cert.export_certificate().decode().strip(), serial
 
 
-def _load_or_create(path: Path) -> asyncssh.SSHKey:
+def load_or_create_key(path: Path) -> asyncssh.SSHKey:
+    """An Ed25519 private key from ``path``, created (0600) if absent; refuses lax modes."""
     if path.exists():
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -85,7 +86,7 @@ def load_agent_keys(key_dir: Path, cert_validity_s: int) -> AgentKeys:
     """Load (or on first use create) the CA and gateway keys in ``key_dir``."""
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return AgentKeys(
-        ca=_load_or_create(key_dir / "agent_ca"),
-        gateway=_load_or_create(key_dir / "agent_gateway"),
+        ca=load_or_create_key(key_dir / "agent_ca"),
+        gateway=load_or_create_key(key_dir / "agent_gateway"),
         cert_validity_s=cert_validity_s,
     )

@@ -12,16 +12,28 @@ from collections.abc import Sequence
 
 from broker.cli import (
     access_cmd,
+    agents_cmd,
     audit_cmd,
     db_cmd,
     demo_cmd,
     login_cmd,
     policy_cmd,
     serve_cmd,
+    verify_cmd,
 )
 from broker.errors import BrokerError
 
-COMMANDS = (serve_cmd, db_cmd, login_cmd, access_cmd, audit_cmd, policy_cmd, demo_cmd)
+COMMANDS = (
+    serve_cmd,
+    db_cmd,
+    login_cmd,
+    access_cmd,
+    agents_cmd,
+    audit_cmd,
+    policy_cmd,
+    demo_cmd,
+    verify_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,7 +106,9 @@ class SshRig:
         self.keys[name] = key
         return key
 
-    def grant(self, name: str = "alice", *, minutes: float = 60, ports: list[int] | None = None) -> str:
+    def grant(
+        self, name: str = "alice", *, minutes: float = 60, ports: list[int] | None = None
+    ) -> str:
         """An active grant for ``name`` on the lab asset, starting a minute ago."""
         clock = self.broker.services.clock
         now = clock.now()

@@ -1,0 +1,114 @@
+"""asciicast v2 for PTY and exec sessions, written through a :class:`RecordingWriter`.
+
+Format (https://docs.asciinema.org/manual/asciicast/v2/): a JSON header line
+``{"version": 2, "width", "height", "timestamp", ["title"], ["env"]}`` followed by one event per
+line, ``[seconds_since_start, code, text]`` with code ``"o"`` (output), ``"i"`` (input, only if
+the policy asks for it) or ``"r"`` (resize, ``"COLSxROWS"``). Each line is one
+:meth:`RecordingWriter.write`, so every chunk ends at a line boundary and any prefix of chunks
+(e.g. after a crash) is itself a valid ``.cast`` file that ``asciinema cat`` prints.
+
+Bytes are decoded as UTF-8 with an incremental decoder per direction: a multi-byte character
+split across reads is emitted whole with the later read; invalid bytes become U+FFFD.
+Secrets: ``env`` is reduced to ``TERM`` and ``SHELL``; input (which may contain passwords typed
+at prompts) is recorded only with ``record_input=True``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Mapping
+
+from sessions.clock import Clock
+from sessions.errors import ValidationError
+from sessions.recording import RecordingWriter
+
+ENV_KEYS = ("TERM", "SHELL")
+
+
+class AsciicastRecorder:
+    """Turns terminal I/O into asciicast v2 lines. Use from one thread (the event loop).
+
+    The constructor writes the header. Event times are seconds since construction by the
+    injected ``clock``, rounded to microseconds and never decreasing (a clock stepping back
+    repeats the last time). :class:`~sessions.recording.RecordingError` from the writer
+    propagates (strict mode: end the session).
+    """
+
+    def __init__(
+        self,
+        writer: RecordingWriter,
+        width: int,
+        height: int,
+        *,
+        record_input: bool = False,
+        clock: Clock,
+        title: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if width <= 0 or height <= 0:
+            raise ValidationError(
+                f"asciicast: terminal size {width}x{height} is invalid", code="invalid_size"
+            )
+        self._writer = writer
+        self._clock = clock
+        self.record_input = record_input
+        self._start = clock.now()
+        self._last_t = 0.0
+        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        header: dict[str, object] = {
+            "version": 2,
+            "width": width,
+            "height": height,
+            "timestamp": int(self._start.timestamp()),
+        }
+        if title:
+            header["title"] = title
+        kept = {k: v for k, v in (env or {}).items() if k in ENV_KEYS}
+        if kept:
+            header["env"] = kept
+        self._line(header)
+
+    def output(self, data: bytes) -> None:
+        """Record terminal output (stdout and stderr of an exec) as ``"o"`` events."""
+        self._event("o", self._out.decode(data))
+
+    def input(self, data: bytes) -> None:
+        """Record keyboard input as ``"i"`` events; a no-op unless ``record_input``."""
+        if self.record_input:
+            self._event("i", self._in.decode(data))
+
+    def resize(self, width: int, height: int) -> None:
+        """Record a window change as an ``"r"`` event ``"COLSxROWS"``."""
+        if width > 0 and height > 0:
+            self._event("r", f"{width}x{height}")
+
+    def finish(self) -> None:
+        """Emit what the decoders still hold (an incomplete character becomes U+FFFD).
+
+        Call once before ``writer.close``; further output is still accepted.
+        """
+        self._event("o", self._out.decode(b"", final=True))
+        if self.record_input:
+            self._event("i", self._in.decode(b"", final=True))
+
+    def close(self, reason: str) -> None:
+        """:meth:`finish`, then ``writer.close(reason)`` (signed manifest; blocking disk I/O).
+
+        Stop the writer's :class:`~sessions.recording.FlushTimer` first; from the event loop
+        prefer ``await asyncio.to_thread(recorder.close, reason)``. Raises
+        :class:`~sessions.recording.RecordingError` like the writer does.
+        """
+        self.finish()
+        self._writer.close(reason)
+
+    def _event(self, code: str, text: str) -> None:
+        if not text:
+            return
+        elapsed = (self._clock.now() - self._start).total_seconds()
+        self._last_t = max(self._last_t, round(elapsed, 6))
+        self._line([self._last_t, code, text])
+
+    def _line(self, obj: object) -> None:
+        self._writer.write(json.dumps(obj, ensure_ascii=True).encode() + b"\n")
