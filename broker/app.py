@@ -42,7 +42,9 @@ from broker.auth import ApiTokens, WebSessions
 from broker.errors import BrokerError, NotAuthenticated
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
+from broker.recording_keys import load_recording_signer, recording_key_dir
 from broker.services import Services
+from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
 from broker.ssh_front import FrontDeps, FrontDoor
 from broker.ssh_keys import load_ssh_keys
@@ -137,6 +139,8 @@ def build_services(
     audit = AuditLog(engine, clock)
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
+    maintenance = MaintenanceService(engine, authorizer, audit, clock)
+    signer = load_recording_signer(recording_key_dir(settings.data_dir))
     agent_keys = load_agent_keys(settings.agent_key_dir, settings.agents.cert_validity_days * 86400)
     return Services(
         settings=settings,
@@ -152,9 +156,17 @@ def build_services(
         access=AccessService(engine, authorizer, audit, clock),
         agents=AgentService(engine, audit, clock, agent_keys.sign_agent, agent_keys.pin),
         agent_keys=agent_keys,
-        maintenance=MaintenanceService(engine, authorizer, audit, clock),
+        maintenance=maintenance,
         live=LiveSessions(clock, settings.ssh.watchdog_interval_s),
         ssh_keys=load_ssh_keys(settings.agent_key_dir),
+        recorder=RecorderFactory(
+            settings.data_dir / "recordings",
+            signer,
+            clock,
+            maintenance,
+            audit,
+            record_input=settings.ssh.record_input,
+        ),
     )
 
 

@@ -14,6 +14,7 @@ from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
+from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
 from broker.ssh_keys import SshKeys
 from policies.engine import Engine as PolicyEngine
@@ -29,7 +30,7 @@ from sessions.policy_data import build_plant_data
 
 if TYPE_CHECKING:
     from broker.agent_gateway import AgentGateway
-    from broker.ssh_front import FrontDoor, Recorder
+    from broker.ssh_front import FrontDoor
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Services:
     maintenance: MaintenanceService
     live: LiveSessions
     ssh_keys: SshKeys
+    recorder: RecorderFactory
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
     front: FrontDoor | None = None
@@ -74,12 +76,6 @@ class Services:
         set_data = getattr(self.policy, "set_data", None)
         if callable(set_data):
             set_data(data)
-
-    def recorder(
-        self, session_id: str, channel: int, width: int, height: int, title: str
-    ) -> Recorder | None:
-        """The recorder for one PTY/exec channel (None: recording not configured)."""
-        return None
 
     async def record(
         self,

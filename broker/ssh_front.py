@@ -66,8 +66,20 @@ class Recorder(Protocol):
     def close(self, reason: str) -> None: ...
 
 
-# (session id, channel number, width, height, title) -> recorder or None; raises to refuse.
-RecorderFactory = Callable[[str, int, int, int, str], Recorder | None]
+class RecorderFactory(Protocol):
+    """Makes a channel's recorder; None when best effort could not start one; raises in strict."""
+
+    def __call__(
+        self,
+        session_id: str,
+        channel: int,
+        width: int,
+        height: int,
+        title: str,
+        *,
+        strict: bool,
+        on_failure: Callable[[str], None],
+    ) -> Recorder | None: ...
 
 
 def parse_target(username: str) -> tuple[str, str] | None:
@@ -497,7 +509,21 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
             if self.kind == "ssh":
                 title = f"{v.session.user} → {v.target[0] if v.target else '?'}@{v.session.asset}"
-                self.recorder = v.deps.recorder(v.session.id, self.number, width, height, title)
+                strict = v.auth is None or v.auth.decision.obligations.record != "best_effort"
+                session_id = v.session.id
+
+                def cut(why: str) -> None:
+                    v.deps.live.kill(session_id, why)
+
+                self.recorder = v.deps.recorder(
+                    session_id,
+                    self.number,
+                    width,
+                    height,
+                    title,
+                    strict=strict,
+                    on_failure=cut,
+                )
             kwargs: dict[str, Any] = {"encoding": None}
             if self.pty:
                 kwargs.update(term_type=self.pty[0], term_size=self.pty[1])

@@ -13,10 +13,13 @@ import pytest
 from sqlmodel import select
 
 from sessions.db import session_scope
-from sessions.models import Grant
+from sessions.models import Grant, Recording
+from sessions.recording import assemble
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.cli import run_conduit
 from tests.harness.ssh_session import SshRig
 from tests.harness.sshd import sshd_available
+from tests.test_recording_asciinema import asciinema_cat
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
 
@@ -146,3 +149,39 @@ def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
     assert wrong_login.returncode == 1 and "conduit: cannot reach the asset" in wrong_login.stderr
     denials = audit_events(rig.broker, "policy.decision")
     assert any(e["outcome"] == "deny" and e["subject"] == "lab-ssh" for e in denials)
+
+
+def _recording_dirs(rig: SshRig) -> list[Path]:
+    root = rig.broker.services.settings.data_dir / "recordings"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path) -> None:
+    rig.grant()
+    done = rig.ssh("echo recorded-line-1; echo recorded-line-2")
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        dirs = _recording_dirs(rig)
+        if dirs and (dirs[-1] / "manifest.json").exists():
+            break
+        time.sleep(0.05)
+    [recording] = _recording_dirs(rig)
+    public_key = rig.broker.services.settings.data_dir / "keys" / "recording_ed25519.pub"
+    verified = run_conduit("verify", str(recording), "--public-key", str(public_key))
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout
+    cast = tmp_path / "session.cast"
+    cast.write_bytes(assemble(recording))
+    played = asciinema_cat(cast, tmp_path)
+    assert b"recorded-line-1" in played and b"recorded-line-2" in played
+    with session_scope(rig.broker.services.engine) as db:
+        row = db.exec(select(Recording)).one()
+    assert row.manifest_path and row.size_bytes > 0
+
+    # One flipped byte: verify fails and names the chunk.
+    chunk = sorted(recording.glob("chunk-*"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    broken = run_conduit("verify", str(recording), "--public-key", str(public_key))
+    assert broken.returncode == 1 and f"chunk 1 ({chunk.name})" in broken.stdout

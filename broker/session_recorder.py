@@ -1,0 +1,168 @@
+"""Recording one SSH channel: an asciicast over a signed, chunked writer, flushed every second.
+
+The policy's ``record`` obligation decides what a recording failure means: ``strict`` — the
+channel is refused if the recording cannot start, and the whole session is ended if writing
+fails later; ``best_effort`` — the session goes on unrecorded and the failure is audited.
+Closing finishes the asciicast, writes the signed manifest and updates the ``recordings`` row,
+off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sessions.asciicast import AsciicastRecorder
+from sessions.audit import AuditLog
+from sessions.clock import Clock
+from sessions.maintenance import MaintenanceService
+from sessions.recording import FlushTimer, LocalStore, RecordingError, RecordingWriter, Signer
+
+log = logging.getLogger("conduit.recording")
+
+
+class ChannelRecorder:
+    """Implements the front door's ``Recorder`` protocol for one channel (event loop only)."""
+
+    def __init__(
+        self,
+        *,
+        recording_id: str,
+        writer: RecordingWriter,
+        cast: AsciicastRecorder,
+        strict: bool,
+        on_failure: Callable[[str], None],
+        finished: Callable[[ChannelRecorder], Any],
+    ) -> None:
+        self.recording_id, self.writer, self.cast = recording_id, writer, cast
+        self._strict, self._on_failure, self._finished = strict, on_failure, finished
+        self.timer = FlushTimer(writer, on_error=self._failed)
+        self.timer.start()
+        self.broken = False
+        self.closed = False
+
+    def _failed(self, exc: RecordingError) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        log.error("recording %s failed: %s", self.recording_id, exc.message)
+        if self._strict:
+            self._on_failure(f"recording failed ({exc.message}); strict recording is required")
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        if self.broken or self.closed:
+            return
+        try:
+            action()
+        except RecordingError as exc:
+            self._failed(exc)
+
+    def output(self, data: bytes) -> None:
+        self._guard(lambda: self.cast.output(data))
+
+    def input(self, data: bytes) -> None:
+        self._guard(lambda: self.cast.input(data))
+
+    def resize(self, width: int, height: int) -> None:
+        self._guard(lambda: self.cast.resize(width, height))
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().create_task(self._close(reason))
+
+    async def _close(self, reason: str) -> None:
+        await self.timer.aclose()
+        with contextlib.suppress(RecordingError):
+            await asyncio.to_thread(self.cast.close, reason)
+        await asyncio.to_thread(self._finished, self)
+
+
+class RecorderFactory:
+    """Creates a :class:`ChannelRecorder` per PTY/exec channel."""
+
+    def __init__(
+        self,
+        root: Path,
+        signer: Signer,
+        clock: Clock,
+        maintenance: MaintenanceService,
+        audit: AuditLog,
+        *,
+        record_input: bool,
+    ) -> None:
+        self._store = LocalStore(root)
+        self._root, self._signer, self._clock = root, signer, clock
+        self._maintenance, self._audit, self._record_input = maintenance, audit, record_input
+
+    def __call__(
+        self,
+        session_id: str,
+        channel: int,
+        width: int,
+        height: int,
+        title: str,
+        *,
+        strict: bool,
+        on_failure: Callable[[str], None],
+    ) -> ChannelRecorder | None:
+        """A recorder, or None in best-effort mode when it cannot start (audited).
+
+        Raises :class:`RecordingError` in strict mode when it cannot start.
+        """
+        recording_id = f"{session_id}-{channel}"
+        try:
+            writer = RecordingWriter(
+                self._store,
+                recording_id,
+                kind="asciicast",
+                signer=self._signer,
+                clock=self._clock,
+                meta={"session": session_id, "channel": channel, "title": title},
+            )
+            cast = AsciicastRecorder(
+                writer,
+                width,
+                height,
+                record_input=self._record_input,
+                clock=self._clock,
+                title=title,
+                env={"TERM": "xterm-256color"},
+            )
+            row_id = self._maintenance.add_recording(
+                session_id, fmt="asciicast", path=str(self._root / recording_id)
+            )
+        except (RecordingError, OSError) as exc:
+            self._audit.append(
+                "recording.failed",
+                actor="system",
+                outcome="error",
+                subject=f"session:{session_id}",
+                details={"error": str(exc)[:300], "strict": strict},
+            )
+            if strict:
+                raise RecordingError(f"recording could not start: {exc}") from exc
+            return None
+
+        def finished(recorder: ChannelRecorder) -> None:
+            manifest = self._root / recording_id / "manifest.json"
+            self._maintenance.finish_recording(
+                row_id,
+                manifest_path=str(manifest) if manifest.exists() else None,
+                chain_head=writer.chain_head,
+                size=writer.size,
+            )
+
+        return ChannelRecorder(
+            recording_id=recording_id,
+            writer=writer,
+            cast=cast,
+            strict=strict,
+            on_failure=on_failure,
+            finished=finished,
+        )
