@@ -507,6 +507,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             assert v.asset_conn is not None
             assert v.session is not None
             width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
+            width, height = width or 80, height or 24  # a PTY may report 0x0 (unknown)
             if self.kind == "ssh":
                 title = f"{v.session.user} → {v.target[0] if v.target else '?'}@{v.session.asset}"
                 strict = v.auth is None or v.auth.decision.obligations.record != "best_effort"
@@ -607,7 +608,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self.asset_chan is not None:
             self.asset_chan.change_terminal_size(width, height, pixwidth, pixheight)
-        if self.recorder is not None:
+        if self.recorder is not None and width > 0 and height > 0:
             self.recorder.resize(width, height)
 
     def signal_received(self, signal: str) -> None:

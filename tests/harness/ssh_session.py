@@ -50,11 +50,19 @@ class SshRig:
     keys: dict[str, Path] = field(default_factory=dict)  # name -> private key path
 
     @classmethod
-    def build(cls, broker: RunningBroker, workdir: Path, *, extra_sshd: str = "") -> SshRig:
+    def build(
+        cls,
+        broker: RunningBroker,
+        workdir: Path,
+        *,
+        extra_sshd: str = "",
+        extra_endpoints: list[tuple[str, int, str]] | None = None,
+    ) -> SshRig:
         seed(broker.services.settings.database_url)
         ca = SshKeys.public(broker.services.ssh_keys.asset_ca)
         sshd = start_sshd(workdir / "sshd", trusted_user_ca_keys=[ca], extra_config=extra_sshd)
-        config = write_config(workdir / "agent", [("127.0.0.1", sshd.port, "ssh")])
+        endpoints = [("127.0.0.1", sshd.port, "ssh"), *(extra_endpoints or [])]
+        config = write_config(workdir / "agent", endpoints)
         agent_id = join(broker, make_token(broker, zone="enterprise-dmz"), config)
         agent = AgentProcess.start(config)
         wait_connected(broker, agent_id)

@@ -1,0 +1,177 @@
+"""SSH channel types through the front door: interactive PTY, port forwards, idle timeout."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select as select_mod
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from sessions.testing import ManualClock
+from tests.harness.agent import EchoAsset
+from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.ports import free_port
+from tests.harness.ssh_session import SshRig
+from tests.harness.sshd import sshd_available
+
+pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoAsset]:
+    asset = EchoAsset()
+    yield asset
+    asset.close()
+
+
+@pytest.fixture
+def rig(broker: RunningBroker, tmp_path: Path, echo: EchoAsset) -> Iterator[SshRig]:
+    rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", echo.port, "tcp")])
+    rig.vendor("alice")
+    yield rig
+    rig.close()
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"never saw {needle!r}; got {seen[-300:]!r}"
+        ready, _, _ = select_mod.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def test_interactive_pty_with_window_change(rig: SshRig) -> None:
+    rig.grant()
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [*rig.ssh_argv("alice", "-tt")],
+        stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True,
+    )  # fmt: skip
+    os.close(secondary)
+    try:
+        os.write(primary, b"stty size; echo $((6*7))-marker\n")
+        out = _read_until(primary, b"42-marker")
+        assert b"42-marker" in out
+        # A remote PTY: the asset's shell runs with a terminal (tty prints a /dev/pts path).
+        os.write(primary, b"tty\n")
+        assert b"/dev/pts/" in _read_until(primary, b"/dev/pts/")
+        # Window change travels to the asset.
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(primary, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+        os.kill(proc.pid, 28)  # SIGWINCH: ssh re-reads the size and sends window-change
+        time.sleep(0.3)
+        os.write(primary, b"stty size\n")
+        assert b"33 111" in _read_until(primary, b"33 111")
+        os.write(primary, b"exit 5\n")
+        assert proc.wait(10) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+
+
+def _forward(rig: SshRig, local: int, remote_port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*rig.ssh_argv("alice", "-N", "-o", "ExitOnForwardFailure=no",
+                       "-L", f"127.0.0.1:{local}:localhost:{remote_port}")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _try_echo(port: int) -> bytes:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"through-the-forward\n")
+                sock.shutdown(socket.SHUT_WR)
+                data = b""
+                try:
+                    while chunk := sock.recv(4096):
+                        data += chunk
+                except ConnectionResetError:
+                    pass  # ssh drops the local connection when the channel is refused
+                return data
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "ssh -L never listened"
+            time.sleep(0.1)
+
+
+def test_port_forward_refused_unless_grant_and_policy_allow(rig: SshRig, echo: EchoAsset) -> None:
+    rig.grant()  # no ports named: only the asset's protocol ports (ssh) are covered
+    local = free_port()
+    proc = _forward(rig, local, echo.port)
+    try:
+        assert _try_echo(local) == b""
+        _wait(lambda: any(
+            f"port {echo.port} is not in grant" in " ".join(e["details"]["reasons"])
+            for e in audit_events(rig.broker, "session.denied")
+        ), "the refusal to be audited")  # fmt: skip
+        assert echo.opened == 0
+    finally:
+        proc.kill()
+        _, err = proc.communicate(5)
+    assert "administratively prohibited" in err and f"port {echo.port} is not in grant" in err
+
+
+def test_port_forward_allowed_when_the_grant_names_the_port(rig: SshRig, echo: EchoAsset) -> None:
+    rig.grant(ports=[echo.port])
+    local = free_port()
+    proc = _forward(rig, local, echo.port)
+    try:
+        assert _try_echo(local) == b"through-the-forward\n"
+        assert echo.opened == 1
+    finally:
+        proc.kill()
+        proc.communicate(5)
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_idle_timeout_ends_the_session(
+    make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    broker = make_broker(clock=clock)
+    rig = SshRig.build(broker, tmp_path)
+    try:
+        rig.vendor("alice")
+        rig.grant()
+        proc = subprocess.Popen(
+            [*rig.ssh_argv(), "echo ready; sleep 120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        [live] = broker.services.live.list()
+        clock.advance(live.idle_timeout_s + 1)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=5)
+        assert time.monotonic() - started < 1.5
+        assert f"conduit: session ended: idle for {int(live.idle_timeout_s)} s" in err
+    finally:
+        rig.close()
