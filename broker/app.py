@@ -31,14 +31,17 @@ from broker import (
     agent_pages,
     api,
     cli_auth,
+    clientless_pages,
     pages,
     policy_admin,
     session_api,
+    session_pages,
     signin,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
 from broker.auth import ApiTokens, WebSessions
+from broker.clientless import ClientlessApprovals
 from broker.errors import BrokerError, NotAuthenticated
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
@@ -167,6 +170,7 @@ def build_services(
             audit,
             record_input=settings.ssh.record_input,
         ),
+        clientless=ClientlessApprovals(settings.ssh.clientless_code_ttl_s),
     )
 
 
@@ -251,6 +255,8 @@ def create_app(
                     live=svc.live,
                     recorder=svc.recorder,
                     pin_host_key=svc.maintenance.pin_host_key,
+                    clientless=svc.clientless,
+                    approve_url=settings.public_url.rstrip("/") + "/ssh/approve",
                 )
             )
             await front.start()
@@ -313,6 +319,8 @@ def create_app(
             *access_pages.routes,
             *agent_api.routes,
             *session_api.routes,
+            *clientless_pages.routes,
+            *session_pages.routes,
             *agent_pages.routes,
             *policy_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),

@@ -12,6 +12,7 @@ from starlette.templating import Jinja2Templates
 
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
+from broker.clientless import ClientlessApprovals
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.session_recorder import RecorderFactory
@@ -52,6 +53,7 @@ class Services:
     live: LiveSessions
     ssh_keys: SshKeys
     recorder: RecorderFactory
+    clientless: ClientlessApprovals
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
     front: FrontDoor | None = None

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from asyncssh.stream import SSHTCPStreamSession
 
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
+from broker.clientless import ClientlessApprovals, Pending
 from broker.live_sessions import LiveSession, LiveSessions
 from broker.settings import SshSettings
 from broker.ssh_keys import USER_PRINCIPAL, SshKeys
@@ -121,6 +122,8 @@ class FrontDeps:
     live: LiveSessions
     recorder: RecorderFactory
     pin_host_key: Callable[[str, str], None]  # (asset name, OpenSSH host key) learned on first use
+    clientless: ClientlessApprovals
+    approve_url: str  # e.g. https://broker/ssh/approve
 
 
 class FrontDoor:
@@ -144,7 +147,7 @@ class FrontDoor:
             keepalive_interval=s.keepalive_s,
             keepalive_count_max=3,
             password_auth=False,
-            kbdint_auth=False,
+            kbdint_auth=True,
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
@@ -179,6 +182,7 @@ class _Vendor(asyncssh.SSHServer):
         self._lock = asyncio.Lock()
         self._channel_no = 0
         self.ended: str | None = None
+        self.pending: Pending | None = None
 
     # ---- authentication -----------------------------------------------------------------
 
@@ -204,7 +208,39 @@ class _Vendor(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return False  # plain keys never: only certificates from the user CA
 
+    # Clientless: keyboard-interactive shows a URL and a code to approve in a browser.
+    def kbdint_auth_supported(self) -> bool:
+        return self.target is not None
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        assert self.target is not None
+        login, asset = self.target
+        self.pending = self.deps.clientless.new(login=login, asset=asset, peer=self.peer)
+        url = f"{self.deps.approve_url}?code={self.pending.code}"
+        instructions = (
+            f"No Conduit certificate was offered. To connect to {asset} as {login}:\r\n"
+            f"  1. open {url}\r\n"
+            f"  2. sign in and approve code {self.pending.code}\r\n"
+            "  3. press Enter here."
+        )
+        return "Conduit sign-in", instructions, "", [("Press Enter once approved: ", True)]
+
+    async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
+        pending = getattr(self, "pending", None)
+        if pending is None:
+            return False
+        self.pending = None
+        user_id = await self.deps.clientless.wait(pending)
+        if user_id is None:
+            return False
+        self.user_id = user_id
+        return True
+
     def auth_completed(self) -> None:
+        if self.user_id is not None:
+            return  # clientless: the approving user
         ids = [p[2:] for p in self.capture.principals if p.startswith("u:")]
         self.user_id = ids[0] if len(ids) == 1 else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select as select_mod
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, expect
 
 from sessions.testing import ManualClock
 from tests.harness.agent import EchoAsset
@@ -175,3 +177,52 @@ def test_idle_timeout_ends_the_session(
         assert f"conduit: session ended: idle for {int(live.idle_timeout_s)} s" in err
     finally:
         rig.close()
+
+
+def _own_terminal() -> None:
+    """In the child: a new session whose controlling terminal is the pty on stdin (/dev/tty)."""
+    import fcntl
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_clientless_sign_in_approved_in_a_browser(rig: SshRig, chromium: Browser) -> None:
+    rig.grant()
+    primary, secondary = pty.openpty()
+    argv = [
+        "ssh", "-F", "/dev/null", "-o", "PubkeyAuthentication=no",
+        "-o", "PreferredAuthentications=keyboard-interactive",
+        "-o", f"UserKnownHostsFile={rig.known_hosts()}", "-o", "StrictHostKeyChecking=yes",
+        "-p", str(rig.front_port), f"{rig.sshd.user}@lab-ssh@127.0.0.1", "echo clientless-ok",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdin=secondary, stdout=secondary, stderr=secondary, preexec_fn=_own_terminal
+    )
+    os.close(secondary)
+    try:
+        prompt = _read_until(primary, b"Press Enter once approved")
+        found = re.search(rb"open (http://\S+/ssh/approve\?code=([A-Z0-9-]+))", prompt)
+        assert found, prompt
+        url, code = found[1].decode(), found[2].decode()
+
+        page = chromium.new_context().new_page()
+        page.goto(url)  # not signed in: the broker sends the browser through the IdP first
+        page.click("#signin-main")
+        page.fill("#username", "alice")
+        page.fill("#password", "alice-demo-pw")
+        page.click("#login-submit")
+        expect(page.locator("#ssh-code")).to_have_text(code)
+        page.click("#approve")
+        expect(page.locator("#ssh-approved")).to_be_visible()
+
+        os.write(primary, b"\n")
+        assert b"clientless-ok" in _read_until(primary, b"clientless-ok")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    approved = audit_events(rig.broker, "ssh.clientless.approved")
+    assert approved and approved[-1]["actor"] == rig.users["alice"]
