@@ -50,6 +50,7 @@ def test_recording_survives_a_broker_sigkill(
         start_new_session=True,
     )  # fmt: skip
     assert broker.stdout is not None
+    info: dict[str, Any] = {"children": []}
     try:
         info = json.loads(broker.stdout.readline())
         script = "for i in $(seq 1 200); do echo line-$i; sleep 0.1; done"
@@ -66,7 +67,10 @@ def test_recording_survives_a_broker_sigkill(
         vendor.stdout.close()
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(broker.pid, signal.SIGKILL)  # the agent and sshd it left behind
+            os.killpg(broker.pid, signal.SIGKILL)
+        for pid in info["children"]:  # the agent and sshd it left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         broker.stdout.close()
 
     [recording] = [p for p in Path(info["recordings"]).iterdir() if p.is_dir()]

@@ -32,6 +32,7 @@ def main() -> None:
                 "argv": rig.ssh_argv(),
                 "recordings": str(data_dir / "recordings"),
                 "public_key": str(data_dir / "keys" / "recording_ed25519.pub"),
+                "children": [rig.sshd.process.pid, rig.agent.proc.pid],
             }
         ),
         flush=True,
