@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.maintenance import Authorization, MaintenanceService
+from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
 
@@ -124,6 +126,18 @@ class FrontDeps:
     pin_host_key: Callable[[str, str], None]  # (asset name, OpenSSH host key) learned on first use
     clientless: ClientlessApprovals
     approve_url: str  # e.g. https://broker/ssh/approve
+
+    def audit_async(
+        self, kind: str, *, actor: str, outcome: str, subject: str | None, details: dict[str, Any]
+    ) -> None:
+        """Append an audit event from the event loop without blocking it."""
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(
+            None,
+            lambda: self.audit.append(
+                kind, actor=actor, outcome=outcome, subject=subject, details=details
+            ),
+        )
 
 
 class FrontDoor:
@@ -502,6 +516,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
         self.pending: list[bytes] = []
         self.pending_eof = False
         self.recorder: Recorder | None = None
+        self.transfers: TransferAuditor | None = None
         self.done = False
 
     # -- requests from the vendor
@@ -520,21 +535,35 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
 
     def exec_requested(self, command: str) -> bool:
         self.command = command
+        self.transfers = auditor_for(None, command, self._transferred)
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != "sftp":
             return False
         self.subsystem = subsystem
+        self.transfers = auditor_for(subsystem, None, self._transferred)
         return True
+
+    def _transferred(self, event: TransferEvent) -> None:
+        """One file moved (sftp/scp): audited off the event loop, never blocking the relay."""
+        v = self.vendor
+        s = v.session
+        v.deps.audit_async(
+            "session.file_transfer",
+            actor=s.user_id if s else "unknown",
+            outcome="ok" if event.complete else "error",
+            subject=f"session:{s.id}" if s else None,
+            details={**dataclasses.asdict(event), "asset": s.asset if s else None},
+        )
 
     def session_started(self) -> None:
         asyncio.get_running_loop().create_task(self._start())
 
     @property
     def kind(self) -> str:
-        scp = self.command is not None and self.command.split(" ", 1)[0] == "scp"
-        return "sftp" if self.subsystem == "sftp" or scp else "ssh"
+        """``sftp`` for file-transfer channels (sftp subsystem, scp, an exec'd sftp-server)."""
+        return "sftp" if self.transfers is not None else "ssh"
 
     async def _start(self) -> None:
         v = self.vendor
@@ -599,6 +628,8 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
 
     def terminate(self, reason: str) -> None:
         """The session ended: one line to the vendor, then close this channel and its twin."""
+        if self.transfers is not None:
+            self.transfers.finish()
         if self.recorder is not None:
             self.recorder.close(reason)
             self.recorder = None
@@ -619,6 +650,10 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             self.asset_chan.write(data)
         elif sum(map(len, self.pending)) + len(data) <= MAX_PENDING_INPUT:
             self.pending.append(data)
+        else:
+            return  # dropped: not seen by the asset, so not audited either
+        if self.transfers is not None:
+            self.transfers.from_client(data)
 
     def from_asset(self, data: bytes, datatype: asyncssh.DataType) -> None:
         s = self.vendor.session
@@ -627,6 +662,8 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             s.last_activity = self.vendor.deps.clock.now()
         if self.recorder is not None:
             self.recorder.output(data)
+        if self.transfers is not None and datatype != asyncssh.EXTENDED_DATA_STDERR:
+            self.transfers.from_server(data)
         if self.chan is None or self.done:
             return
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
@@ -672,6 +709,8 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             # The agent cut the channel at its expiry a moment before our watchdog ran.
             self.vendor.deps.live.kill(s.id, s.deadline_reason)
             return
+        if self.transfers is not None:
+            self.transfers.finish()
         if self.recorder is not None:
             self.recorder.close("channel closed")
             self.recorder = None
@@ -687,6 +726,8 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.vendor.channels.discard(self)
+        if self.transfers is not None:
+            self.transfers.finish()
         if self.asset_chan is not None:
             self.asset_chan.close()
         if self.recorder is not None:
