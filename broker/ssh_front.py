@@ -416,7 +416,40 @@ class _Vendor(asyncssh.SSHServer):
         tunnel = AgentTunnel(
             gateway, asset.agent_id, expires_at=auth.deadline + GRACE, ref=f"s-{session_id[:24]}"
         )
-        self.asset_conn = await asyncssh.connect(
+        try:
+            self.asset_conn = await self._dial_asset(asset, tunnel, login, key, cert, known_hosts)
+        except asyncssh.PermissionDenied:
+            reason = f"{asset.name} refused the login {login!r}"
+            d.audit_async(
+                "session.denied",
+                actor=auth.user.id,
+                outcome="deny",
+                subject=f"asset:{asset.name}",
+                details={"kind": "ssh", "reasons": [reason]},
+            )
+            raise AccessDenied(reason, (reason,)) from None
+        except asyncssh.HostKeyNotVerifiable:
+            reason = f"{asset.name} presented an SSH host key that does not match the pinned one"
+            d.audit_async(
+                "session.denied",
+                actor=auth.user.id,
+                outcome="error",
+                subject=f"asset:{asset.name}",
+                details={"kind": "ssh", "reasons": [reason]},
+            )
+            raise AccessDenied(reason, (reason,)) from None
+        if not pinned:
+            host_key = self.asset_conn.get_server_host_key()
+            if host_key is not None:
+                await asyncio.to_thread(
+                    d.pin_host_key, asset.name, host_key.export_public_key().decode().strip()
+                )
+
+    @staticmethod
+    async def _dial_asset(
+        asset: Any, tunnel: AgentTunnel, login: str, key: Any, cert: Any, known_hosts: Any
+    ) -> asyncssh.SSHClientConnection:
+        return await asyncssh.connect(
             asset.endpoint_host,
             asset.endpoint_port,
             tunnel=tunnel,
@@ -429,12 +462,6 @@ class _Vendor(asyncssh.SSHServer):
             connect_timeout=15,
             keepalive_interval=30,
         )
-        if not pinned:
-            host_key = self.asset_conn.get_server_host_key()
-            if host_key is not None:
-                await asyncio.to_thread(
-                    d.pin_host_key, asset.name, host_key.export_public_key().decode().strip()
-                )
 
     # ---- ending -------------------------------------------------------------------------
 

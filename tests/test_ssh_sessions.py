@@ -8,12 +8,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import httpx2
 import pytest
 from sqlmodel import select
 
 from sessions.db import session_scope
-from sessions.models import Grant, Recording
+from sessions.models import Asset, Grant, Recording
 from sessions.recording import assemble
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
@@ -144,11 +145,44 @@ def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert bad_name.returncode != 0 and "LOGIN@ASSET" in bad_name.stderr
+    rig.grant(minutes=-0.5)  # a grant whose window already ended
+    expired = rig.ssh("true")
+    assert expired.returncode == 1 and "grant" in expired.stderr
     rig.grant()
     wrong_login = rig.ssh("true", login="root")
-    assert wrong_login.returncode == 1 and "conduit: cannot reach the asset" in wrong_login.stderr
+    assert wrong_login.returncode == 1
+    assert "conduit: access denied: lab-ssh refused the login 'root'" in wrong_login.stderr
     denials = audit_events(rig.broker, "policy.decision")
     assert any(e["outcome"] == "deny" and e["subject"] == "lab-ssh" for e in denials)
+    deadline = time.monotonic() + 5
+    while not any(
+        "refused the login" in " ".join(e["details"]["reasons"])
+        for e in audit_events(rig.broker, "session.denied")
+    ):
+        assert time.monotonic() < deadline, "the refused login was not audited"
+        time.sleep(0.05)
+
+
+def test_policy_denial_reaches_the_vendor(rig: SshRig) -> None:
+    rig.grant()
+    _token(rig, "adam")
+    rig.broker.services.access.set_lockout(True, rig.users["adam"], "incident 42")
+    rig.broker.refresh_policy_data()
+    denied = rig.ssh("true")
+    assert denied.returncode == 1
+    assert "conduit: access denied" in denied.stderr and "lockout" in denied.stderr
+
+
+def test_pinned_host_key_mismatch_is_refused(rig: SshRig) -> None:
+    rig.grant()
+    assert rig.ssh("true").returncode == 0  # first use pins the asset's host key
+    with session_scope(rig.broker.services.engine, write=True) as db:
+        asset = db.exec(select(Asset).where(Asset.name == "lab-ssh")).one()
+        assert asset.labels["ssh_host_key"] == rig.sshd.host_public_key.strip()
+        other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+        asset.labels = {**asset.labels, "ssh_host_key": other.strip()}
+    refused = rig.ssh("true")
+    assert refused.returncode == 1 and "does not match the pinned one" in refused.stderr
 
 
 def _recording_dirs(rig: SshRig) -> list[Path]:
