@@ -25,6 +25,11 @@ NAV = (
     ("admin", "What-if", "/admin/whatif"),
     ("security", "Audit log", "/security/audit"),
     ("admin", "Audit log", "/security/audit"),
+    ("admin", "Sessions", "/sessions"),
+    ("security", "Sessions", "/sessions"),
+    ("admin", "Recordings", "/recordings"),
+    ("security", "Recordings", "/recordings"),
+    ("vendor", "Recordings", "/recordings"),
 )
 
 

@@ -19,6 +19,7 @@ from broker.cli import (
     login_cmd,
     policy_cmd,
     serve_cmd,
+    ssh_cmd,
     verify_cmd,
 )
 from broker.errors import BrokerError
@@ -33,6 +34,7 @@ COMMANDS = (
     policy_cmd,
     demo_cmd,
     verify_cmd,
+    ssh_cmd,
 )
 
 

@@ -5,7 +5,11 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const out = join(here, "..", "static", "vendor");
-const files = [["htmx.org/dist/htmx.min.js", "htmx.min.js"]];
+const files = [
+  ["htmx.org/dist/htmx.min.js", "htmx.min.js"],
+  ["asciinema-player/dist/bundle/asciinema-player.min.js", "asciinema-player.min.js"],
+  ["asciinema-player/dist/bundle/asciinema-player.css", "asciinema-player.css"],
+];
 mkdirSync(out, { recursive: true });
 for (const [src, dst] of files) {
   copyFileSync(join(here, "node_modules", src), join(out, dst));
