@@ -121,6 +121,19 @@ async def _grant_clock(svc: Services) -> None:
             log.exception("grant tick failed")
 
 
+def _alert(svc: Services, kind: str, subject: str, details: dict[str, Any]) -> None:
+    """An operation a reviewer must know about: audited, and sent to the webhook if set."""
+    loop = asyncio.get_running_loop()
+
+    def deliver() -> None:
+        svc.audit.append(kind, actor="system", outcome="deny" if "refused" in kind else "ok",
+                         subject=subject, details=details)  # fmt: skip
+        for listener in svc.access.listeners:
+            listener(kind, subject, details)
+
+    loop.run_in_executor(None, deliver)
+
+
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
         "accept", ""
@@ -257,6 +270,7 @@ def create_app(
                     pin_host_key=svc.maintenance.pin_host_key,
                     clientless=svc.clientless,
                     approve_url=settings.public_url.rstrip("/") + "/ssh/approve",
+                    alert=lambda kind, subject, details: _alert(svc, kind, subject, details),
                 )
             )
             await front.start()

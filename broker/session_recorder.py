@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from sessions.asciicast import AsciicastRecorder
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.maintenance import MaintenanceService
+from sessions.pcap import OpsLogRecorder, PcapRecorder
 from sessions.recording import FlushTimer, LocalStore, RecordingError, RecordingWriter, Signer
 
 log = logging.getLogger("conduit.recording")
@@ -166,3 +167,165 @@ class RecorderFactory:
             on_failure=on_failure,
             finished=finished,
         )
+
+    def tcp(
+        self,
+        session_id: str,
+        number: int,
+        *,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        operations: bool,
+        strict: bool,
+        on_failure: Callable[[str], None],
+    ) -> TcpRecording | None:
+        """pcap (and, for Modbus, an operations log) of one forwarded connection."""
+        base = f"{session_id}-tcp{number}"
+        rows: dict[str, str] = {}
+        try:
+            pcap_writer = self._writer(base, "pcap", {"session": session_id, "connection": number})
+            pcap = PcapRecorder(pcap_writer, client=client, server=server, clock=self._clock)
+            rows[pcap_writer.recording_id] = self._maintenance.add_recording(
+                session_id, fmt="pcap", path=str(self._root / base)
+            )
+            ops = ops_writer = None
+            if operations:
+                ops_writer = self._writer(f"{base}-ops", "ops_jsonl", {"session": session_id})
+                ops = OpsLogRecorder(ops_writer, self._clock)
+                rows[ops_writer.recording_id] = self._maintenance.add_recording(
+                    session_id, fmt="ops_jsonl", path=str(self._root / f"{base}-ops")
+                )
+        except (RecordingError, OSError) as exc:
+            self._audit.append(
+                "recording.failed",
+                actor="system",
+                outcome="error",
+                subject=f"session:{session_id}",
+                details={"error": str(exc)[:300], "strict": strict},
+            )
+            if strict:
+                raise RecordingError(f"recording could not start: {exc}") from exc
+            return None
+
+        def finished(writer: RecordingWriter, reason: str) -> None:
+            manifest = self._root / writer.recording_id / "manifest.json"
+            self._maintenance.finish_recording(
+                rows[writer.recording_id],
+                manifest_path=str(manifest) if manifest.exists() else None,
+                chain_head=writer.chain_head,
+                size=writer.size,
+            )
+
+        return TcpRecording(
+            pcap,
+            pcap_writer,
+            ops,
+            ops_writer,
+            strict=strict,
+            on_failure=on_failure,
+            finished=finished,
+        )
+
+    def _writer(self, recording_id: str, kind: str, meta: dict[str, Any]) -> RecordingWriter:
+        return RecordingWriter(
+            self._store, recording_id, kind=kind, signer=self._signer, clock=self._clock, meta=meta
+        )
+
+
+class TcpRecording:
+    """One forwarded TCP connection's recordings: pcap, plus a JSONL operations log (Modbus).
+
+    Writes come from the event loop; each writer has its own flush timer. A write failure in
+    strict mode calls ``on_failure`` (the relay then ends the session).
+    """
+
+    def __init__(
+        self,
+        pcap: PcapRecorder,
+        pcap_writer: RecordingWriter,
+        ops: OpsLogRecorder | None,
+        ops_writer: RecordingWriter | None,
+        *,
+        strict: bool,
+        on_failure: Callable[[str], None],
+        finished: Callable[[RecordingWriter, str], None],
+    ) -> None:
+        self.pcap, self.ops = pcap, ops
+        self._writers = [w for w in (pcap_writer, ops_writer) if w is not None]
+        self._strict, self._on_failure, self._finished = strict, on_failure, finished
+        self._timers = [FlushTimer(w, on_error=self._failed) for w in self._writers]
+        for timer in self._timers:
+            timer.start()
+        self.broken = False
+        self.closed = False
+
+    def _failed(self, exc: RecordingError) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        log.error("tcp recording failed: %s", exc.message)
+        if self._strict:
+            self._on_failure(f"recording failed ({exc.message}); strict recording is required")
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        if self.broken or self.closed:
+            return
+        try:
+            action()
+        except RecordingError as exc:
+            self._failed(exc)
+
+    def client_data(self, data: bytes) -> None:
+        self._guard(lambda: self.pcap.client_data(data))
+
+    def server_data(self, data: bytes) -> None:
+        self._guard(lambda: self.pcap.server_data(data))
+
+    def operation(self, record: Mapping[str, object]) -> None:
+        ops = self.ops
+        if ops is not None:
+            self._guard(lambda: ops.record(record))
+
+    async def aclose(self, reason: str, *, closed_by: str = "client") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for timer in self._timers:
+            await timer.aclose()
+
+        def close_all() -> None:
+            with contextlib.suppress(RecordingError):
+                self.pcap.close(reason, closed_by=closed_by)
+            if self.ops is not None:
+                with contextlib.suppress(RecordingError):
+                    self.ops.close(reason)
+            for writer in self._writers:
+                self._finished(writer, reason)
+
+        await asyncio.to_thread(close_all)
+
+
+def tcp_recording(
+    factory: RecorderFactory,
+    session_id: str,
+    number: int,
+    *,
+    client: tuple[str, int],
+    server: tuple[str, int],
+    operations: bool,
+    strict: bool,
+    on_failure: Callable[[str], None],
+) -> TcpRecording | None:
+    """Start the recordings of one forwarded connection (None: best effort failed, audited).
+
+    Raises :class:`RecordingError` in strict mode when they cannot start.
+    """
+    return factory.tcp(
+        session_id,
+        number,
+        client=client,
+        server=server,
+        operations=operations,
+        strict=strict,
+        on_failure=on_failure,
+    )

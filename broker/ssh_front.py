@@ -38,12 +38,15 @@ from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
 from broker.clientless import ClientlessApprovals, Pending
 from broker.live_sessions import LiveSession, LiveSessions
+from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
 from broker.ssh_keys import USER_PRINCIPAL, SshKeys
+from broker.tcp_forward import ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.maintenance import Authorization, MaintenanceService
+from sessions.modbus import ModbusInspector, TokenBucket
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
@@ -67,22 +70,6 @@ class Recorder(Protocol):
     def resize(self, width: int, height: int) -> None: ...
 
     def close(self, reason: str) -> None: ...
-
-
-class RecorderFactory(Protocol):
-    """Makes a channel's recorder; None when best effort could not start one; raises in strict."""
-
-    def __call__(
-        self,
-        session_id: str,
-        channel: int,
-        width: int,
-        height: int,
-        title: str,
-        *,
-        strict: bool,
-        on_failure: Callable[[str], None],
-    ) -> Recorder | None: ...
 
 
 def parse_target(username: str) -> tuple[str, str] | None:
@@ -126,6 +113,7 @@ class FrontDeps:
     pin_host_key: Callable[[str, str], None]  # (asset name, OpenSSH host key) learned on first use
     clientless: ClientlessApprovals
     approve_url: str  # e.g. https://broker/ssh/approve
+    alert: Callable[[str, str, dict[str, Any]], None]  # (kind, subject, details): audit + webhook
 
     def audit_async(
         self, kind: str, *, actor: str, outcome: str, subject: str | None, details: dict[str, Any]
@@ -148,6 +136,16 @@ class FrontDoor:
         self.port = 0
         self._server: asyncssh.SSHAcceptor | None = None
         self.user_ca_line = SshKeys.public(deps.keys.user_ca)
+        self._limiters: dict[str, TokenBucket] = {}
+
+    def limiter(self, asset: str, rate: float | None) -> TokenBucket | None:
+        """The Modbus request-rate bucket of one asset, shared by all its connections."""
+        if rate is None:
+            return None
+        bucket = self._limiters.get(asset)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._limiters[asset] = TokenBucket(rate, self.deps.clock)
+        return bucket
 
     async def start(self) -> None:
         s = self.deps.settings
@@ -197,6 +195,8 @@ class _Vendor(asyncssh.SSHServer):
         self._channel_no = 0
         self.ended: str | None = None
         self.pending: Pending | None = None
+        self.relays: set[ForwardRelay] = set()
+        self._forward_no = 0
 
     # ---- authentication -----------------------------------------------------------------
 
@@ -275,7 +275,7 @@ class _Vendor(asyncssh.SSHServer):
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
         """``ssh -L``: only to the asset itself, only a port the grant and policy allow."""
         try:
-            await self.ensure("tcp", port=dest_port)
+            auth = await self.ensure("tcp", port=dest_port)
         except AccessDenied as exc:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
@@ -284,9 +284,7 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
-        assert self.auth is not None
-        assert self.target is not None
-        asset = self.auth.asset
+        asset = auth.asset
         if dest_host not in (asset.name, asset.endpoint_host, "localhost", "127.0.0.1"):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -297,45 +295,74 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "conduit: no agent")
         try:
             channel = await gateway.open_channel(
-                asset.agent_id,
-                asset.endpoint_host,
-                dest_port,
-                expires_at=self.auth.deadline + GRACE,
+                asset.agent_id, asset.endpoint_host, dest_port, expires_at=auth.deadline + GRACE
             )
         except (ChannelRefused, AgentUnavailable) as exc:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
             ) from None
+        modbus = dest_port == 502 or (
+            "modbus" in asset.protocols and dest_port == asset.endpoint_port
+        )
         session = self.session
+        assert session is not None
+        self._forward_no += 1
+        number = self._forward_no
+        strict = auth.decision.obligations.record != "best_effort"
+
+        def cut(why: str) -> None:
+            self.deps.live.kill(session.id, why)
+
+        try:
+            recording = self.deps.recorder.tcp(
+                session.id,
+                number,
+                client=(self.peer or "198.18.0.1", 40000 + number % 20000),
+                server=(asset.endpoint_host, dest_port),
+                operations=modbus,
+                strict=strict,
+                on_failure=cut,
+            )
+        except Exception as exc:
+            channel.close()
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
+            ) from None
+        inspector = (
+            ModbusInspector(
+                auth.decision.obligations,
+                self.deps.clock,
+                limiter=self.door.limiter(asset.name, auth.decision.obligations.rate_limit_rps),
+            )
+            if modbus
+            else None
+        )
+
+        def alert(kind: str, details: dict[str, Any]) -> None:
+            self.deps.alert(
+                kind,
+                f"asset:{asset.name}",
+                {**details, "session": session.id, "user": session.user, "port": dest_port},
+            )
 
         async def pipe(
             reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
         ) -> None:
-            async def up() -> None:
-                while data := await reader.read(65536):
-                    channel.write(data)
-                    await channel.drain()
-                    if session is not None:
-                        session.bytes_up += len(data)
-                        session.last_activity = self.deps.clock.now()
-                channel.write_eof()
-
-            async def down() -> None:
-                while data := await channel.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-                    if session is not None:
-                        session.bytes_down += len(data)
-                        session.last_activity = self.deps.clock.now()
-                writer.write_eof()
-
+            relay = ForwardRelay(
+                vendor_in=reader,
+                vendor_out=writer,
+                channel=channel,
+                session=session,
+                clock=self.deps.clock,
+                recording=recording,
+                inspector=inspector,
+                alert=alert,
+            )
+            self.relays.add(relay)
             try:
-                await asyncio.gather(up(), down())
-            except (OSError, asyncssh.Error):
-                pass
+                await relay.run()
             finally:
-                channel.close()
-                writer.close()
+                self.relays.discard(relay)
 
         return SSHTCPStreamSession(pipe)
 
@@ -474,10 +501,13 @@ class _Vendor(asyncssh.SSHServer):
             channel.terminate(reason)
         if self.asset_conn is not None:
             self.asset_conn.close()
+        for relay in list(self.relays):
+            relay.stop(reason)  # Modbus: answers to requests already sent are still delivered
         if self.conn is not None:
             loop = asyncio.get_running_loop()
             conn = self.conn
-            loop.call_later(0.2, conn.close)  # let the reason line reach the vendor first
+            delay = 0.2 + (2.0 if self.relays else 0.0)
+            loop.call_later(delay, conn.close)  # let the reason line (and answers) through first
         session = self.session
         if session is not None:
             self.deps.live.remove(session.id)
