@@ -145,6 +145,8 @@ class _GatewayClient(asyncssh.SSHClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        # Keep the peer address past the transport, for the audit of a failed handshake.
+        conn.set_extra_info(peername=conn.get_extra_info("peername"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
@@ -307,10 +309,10 @@ class AgentGateway:
             )
             live.control = chan
             await asyncio.wait_for(live.hello.wait(), self._settings.handshake_timeout_s)
+        except TimeoutError:  # before OSError: TimeoutError is one of its subclasses
+            self._protocol_error(live, "no_hello", "no hello within the handshake timeout")
         except (asyncssh.Error, OSError):
             conn.close()
-        except TimeoutError:
-            self._protocol_error(live, "no_hello", "no hello within the handshake timeout")
 
     def _lost(self, conn: asyncssh.SSHClientConnection, exc: Exception | None) -> None:
         live = self._by_conn.pop(conn, None)
@@ -403,11 +405,13 @@ class AgentGateway:
         if live.channels >= self._settings.max_channels_per_agent:
             raise ChannelRefused("too many channels open through this agent")
         request = OpenRequest(host, port, expires_at.timestamp(), *([ref] if ref else []))
+        opened: list[asyncssh.SSHWriter[bytes]] = []  # to close if no valid reply comes
         try:
             async with asyncio.timeout(self._settings.open_timeout_s):
                 writer, reader, _ = await live.conn.open_session(
                     command=request.encode_command(), encoding=None
                 )
+                opened.append(writer)
                 buf = b""
                 while b"\n" not in buf:
                     chunk = await reader.read(REPLY_LIMIT)
@@ -417,10 +421,14 @@ class AgentGateway:
                     if len(buf) > REPLY_LIMIT and b"\n" not in buf:
                         break
         except TimeoutError:
+            for w in opened:
+                w.channel.close()
             raise ChannelRefused(
                 f"agent did not answer within {self._settings.open_timeout_s} s"
             ) from None
         except (asyncssh.Error, OSError) as exc:
+            for w in opened:
+                w.channel.close()
             raise ChannelRefused(f"agent refused the channel: {exc}") from None
         line, _, rest = buf.partition(b"\n")
         try:
