@@ -18,12 +18,13 @@ Example::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.wire import Endpoint, WireError
+from agents.wire import Endpoint, WireError, check_host
 
 _TOP = {
     "state_dir",
@@ -105,10 +106,15 @@ def parse_config(data: dict[str, Any], *, base: Path | None = None) -> AgentConf
         raise ConfigError("brokers must be a list of host:port strings")
     for address in brokers:
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        try:
+            check_host(host.strip("[]"))
+        except WireError:
+            raise ConfigError(f"brokers: {address!r} is not host:port") from None
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
             raise ConfigError(f"brokers: {address!r} is not host:port")
     max_channels = data.get("max_channels", 256)
-    if not isinstance(max_channels, int) or not 1 <= max_channels <= 100_000:
+    bad = isinstance(max_channels, bool) or not isinstance(max_channels, int)
+    if bad or not 1 <= max_channels <= 100_000:
         raise ConfigError("max_channels must be an integer in [1, 100000]")
     cfg = AgentConfig(
         state_dir=path,
