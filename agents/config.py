@@ -55,7 +55,7 @@ class AgentConfig:
     keepalive_s: float = 15.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 4.0
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = 15.0
     target_timeout_s: float = 5.0
     max_channel_s: float = 12 * 3600.0
     max_channels: int = 256
@@ -124,7 +124,7 @@ def parse_config(data: dict[str, Any], *, base: Path | None = None) -> AgentConf
         keepalive_s=_positive(data, "keepalive_s", 15.0, 3600),
         backoff_initial_s=_positive(data, "backoff_initial_s", 0.25, 60),
         backoff_max_s=_positive(data, "backoff_max_s", 4.0, 600),
-        connect_timeout_s=_positive(data, "connect_timeout_s", 5.0, 120),
+        connect_timeout_s=_positive(data, "connect_timeout_s", 15.0, 120),
         target_timeout_s=_positive(data, "target_timeout_s", 5.0, 120),
         max_channel_s=_positive(data, "max_channel_s", 12 * 3600.0, 7 * 86400),
         max_channels=max_channels,

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 
@@ -50,8 +52,10 @@ from broker.settings import AgentSettings
 from sessions.agents import AgentRefused, AgentService
 from sessions.audit import AuditLog
 from sessions.clock import Clock
+from sessions.errors import SessionsError
 
 log = logging.getLogger("conduit.gateway")
+T = TypeVar("T")
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 REPLY_LIMIT = 4096
@@ -201,6 +205,11 @@ class AgentGateway:
         self.port = 0
         self.node = settings.node_name
         self.loop: asyncio.AbstractEventLoop | None = None
+        # One writer thread for the gateway's database work: thousands of agents reconnecting
+        # at once queue here instead of fighting over the database write lock.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-gateway-db")
+        self._handshakes = asyncio.Semaphore(64)
+        self._flushed: dict[str, datetime] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -246,6 +255,7 @@ class AgentGateway:
             with contextlib.suppress(BaseException):
                 await task
         await self._flush()
+        self._executor.shutdown(wait=False)
 
     def gateways(self) -> list[str]:
         return self._settings.gateways(self.port)
@@ -268,7 +278,7 @@ class AgentGateway:
         reason = type(exc).__name__
         log.info("agent handshake from %s failed: %s", peer, exc)
         self._spawn(
-            asyncio.to_thread(
+            self._db(
                 self._audit.append,
                 "agent.connect.refused",
                 actor="anonymous",
@@ -287,10 +297,15 @@ class AgentGateway:
             return
         pin = key_pin(key.export_public_key().decode())
         try:
-            agent = await asyncio.to_thread(
-                self._agents.authenticate, pin, node=self.node, peer=peer.rsplit(":", 1)[0]
-            )
+            async with self._handshakes:
+                agent = await self._db(
+                    self._agents.authenticate, pin, node=self.node, peer=peer.rsplit(":", 1)[0]
+                )
         except AgentRefused:
+            conn.close()
+            return
+        except SessionsError as exc:  # storage trouble: the agent retries with backoff
+            log.warning("agent %s: could not be authenticated now: %s", peer, exc)
             conn.close()
             return
         now = self._clock.now()
@@ -322,9 +337,7 @@ class AgentGateway:
             del self._live[live.agent_id]
             reason = str(exc) if exc else "closed"
             self._spawn(
-                asyncio.to_thread(
-                    self._agents.disconnected, live.agent_id, node=self.node, reason=reason
-                )
+                self._db(self._agents.disconnected, live.agent_id, node=self.node, reason=reason)
             )
 
     # ---- control frames -----------------------------------------------------------------
@@ -346,7 +359,7 @@ class AgentGateway:
             live.endpoints, live.kill_switch = len(hello.endpoints), hello.kill_switch
             live.hello.set()
             self._spawn(
-                asyncio.to_thread(
+                self._db(
                     self._agents.report_inventory,
                     live.agent_id,
                     hello.endpoints,
@@ -379,7 +392,7 @@ class AgentGateway:
 
     def _record(self, kind: str, live: LiveAgent, *, outcome: str, **details: Any) -> None:
         self._spawn(
-            asyncio.to_thread(
+            self._db(
                 self._audit.append,
                 kind,
                 actor=f"agent:{live.agent_id}",
@@ -461,7 +474,7 @@ class AgentGateway:
 
     async def revoke(self, agent_id: str, *, actor: str) -> None:
         """Revoke the agent and drop its tunnel now; later connections fail the handshake."""
-        agent = await asyncio.to_thread(self._agents.revoke, agent_id, actor=actor)
+        agent = await self._db(self._agents.revoke, agent_id, actor=actor)
         if agent.public_key:
             self._add_revoked(agent.key_pin or "", agent.public_key)
         self._drop(agent_id, "revoked")
@@ -483,7 +496,7 @@ class AgentGateway:
             self._revoked.add(pin)
 
     async def _refresh_revoked(self) -> None:
-        for pin, public_key in await asyncio.to_thread(self._agents.revoked_keys):
+        for pin, public_key in await self._db(self._agents.revoked_keys):
             if pin not in self._revoked:
                 self._add_revoked(pin, public_key)
                 for live in list(self._live.values()):  # revoked through another broker
@@ -491,9 +504,18 @@ class AgentGateway:
                         self._drop(live.agent_id, "revoked")
 
     async def _flush(self) -> None:
-        seen = {a.agent_id: a.last_seen for a in self._live.values()}
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._agents.touch, seen)
+        """Write last-seen times that changed since the previous flush, in one statement."""
+        seen = {
+            a.agent_id: a.last_seen
+            for a in self._live.values()
+            if self._flushed.get(a.agent_id) != a.last_seen
+        }
+        try:
+            await self._db(self._agents.touch, seen)
+        except Exception:  # the next flush retries
+            log.exception("writing agents' last-seen times failed")
+            return
+        self._flushed = {a.agent_id: a.last_seen for a in self._live.values()}
 
     async def _housekeeping(self) -> None:
         last_flush = time.monotonic()
@@ -506,6 +528,11 @@ class AgentGateway:
                     await self._flush()
             except Exception:  # the next round retries
                 log.exception("agent gateway housekeeping failed")
+
+    def _db(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """Run a database call on the gateway's writer thread."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, functools.partial(func, *args, **kwargs))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

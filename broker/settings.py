@@ -94,7 +94,8 @@ class AgentSettings(BaseModel):
     key_dir: Path | None = None  # default: data_dir / "keys"
     node_name: str = ""  # this broker's name in health views; default: host:port
     cert_validity_days: int = Field(default=365, ge=1, le=3650)
-    keepalive_s: float = Field(default=15.0, gt=0, le=600)
+    # Agents send heartbeats and keep-alives themselves; the broker's own probe can be rare.
+    keepalive_s: float = Field(default=60.0, gt=0, le=600)
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
     open_timeout_s: float = Field(default=10.0, gt=0, le=120)
     heartbeat_flush_s: float = Field(default=30.0, gt=0, le=3600)

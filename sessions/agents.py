@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
@@ -355,9 +356,15 @@ class AgentService:
         """Record last-seen times of many live agents in one transaction (heartbeat flush)."""
         if not seen:
             return
+        table = Agent.__table__  # type: ignore[attr-defined]
+        statement = (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("agent_id"))
+            .values(last_seen_at=sa.bindparam("seen"))
+        )
+        rows = [{"agent_id": agent_id, "seen": when} for agent_id, when in seen.items()]
         with session_scope(self._engine, write=True) as db:
-            for agent_id, when in seen.items():
-                db.execute(update(Agent).where(col(Agent.id) == agent_id).values(last_seen_at=when))
+            db.connection().execute(statement, rows)  # one executemany, one transaction
 
     def disconnected(self, agent_id: str, *, node: str, reason: str) -> None:
         with session_scope(self._engine, write=True) as db:
