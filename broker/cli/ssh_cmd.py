@@ -61,6 +61,18 @@ def add_parser(sub: Any) -> None:
     _ssh_options(s)
     s.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command to run")
     s.set_defaults(func=ssh)
+    f = sub.add_parser(
+        "forward",
+        help="forward a local port to an asset's port (Modbus, OPC UA, VNC...) through the broker",
+        description="Example: conduit forward plc-press-3 502 --local-port 1502, then point "
+        "the engineering tool at 127.0.0.1:1502. Every connection is authorized against the "
+        "active grant, inspected (Modbus) and recorded as pcap.",
+    )
+    f.add_argument("asset")
+    f.add_argument("port", type=int, help="the asset's port")
+    f.add_argument("--local-port", type=int, default=0, help="default: the same as PORT")
+    f.add_argument("--bind", default="127.0.0.1", help="local address (default %(default)s)")
+    f.set_defaults(func=forward)
     g = sub.add_parser("ssh-config", help="print (or --write) an ssh_config snippet")
     g.add_argument("--write", action="store_true", help="write it to the ssh directory as 'config'")
     g.set_defaults(func=ssh_config)
@@ -319,6 +331,28 @@ def ssh(args: argparse.Namespace) -> int:
     login, asset = _target(args)
     info = current()
     argv = ssh_argv(info, login, asset, list(args.ssh_arg), command)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)  # noqa: S606 - argv list, no shell: OpenSSH takes over
+    except OSError as exc:
+        raise BrokerError(f"running ssh: {exc.strerror}", code="no_ssh") from exc
+    return 0  # not reached
+
+
+FORWARD_LOGIN = "forward"  # no login on the asset happens for a forward-only connection
+
+
+def forward(args: argparse.Namespace) -> int:
+    """``ssh -N -L`` through the front door (the stock client does the port listening)."""
+    if not 1 <= args.port <= 65535 or not 0 <= args.local_port <= 65535:
+        raise BrokerError("ports must be 1-65535", code="invalid")
+    local = args.local_port or args.port
+    info = current()
+    spec = f"{args.bind}:{local}:localhost:{args.port}"
+    extra = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", spec]
+    argv = ssh_argv(info, FORWARD_LOGIN, args.asset, extra, [])
+    print(f"forwarding {args.bind}:{local} -> {args.asset}:{args.port} (Ctrl-C to stop)")
     sys.stdout.flush()
     sys.stderr.flush()
     try:

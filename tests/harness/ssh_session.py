@@ -114,18 +114,53 @@ class SshRig:
         self.keys[name] = key
         return key
 
+    def add_asset(
+        self,
+        name: str,
+        port: int,
+        protocols: list[str],
+        *,
+        zone: str = "enterprise-dmz",
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """Another asset on 127.0.0.1:``port`` behind the rig's agent (declare it at build)."""
+        with session_scope(self.broker.services.engine, write=True) as db:
+            site = db.exec(select(Site).where(Site.name == "Riverside Plant")).one()
+            zone_row = db.exec(select(Zone).where(Zone.name == zone)).one()
+            db.add(
+                Asset(
+                    name=name,
+                    site_id=site.id,
+                    zone_id=zone_row.id,
+                    criticality="medium",
+                    owner_group="ot-approvers",
+                    protocols=protocols,
+                    endpoint_host="127.0.0.1",
+                    endpoint_port=port,
+                    labels=labels or {},
+                    agent_id=self.agent_id,
+                )
+            )
+        self.broker.refresh_policy_data()
+
     def grant(
-        self, name: str = "alice", *, minutes: float = 60, ports: list[int] | None = None
+        self,
+        name: str = "alice",
+        *,
+        minutes: float = 60,
+        ports: list[int] | None = None,
+        asset: str = ASSET,
+        operation_class: str = "read_only",
     ) -> str:
-        """An active grant for ``name`` on the lab asset, starting a minute ago."""
+        """An active grant for ``name`` on ``asset``, starting a minute ago."""
         clock = self.broker.services.clock
         now = clock.now()
         with session_scope(self.broker.services.engine, write=True) as db:
-            asset = db.exec(select(Asset).where(Asset.name == ASSET)).one()
+            asset_row = db.exec(select(Asset).where(Asset.name == asset)).one()
             request = AccessRequest(
                 requester_id=self.users[name],
-                asset_id=asset.id,
-                operation_class="read_only",
+                asset_id=asset_row.id,
+                operation_class=operation_class,
                 ports=ports or [],
                 starts_at=now - timedelta(minutes=1),
                 ends_at=now + timedelta(minutes=minutes),
@@ -138,8 +173,8 @@ class SshRig:
             grant = Grant(
                 request_id=request.id,
                 user_id=self.users[name],
-                asset_id=asset.id,
-                operation_class="read_only",
+                asset_id=asset_row.id,
+                operation_class=operation_class,
                 starts_at=request.starts_at,
                 ends_at=request.ends_at,
                 state=GrantState.ACTIVE,
