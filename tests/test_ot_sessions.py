@@ -5,16 +5,21 @@ runs), with the Modbus inspector enforcing the grant's obligations and pcap + op
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ConnectionException
 
 from sessions.recording import assemble, load_public_key, verify_recording
 from tests.harness.broker import RunningBroker, audit_events
@@ -184,3 +189,93 @@ def test_a_flood_is_throttled_to_the_policy_rate_at_the_plc(rig: SshRig, plc: Pl
     assert len(arrivals) == 120
     busiest = max(sum(1 for t in arrivals if s <= t < s + 1.0) for s in arrivals)
     assert busiest <= 52, f"{busiest} requests reached the PLC within one second (limit 50/s)"
+
+
+class SlowPlc:
+    """A delay line in front of the real PLC: each request reaches it ``delay_s`` late."""
+
+    def __init__(self, plc_port: int, delay_s: float) -> None:
+        self.plc_port, self.delay_s = plc_port, delay_s
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.port: int = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        plc_r, plc_w = await asyncio.open_connection("127.0.0.1", self.plc_port)
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                await asyncio.sleep(self.delay_s)
+                plc_w.write(data)
+                await plc_w.drain()
+
+        async def down() -> None:
+            while data := await plc_r.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(up(), down())
+        finally:  # also when cancelled at stop()
+            for w in (writer, plc_w):
+                w.close()
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+def test_a_transaction_sent_before_the_cut_is_answered(
+    broker: RunningBroker, tmp_path: Path, plc: PlcServer
+) -> None:
+    slow = SlowPlc(plc.port, delay_s=0.6)
+    rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", slow.port, "modbus")])
+    try:
+        rig.add_asset("plc-slow", slow.port, ["modbus"], labels={"tune_write_ranges": "0-99"})
+        rig.vendor("alice")
+        rig.grant(asset="plc-slow", operation_class="tune")
+        proc, port = _forward(rig, slow.port, asset="plc-slow")
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0)
+        assert client.connect()
+        result: dict[str, Any] = {}
+        writer = threading.Thread(
+            target=lambda: result.update(answer=client.write_register(5, 321, device_id=1))
+        )
+        writer.start()
+        time.sleep(0.3)  # the request is on its way to the PLC, unanswered
+        [live] = broker.services.live.list()
+        assert broker.services.live.kill is not None
+        _on_loop(broker, lambda: broker.services.live.kill(live.id, "terminated by test"))
+        writer.join(10)
+        assert not result["answer"].isError(), result  # the answer was delivered before the cut
+        assert plc.holding(5) == [321]
+        # ...and the connection is cut afterwards: no further request gets through.
+        with pytest.raises(ConnectionException):
+            client.read_holding_registers(0, count=1, device_id=1)
+        client.close()
+        proc.communicate(timeout=10)
+    finally:
+        rig.close()
+        slow.stop()
+
+
+def _on_loop(broker: RunningBroker, func: Any) -> None:
+    loop = broker.services.gateway.loop if broker.services.gateway else None
+    assert loop is not None
+    loop.call_soon_threadsafe(func)
