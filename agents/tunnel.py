@@ -170,6 +170,8 @@ class AgentRuntime:
                     allow_pty=False,
                     encoding=None,
                     line_editor=False,
+                    window=4 << 20,  # both ends are asyncssh: big packets, fewer of them
+                    max_pktsize=128 << 10,
                     agent_forwarding=False,
                     x11_forwarding=False,
                 )

@@ -59,6 +59,9 @@ T = TypeVar("T")
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 REPLY_LIMIT = 4096
+# Both ends are asyncssh: big packets and window cut per-packet work on bulk transfers.
+CHANNEL_WINDOW = 4 << 20
+CHANNEL_PACKET = 128 << 10
 
 
 class AgentUnavailable(BrokerError):
@@ -422,7 +425,10 @@ class AgentGateway:
         try:
             async with asyncio.timeout(self._settings.open_timeout_s):
                 writer, reader, _ = await live.conn.open_session(
-                    command=request.encode_command(), encoding=None
+                    command=request.encode_command(),
+                    encoding=None,
+                    window=CHANNEL_WINDOW,
+                    max_pktsize=CHANNEL_PACKET,
                 )
                 opened.append(writer)
                 buf = b""

@@ -20,6 +20,10 @@ from agents.wire import OpenRequest, WireError, parse_open_reply
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 
 REPLY_LIMIT = 4096
+# asyncssh is at both ends of this hop: larger packets and window mean fewer Python-level
+# packet operations per megabyte (the default 32 KiB packet is sized for unknown peers).
+CHANNEL_WINDOW = 4 << 20
+CHANNEL_PACKET = 128 << 10
 
 
 class _AckShim(asyncssh.SSHClientSession[bytes]):
@@ -122,6 +126,8 @@ class AgentTunnel:
                     lambda: _AckShim(session_factory, ready),
                     command=request.encode_command(),
                     encoding=None,
+                    window=CHANNEL_WINDOW,
+                    max_pktsize=CHANNEL_PACKET,
                 )
                 self.channel = chan
                 inner = await ready

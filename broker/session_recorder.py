@@ -24,6 +24,10 @@ from sessions.pcap import OpsLogRecorder, PcapRecorder
 from sessions.recording import FlushTimer, LocalStore, RecordingError, RecordingWriter, Signer
 
 log = logging.getLogger("conduit.recording")
+# Terminal output within 20 ms becomes one asciicast event (bulk output: one JSON line per
+# window, not per packet); held-back output reaches the writer within 50 ms.
+COALESCE_S = 0.02
+PENDING_FLUSH_S = 0.05
 
 
 class ChannelRecorder:
@@ -45,6 +49,7 @@ class ChannelRecorder:
         self.timer.start()
         self.broken = False
         self.closed = False
+        self._pending_timer: asyncio.TimerHandle | None = None
 
     def _failed(self, exc: RecordingError) -> None:
         if self.broken:
@@ -64,6 +69,14 @@ class ChannelRecorder:
 
     def output(self, data: bytes) -> None:
         self._guard(lambda: self.cast.output(data))
+        if self.cast.pending and self._pending_timer is None:
+            self._pending_timer = asyncio.get_running_loop().call_later(
+                PENDING_FLUSH_S, self._flush_pending
+            )
+
+    def _flush_pending(self) -> None:
+        self._pending_timer = None
+        self._guard(self.cast.flush_pending)
 
     def input(self, data: bytes) -> None:
         self._guard(lambda: self.cast.input(data))
@@ -74,6 +87,10 @@ class ChannelRecorder:
     def close(self, reason: str) -> None:
         if self.closed:
             return
+        if self._pending_timer is not None:
+            self._pending_timer.cancel()
+            self._pending_timer = None
+        self._guard(self.cast.flush_pending)
         self.closed = True
         asyncio.get_running_loop().create_task(self._close(reason))
 
@@ -134,6 +151,7 @@ class RecorderFactory:
                 clock=self._clock,
                 title=title,
                 env={"TERM": "xterm-256color"},
+                coalesce_s=COALESCE_S,
             )
             row_id = self._maintenance.add_recording(
                 session_id, fmt="asciicast", path=str(self._root / recording_id)

@@ -51,7 +51,7 @@ from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
 
-GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com")
+GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # design.md: AES-GCM on broker legs
 _LOGIN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MAX_PENDING_INPUT = 1 << 20

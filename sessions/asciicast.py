@@ -26,6 +26,9 @@ from sessions.recording import RecordingWriter
 ENV_KEYS = ("TERM", "SHELL")
 
 
+COALESCE_BYTES = 256 * 1024
+
+
 class AsciicastRecorder:
     """Turns terminal I/O into asciicast v2 lines. Use from one thread (the event loop).
 
@@ -45,6 +48,7 @@ class AsciicastRecorder:
         clock: Clock,
         title: str | None = None,
         env: Mapping[str, str] | None = None,
+        coalesce_s: float = 0.0,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValidationError(
@@ -56,6 +60,13 @@ class AsciicastRecorder:
         self._start = clock.now()
         self._last_t = 0.0
         self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._coalesce_s = coalesce_s
+        # Output arriving within coalesce_s of the first pending piece becomes one event:
+        # bulk output (a download to the terminal) costs one JSON line per window, not per
+        # packet. The caller emits what is pending with flush_pending() (see ``pending``).
+        self._pending: list[str] = []
+        self._pending_size = 0
+        self._pending_t = 0.0
         self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
         header: dict[str, object] = {
             "version": 2,
@@ -71,17 +82,52 @@ class AsciicastRecorder:
         self._line(header)
 
     def output(self, data: bytes) -> None:
-        """Record terminal output (stdout and stderr of an exec) as ``"o"`` events."""
-        self._event("o", self._out.decode(data))
+        """Record terminal output (stdout and stderr of an exec) as ``"o"`` events.
+
+        With ``coalesce_s`` > 0, output is merged for up to that long (or
+        :data:`COALESCE_BYTES`); call :meth:`flush_pending` when :attr:`pending` stays true (the
+        channel recorder does, within 50 ms), so nothing waits longer before reaching the writer.
+        """
+        text = self._out.decode(data)
+        if not text:
+            return
+        if self._coalesce_s <= 0:
+            self._event("o", text)
+            return
+        t = self._now()
+        if self._pending and (
+            t - self._pending_t > self._coalesce_s
+            or self._pending_size + len(text) > COALESCE_BYTES
+        ):
+            self.flush_pending()
+        if not self._pending:
+            self._pending_t = t
+        self._pending.append(text)
+        self._pending_size += len(text)
+
+    @property
+    def pending(self) -> bool:
+        """Output is held back for coalescing (call :meth:`flush_pending` soon)."""
+        return bool(self._pending)
+
+    def flush_pending(self) -> None:
+        """Write the held-back output as one ``"o"`` event at the time of its first piece."""
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._line([self._pending_t, "o", text])
 
     def input(self, data: bytes) -> None:
         """Record keyboard input as ``"i"`` events; a no-op unless ``record_input``."""
         if self.record_input:
+            self.flush_pending()
             self._event("i", self._in.decode(data))
 
     def resize(self, width: int, height: int) -> None:
         """Record a window change as an ``"r"`` event ``"COLSxROWS"``."""
         if width > 0 and height > 0:
+            self.flush_pending()
             self._event("r", f"{width}x{height}")
 
     def finish(self) -> None:
@@ -89,7 +135,14 @@ class AsciicastRecorder:
 
         Call once before ``writer.close``; further output is still accepted.
         """
-        self._event("o", self._out.decode(b"", final=True))
+        self.output(b"")  # nothing new; keeps the order of what the decoder still holds
+        tail = self._out.decode(b"", final=True)
+        if tail:
+            self._pending.append(tail)
+            self._pending_size += len(tail)
+            if len(self._pending) == 1:
+                self._pending_t = self._now()
+        self.flush_pending()
         if self.record_input:
             self._event("i", self._in.decode(b"", final=True))
 
@@ -103,12 +156,16 @@ class AsciicastRecorder:
         self.finish()
         self._writer.close(reason)
 
+    def _now(self) -> float:
+        elapsed = (self._clock.now() - self._start).total_seconds()
+        self._last_t = max(self._last_t, round(elapsed, 6))
+        return self._last_t
+
     def _event(self, code: str, text: str) -> None:
         if not text:
             return
-        elapsed = (self._clock.now() - self._start).total_seconds()
-        self._last_t = max(self._last_t, round(elapsed, 6))
-        self._line([self._last_t, code, text])
+        self._line([self._now(), code, text])
 
     def _line(self, obj: object) -> None:
-        self._writer.write(json.dumps(obj, ensure_ascii=True).encode() + b"\n")
+        # Raw UTF-8 (not \uXXXX for every non-ASCII character): smaller and cheaper.
+        self._writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")

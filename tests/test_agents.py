@@ -285,6 +285,7 @@ def _broker_process(
             "database_url": settings.database_url,
             "data_dir": str(settings.data_dir),
             "agents": {"listen_port": 0},
+            "ssh": {"listen_port": 0},
             "oidc": {
                 "issuer": settings.oidc.issuer,
                 "client_id": settings.oidc.client_id,
