@@ -17,9 +17,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import ssl
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +62,11 @@ def _is_loopback(host: str | None) -> bool:
 def _post(
     url: str, body: dict[str, Any], *, ca_file: Path | None, timeout: float
 ) -> dict[str, Any]:
+    # Imported here: only ``join`` speaks HTTP; ``conduit-agent run`` stays smaller without it.
+    import ssl
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode()
     # join() checked the scheme is http(s): no file: or custom schemes reach urlopen.
     req = urllib.request.Request(  # noqa: S310
