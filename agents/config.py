@@ -52,7 +52,7 @@ class AgentConfig:
     endpoints: tuple[Endpoint, ...] = ()
     brokers: tuple[str, ...] = ()
     heartbeat_s: float = 15.0
-    keepalive_s: float = 15.0
+    keepalive_s: float = 30.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 4.0
     connect_timeout_s: float = 15.0
@@ -121,7 +121,7 @@ def parse_config(data: dict[str, Any], *, base: Path | None = None) -> AgentConf
         endpoints=tuple(endpoints),
         brokers=tuple(brokers),
         heartbeat_s=_positive(data, "heartbeat_s", 15.0, 3600),
-        keepalive_s=_positive(data, "keepalive_s", 15.0, 3600),
+        keepalive_s=_positive(data, "keepalive_s", 30.0, 3600),
         backoff_initial_s=_positive(data, "backoff_initial_s", 0.25, 60),
         backoff_max_s=_positive(data, "backoff_max_s", 4.0, 600),
         connect_timeout_s=_positive(data, "connect_timeout_s", 15.0, 120),

@@ -95,6 +95,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
+def system_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all CPUs (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
+
+
 def established(port: int) -> int:
     """TCP connections in ESTABLISHED whose local port is ``port`` (the broker's side)."""
     out = subprocess.run(
@@ -148,20 +155,22 @@ class Window:
     rss_kib: int  # max VmRSS sampled in the window
     hwm_kib: int  # VmHWM (peak since start) at the end of the window
     anon_kib: int = 0  # RssAnon at the end (the rest of VmRSS is mostly shared library pages)
+    machine_pct: float = 0.0  # whole machine busy over the window, % of one core (max 100 x CPUs)
 
 
 def idle_window(pid: int, seconds: float, every: float = 2.0) -> Window:
-    t0, c0 = time.monotonic(), cpu_seconds(pid)
+    t0, c0, (m0, _) = time.monotonic(), cpu_seconds(pid), system_busy_s()
     samples = [proc_status_kib(pid)]
     while time.monotonic() - t0 < seconds:
         time.sleep(min(every, max(0.0, seconds - (time.monotonic() - t0))))
         samples.append(proc_status_kib(pid))
-    t1, c1 = time.monotonic(), cpu_seconds(pid)
+    t1, c1, (m1, _) = time.monotonic(), cpu_seconds(pid), system_busy_s()
     return Window(
         100 * (c1 - c0) / (t1 - t0),
         max(samples),
         proc_status_kib(pid, "VmHWM"),
         proc_status_kib(pid, "RssAnon"),
+        100 * (m1 - m0) / (t1 - t0),
     )
 
 
@@ -280,6 +289,9 @@ class BrokerRun:
     failed_handshakes: int = 0  # broker log: handshakes that failed (the agents retried)
     db_errors: int = 0  # broker log: gateway database writes that failed
     note: str = ""
+    # CPU over the connect phase, % of one core: broker, load generators, whole machine
+    connect_cpu: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    log_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def kib_per_agent(self) -> float:
@@ -334,6 +346,26 @@ def hellos_stored(db_file: Path) -> int:
         db.execute("PRAGMA busy_timeout = 5000")
         (count,) = db.execute("SELECT count(*) FROM agents WHERE version IS NOT NULL").fetchone()
         return int(count)
+
+
+def broker_log_stats(text: str) -> dict[str, int]:
+    """What the gateway logged: failed handshakes, deferred authentications, database errors."""
+    lines = text.splitlines()
+    return {
+        "handshake_failed": sum("conduit.gateway: agent handshake from" in x for x in lines),
+        "handshake_timeout": sum(
+            "conduit.gateway: agent handshake from" in x and "imed out" in x for x in lines
+        ),
+        "auth_deferred": sum("could not be authenticated now" in x for x in lines),
+        "protocol_error": sum(": protocol error " in x for x in lines),
+        "task_failed": sum("agent gateway task failed" in x for x in lines),
+        "flush_failed": sum("writing agents' last-seen times failed" in x for x in lines),
+        "housekeeping_failed": sum("agent gateway housekeeping failed" in x for x in lines),
+        "db_locked": sum("database is locked" in x for x in lines),
+        "errors_other": sum(
+            (" ERROR " in x or "Traceback" in x) and "conduit.gateway" not in x for x in lines
+        ),
+    }
 
 
 def wait_http(url: str, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
@@ -407,6 +439,7 @@ def broker_run(n: int, args: argparse.Namespace) -> BrokerRun:
             workers.append(worker)
         del agents
         t_start = time.monotonic()
+        cpu0, mach0 = cpu_seconds(broker.pid), system_busy_s()[0]
         deadline = t_start + args.connect_timeout_s + n / 10
         stored = live = 0
         last_print = 0.0
@@ -425,8 +458,21 @@ def broker_run(n: int, args: argparse.Namespace) -> BrokerRun:
                 print(f"[N={n}] {stored} hellos stored, {live} established")
             time.sleep(1)
         connect_s = time.monotonic() - t_start
+        gen_cpu = 0.0
+        for w in workers:
+            with contextlib.suppress(OSError):
+                gen_cpu += cpu_seconds(w.proc.pid)  # the workers started just before t_start
+        connect_cpu = (
+            100 * (cpu_seconds(broker.pid) - cpu0) / connect_s,
+            100 * gen_cpu / connect_s,
+            100 * (system_busy_s()[0] - mach0) / connect_s,
+        )
         connected = min(stored, live)
-        print(f"[N={n}] {connected} connected in {connect_s:.1f} s; settling")
+        print(
+            f"[N={n}] {connected} connected in {connect_s:.1f} s; CPU % of one core while "
+            f"connecting: broker {connect_cpu[0]:.0f}, load gen {connect_cpu[1]:.0f}, "
+            f"machine {connect_cpu[2]:.0f}; settling"
+        )
         time.sleep(args.settle_s)
         loaded = idle_window(broker.pid, args.idle_s)
         ss_after = established(gw_port)
@@ -437,6 +483,8 @@ def broker_run(n: int, args: argparse.Namespace) -> BrokerRun:
             note = f"only {connected} of {n} connected ({failed} gave up)"
         log.flush()
         text = (work / "broker.log").read_text(errors="replace")
+        stats = broker_log_stats(text)
+        print(f"[N={n}] broker log: {stats}")
         run = BrokerRun(
             n,
             m,
@@ -446,16 +494,16 @@ def broker_run(n: int, args: argparse.Namespace) -> BrokerRun:
             loaded,
             gen_kib / max(1, connected),
             ss_after,
-            failed_handshakes=text.count("conduit.gateway: agent handshake from"),
-            db_errors=sum(
-                1 for line in text.splitlines() if "StorageError" in line and "gateway" in line
-            ),
+            failed_handshakes=stats["handshake_failed"],
+            db_errors=stats["task_failed"] + stats["flush_failed"] + stats["auth_deferred"],
             note=note,
+            connect_cpu=connect_cpu,
+            log_stats=stats,
         )
         print(
             f"[N={n}] broker RSS {loaded.rss_kib / 1024:.1f} MiB "
             f"({run.kib_per_agent:.1f} KiB/agent), CPU {loaded.cpu_pct:.2f} %, "
-            f"{ss_after} still established"
+            f"{ss_after} still established; machine busy {loaded.machine_pct:.0f} % of one core"
         )
         return run
     finally:
@@ -649,6 +697,10 @@ def report(args: argparse.Namespace, runs: list[BrokerRun], agent: AgentRun | No
     command += " --write docs/benchmarks.md"
     import asyncssh
 
+    from agents.config import AgentConfig
+    from broker.settings import AgentSettings
+
+    gw, ag = AgentSettings(), AgentConfig
     lines = [
         MARK_BEGIN,
         "## Agents: idle tunnels and agent footprint",
@@ -662,13 +714,16 @@ def report(args: argparse.Namespace, runs: list[BrokerRun], agent: AgentRun | No
     if runs:
         lines += [
             "**Broker holding N idle agents.** Broker = `python -m broker serve` in its own "
-            "process (dev mode, SQLite WAL, default `[agents]` settings: keepalive 15 s, "
-            "heartbeat flush 30 s). Agent identities are provisioned directly in the database "
-            "(keys, CA-signed host certificates, `active` rows): joining over HTTP is not "
-            "what this measures. Each simulated agent is an unmodified "
+            "process (dev mode, SQLite WAL, default `[agents]` settings: broker keepalive "
+            f"{gw.keepalive_s:g} s, heartbeat flush {gw.heartbeat_flush_s:g} s, hello within "
+            f"{gw.handshake_timeout_s:g} s). Agent identities are provisioned directly in "
+            "the database (keys, CA-signed host certificates, `active` rows): joining over "
+            "HTTP is not what this measures. Each simulated agent is an unmodified "
             "`agents.tunnel.AgentRuntime` (real protocol: `connect_reverse`, SSH server role "
-            "with the certificate, control channel `hello` then a heartbeat every 15 s, SSH "
-            f"keepalive every 15 s), up to {args.per_worker} per load-generator process, "
+            "with the certificate, control channel `hello` then a heartbeat every "
+            f"{ag.heartbeat_s:g} s, SSH keepalive every {ag.keepalive_s:g} s, connect timeout "
+            f"{ag.connect_timeout_s:g} s, retry backoff {ag.backoff_initial_s:g} to "
+            f"{ag.backoff_max_s:g} s), up to {args.per_worker} per load-generator process, "
             f'at most {args.concurrency} handshakes in flight. "Connected" = the broker '
             "stored the agent's hello (inventory) and `ss` shows the TCP connection "
             "established; connect time runs from starting the load generator. "
@@ -696,13 +751,28 @@ def report(args: argparse.Namespace, runs: list[BrokerRun], agent: AgentRun | No
                 f"{r.loaded.cpu_pct:.1f} | {r.loadgen_kib_per_agent:.0f} |"
             )
             prev = r
-        notes = [f"N={r.n}: {r.note}" for r in runs if r.note]
-        notes += [
-            f"N={r.n}: {r.failed_handshakes:,} failed handshakes (agents retried) and "
-            f"{r.db_errors} failed gateway database writes in the broker log"
-            for r in runs
-            if r.failed_handshakes or r.db_errors
+        lines += [
+            "",
+            "While connecting (CPU % of one core; the machine has "
+            f"{100 * (os.cpu_count() or 1)} %) and what the broker logged over the whole run:",
+            "",
+            "| N agents | broker CPU % | load-gen CPU % | machine busy % (others = rest) | "
+            "machine busy % in idle window | failed handshakes (timeouts) | "
+            "authentications deferred (storage) | failed gateway DB tasks / flushes | "
+            "`database is locked` lines |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+        for r in runs:
+            b, g, m = r.connect_cpu
+            st = r.log_stats
+            lines.append(
+                f"| {r.n:,} | {b:.0f} | {g:.0f} | {m:.0f} ({max(0.0, m - b - g):.0f}) | "
+                f"{r.loaded.machine_pct:.0f} | {st.get('handshake_failed', 0):,} "
+                f"({st.get('handshake_timeout', 0):,}) | {st.get('auth_deferred', 0):,} | "
+                f"{st.get('task_failed', 0):,} / {st.get('flush_failed', 0):,} | "
+                f"{st.get('db_locked', 0):,} |"
+            )
+        notes = [f"N={r.n}: {r.note}" for r in runs if r.note]
         notes += [
             f"N={r.n}: {r.ss_after} connections still established after the window"
             for r in runs

@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # asyncssh logs every connection at INFO: thousands of agents would flood the log.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
     app = create_app(settings)
     logsafe.install()
     uvicorn.run(
