@@ -13,6 +13,10 @@
   the stored integrity is sent as ``X-Conduit-Integrity``), audited ``recording.downloaded``.
 * ``POST /recordings/{id}/verify``: :func:`sessions.recording.verify_recording` with the
   broker's public recording key; the result is stored and audited ``recording.verified``.
+* ``/recordings/{id}/operations`` (a forwarded connection's ``pcap`` or its ``ops_jsonl``): the
+  Modbus operations timeline from the ops log (``<base>-ops`` next to the pcap ``<base>``, same
+  session), refused and dangerous operations marked; server-side filters ``writes=1`` and
+  ``refused=1``; links to download the pcap and the ops log. Unverified, like download.
 
 A vendor asking for another user's recording gets 403, audited ``recording.access.denied``.
 ``Recording.path`` is the recording directory, absolute or relative to ``<data_dir>`` or to
@@ -22,6 +26,8 @@ A vendor asking for another user's recording gets 403, audited ``recording.acces
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -39,9 +45,11 @@ from broker.auth import Principal
 from broker.errors import BrokerError, Forbidden
 from broker.recording_keys import public_key_path, recording_key_dir
 from broker.services import Services, services
+from broker.tcp_forward import DANGEROUS_FUNCTION_CODES
 from broker.web import check_csrf, render, require
 from sessions.db import session_scope
 from sessions.identity import ADMIN, SECURITY, VENDOR
+from sessions.modbus import REGISTER_WRITE_FUNCTION_CODES
 from sessions.models import (
     Asset,
     MaintenanceSession,
@@ -60,6 +68,10 @@ from sessions.recording import (
 )
 
 LIST_LIMIT = 200
+OPS_LIMIT = 2000  # operations shown on one page (the counts cover the whole log)
+VALUES_SHOWN = 16
+# design.md "OT operations": Modbus write / control function codes.
+WRITE_FUNCTION_CODES = frozenset({*REGISTER_WRITE_FUNCTION_CODES, 21})
 MEDIA_TYPES = {
     RecordingFormat.ASCIICAST: "application/x-asciicast",
     RecordingFormat.PCAP: "application/vnd.tcpdump.pcap",
@@ -345,6 +357,186 @@ async def verify(request: Request) -> Response:
     return _done(f"/recordings/{row.id}", summary)
 
 
+# ---- Modbus operations timeline ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One ops-log line as the timeline shows it."""
+
+    time: str
+    unit: str
+    function: str
+    function_name: str
+    where: str
+    values: str
+    allowed: bool
+    reason: str
+    result: str
+    write: bool
+    dangerous: bool
+
+
+@dataclass
+class Timeline:
+    """The operations that pass the filters (at most ``OPS_LIMIT``) and whole-log counts."""
+
+    operations: list[Operation]
+    total: int = 0
+    matching: int = 0
+    writes: int = 0
+    refused: int = 0
+    dangerous: int = 0
+    unreadable: int = 0
+    problem: str | None = None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _values(values: object, prefix: str = "") -> str:
+    if not isinstance(values, list) or not values:
+        return ""
+    shown = ", ".join(
+        str(int(v)) if isinstance(v, bool) else _text(v) for v in values[:VALUES_SHOWN]
+    )
+    more = f", … ({len(values)} values)" if len(values) > VALUES_SHOWN else ""
+    return f"{prefix}[{shown}{more}]"
+
+
+def _where(op: dict[str, Any]) -> str:
+    where = _text(op.get("range"))
+    if not where and op.get("start") is not None:
+        where = f"address {op.get('start')}, quantity {_text(op.get('quantity')) or 1}"
+    if op.get("read_range"):
+        where = f"write {where}; read {op['read_range']}" if where else f"read {op['read_range']}"
+    return where
+
+
+def _operation(op: dict[str, Any]) -> Operation:
+    fc = op.get("function")
+    code = fc if isinstance(fc, int) and not isinstance(fc, bool) else None
+    allowed = op.get("allowed") is True
+    result = _text(op.get("result"))
+    if op.get("exception") is not None:
+        result = f"{result} (exception {op['exception']})"
+    written = _values(op.get("values"))
+    return Operation(
+        time=_text(op.get("time")).replace("T", " ").removesuffix("Z"),
+        unit=_text(op.get("unit")),
+        function=_text(fc),
+        function_name=_text(op.get("function_name")),
+        where=_where(op),
+        values=written or _values(op.get("response_values"), "read "),
+        allowed=allowed,
+        reason=_text(op.get("reason")),
+        result=result,
+        write=code in WRITE_FUNCTION_CODES,
+        dangerous=code in DANGEROUS_FUNCTION_CODES,
+    )
+
+
+def _lines(directory: Path) -> Iterator[bytes]:
+    """The ops log's lines, streamed across chunk boundaries."""
+    tail = b""
+    for chunk in iter_chunks(directory):
+        *lines, tail = (tail + chunk).split(b"\n")
+        yield from lines
+    if tail:
+        yield tail
+
+
+def _timeline(directory: Path, *, writes_only: bool, refused_only: bool) -> Timeline:
+    timeline = Timeline([])
+    try:
+        for line in _lines(directory):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                if not isinstance(raw, dict):
+                    raise ValueError("not an object")
+                op = _operation(raw)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError included
+                timeline.unreadable += 1
+                continue
+            timeline.total += 1
+            timeline.writes += op.write
+            timeline.refused += not op.allowed
+            timeline.dangerous += op.dangerous
+            if (writes_only and not op.write) or (refused_only and op.allowed):
+                continue
+            timeline.matching += 1
+            if len(timeline.operations) < OPS_LIMIT:
+                timeline.operations.append(op)
+    except RecordingError as exc:
+        timeline.problem = f"the operations log could not be read: {exc.message}"
+    return timeline
+
+
+def _companions(
+    svc: Services, principal: Principal, row: RecordingRow
+) -> tuple[str | None, RecordingRow | None]:
+    """(pcap recording id, ops-log recording) of ``row``'s connection: ``<base>``/``<base>-ops``."""
+    base = Path(row.path).name.removesuffix("-ops")
+    with session_scope(svc.engine) as db:
+        siblings = db.exec(
+            select(Recording.id, Recording.format, Recording.path).where(
+                Recording.session_id == row.session_id
+            )
+        ).all()
+    pcap_id = ops_id = None
+    for rid, fmt, path in siblings:
+        name = Path(path).name
+        if fmt == RecordingFormat.PCAP and name == base:
+            pcap_id = rid
+        elif fmt == RecordingFormat.OPS_JSONL and name == f"{base}-ops":
+            ops_id = rid
+    if row.format == RecordingFormat.OPS_JSONL:
+        return pcap_id, row
+    if ops_id is None:
+        return row.id, None
+    found, _ = _load(svc, principal, {}, ops_id)  # the same session: the same owner
+    return row.id, found[0] if found else None
+
+
+async def operations_page(request: Request) -> Response:
+    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    row = await _recording(request, principal)
+    if row.format not in (RecordingFormat.PCAP, RecordingFormat.OPS_JSONL):
+        raise BrokerError(
+            f"recording {row.id} is a {row.format} recording: it has no operations log",
+            code="no_operations",
+            status=404,
+        )
+    svc = services(request)
+    pcap_id, ops = await run_in_threadpool(_companions, svc, principal, row)
+    filters = {k: request.query_params.get(k, "") == "1" for k in ("writes", "refused")}
+    timeline = None
+    if ops is not None:
+        try:
+            directory = await run_in_threadpool(_directory, svc, ops)
+        except BrokerError as exc:  # the pcap may still be there: keep the page
+            timeline = Timeline([], problem=exc.message)
+        else:
+            timeline = await run_in_threadpool(
+                _timeline, directory, writes_only=filters["writes"], refused_only=filters["refused"]
+            )
+    return render(
+        request,
+        "operations.html",
+        {
+            "r": row,
+            "pcap_id": pcap_id,
+            "ops": ops,
+            "timeline": timeline,
+            "filters": filters,
+            "limit": OPS_LIMIT,
+        },
+    )
+
+
 routes = [
     Route("/sessions", sessions_page, methods=["GET"]),
     Route("/sessions/{id}/kill", kill_session, methods=["POST"]),
@@ -352,4 +544,5 @@ routes = [
     Route("/recordings/{id}", recording_page, methods=["GET"]),
     Route("/recordings/{id}/download", download, methods=["GET"]),
     Route("/recordings/{id}/verify", verify, methods=["POST"]),
+    Route("/recordings/{id}/operations", operations_page, methods=["GET"]),
 ]
