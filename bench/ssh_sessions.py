@@ -526,6 +526,11 @@ def fmt_load(load: tuple[float, float, float]) -> str:
     return "/".join(f"{x:.1f}" for x in load)
 
 
+def cipher_label(asked: str, negotiated: str) -> str:
+    """``default → X`` when the client used its own preference, else just the cipher."""
+    return f"default → {negotiated}" if asked == "default" else negotiated
+
+
 def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
     ciphers = [c.strip() for c in args.ciphers.split(",") if c.strip()]
     runtime = f"{platform.python_implementation()} {platform.python_version()}"
@@ -558,8 +563,9 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "Upload = `head -c N /dev/zero | ssh … 'cat > /dev/null'`; download = "
         "`ssh … 'head -c N /dev/zero' > /dev/null`. MB/s = N / mean wall time (10^6 bytes), "
         "session set-up included; *net* subtracts that path's mean `ssh … true` time. "
-        "Cipher = what the client negotiated on its first hop (the broker's legs to the agent "
-        "and asset are pinned to AES-GCM).",
+        "Cipher = what the client negotiated on its first hop (`default` = no `-c`, OpenSSH's "
+        "own preference against what that server offers; the front door offers AES-GCM only, "
+        "and the broker's legs to the agent and asset are pinned to AES-GCM).",
         "",
         "| direction | client cipher | path | MB/s | net MB/s | mean s ± sd | vs ProxyJump |",
         "|---|---|---|---|---|---|---|",
@@ -569,7 +575,7 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
             base = res["throughput"][(direction, cipher, "proxyjump")]["mb_s"]
             for p in PATHS:
                 t = res["throughput"][(direction, cipher, p)]
-                neg = res["ciphers"][(p, cipher)]
+                neg = cipher_label(cipher, res["ciphers"][(p, cipher)])
                 lines.append(
                     f"| {direction} | {neg} | {p} | {t['mb_s']:.0f} | {t['net_mb_s']:.0f} | "
                     f"{t['mean_s']:.2f} ± {t['stddev_s']:.2f} | {t['mb_s'] / base:.2f}x |"
@@ -585,7 +591,7 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
     for cipher in ciphers:
         for direction in ("upload", "download"):
             c = res["cpu"][(direction, cipher)]
-            neg = res["ciphers"][("conduit", cipher)]
+            neg = cipher_label(cipher, res["ciphers"][("conduit", cipher)])
             lines.append(
                 f"| {direction} | {neg} | {c['broker_s_per_gb']:.2f} | "
                 f"{c['agent_s_per_gb']:.2f} | {c['recorded_bytes_per_run'] / 1e6:,.0f} MB |"
