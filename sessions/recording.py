@@ -534,9 +534,11 @@ class RecordingWriter:
     def _flush_locked(self) -> dict[str, Any] | None:
         with self._buf_lock:
             self._check_open("flushing")
-            data = bytes(self._buf)
-            self._buf.clear()
+            # Swap the buffer out (copy it below, outside the lock): the event loop's write()
+            # waits on this lock, and copying a megabyte under it showed in bulk profiles.
+            swapped, self._buf = self._buf, bytearray()
             self._pending_since = None
+        data = bytes(swapped)
         if not data:
             return None
         seq = self._seq + 1
