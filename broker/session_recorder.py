@@ -30,7 +30,32 @@ COALESCE_S = 0.02
 PENDING_FLUSH_S = 0.05
 
 
-class ChannelRecorder:
+class _FailurePolicy:
+    """Shared by the recorders: what a write failure means (strict: end the session)."""
+
+    def __init__(self, name: str, *, strict: bool, on_failure: Callable[[str], None]) -> None:
+        self._name, self._strict, self._on_failure = name, strict, on_failure
+        self.broken = False
+        self.closed = False
+
+    def _failed(self, exc: RecordingError) -> None:
+        if self.broken:
+            return
+        self.broken = True
+        log.error("recording %s failed: %s", self._name, exc.message)
+        if self._strict:
+            self._on_failure(f"recording failed ({exc.message}); strict recording is required")
+
+    def _guard(self, action: Callable[[], None]) -> None:
+        if self.broken or self.closed:
+            return
+        try:
+            action()
+        except RecordingError as exc:
+            self._failed(exc)
+
+
+class ChannelRecorder(_FailurePolicy):
     """Implements the front door's ``Recorder`` protocol for one channel (event loop only)."""
 
     def __init__(
@@ -43,29 +68,12 @@ class ChannelRecorder:
         on_failure: Callable[[str], None],
         finished: Callable[[ChannelRecorder], Any],
     ) -> None:
+        super().__init__(recording_id, strict=strict, on_failure=on_failure)
         self.recording_id, self.writer, self.cast = recording_id, writer, cast
-        self._strict, self._on_failure, self._finished = strict, on_failure, finished
+        self._finished = finished
         self.timer = FlushTimer(writer, on_error=self._failed)
         self.timer.start()
-        self.broken = False
-        self.closed = False
         self._pending_timer: asyncio.TimerHandle | None = None
-
-    def _failed(self, exc: RecordingError) -> None:
-        if self.broken:
-            return
-        self.broken = True
-        log.error("recording %s failed: %s", self.recording_id, exc.message)
-        if self._strict:
-            self._on_failure(f"recording failed ({exc.message}); strict recording is required")
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        if self.broken or self.closed:
-            return
-        try:
-            action()
-        except RecordingError as exc:
-            self._failed(exc)
 
     def output(self, data: bytes) -> None:
         self._guard(lambda: self.cast.output(data))
@@ -250,7 +258,7 @@ class RecorderFactory:
         )
 
 
-class TcpRecording:
+class TcpRecording(_FailurePolicy):
     """One forwarded TCP connection's recordings: pcap, plus a JSONL operations log (Modbus).
 
     Writes come from the event loop; each writer has its own flush timer. A write failure in
@@ -268,30 +276,13 @@ class TcpRecording:
         on_failure: Callable[[str], None],
         finished: Callable[[RecordingWriter, str], None],
     ) -> None:
+        super().__init__(pcap_writer.recording_id, strict=strict, on_failure=on_failure)
         self.pcap, self.ops = pcap, ops
         self._writers = [w for w in (pcap_writer, ops_writer) if w is not None]
-        self._strict, self._on_failure, self._finished = strict, on_failure, finished
+        self._finished = finished
         self._timers = [FlushTimer(w, on_error=self._failed) for w in self._writers]
         for timer in self._timers:
             timer.start()
-        self.broken = False
-        self.closed = False
-
-    def _failed(self, exc: RecordingError) -> None:
-        if self.broken:
-            return
-        self.broken = True
-        log.error("tcp recording failed: %s", exc.message)
-        if self._strict:
-            self._on_failure(f"recording failed ({exc.message}); strict recording is required")
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        if self.broken or self.closed:
-            return
-        try:
-            action()
-        except RecordingError as exc:
-            self._failed(exc)
 
     def client_data(self, data: bytes) -> None:
         self._guard(lambda: self.pcap.client_data(data))
@@ -321,29 +312,3 @@ class TcpRecording:
                 self._finished(writer, reason)
 
         await asyncio.to_thread(close_all)
-
-
-def tcp_recording(
-    factory: RecorderFactory,
-    session_id: str,
-    number: int,
-    *,
-    client: tuple[str, int],
-    server: tuple[str, int],
-    operations: bool,
-    strict: bool,
-    on_failure: Callable[[str], None],
-) -> TcpRecording | None:
-    """Start the recordings of one forwarded connection (None: best effort failed, audited).
-
-    Raises :class:`RecordingError` in strict mode when they cannot start.
-    """
-    return factory.tcp(
-        session_id,
-        number,
-        client=client,
-        server=server,
-        operations=operations,
-        strict=strict,
-        on_failure=on_failure,
-    )

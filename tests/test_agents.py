@@ -40,7 +40,7 @@ from tests.harness.agent import (
     wait_disconnected,
     write_config,
 )
-from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.broker import RunningBroker, audit_events, settings_overrides
 from tests.harness.cli import REPO, clean_env
 from tests.harness.ports import free_port
 from tests.harness.sshd import RunningSshd, sshd_available, start_sshd
@@ -278,20 +278,7 @@ def _broker_process(
 ) -> tuple[subprocess.Popen[str], str]:
     settings = make_settings()
     spec = {
-        "settings": {
-            "mode": "dev",
-            "public_url": settings.public_url,
-            "listen_port": settings.listen_port,
-            "database_url": settings.database_url,
-            "data_dir": str(settings.data_dir),
-            "agents": {"listen_port": 0},
-            "ssh": {"listen_port": 0},
-            "oidc": {
-                "issuer": settings.oidc.issuer,
-                "client_id": settings.oidc.client_id,
-                "client_secret": settings.oidc.client_secret.get_secret_value(),
-            },
-        },
+        "settings": settings_overrides(settings),
         "endpoint": ["127.0.0.1", echo.port],
         "expires_in_s": expires_in_s,
     }

@@ -541,19 +541,23 @@ def expired(e: Enrollment, p: Plant) -> list[Any]:
     return [(e.key, cert)]
 
 
-HANDSHAKE_CASES: dict[str, tuple[Callable[[Enrollment, Plant], list[Any]], str]] = {
-    "foreign-ca": (lambda e, p: foreign_ca(e), "HostKeyNotVerifiable"),
-    # Only certificate algorithms are acceptable: there is no host key to negotiate.
-    "plain-key-no-certificate": (lambda e, p: plain_key(e), "KeyExchangeFailed"),
-    "our-ca-wrong-principal": (wrong_principal, "HostKeyNotVerifiable"),
-    "our-ca-expired": (expired, "HostKeyNotVerifiable"),
+HANDSHAKE_CASES: dict[str, tuple[Callable[[Enrollment, Plant], list[Any]], set[str]]] = {
+    "foreign-ca": (lambda e, p: foreign_ca(e), {"HostKeyNotVerifiable"}),
+    # Only certificate algorithms are acceptable: there is no host key to negotiate. Both
+    # sides fail the key exchange at once, so the broker may see the peer hang up first.
+    "plain-key-no-certificate": (
+        lambda e, p: plain_key(e),
+        {"KeyExchangeFailed", "ConnectionLost"},
+    ),
+    "our-ca-wrong-principal": (wrong_principal, {"HostKeyNotVerifiable"}),
+    "our-ca-expired": (expired, {"HostKeyNotVerifiable"}),
 }
 
 
 @pytest.mark.parametrize("case", list(HANDSHAKE_CASES))
 def test_untrusted_host_key_is_refused_in_the_handshake(plant: Plant, case: str) -> None:
     e = plant.hostile  # the key itself is enrolled: only the certificate is wrong
-    make, reason = HANDSHAKE_CASES[case]
+    make, reason = HANDSHAKE_CASES[case]  # the acceptable refusal reasons
     keys = make(e, plant)
     since = plant.mark()
     sock = connected_socket(plant.port)
@@ -569,7 +573,7 @@ def test_untrusted_host_key_is_refused_in_the_handshake(plant: Plant, case: str)
         sock.close()  # asyncssh may not have taken it over if the handshake broke early
     event = plant.wait_event("agent.connect.refused", since, subject=subject)
     assert event["outcome"] == "deny" and event["actor"] == "anonymous"
-    assert event["details"]["reason"] == reason, event
+    assert event["details"]["reason"] in reason, event
     assert event["source_ip"] == "127.0.0.1"
     assert not plant.events("agent.connected", since, subject=f"agent:{e.agent_id}")
     plant.assert_healthy()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from sessions.recording import assemble, load_public_key, verify_recording
+from tests.harness.broker import settings_overrides
 from tests.harness.cli import REPO, clean_env
 from tests.harness.sshd import sshd_available
 
@@ -27,20 +28,7 @@ def test_recording_survives_a_broker_sigkill(
 ) -> None:
     settings = make_settings()
     spec = {
-        "settings": {
-            "mode": "dev",
-            "public_url": settings.public_url,
-            "listen_port": settings.listen_port,
-            "database_url": settings.database_url,
-            "data_dir": str(settings.data_dir),
-            "agents": {"listen_port": 0},
-            "ssh": {"listen_port": 0},
-            "oidc": {
-                "issuer": settings.oidc.issuer,
-                "client_id": settings.oidc.client_id,
-                "client_secret": settings.oidc.client_secret.get_secret_value(),
-            },
-        },
+        "settings": settings_overrides(settings),
         "workdir": str(tmp_path / "rig"),
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))

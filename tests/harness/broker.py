@@ -141,3 +141,25 @@ def same_origin(url: str, other: str) -> bool:
 
 
 Mutator = Callable[[httpx2.Request], httpx2.Request]
+
+
+def settings_overrides(settings: Settings) -> dict[str, Any]:
+    """``load_settings`` overrides that rebuild ``settings`` in a broker subprocess.
+
+    Agent gateway and SSH front door listen on free ports there (port 0).
+    """
+    secret = settings.oidc.client_secret
+    return {
+        "mode": settings.mode,
+        "public_url": settings.public_url,
+        "listen_port": settings.listen_port,
+        "database_url": settings.database_url,
+        "data_dir": str(settings.data_dir),
+        "agents": {"listen_port": 0},
+        "ssh": {"listen_port": 0},
+        "oidc": {
+            "issuer": settings.oidc.issuer,
+            "client_id": settings.oidc.client_id,
+            "client_secret": secret.get_secret_value() if secret else None,
+        },
+    }
