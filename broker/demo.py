@@ -19,6 +19,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
 from broker.app import create_app
+from broker.demo_plc import start_simulated_plc
 from broker.devidp import DEFAULT_USERS_PATH, start_dev_idp
 from broker.errors import BrokerError
 from broker.services import Services
@@ -120,14 +121,16 @@ class DemoAgent:
                 self.proc.wait(5)
 
 
-def demo_endpoints() -> list[tuple[str, int, str, str]]:
+def demo_endpoints(moved: dict[str, int] | None = None) -> list[tuple[str, int, str, str]]:
     """(name, port, protocol, matched asset or "") the demo agent declares on 127.0.0.1.
 
     One endpoint per distinct port of :data:`DEMO_ASSETS` (assets sharing a port share it),
     plus :data:`DEMO_UNMATCHED`, which no asset uses, so the admin can try "adopt".
+    ``moved`` maps asset names to the port they really listen on (the simulated PLC).
     """
     seen: dict[int, tuple[str, int, str, str]] = {}
     for name, _zone, _crit, _owner, protocols, port in DEMO_ASSETS:
+        port = (moved or {}).get(name, port)
         seen.setdefault(port, (f"{protocols[0]}-{port}", port, protocols[0], name))
     return [*seen.values(), (*DEMO_UNMATCHED, "")]
 
@@ -136,10 +139,10 @@ def _agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agents", *args]
 
 
-def _write_agent_config(directory: Path) -> Path:
+def _write_agent_config(directory: Path, moved: dict[str, int]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [f"state_dir = {str(directory / 'state')!r}", "heartbeat_s = 5"]
-    for name, port, protocol, _ in demo_endpoints():
+    for name, port, protocol, _ in demo_endpoints(moved):
         lines += ["", "[[endpoint]]", f'name = "{name}"', 'host = "127.0.0.1"']
         lines += [f"port = {port}", f'protocol = "{protocol}"']
     path = directory / "agent.toml"
@@ -156,13 +159,21 @@ def _enrolled_agent(svc: Services, id_file: Path) -> str | None:
         return None
 
 
-def start_demo_agent(svc: Services, directory: Path, public_url: str) -> DemoAgent:
+def start_demo_agent(
+    svc: Services, directory: Path, public_url: str, moved: dict[str, int] | None = None
+) -> DemoAgent:
     """Enrol (once per demo directory) and start the demo agent; route the demo assets to it.
 
     A join token is made in-process, redeemed by the real ``conduit-agent join`` and never
     printed. Raises :class:`BrokerError` (code ``demo_agent``) if the join fails.
     """
-    config = _write_agent_config(directory)
+    moved = moved or {}
+    with session_scope(svc.engine, write=True) as db:
+        for asset_name, port in moved.items():
+            db.execute(
+                update(Asset).where(col(Asset.name) == asset_name).values(endpoint_port=port)
+            )
+    config = _write_agent_config(directory, moved)
     id_file = directory / "agent-id"
     agent_id = _enrolled_agent(svc, id_file)
     if agent_id is None:
@@ -187,7 +198,7 @@ def start_demo_agent(svc: Services, directory: Path, public_url: str) -> DemoAge
             )
         agent_id = done.stdout.split()[3]  # "joined as agent <id> (...)"
         id_file.write_text(agent_id + "\n", encoding="utf-8")
-    ports = {port for _, port, *_ in demo_endpoints()}
+    ports = {port for _, port, *_ in demo_endpoints(moved)}
     with session_scope(svc.engine, write=True) as db:
         db.execute(
             update(Asset)
@@ -249,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     idp = start_dev_idp(workdir / "idp", clients, port=args.idp_port)
     agent: DemoAgent | None = None
+    plc = start_simulated_plc()
     try:
         settings = load_settings(
             None,
@@ -275,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         thread = _serve(server)  # uvicorn leaves signals alone outside the main thread
         signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
         try:
-            agent = start_demo_agent(svc, workdir / "agent", public_url)
+            moved = {"plc-press-3": plc.port} if plc is not None else {}
+            agent = start_demo_agent(svc, workdir / "agent", public_url, moved)
             online = _wait_connected(svc, agent)
             state = "connected" if online else f"not connected yet (see {workdir}/agent/agent.log)"
             unmatched = f"{DEMO_UNMATCHED[0]} on 127.0.0.1:{DEMO_UNMATCHED[1]}"
@@ -285,7 +298,13 @@ def run(args: argparse.Namespace) -> int:
             )
         except BrokerError as exc:
             agent_line = f"not started: {exc.message}"
-        _banner(public_url, idp.issuer, agent_line)
+        front = svc.front.port if svc.front is not None else None
+        plc_line = (
+            f"plc-press-3 is a simulated Modbus PLC on 127.0.0.1:{plc.port} behind the agent"
+            if plc is not None
+            else "no simulated PLC (pymodbus is not installed)"
+        )
+        _banner(public_url, idp.issuer, agent_line, front, plc_line)
         try:
             while thread.is_alive():
                 thread.join(0.5)
@@ -295,16 +314,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if agent is not None:
             agent.stop()
+        if plc is not None:
+            plc.stop()
         idp.stop()
     return 0
 
 
-def _banner(public_url: str, issuer: str, agent_line: str) -> None:
+def _banner(
+    public_url: str, issuer: str, agent_line: str, front: int | None, plc_line: str
+) -> None:
     users = json.loads(DEFAULT_USERS_PATH.read_text())
     print("\nConduit demo is running.\n")
     print(f"  Broker:  {public_url}/")
     print(f"  IdP:     {issuer} (development IdP, demo users only)")
-    print(f"  Agent:   {agent_line}\n")
+    print(f"  Agent:   {agent_line}")
+    print(f"  Assets:  {plc_line}")
+    if front is not None:
+        print(f"  SSH:     front door on 127.0.0.1:{front} (ssh -p {front} LOGIN@ASSET@127.0.0.1)")
+    print()
     print("  Demo logins (username / password):")
     for u in users:
         extra = f"  one-time code {u['otp']}" if u.get("otp") else ""
@@ -313,4 +340,7 @@ def _banner(public_url: str, issuer: str, agent_line: str) -> None:
     print("\n  Policy:  sign in as adam; Policy shows the active Rego bundle, What-if asks it")
     print("  Agents:  sign in as adam; Agents shows health, inventory, join tokens, adopt, revoke")
     print(f"  CLI:     conduit login --broker {public_url} --no-browser; conduit agents list")
+    print("  OT:      as victor (MFA) request plc-press-3 (tune), approve as olga, then")
+    print("           conduit forward plc-press-3 PORT --local-port 1502 and point a Modbus")
+    print("           tool at 127.0.0.1:1502; adam/sam see the operations under Recordings")
     print("  Stop with Ctrl-C.\n", flush=True)
