@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker.access_api import _json
+from broker.auth import Principal
 from broker.errors import BadRequest, BrokerError
 from broker.services import services
 from broker.ssh_keys import SshKeys
@@ -80,16 +81,12 @@ async def list_sessions(request: Request) -> Response:
     return JSONResponse({"sessions": rows})
 
 
-async def kill_session(request: Request) -> Response:
-    principal = await require(request, ADMIN)
+async def end_live_session(request: Request, principal: Principal, session_id: str) -> str | None:
+    """End a live session for an admin (audited); the reason, or None if it is not live here."""
     svc = services(request)
-    session_id = request.path_params["id"]
     reason = f"terminated by an administrator ({principal.name or principal.email})"
     if not svc.live.kill(session_id, reason):
-        return JSONResponse(
-            {"error": "not_found", "message": f"no live session {session_id} on this broker"},
-            status_code=404,
-        )
+        return None
     await svc.record(
         request,
         "session.killed",
@@ -98,6 +95,18 @@ async def kill_session(request: Request) -> Response:
         subject=f"session:{session_id}",
         details={"reason": reason},
     )
+    return reason
+
+
+async def kill_session(request: Request) -> Response:
+    principal = await require(request, ADMIN)
+    session_id = request.path_params["id"]
+    reason = await end_live_session(request, principal, session_id)
+    if reason is None:
+        return JSONResponse(
+            {"error": "not_found", "message": f"no live session {session_id} on this broker"},
+            status_code=404,
+        )
     return JSONResponse({"id": session_id, "state": "closed", "reason": reason})
 
 

@@ -45,6 +45,7 @@ from broker.auth import Principal
 from broker.errors import BrokerError, Forbidden
 from broker.recording_keys import public_key_path, recording_key_dir
 from broker.services import Services, services
+from broker.session_api import end_live_session
 from broker.tcp_forward import DANGEROUS_FUNCTION_CODES
 from broker.web import check_csrf, render, require
 from sessions.db import session_scope
@@ -101,19 +102,9 @@ async def sessions_page(request: Request) -> Response:
 async def kill_session(request: Request) -> Response:
     principal = await require(request, ADMIN)
     await check_csrf(request, principal)
-    svc = services(request)
     session_id = request.path_params["id"]
-    reason = f"terminated by an administrator ({principal.name or principal.email})"
-    if not svc.live.kill(session_id, reason):
+    if await end_live_session(request, principal, session_id) is None:
         return _done("/sessions", f"Session {session_id} is not live on this broker.")
-    await svc.record(
-        request,
-        "session.killed",
-        actor=principal.user_id,
-        outcome="ok",
-        subject=f"session:{session_id}",
-        details={"reason": reason},
-    )
     return _done("/sessions", f"Session {session_id} ended.")
 
 

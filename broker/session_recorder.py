@@ -165,15 +165,7 @@ class RecorderFactory:
                 session_id, fmt="asciicast", path=str(self._root / recording_id)
             )
         except (RecordingError, OSError) as exc:
-            self._audit.append(
-                "recording.failed",
-                actor="system",
-                outcome="error",
-                subject=f"session:{session_id}",
-                details={"error": str(exc)[:300], "strict": strict},
-            )
-            if strict:
-                raise RecordingError(f"recording could not start: {exc}") from exc
+            self._start_failed(session_id, exc, strict=strict)
             return None
 
         def finished(recorder: ChannelRecorder) -> None:
@@ -222,15 +214,7 @@ class RecorderFactory:
                     session_id, fmt="ops_jsonl", path=str(self._root / f"{base}-ops")
                 )
         except (RecordingError, OSError) as exc:
-            self._audit.append(
-                "recording.failed",
-                actor="system",
-                outcome="error",
-                subject=f"session:{session_id}",
-                details={"error": str(exc)[:300], "strict": strict},
-            )
-            if strict:
-                raise RecordingError(f"recording could not start: {exc}") from exc
+            self._start_failed(session_id, exc, strict=strict)
             return None
 
         def finished(writer: RecordingWriter, reason: str) -> None:
@@ -251,6 +235,18 @@ class RecorderFactory:
             on_failure=on_failure,
             finished=finished,
         )
+
+    def _start_failed(self, session_id: str, exc: Exception, *, strict: bool) -> None:
+        """Audit a recording that could not start; in strict mode raise (refuse the channel)."""
+        self._audit.append(
+            "recording.failed",
+            actor="system",
+            outcome="error",
+            subject=f"session:{session_id}",
+            details={"error": str(exc)[:300], "strict": strict},
+        )
+        if strict:
+            raise RecordingError(f"recording could not start: {exc}") from exc
 
     def _writer(self, recording_id: str, kind: str, meta: dict[str, Any]) -> RecordingWriter:
         return RecordingWriter(
