@@ -291,3 +291,9 @@ def test_close_all_per_broker() -> None:
     assert t.close_all("agent stopping") == 3
     assert a1.close_reason == "broker connection lost"  # the first reason sticks
     assert b1.close_reason == "agent stopping"
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "systemd" / "agent.toml.example"
+    cfg = load_config(example)
+    assert cfg.declares("10.20.0.5", 502) and not cfg.declares("10.20.0.5", 503)
