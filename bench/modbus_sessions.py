@@ -96,41 +96,11 @@ def plc_main() -> None:
 
 def serve(workdir: Path, plc_port: int) -> None:
     """``--serve``: IdP + broker + SshRig in this process; JSON on stdout; stop at stdin EOF."""
-    import secrets
+    from bench_rig import conduit_rig
 
-    from broker.devidp import start_dev_idp
-    from broker.settings import load_settings
-    from tests.harness.broker import start_broker
     from tests.harness.ports import free_port
-    from tests.harness.ssh_session import SshRig
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    secret = secrets.token_urlsafe(24)
-    client = {
-        "client_id": "conduit",
-        "client_secret": secret,
-        "redirect_uris": [f"{base}/auth/callback"],
-        "post_logout_redirect_uris": [f"{base}/"],
-    }
-    idp = start_dev_idp(workdir / "idp", [client])
-    broker = rig = None
-    try:
-        settings = load_settings(
-            None,
-            mode="dev",
-            public_url=base,
-            listen_port=port,
-            database_url=f"sqlite:///{workdir / 'conduit.db'}",
-            data_dir=workdir / "var",
-            agents={"listen_port": 0},
-            ssh={"listen_port": 0},
-            oidc={"issuer": idp.issuer, "client_id": "conduit", "client_secret": secret},
-        )
-        broker = start_broker(settings)
-        rig = SshRig.build(
-            broker, workdir / "rig", extra_endpoints=[("127.0.0.1", plc_port, "modbus")]
-        )
+    with conduit_rig(workdir, [("127.0.0.1", plc_port, "modbus")]) as (settings, _broker, rig):
         rig.add_asset(ASSET, plc_port, ["modbus"], labels={"tune_write_ranges": "0-99"})
         rig.vendor("alice")
         rig.grant("alice", minutes=24 * 60, asset=ASSET, operation_class="tune")
@@ -158,12 +128,6 @@ def serve(workdir: Path, plc_port: int) -> None:
         }
         print(json.dumps(info), flush=True)
         sys.stdin.read()  # until the parent closes our stdin
-    finally:
-        if rig is not None:
-            rig.close()
-        if broker is not None:
-            broker.stop()
-        idp.stop()
 
 
 class Child:

@@ -16,9 +16,11 @@ from playwright.sync_api import Browser, Page
 from broker.settings import Settings, load_settings
 from sessions.clock import Clock
 from sessions.db import create_db_engine, migrate
+from tests.harness.agent import EchoAsset
 from tests.harness.broker import RunningBroker, start_broker
 from tests.harness.browser import browser_available, launch_browser_sync
 from tests.harness.idp import RunningIdP, start_dev_idp
+from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
 from tests.harness.postgres import RunningPostgres, postgres_available, start_postgres
 
@@ -151,3 +153,22 @@ def page(chromium: Browser) -> Iterator[Page]:
     context = chromium.new_context()
     yield context.new_page()
     context.close()
+
+
+# --- small real assets on loopback -----------------------------------------------------
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoAsset]:
+    """A TCP echo server on 127.0.0.1 (records when each connection ends)."""
+    asset = EchoAsset()
+    yield asset
+    asset.close()
+
+
+@pytest.fixture
+def plc() -> Iterator[PlcServer]:
+    """A real pymodbus PLC on 127.0.0.1."""
+    server = PlcServer()
+    yield server
+    server.stop()

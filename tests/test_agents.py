@@ -53,13 +53,6 @@ def plant(broker: RunningBroker) -> RunningBroker:
 
 
 @pytest.fixture
-def echo() -> Iterator[EchoAsset]:
-    asset = EchoAsset()
-    yield asset
-    asset.close()
-
-
-@pytest.fixture
 def agents() -> Iterator[list[AgentProcess]]:
     started: list[AgentProcess] = []
     yield started

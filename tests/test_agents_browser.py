@@ -4,7 +4,6 @@ Role and CSRF refusals over HTTP with real IdP sign-ins."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -30,13 +29,6 @@ def plant(broker: RunningBroker) -> RunningBroker:
     seed(broker.services.settings.database_url)
     broker.refresh_policy_data()
     return broker
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoAsset]:
-    asset = EchoAsset()
-    yield asset
-    asset.close()
 
 
 def _sign_in(page: Page, broker: RunningBroker, username: str) -> None:

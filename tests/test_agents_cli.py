@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ def plant(broker: RunningBroker) -> RunningBroker:
     seed(broker.services.settings.database_url)
     broker.refresh_policy_data()
     return broker
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoAsset]:
-    asset = EchoAsset()
-    yield asset
-    asset.close()
 
 
 def _agents(env: dict[str, str]) -> list[dict[str, Any]]:

@@ -33,13 +33,6 @@ TSHARK = shutil.which("tshark")
 
 
 @pytest.fixture
-def plc() -> Iterator[PlcServer]:
-    server = PlcServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def rig(broker: RunningBroker, tmp_path: Path, plc: PlcServer) -> Iterator[SshRig]:
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", plc.port, "modbus")])
     rig.add_asset("plc-lab", plc.port, ["modbus"], labels={"tune_write_ranges": "0-99"})

@@ -27,13 +27,6 @@ pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_availa
 
 
 @pytest.fixture
-def echo() -> Iterator[EchoAsset]:
-    asset = EchoAsset()
-    yield asset
-    asset.close()
-
-
-@pytest.fixture
 def rig(broker: RunningBroker, tmp_path: Path, echo: EchoAsset) -> Iterator[SshRig]:
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", echo.port, "tcp")])
     rig.vendor("alice")
