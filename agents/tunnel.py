@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import asyncssh
 
+from agents import ssh_transport
 from agents.config import AgentConfig
 from agents.enrollment import Enrollment
 from agents.relay import ChannelTable, Refused, relay
@@ -114,6 +115,7 @@ class AgentRuntime:
 
     async def run(self) -> None:
         """Dial every broker until :meth:`stop`; returns once all diallers ended."""
+        ssh_transport.install()
         diallers = [asyncio.create_task(self._dial_loop(addr)) for addr in self.brokers]
         try:
             await self._stop.wait()

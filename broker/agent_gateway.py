@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
+from agents import ssh_transport
 from agents.wire import (
     AGENT_PRINCIPAL,
     BROKER_USERNAME,
@@ -218,6 +219,7 @@ class AgentGateway:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        ssh_transport.install()
         await self._refresh_revoked()
         s = self._settings
         self._server = await asyncssh.listen_reverse(

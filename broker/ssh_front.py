@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
+from agents import ssh_transport
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
 from broker.clientless import ClientlessApprovals, Pending
@@ -149,6 +150,7 @@ class FrontDoor:
 
     async def start(self) -> None:
         s = self.deps.settings
+        ssh_transport.install()
         self._server = await asyncssh.listen(
             s.listen_host,
             s.listen_port,
