@@ -16,8 +16,9 @@ at prompts) is recorded only with ``record_input=True``.
 from __future__ import annotations
 
 import codecs
-import json
 from collections.abc import Mapping
+
+import orjson
 
 from sessions.clock import Clock
 from sessions.errors import ValidationError
@@ -167,5 +168,6 @@ class AsciicastRecorder:
         self._line([self._now(), code, text])
 
     def _line(self, obj: object) -> None:
-        # Raw UTF-8 (not \uXXXX for every non-ASCII character): smaller and cheaper.
-        self._writer.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+        # orjson: raw UTF-8 (not \uXXXX for every non-ASCII character), compact, and 10-20x
+        # faster than json.dumps on bulk output, which is what recording costs per byte.
+        self._writer.write(orjson.dumps(obj) + b"\n")

@@ -63,7 +63,7 @@ ENTRY_DOMAIN = b"conduit-recording-chain-v1\n"
 MANIFEST_DOMAIN = b"conduit-recording-manifest-v1\n"
 GENESIS_DOMAIN = b"conduit-recording-v1\n"
 KIND_EXTENSIONS: Mapping[str, str] = {"asciicast": "cast", "pcap": "pcap", "ops_jsonl": "jsonl"}
-DEFAULT_MAX_CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_CHUNK_BYTES = 4 << 20
 
 _RECORDING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _EXTENSION = re.compile(r"[a-z0-9]{1,16}")
