@@ -210,6 +210,7 @@ def build_policy_engine(settings: Settings, audit: AuditLog) -> PolicyEngine:
         on_event=on_event,
         budget_ms=ps.budget_ms,
         validate_timeout_s=ps.validate_timeout_s,
+        rvm=ps.evaluator == "rvm",
     )
 
 

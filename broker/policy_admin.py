@@ -188,6 +188,8 @@ def _status(svc: Services) -> dict[str, Any]:
             last_error=st.last_error,
             problems=list(st.last_problems),
             activated_at=st.activated_at.isoformat() if st.activated_at else None,
+            evaluator=st.evaluator.as_dict() if st.evaluator else None,
+            evaluator_text=st.evaluator.describe() if st.evaluator else None,
         )
     else:
         status["url"] = svc.settings.policy.opa_url

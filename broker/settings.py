@@ -65,6 +65,9 @@ class PolicySettings(BaseModel):
     watch_interval_s: float = Field(default=1.0, gt=0, le=60)
     data_refresh_s: float = Field(default=5.0, gt=0, le=3600)
     budget_ms: float = Field(default=50.0, gt=0, le=10_000)
+    # "rvm": regorus's compiled VM decides once it agreed with the interpreter on the
+    # verification corpus (~1.7x faster; docs/policy.md). Opt-in: the VM is young.
+    evaluator: Literal["interpreter", "rvm"] = "interpreter"
     validate_timeout_s: float = Field(default=20.0, gt=0, le=600)
     opa_url: str = ""
     opa_token: SecretStr | None = None

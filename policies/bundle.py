@@ -149,6 +149,10 @@ def compile_bundle(bundle: Bundle, *, include_tests: bool = False) -> regorus.En
         except RuntimeError as exc:
             problems.append(engine_error(exc))
     if problems:
+        # The error's traceback keeps this frame: without the engine, so that whoever keeps
+        # the error (in a reference cycle) cannot leave the engine to the garbage collector,
+        # which may run on another thread (regorus objects must be dropped on their own).
+        del engine
         raise BundleError(
             f"policy bundle {bundle.root} does not compile", problems, code="bundle_compile"
         )

@@ -18,9 +18,12 @@ DECISION_QUERY = "data.conduit.access.decision"
 RECORD_MODES = ("strict", "best_effort")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8: the form that is hashed."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def input_hash(document: Mapping[str, Any]) -> str:
@@ -74,6 +77,7 @@ class Decision:
     engine: str = ""
     input_hash: str = ""
     elapsed_ms: float = 0.0
+    evaluator: str = ""  # embedded engine: "rvm" or "interpreter" (not part of as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,20 +110,29 @@ def _int(value: Any, where: str, *, minimum: int = 0, optional: bool = True) -> 
     return value
 
 
+_FUNCTION_CODES = frozenset(range(1, 256))
+
+
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)  # the first test is the cheap one
+
+
 def _obligations(raw: Any) -> Obligations:
     if raw is None:
         return Obligations()
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         raise MalformedDecision(f"obligations must be an object, got {type(raw).__name__}")
     record = raw.get("record", "strict")
     if record not in RECORD_MODES:
         raise MalformedDecision(f"obligations.record must be one of {RECORD_MODES}, got {record!r}")
     modbus_raw = raw.get("modbus") or {}
-    if not isinstance(modbus_raw, Mapping):
+    if not _is_mapping(modbus_raw):
         raise MalformedDecision("obligations.modbus must be an object")
     codes = modbus_raw.get("allow_function_codes") or []
-    if not isinstance(codes, list) or not all(
-        isinstance(c, int) and not isinstance(c, bool) and 0 < c < 256 for c in codes
+    # Integers 1-255, not booleans (True == 1): every element's type is int, and the set of
+    # values lies within 1-255.
+    if not isinstance(codes, list) or not (
+        set(map(type, codes)) <= {int} and set(codes) <= _FUNCTION_CODES
     ):
         raise MalformedDecision("obligations.modbus.allow_function_codes must be integers 1-255")
     ranges_raw = modbus_raw.get("write_ranges") or []
@@ -162,23 +175,29 @@ def _obligations(raw: Any) -> Obligations:
     )
 
 
-def parse_decision(raw: Any, **stamps: Any) -> Decision:
-    """Turn the engine's raw answer into a Decision; never raises, fails closed instead.
-
-    ``stamps`` (engine, bundle_version, input_hash, elapsed_ms) are set on the result.
-    """
-    try:
-        if not isinstance(raw, Mapping):
-            raise MalformedDecision(f"decision must be an object, got {type(raw).__name__}")
-        allow = raw.get("allow")
-        if not isinstance(allow, bool):
-            raise MalformedDecision(f"decision.allow must be a boolean, got {allow!r}")
-        reasons = raw.get("reasons")
-        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-            raise MalformedDecision("decision.reasons must be a list of strings")
-        obligations = _obligations(raw.get("obligations"))
-    except MalformedDecision as exc:
-        return deny(f"policy returned a malformed decision: {exc}", **stamps)
+def decision_from(raw: Any, **stamps: Any) -> Decision:
+    """The Decision in the engine's raw answer; raises MalformedDecision if there is none."""
+    if not _is_mapping(raw):
+        raise MalformedDecision(f"decision must be an object, got {type(raw).__name__}")
+    allow = raw.get("allow")
+    if not isinstance(allow, bool):
+        raise MalformedDecision(f"decision.allow must be a boolean, got {allow!r}")
+    reasons = raw.get("reasons")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise MalformedDecision("decision.reasons must be a list of strings")
+    obligations = _obligations(raw.get("obligations"))
     if not reasons:
         reasons = ["allowed by policy" if allow else "denied by policy (no reason given)"]
     return Decision(allow=allow, reasons=tuple(reasons), obligations=obligations, **stamps)
+
+
+def parse_decision(raw: Any, **stamps: Any) -> Decision:
+    """Turn the engine's raw answer into a Decision; never raises, fails closed instead.
+
+    ``stamps`` (engine, bundle_version, input_hash, elapsed_ms, evaluator) are set on the
+    result.
+    """
+    try:
+        return decision_from(raw, **stamps)
+    except MalformedDecision as exc:
+        return deny(f"policy returned a malformed decision: {exc}", **stamps)

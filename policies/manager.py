@@ -24,6 +24,7 @@ from typing import Any
 from policies.decision import Decision, deny
 from policies.embedded import DEFAULT_BUDGET_MS, EmbeddedEngine
 from policies.errors import BundleError
+from policies.rvm import EvaluatorStatus
 from policies.validate import DEFAULT_TIMEOUT_S, validate_bundle
 
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -49,6 +50,8 @@ class PolicyStatus:
     activated_at: datetime | None
     last_error: str | None
     last_problems: tuple[str, ...]
+    # Which evaluator decides (rvm or interpreter) and why; None without an active bundle.
+    evaluator: EvaluatorStatus | None = None
 
 
 class PolicyManager:
@@ -61,8 +64,10 @@ class PolicyManager:
         on_event: EventSink | None = None,
         validate_timeout_s: float = DEFAULT_TIMEOUT_S,
         budget_ms: float = DEFAULT_BUDGET_MS,
+        rvm: bool = False,
     ) -> None:
         self.bundle_dir = bundle_dir
+        self._rvm = rvm  # True: the compiled VM decides once verified (policies.embedded)
         self._on_event = on_event or (lambda kind, details: None)
         self._timeout = validate_timeout_s
         self._budget = budget_ms
@@ -86,6 +91,7 @@ class PolicyManager:
             self._activated_at,
             self._last_error,
             self._last_problems,
+            self._active.evaluator_status() if self._active else None,
         )
 
     def reload(self) -> str:
@@ -99,7 +105,9 @@ class PolicyManager:
             result = validate_bundle(self.bundle_dir, timeout_s=self._timeout)
             if result.ok:
                 try:
-                    engine = EmbeddedEngine.from_directory(self.bundle_dir, budget_ms=self._budget)
+                    engine = EmbeddedEngine.from_directory(
+                        self.bundle_dir, budget_ms=self._budget, rvm=self._rvm
+                    )
                 except BundleError as exc:  # changed between validation and load
                     result = type(result)(False, None, exc.message, exc.problems)
                 else:

@@ -112,6 +112,9 @@ def test_broker_shows_version_and_rejection(
     status = http.get(f"{broker.url}/api/policy/status").json()
     good = status["version"]
     assert status["engine"] == "embedded" and good and status["last_error"] is None
+    # The compiled VM is opt-in ([policy] evaluator = "rvm"); by default the interpreter decides.
+    assert status["evaluator"]["evaluator"] == "interpreter"
+    assert status["evaluator"]["state"] == "disabled"
     page = http.get(f"{broker.url}/admin/policy")
     assert good in page.text
 
@@ -135,3 +138,22 @@ def test_broker_shows_version_and_rejection(
     )
     assert answer.status_code == 303
     assert http.get(f"{broker.url}/api/policy/status").json()["last_error"] is None
+
+
+def test_broker_evaluator_setting_and_status(
+    make_broker: Callable[..., RunningBroker], http: httpx2.Client
+) -> None:
+    """``[policy] evaluator = "rvm"``: the default bundle runs on the verified VM, shown in
+    the status API and on the policy page (the default setting: see the test above)."""
+    broker = make_broker(policy={"evaluator": "rvm"})
+    web_login(http, broker.url, "adam", "adam-demo-pw")
+    deadline = time.monotonic() + 60
+    while (status := http.get(f"{broker.url}/api/policy/status").json())["evaluator"][
+        "state"
+    ] == "checking":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["evaluator"]["evaluator"] == "rvm", status
+    assert status["evaluator"]["state"] == "verified"
+    page = http.get(f"{broker.url}/admin/policy")
+    assert 'id="policy-evaluator"' in page.text and "rvm (" in page.text

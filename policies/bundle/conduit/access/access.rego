@@ -7,7 +7,13 @@
 # returns the text explaining it (the allow reasons). Next to every requirement, deny rules
 # fire exactly when it is not met and say why; they are evaluated only for a deny. The
 # requirements are functions rather than rules because regorus calls a function several
-# times faster than it evaluates a rule (an allow takes ~0.2 ms; see docs/policy.md).
+# times faster than it evaluates a rule (see docs/policy.md).
+#
+# Compiled-VM rule (regorus's RVM, the broker's fast evaluator, docs/policy.md): a value that
+# may be undefined is bound with `=`, never `:=`, and a rule head is built only from values the
+# body has bound. The RVM does not fail a body on `x := <undefined>` (it goes on with x
+# undefined: the rule then comes out undefined instead of trying its `else`, a set rule gains
+# an undefined element, `not x == ...` holds). The interpreter treats both spellings alike.
 package conduit.access
 
 import rego.v1
@@ -18,15 +24,15 @@ import data.conduit.ot
 decision := d if {
 	# The fast path (fast.rego): a vendor's connection with well-formed input, allowed or
 	# denied. Undefined outside that case; the bodies below then decide, with the same result.
-	d := fast_decision(fast_facts(input, input.user, input.asset, input.action, input.context, object.get(input, "grant", null)))
+	d = fast_decision(fast_facts(input, input.user, input.asset, input.action, input.context, object.get(input, "grant", null)))
 } else := d if {
 	input_ok
 	now := calendar.ns(input.context.now)
 	not vendor_locked_out(input.user)
 	input.asset.purdue_level != 0
-	role := role_basis(input.user, input.asset, input.action.kind)
-	contract := contract_basis(input.user, input.asset, input.action.kind, now)
-	d := allowed(input, input.action.kind, now, [role, contract])
+	role = role_basis(input.user, input.asset, input.action.kind)
+	contract = contract_basis(input.user, input.asset, input.action.kind, now)
+	d = allowed(input, input.action.kind, now, [role, contract])
 } else := {"allow": false, "reasons": deny_reasons, "obligations": denied_obligations}
 
 allow := decision.allow
@@ -35,10 +41,10 @@ allow := decision.allow
 # requirements hold (below, per kind), else undefined.
 allowed(inp, kind, now, common) := decision if {
 	kind in ["ssh", "sftp", "tcp", "web_terminal"]
-	mfa := mfa_basis(inp.user, inp.asset, inp.action.operation_class)
+	mfa = mfa_basis(inp.user, inp.asset, inp.action.operation_class)
 	inp.context.agent_online == true
 	agent := sprintf("agent for %s is online", [inp.asset.name])
-	grant := grant_basis(inp, now)
+	grant = grant_basis(inp, now)
 	reasons := array.concat(common, [mfa, grant.reason, agent])
 	decision := allow_decision(reasons, granted_obligations(inp, grant.ends_ns, now))
 }
@@ -111,13 +117,15 @@ role_basis(user, asset, kind) := sprintf("role vendor may %s", [kind]) if {
 } else := sprintf("role admin may %s", [kind]) if {
 	kind in ["ssh", "sftp", "tcp", "web_terminal", "request"]
 	"admin" in user.roles
-} else := sprintf("role admin may approve any asset (%s)", [asset.name]) if {
+} else := reason if {
 	kind == "approve"
 	"admin" in user.roles
-} else := sprintf("approver is in owner group %s of %s", [asset.owner_group, asset.name]) if {
+	reason = sprintf("role admin may approve any asset (%s)", [asset.name])
+} else := reason if {
 	kind == "approve"
 	"approver" in user.roles
 	asset.owner_group in user.groups
+	reason = sprintf("approver is in owner group %s of %s", [asset.owner_group, asset.name])
 }
 
 deny contains sprintf("%s needs role vendor or admin", [input.action.kind]) if {
@@ -131,10 +139,11 @@ deny contains "approve needs role approver or admin" if {
 	not "admin" in input.user.roles
 }
 
-deny contains sprintf("approver is not in owner group %v of %s", [input.asset.owner_group, asset_name]) if {
+deny contains sprintf("approver is not in owner group %v of %s", [group, asset_name]) if {
 	input.action.kind == "approve"
 	"approver" in input.user.roles
 	not role_basis(input.user, input.asset, "approve")
+	group = input.asset.owner_group
 }
 
 # ---- vendor contracts -----------------------------------------------------------------------
@@ -147,15 +156,16 @@ needs_contract(user, kind) if {
 	"vendor" in user.roles
 }
 
-contract_basis(user, asset, kind, now) := concat("", ["vendor contract ", refs, " covers ", asset.name]) if {
+contract_basis(user, asset, kind, now) := basis if {
 	needs_contract(user, kind)
-	valid := [c.reference |
+	valid := [ref |
 		some c in data.plant.vendor_orgs[user.vendor_org].contracts
 		covers(c, asset)
 		contract_current(c, now)
+		ref = c.reference
 	]
 	count(valid) > 0
-	refs := concat(", ", valid)
+	basis = concat("", ["vendor contract ", concat(", ", valid), " covers ", sprintf("%v", [asset.name])])
 } else := "" if not needs_contract(user, kind)
 
 # data.plant is built by the broker from its database and trusted to be well formed; a
@@ -173,9 +183,10 @@ contract_current(c, now) if {
 
 contract_needed if needs_contract(input.user, input.action.kind)
 
-covering_contracts contains c.reference if {
+covering_contracts contains ref if {
 	some c in data.plant.vendor_orgs[input.user.vendor_org].contracts
 	covers(c, input.asset)
+	ref = c.reference
 }
 
 deny contains "vendor user has no vendor_org" if {
@@ -189,11 +200,12 @@ deny contains sprintf("no contract of vendor org %s covers %s", [input.user.vend
 	count(covering_contracts) == 0
 }
 
-deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s is not valid at %s", [input.user.vendor_org, asset_name, input.context.now])]) if {
+deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s is not valid at %s", [input.user.vendor_org, asset_name, now])]) if {
 	contract_needed
 	count(covering_contracts) > 0
 	not contract_basis(input.user, input.asset, input.action.kind, checked_now)
 	refs := concat(", ", sort(covering_contracts))
+	now = input.context.now
 }
 
 # ---- connections: agent, MFA, grant ---------------------------------------------------------
@@ -208,6 +220,7 @@ mfa_basis(user, asset, op) := "" if {
 	not asset.purdue_level in [1, 2]
 	not op in ["program", "firmware"]
 } else := concat("", ["MFA present (amr ", methods, ")"]) if {
+	is_array(user.amr)
 	present := [m | some m in user.amr; m in ["mfa", "otp", "hwk"]]
 	count(present) > 0
 	methods := concat(", ", present)
@@ -231,13 +244,14 @@ admin_standing(user, asset) if {
 grant_basis(inp, now) := {"reason": reason, "ends_ns": null} if {
 	admin_standing(inp.user, inp.asset)
 	reason := sprintf("admin standing access to Purdue level %d asset %s (no grant needed)", [inp.asset.purdue_level, inp.asset.name])
-} else := {"reason": concat("", ["grant ", g.id, " ", g.state, " until ", g.ends_at, window]), "ends_ns": ends} if {
-	g := inp.grant
+} else := {"reason": reason, "ends_ns": ends} if {
+	g = inp.grant
 	g.state in ["approved", "active"]
 	grant_current(g, now)
 	g.requester == inp.user.sub
-	window := window_basis(g, inp.asset, now)
-	ends := calendar.ns(g.ends_at)
+	window = window_basis(g, inp.asset, now)
+	reason = concat("", ["grant ", g.id, " ", g.state, " until ", g.ends_at, window])
+	ends = calendar.ns(g.ends_at)
 }
 
 grant_current(g, now) if {
@@ -246,11 +260,11 @@ grant_current(g, now) if {
 }
 
 window_basis(g, asset, now) := "" if g.maintenance_window_only == false
-else := concat("", [", inside maintenance window ", open, " (", site.timezone, ")"]) if {
-	site := data.plant.sites[asset.site]
-	windows := calendar.open_windows(site, now)
+else := basis if {
+	site = data.plant.sites[asset.site]
+	windows = calendar.open_windows(site, now)
 	count(windows) > 0
-	open := concat(", ", sort(windows))
+	basis = concat("", [", inside maintenance window ", concat(", ", sort(windows)), " (", site.timezone, ")"])
 }
 
 grant_checked if {
@@ -263,26 +277,32 @@ deny contains sprintf("%s to %s needs an approved grant", [input.action.kind, as
 	not is_object(input.grant)
 }
 
-deny contains sprintf("grant %s is %v, not approved or active", [grant_id, input.grant.state]) if {
+deny contains sprintf("grant %s is %v, not approved or active", [grant_id, state]) if {
 	grant_checked
 	not input.grant.state in {"approved", "active"}
+	state = input.grant.state
 }
 
-deny contains sprintf("grant %s is not valid at %v (valid from %v until %v)", [grant_id, input.context.now, input.grant.starts_at, input.grant.ends_at]) if {
+deny contains sprintf("grant %s is not valid at %v (valid from %v until %v)", [grant_id, now, input.grant.starts_at, input.grant.ends_at]) if {
 	grant_checked
 	grant_times_valid
 	not grant_current(input.grant, checked_now)
+	now = input.context.now
 }
 
-deny contains sprintf("grant %s was requested by %v, not by %v", [grant_id, input.grant.requester, input.user.sub]) if {
+deny contains sprintf("grant %s was requested by %v, not by %v", [grant_id, requester, sub]) if {
 	grant_checked
 	not input.grant.requester == input.user.sub
+	requester = input.grant.requester
+	sub = input.user.sub
 }
 
-deny contains sprintf("grant %s is limited to maintenance windows; %v is outside every window of site %v", [grant_id, input.context.now, input.asset.site]) if {
+deny contains sprintf("grant %s is limited to maintenance windows; %v is outside every window of site %v", [grant_id, now, site]) if {
 	grant_checked
 	input.grant.maintenance_window_only != false
 	not window_basis(input.grant, input.asset, checked_now)
+	now = input.context.now
+	site = input.asset.site
 }
 
 # ---- approvals ------------------------------------------------------------------------------

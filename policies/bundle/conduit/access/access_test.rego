@@ -118,6 +118,18 @@ test_decision_is_defined_without_data if {
 	"emergency lockout assumed: data.plant.lockout.vendors is not set" in d.reasons
 }
 
+# Ill-typed fields deny with their reasons; they are never an evaluation error.
+test_decision_amr_not_a_list_denies if {
+	denied(given({"user": {"amr": "mfa"}}), "input.user.amr must be a list of strings")
+	denied(given({"user": {"amr": "mfa"}}), "ssh to plc-press-3 needs MFA: input.user.amr has none of mfa, otp, hwk")
+}
+
+test_decision_asset_name_not_a_string_denies if {
+	denied(given({"asset": {"name": 3}}), "input.asset.name must be a non-empty string")
+	d := decide(given({"asset": {"name": 3}, "action": {"kind": "request"}}))
+	d.reasons == ["input.asset.name must be a non-empty string"]
+}
+
 test_deny_lists_every_applicable_reason if {
 	d := decide(given({"context": {"agent_online": false}, "grant": {"state": "revoked"}}))
 	d.allow == false

@@ -31,7 +31,7 @@ fast_facts(inp, u, a, act, ctx, g) := {
 	"vendor" in u.roles
 	"" < u.vendor_org
 	u.vendor_org < []
-	lock := [v | v := data.plant.lockout.vendors]
+	lock := [v | some v in [data.plant.lockout.vendors]]
 	"" < a.name
 	a.name < []
 	"" < a.site
@@ -48,7 +48,7 @@ fast_facts(inp, u, a, act, ctx, g) := {
 	now := ctx.now
 	"" < now
 	now < []
-	times := fast_times(g, now)
+	times = fast_times(g, now)
 	calendar.valid_strings(concat(" ", times), count(times))
 	now_ns := time.parse_rfc3339_ns(now)
 	mfa := fast_mfa(u, a, act.operation_class)
@@ -97,14 +97,16 @@ fast_grant(g, u, a, now_ns) := {
 }
 
 # fast_mfa(user, asset, operation class): [mfa_basis(...)], or [] where it is undefined.
-fast_mfa(u, a, op) := [mfa_basis(u, a, op)] if mfa_basis(u, a, op)
-else := []
+fast_mfa(u, a, op) := [basis] if {
+	basis = mfa_basis(u, a, op)
+} else := []
 
 # fast_window(maintenance_window_only, grant, asset, now_ns): [window_basis(...)], or [].
 fast_window(false, _, _, _) := [""]
 
-fast_window(true, g, a, now_ns) := [window_basis(g, a, now_ns)] if window_basis(g, a, now_ns)
-else := []
+fast_window(true, g, a, now_ns) := [basis] if {
+	basis = window_basis(g, a, now_ns)
+} else := []
 
 fast_decision(f) := {
 	"allow": true,
@@ -178,9 +180,10 @@ fast_level_reason(a) := [sprintf("%s is at Purdue level 0 (process and field dev
 
 fast_contract_reasons(f) := [] if {
 	count(f.valid) > 0
-} else := fast_contract_reason(f, {c.reference |
+} else := fast_contract_reason(f, {ref |
 	some c in data.plant.vendor_orgs[f.u.vendor_org].contracts
 	covers(c, f.a)
+	ref = c.reference
 })
 
 fast_contract_reason(f, covering) := [sprintf("no contract of vendor org %s covers %s", [f.u.vendor_org, f.a.name])] if {

@@ -13,14 +13,14 @@ import data.conduit.calendar
 input_ok if well_formed(input)
 
 well_formed(inp) if {
-	u := inp.user
+	u = inp.user
 	is_string(u.sub)
 	u.sub != ""
 	is_array(u.roles)
 	is_array(u.groups)
 	is_array(u.amr)
 	type_name(object.get(u, "vendor_org", null)) in ["null", "string"]
-	a := inp.asset
+	a = inp.asset
 	is_string(a.name)
 	a.name != ""
 	is_string(a.site)

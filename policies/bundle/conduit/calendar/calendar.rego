@@ -46,7 +46,7 @@ open_windows(site, t) := {text |
 	clock := time.clock([t, site.timezone])
 	minute := (clock[0] * 60) + clock[1]
 	some w in site.maintenance_windows
-	span := window_span(w)
+	span = window_span(w)
 	in_window(day, minute, span[0], span[1], w.days)
 	text := concat("", [concat(",", w.days), " ", w.start, "-", w.end])
 }

@@ -70,7 +70,7 @@ class("firmware") := {
 write_ranges("read_only", _) := []
 
 write_ranges("tune", name) := ranges if {
-	ranges := data.plant.assets[name].tune_write_ranges
+	ranges = data.plant.assets[name].tune_write_ranges
 } else := []
 
 write_ranges("program", _) := [[0, 65535]]
