@@ -11,7 +11,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time
+APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time socat
 NODE_DIRS := deploy/dev-idp broker/frontend
 PYTEST_ARGS ?=
 

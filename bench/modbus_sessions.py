@@ -17,7 +17,8 @@ unit 1) and reading each whole MBAP answer, so client overhead is the same on bo
 
 Measures:
 
-- round-trip latency, direct vs Conduit, **interleaved**: every ``--interval-ms`` slot sends one
+- round-trip latency, direct vs three plain socat relays (the hops alone) vs Conduit,
+  **interleaved**: every ``--interval-ms`` slot sends one
   request on each path (alternating which goes first), so load drift on a shared machine hits
   both alike. The slot is longer than 1/rate of the policy's ``rate_limit_rps`` obligation
   (level 3: 50 requests/s, shared by the asset's connections), so no request waits for a
@@ -37,7 +38,7 @@ Measures:
     .venv/bin/python bench/modbus_sessions.py [--n 2000] [--interval-ms 40] [--tp-n 300]
         [--write docs/benchmarks.md]
 
-Needs root (sshd for the rig), ss (iproute2), node + deploy/dev-idp npm packages.
+Needs root (sshd for the rig), ss (iproute2), socat, node + deploy/dev-idp npm packages.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ TARGET_ADDED_P50_MS = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ASSET = "plc-lab"
 RAW_ASSET = "plc-raw"
-PATHS = ("direct", "raw", "conduit")
+PATHS = ("direct", "relays", "raw", "conduit")
 LABELS = {
     "direct": "direct",
+    "relays": "3 plain TCP relays (socat, C, no encryption)",
     "raw": "Conduit, generic TCP (no inspector; pcap)",
     "conduit": "Conduit, Modbus (inspector; pcap + ops log)",
 }
@@ -166,17 +168,56 @@ class Child:
 def start_forward(argv: list[str], local: int) -> subprocess.Popen[bytes]:
     """Stock ``ssh -N -L``; returns once it listens (without opening a recorded connection)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
+    if not wait_listening(local, proc):
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise SystemExit(f"ssh -L never listened: {err.decode(errors='replace')[-2000:]}")
+    return proc
+
+
+def start_relays(target: int, hops: int = 3) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """A chain of ``hops`` socat processes in front of ``target`` (TCP_NODELAY both sides).
+
+    The same number of processes between client and PLC as the Conduit route (forwarder,
+    broker, agent), doing nothing but copying bytes: the floor any such route pays here.
+    """
+    from tests.harness.ports import free_port
+
+    if shutil.which("socat") is None:
+        raise SystemExit("socat not found: apt-get install socat")
+    procs: list[subprocess.Popen[bytes]] = []
+    for _ in range(hops):
+        port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    "socat",
+                    f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,nodelay",
+                    f"TCP:127.0.0.1:{target},nodelay",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        target = port
+        if not wait_listening(port, procs[-1]):
+            for proc in procs:
+                proc.kill()
+            raise SystemExit(f"socat never listened on {port}")
+    return procs, target
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> bool:
+    """True once something listens on 127.0.0.1:``port``; False if ``proc`` died or timed out."""
+    deadline = time.monotonic() + timeout
     while True:
         listening = subprocess.run(
-            ["ss", "-ltnH", f"( sport = :{local} )"], capture_output=True, text=True, check=True
+            ["ss", "-ltnH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
         )
         if listening.stdout.strip():
-            return proc
+            return True
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate(timeout=5)
-            raise SystemExit(f"ssh -L never listened: {err.decode(errors='replace')[-2000:]}")
+            return False
         time.sleep(0.05)
 
 
@@ -428,10 +469,12 @@ def main() -> int:
         for asset in (ASSET, RAW_ASSET):
             fwd = info["forwards"][asset]
             forwards.append(start_forward(fwd["argv"], fwd["port"]))
+        relays, relays_port = start_relays(plc_port)
+        forwards += relays
         direct = Client(plc_port)
         raw = Client(info["forwards"][RAW_ASSET]["port"])
         conduit = Client(info["forwards"][ASSET]["port"])
-        clients += [direct, raw, conduit]
+        clients += [direct, Client(relays_port), raw, conduit]
         print(f"+ warm-up {args.warmup} + latency {args.n} x 3 paths", flush=True)
         interleaved(clients, args.warmup, args.interval_ms / 1000)
         b0, a0 = cpu_seconds(info["broker_pid"]), cpu_seconds(info["agent_pid"])
@@ -504,6 +547,7 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "--write docs/benchmarks.md"
     )
     d, c, r = res["ms"]["direct"], res["ms"]["conduit"], res["ms"]["raw"]
+    floor = [b - a for a, b in zip(d, res["ms"]["relays"], strict=True)]
     added = [b - a for a, b in zip(d, c, strict=True)]
     inspected = [b - a for a, b in zip(r, c, strict=True)]
     added_p50 = pct(c, 50) - pct(d, 50)
@@ -532,8 +576,11 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "tunnel) → the same PLC. **Conduit, generic TCP** = the same route to the same PLC "
         "registered as a second asset with protocol `tcp`: relayed and recorded as pcap, no "
         "inspector and no ops log (another session of the same vendor); the difference to it "
-        "is the inspector's and ops log's share. Client: raw socket, TCP_NODELAY, FC 3 read "
-        "of 1 holding register, unit 1, whole MBAP answer read back.",
+        "is the inspector's and ops log's share. **3 plain TCP relays** = client → socat → "
+        "socat → socat → the same PLC: as many processes between client and PLC as the "
+        "Conduit route (forwarder, broker, agent), each only copying bytes (C, no encryption, "
+        "no Python): what the hops alone cost on this machine. Client: raw socket, "
+        "TCP_NODELAY, FC 3 read of 1 holding register, unit 1, whole MBAP answer read back.",
         "",
         f"### Round-trip latency ({args.n} requests per path, after {args.warmup} warm-up)",
         "",
@@ -555,6 +602,8 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
             f"{statistics.fmean(v):.3f} | {max(v):.3f} |"
         )
     lines += [
+        f"| added by 3 plain relays (relays - direct, per slot) | {pct(floor, 50):.3f} | "
+        f"{pct(floor, 90):.3f} | {pct(floor, 99):.3f} | {statistics.fmean(floor):.3f} | |",
         f"| added (Conduit Modbus - direct, per slot) | {pct(added, 50):.3f} | "
         f"{pct(added, 90):.3f} | {pct(added, 99):.3f} | {statistics.fmean(added):.3f} | |",
         f"| inspector + ops log share (Modbus - generic TCP, per slot) | "
@@ -609,8 +658,12 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         f"SSH legs) adds {pct(r, 50) - pct(d, 50):.3f} ms at p50 without any inspection; the "
         f"inspector and ops log add {pct(inspected, 50):.3f} ms at p50 on top (in-process: "
         f"{ins['us_p50']:.0f} µs inspector, {insr['us_p50']:.0f} µs with both recorders) but "
-        f"widen the tail (p99 {pct(c, 99):.1f} vs {pct(r, 99):.1f} ms). The inspector fits "
-        "the budget; the relay route does not, on this shared machine.",
+        f"widen the tail (p99 {pct(c, 99):.1f} vs {pct(r, 99):.1f} ms). Three processes that "
+        f"only copy bytes, in C, add {pct(floor, 50):.3f} ms at p50 here (each hop is a "
+        "wake-up of an idle process on another vCPU): that is the floor of any route with "
+        "a forwarder, a broker and an agent on this machine, before encryption or Python. "
+        "The inspector fits the budget; the hops and the two encrypted SSH legs in Python do "
+        "not.",
         MARK_END,
     ]
     return "\n".join(lines)
