@@ -59,6 +59,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from doc_section import write_section  # noqa: E402 (bench/ is the script's directory)
+
 MARK_BEGIN = "<!-- bench:agents:begin -->"
 MARK_END = "<!-- bench:agents:end -->"
 TARGET_BROKER_KIB = 100
@@ -824,16 +826,6 @@ def report(args: argparse.Namespace, runs: list[BrokerRun], agent: AgentRun | No
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def ints(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
 
@@ -866,7 +858,7 @@ def main() -> int:
     section = report(args, runs, agent)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, section, MARK_BEGIN, MARK_END)
     return 0
 
 

@@ -64,6 +64,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from doc_section import write_section  # noqa: E402 (bench/ is the script's directory)
+
 MARK_BEGIN = "<!-- bench:modbus_sessions:begin -->"
 MARK_END = "<!-- bench:modbus_sessions:end -->"
 SECTION = "## OT sessions: Modbus through broker+agent"
@@ -520,13 +522,7 @@ def main() -> int:
     report = render(args, res)
     print(report)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + report + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + report + "\n"
-        args.write.write_text(text)
+        write_section(args.write, report, MARK_BEGIN, MARK_END)
     return 0
 
 

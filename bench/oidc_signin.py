@@ -27,6 +27,8 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doc_section import write_section
+
 from broker.devidp import start_dev_idp
 from tests.harness.idp import idp_login
 from tests.harness.ports import free_port
@@ -138,13 +140,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + report + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + report + "\n"
-        args.write.write_text(text)
+        write_section(args.write, report, MARK_BEGIN, MARK_END)
     return 0
 
 

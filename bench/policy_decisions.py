@@ -39,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doc_section import write_section
+
 from policies.embedded import EmbeddedEngine
 from policies.opa import OpaEngine
 from tests.harness.opa_server import start_opa_server
@@ -326,13 +328,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + report + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + report + "\n"
-        args.write.write_text(text)
+        write_section(args.write, report, MARK_BEGIN, MARK_END)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from doc_section import write_section
+
 MARK_BEGIN = "<!-- bench:ssh_packet_cost:begin -->"
 MARK_END = "<!-- bench:ssh_packet_cost:end -->"
 CIPHER = "aes128-gcm@openssh.com"
@@ -139,13 +141,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + report + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + report + "\n"
-        args.write.write_text(text)
+        write_section(args.write, report, MARK_BEGIN, MARK_END)
     return 0
 
 

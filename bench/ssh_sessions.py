@@ -57,6 +57,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from doc_section import write_section  # noqa: E402 (bench/ is the script's directory)
+
 MARK_BEGIN = "<!-- bench:ssh_sessions:begin -->"
 MARK_END = "<!-- bench:ssh_sessions:end -->"
 TARGET_THROUGHPUT_X = 1.0  # x ProxyJump
@@ -384,13 +386,7 @@ def main() -> int:
     report = render(args, results)
     print(report)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + report + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip() + "\n\n" + report + "\n"
-        args.write.write_text(text)
+        write_section(args.write, report, MARK_BEGIN, MARK_END)
     if args.keep_recordings:
         print(f"recordings kept in {recordings}")
     return 0
