@@ -126,7 +126,7 @@ class RecorderFactory:
         self._root, self._signer, self._clock = root, signer, clock
         self._maintenance, self._audit, self._record_input = maintenance, audit, record_input
 
-    def __call__(
+    async def __call__(
         self,
         session_id: str,
         channel: int,
@@ -139,34 +139,44 @@ class RecorderFactory:
     ) -> ChannelRecorder | None:
         """A recorder, or None in best-effort mode when it cannot start (audited).
 
+        The set-up (directory, first files and their fsyncs, the database row) runs in a worker
+        thread: on the event loop it would stall every other session's relay meanwhile.
         Raises :class:`RecordingError` in strict mode when it cannot start.
         """
         recording_id = f"{session_id}-{channel}"
-        try:
-            writer = RecordingWriter(
-                self._store,
-                recording_id,
-                kind="asciicast",
-                signer=self._signer,
-                clock=self._clock,
-                meta={"session": session_id, "channel": channel, "title": title},
-            )
-            cast = AsciicastRecorder(
-                writer,
-                width,
-                height,
-                record_input=self._record_input,
-                clock=self._clock,
-                title=title,
-                env={"TERM": "xterm-256color"},
-                coalesce_s=COALESCE_S,
-            )
-            row_id = self._maintenance.add_recording(
-                session_id, fmt="asciicast", path=str(self._root / recording_id)
-            )
-        except (RecordingError, OSError) as exc:
-            self._start_failed(session_id, exc, strict=strict)
+
+        def prepare() -> tuple[RecordingWriter, AsciicastRecorder, str] | None:
+            try:
+                writer = RecordingWriter(
+                    self._store,
+                    recording_id,
+                    kind="asciicast",
+                    signer=self._signer,
+                    clock=self._clock,
+                    meta={"session": session_id, "channel": channel, "title": title},
+                )
+                cast = AsciicastRecorder(
+                    writer,
+                    width,
+                    height,
+                    record_input=self._record_input,
+                    clock=self._clock,
+                    title=title,
+                    env={"TERM": "xterm-256color"},
+                    coalesce_s=COALESCE_S,
+                )
+                row_id = self._maintenance.add_recording(
+                    session_id, fmt="asciicast", path=str(self._root / recording_id)
+                )
+            except (RecordingError, OSError) as exc:
+                self._start_failed(session_id, exc, strict=strict)
+                return None
+            return writer, cast, row_id
+
+        prepared = await asyncio.to_thread(prepare)
+        if prepared is None:
             return None
+        writer, cast, row_id = prepared
 
         def finished(recorder: ChannelRecorder) -> None:
             manifest = self._root / recording_id / "manifest.json"
@@ -186,7 +196,7 @@ class RecorderFactory:
             finished=finished,
         )
 
-    def tcp(
+    async def tcp(
         self,
         session_id: str,
         number: int,
@@ -197,25 +207,40 @@ class RecorderFactory:
         strict: bool,
         on_failure: Callable[[str], None],
     ) -> TcpRecording | None:
-        """pcap (and, for Modbus, an operations log) of one forwarded connection."""
+        """pcap (and, for Modbus, an operations log) of one forwarded connection.
+
+        Set up in a worker thread, as :meth:`__call__`; None or RecordingError likewise.
+        """
         base = f"{session_id}-tcp{number}"
         rows: dict[str, str] = {}
-        try:
-            pcap_writer = self._writer(base, "pcap", {"session": session_id, "connection": number})
-            pcap = PcapRecorder(pcap_writer, client=client, server=server, clock=self._clock)
-            rows[pcap_writer.recording_id] = self._maintenance.add_recording(
-                session_id, fmt="pcap", path=str(self._root / base)
-            )
-            ops = ops_writer = None
-            if operations:
-                ops_writer = self._writer(f"{base}-ops", "ops_jsonl", {"session": session_id})
-                ops = OpsLogRecorder(ops_writer, self._clock)
-                rows[ops_writer.recording_id] = self._maintenance.add_recording(
-                    session_id, fmt="ops_jsonl", path=str(self._root / f"{base}-ops")
+        ops: OpsLogRecorder | None = None
+        ops_writer: RecordingWriter | None = None
+
+        def prepare() -> tuple[PcapRecorder, RecordingWriter] | None:
+            nonlocal ops, ops_writer
+            try:
+                pcap_writer = self._writer(
+                    base, "pcap", {"session": session_id, "connection": number}
                 )
-        except (RecordingError, OSError) as exc:
-            self._start_failed(session_id, exc, strict=strict)
+                pcap = PcapRecorder(pcap_writer, client=client, server=server, clock=self._clock)
+                rows[pcap_writer.recording_id] = self._maintenance.add_recording(
+                    session_id, fmt="pcap", path=str(self._root / base)
+                )
+                if operations:
+                    ops_writer = self._writer(f"{base}-ops", "ops_jsonl", {"session": session_id})
+                    ops = OpsLogRecorder(ops_writer, self._clock)
+                    rows[ops_writer.recording_id] = self._maintenance.add_recording(
+                        session_id, fmt="ops_jsonl", path=str(self._root / f"{base}-ops")
+                    )
+            except (RecordingError, OSError) as exc:
+                self._start_failed(session_id, exc, strict=strict)
+                return None
+            return pcap, pcap_writer
+
+        prepared = await asyncio.to_thread(prepare)
+        if prepared is None:
             return None
+        pcap, pcap_writer = prepared
 
         def finished(writer: RecordingWriter, reason: str) -> None:
             manifest = self._root / writer.recording_id / "manifest.json"

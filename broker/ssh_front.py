@@ -316,7 +316,7 @@ class _Vendor(asyncssh.SSHServer):
             self.deps.live.kill(session.id, why)
 
         try:
-            recording = self.deps.recorder.tcp(
+            recording = await self.deps.recorder.tcp(
                 session.id,
                 number,
                 client=(self.peer or "198.18.0.1", 40000 + number % 20000),
@@ -640,7 +640,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
                 def cut(why: str) -> None:
                     v.deps.live.kill(session_id, why)
 
-                self.recorder = v.deps.recorder(
+                self.recorder = await v.deps.recorder(
                     session_id,
                     self.number,
                     width,
