@@ -136,8 +136,12 @@ class RecorderFactory:
         *,
         strict: bool,
         on_failure: Callable[[str], None],
+        pty: bool = True,
     ) -> ChannelRecorder | None:
         """A recorder, or None in best-effort mode when it cannot start (audited).
+
+        Without a PTY (an exec channel) output is recorded losslessly: bytes that are not UTF-8
+        text become base64 ``"b"`` events (:mod:`sessions.asciicast`).
 
         The set-up (directory, first files and their fsyncs, the database row) runs in a worker
         thread: on the event loop it would stall every other session's relay meanwhile.
@@ -164,6 +168,7 @@ class RecorderFactory:
                     title=title,
                     env={"TERM": "xterm-256color"},
                     coalesce_s=COALESCE_S,
+                    lossless_binary=not pty,
                 )
                 row_id = self._maintenance.add_recording(
                     session_id, fmt="asciicast", path=str(self._root / recording_id)

@@ -648,6 +648,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
                     title,
                     strict=strict,
                     on_failure=cut,
+                    pty=self.pty is not None,
                 )
             kwargs: dict[str, Any] = {"encoding": None}
             if self.pty:

@@ -9,14 +9,23 @@ the policy asks for it) or ``"r"`` (resize, ``"COLSxROWS"``). Each line is one
 
 Bytes are decoded as UTF-8 with an incremental decoder per direction: a multi-byte character
 split across reads is emitted whole with the later read; invalid bytes become U+FFFD.
+
+Exec channels without a PTY (``lossless_binary=True``) carry arbitrary bytes (``cat fw.bin``):
+there, output that is not UTF-8 text, or holds a NUL, is recorded exactly, as ``"b"`` events
+whose text is the base64 of the bytes, announced once by a ``"m"`` marker. Players and
+``asciinema cat`` skip ``"b"`` events (they show ``"o"`` only); :func:`output_bytes` gives back
+the exact output stream. Lossless, and far cheaper than JSON-escaping binary (6 bytes per NUL).
 Secrets: ``env`` is reduced to ``TERM`` and ``SHELL``; input (which may contain passwords typed
 at prompts) is recorded only with ``record_input=True``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 
 import orjson
 
@@ -28,6 +37,45 @@ ENV_KEYS = ("TERM", "SHELL")
 
 
 COALESCE_BYTES = 256 * 1024
+BINARY_EVENT = "b"
+BINARY_MARKER = 'binary output follows: exact bytes in base64 "b" events'
+
+
+def _text_suffix_start(data: bytes, bad: int) -> int:
+    """Where the NUL-free UTF-8 text at the end of ``data`` begins, after position ``bad``
+    (it may end in an unfinished character); looks at the last 4 KiB at most."""
+    i = max(bad + 1, len(data) - 4096, data.rfind(b"\x00") + 1)
+    while i < len(data):
+        try:
+            codecs.utf_8_decode(data[i:], "strict", False)
+        except UnicodeDecodeError as exc:
+            i += exc.end  # past the invalid sequence
+        else:
+            return i
+    return len(data)
+
+
+def output_bytes(lines: Iterable[bytes | str]) -> bytes:
+    """The exact output of a recording: ``"o"`` text as UTF-8 and ``"b"`` events decoded.
+
+    ``lines`` are the ``.cast`` file's lines, header first. Raises ValueError on a malformed
+    line or base64.
+    """
+    out = bytearray()
+    for number, line in enumerate(lines):
+        if number == 0 or not line.strip():
+            continue
+        event = json.loads(line)
+        if not isinstance(event, list) or len(event) != 3 or not isinstance(event[2], str):
+            raise ValueError(f"line {number + 1}: not an asciicast event")
+        if event[1] == "o":
+            out += event[2].encode()
+        elif event[1] == BINARY_EVENT:
+            try:
+                out += base64.b64decode(event[2], validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"line {number + 1}: bad base64: {exc}") from None
+    return bytes(out)
 
 
 class AsciicastRecorder:
@@ -50,6 +98,7 @@ class AsciicastRecorder:
         title: str | None = None,
         env: Mapping[str, str] | None = None,
         coalesce_s: float = 0.0,
+        lossless_binary: bool = False,
     ) -> None:
         if width <= 0 or height <= 0:
             raise ValidationError(
@@ -68,6 +117,11 @@ class AsciicastRecorder:
         self._pending: list[str] = []
         self._pending_size = 0
         self._pending_t = 0.0
+        self.lossless_binary = lossless_binary
+        self._held = b""  # lossless mode: an incomplete UTF-8 character at the end of a read
+        self._binary: bytearray = bytearray()  # lossless mode: held-back binary output
+        self._binary_t = 0.0
+        self._marked = False
         self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
         header: dict[str, object] = {
             "version": 2,
@@ -83,15 +137,22 @@ class AsciicastRecorder:
         self._line(header)
 
     def output(self, data: bytes) -> None:
-        """Record terminal output (stdout and stderr of an exec) as ``"o"`` events.
+        """Record terminal output (stdout and stderr of an exec) as ``"o"`` events (in
+        lossless mode, output that is not NUL-free UTF-8 as base64 ``"b"`` events).
 
         With ``coalesce_s`` > 0, output is merged for up to that long (or
         :data:`COALESCE_BYTES`); call :meth:`flush_pending` when :attr:`pending` stays true (the
         channel recorder does, within 50 ms), so nothing waits longer before reaching the writer.
         """
-        text = self._out.decode(data)
+        if self.lossless_binary:
+            self._output_lossless(data)
+            return
+        self._text(self._out.decode(data))
+
+    def _text(self, text: str) -> None:
         if not text:
             return
+        self._flush_binary()  # keep the order: binary output held back comes first
         if self._coalesce_s <= 0:
             self._event("o", text)
             return
@@ -106,13 +167,62 @@ class AsciicastRecorder:
         self._pending.append(text)
         self._pending_size += len(text)
 
+    def _output_lossless(self, data: bytes) -> None:
+        """Text head, binary middle, text tail: the text around binary stays playable."""
+        data, self._held = self._held + data, b""
+        nul = data.find(b"\x00")
+        scope = data if nul < 0 else data[:nul]
+        try:
+            text, used = codecs.utf_8_decode(scope, "strict", False)
+            bad = -1 if nul < 0 else used  # bytes from `used` to the NUL: an unfinished char
+        except UnicodeDecodeError as exc:
+            text, bad = scope[: exc.start].decode(), exc.start
+        self._text(text)
+        if bad < 0:
+            self._held = data[used:]  # an unfinished character, completed by the next read
+            return
+        end = _text_suffix_start(data, bad)
+        self._output_binary(data[bad:end])
+        tail = data[end:]
+        text, used = codecs.utf_8_decode(tail, "strict", False)  # valid by construction
+        self._held = tail[used:]
+        self._text(text)
+
+    def _output_binary(self, data: bytes) -> None:
+        self._flush_text()
+        if not self._marked:
+            self._marked = True
+            self._event("m", BINARY_MARKER)
+        t = self._now()
+        if self._binary and (
+            self._coalesce_s <= 0
+            or t - self._binary_t > self._coalesce_s
+            or len(self._binary) + len(data) > COALESCE_BYTES
+        ):
+            self._flush_binary()
+        if not self._binary:
+            self._binary_t = t
+        self._binary += data
+        if self._coalesce_s <= 0:
+            self._flush_binary()
+
+    def _flush_binary(self) -> None:
+        if self._binary:
+            encoded = binascii.b2a_base64(self._binary, newline=False).decode("ascii")
+            self._binary = bytearray()
+            self._line([self._binary_t, BINARY_EVENT, encoded])
+
     @property
     def pending(self) -> bool:
         """Output is held back for coalescing (call :meth:`flush_pending` soon)."""
-        return bool(self._pending)
+        return bool(self._pending) or bool(self._binary)
 
     def flush_pending(self) -> None:
-        """Write the held-back output as one ``"o"`` event at the time of its first piece."""
+        """Write the held-back output as one event at the time of its first piece."""
+        self._flush_binary()  # at most one kind is held back at a time
+        self._flush_text()
+
+    def _flush_text(self) -> None:
         if self._pending:
             text = "".join(self._pending)
             self._pending.clear()
@@ -132,11 +242,15 @@ class AsciicastRecorder:
             self._event("r", f"{width}x{height}")
 
     def finish(self) -> None:
-        """Emit what the decoders still hold (an incomplete character becomes U+FFFD).
+        """Emit what the decoders still hold (an incomplete character becomes U+FFFD, or in
+        lossless mode its exact bytes).
 
         Call once before ``writer.close``; further output is still accepted.
         """
         self.output(b"")  # nothing new; keeps the order of what the decoder still holds
+        if self._held:
+            held, self._held = self._held, b""
+            self._output_binary(held)
         tail = self._out.decode(b"", final=True)
         if tail:
             self._pending.append(tail)

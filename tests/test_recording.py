@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from broker.errors import BrokerError
 from broker.recording_keys import load_recording_signer, public_key_path
-from sessions.asciicast import AsciicastRecorder
+from sessions.asciicast import BINARY_EVENT, BINARY_MARKER, AsciicastRecorder, output_bytes
 from sessions.errors import SessionsError
 from sessions.recording import (
     CHAIN_FILE,
@@ -611,3 +611,75 @@ def test_asciicast_time_never_goes_back(tmp_path: Path, clock: ManualClock) -> N
     clock.set(T0)
     rec.output(b"b")
     assert [e[0] for e in _lines(tmp_path, writer)[1:]] == [2.0, 2.0]
+
+
+# ---------------------------------------------------------------- lossless exec output
+
+
+def _exact(tmp_path: Path, writer: RecordingWriter) -> tuple[bytes, list[Any]]:
+    if not writer.closed:
+        writer.close("end")
+    raw = assemble(tmp_path / "cast")
+    return output_bytes(raw.splitlines()), [json.loads(line) for line in raw.splitlines()][1:]
+
+
+def test_lossless_output_keeps_every_byte_and_the_text_around_it(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    writer, rec = _cast(tmp_path, clock, lossless_binary=True)
+    reads = [
+        b"build ok\n",
+        "caf\u00e9".encode()[:-1],  # a character split across reads
+        "caf\u00e9".encode()[-1:] + b"\n",
+        b"\x7fELF\x02\x01\x00\x00" + bytes(range(256)) + b"\xff\xfe\xc3",  # binary
+        b"\n-- 3 files --\n",  # text after binary, in its own read
+        b"tail\x00\x01and text\n",  # text, binary, text in one read
+        b"\xe2\x82",  # an unfinished character at the very end
+    ]
+    for data in reads:
+        clock.advance(0.01)
+        rec.output(data)
+    rec.finish()
+    exact, events = _exact(tmp_path, writer)
+    assert exact == b"".join(reads)
+    codes = [e[1] for e in events]
+    assert codes.count("m") == 1 and events[codes.index("m")][2] == BINARY_MARKER
+    assert codes.index("m") < codes.index(BINARY_EVENT)
+    text = "".join(e[2] for e in events if e[1] == "o")
+    assert "build ok\ncaf\u00e9\n" in text and "-- 3 files --" in text and "and text\n" in text
+    assert "\ufffd" not in text and "\x00" not in text
+    for e in events:
+        if e[1] == BINARY_EVENT:
+            base64.b64decode(e[2], validate=True)
+    assert [e[0] for e in events] == sorted(e[0] for e in events)
+
+
+def test_lossless_coalesces_binary_and_costs_base64_not_json_escapes(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    writer, rec = _cast(tmp_path, clock, lossless_binary=True, coalesce_s=0.02)
+    for _ in range(8):
+        rec.output(bytes(32768))  # NULs: 6 bytes each as JSON escapes, 4/3 as base64
+    rec.flush_pending()
+    writer.flush()
+    size = writer.size
+    exact, events = _exact(tmp_path, writer)
+    assert exact == bytes(8 * 32768)
+    assert [e[1] for e in events] == ["m", BINARY_EVENT]  # one coalesced event
+    assert size < 1.4 * 8 * 32768
+
+
+def test_pty_output_is_unchanged_by_the_lossless_mode(tmp_path: Path, clock: ManualClock) -> None:
+    writer, rec = _cast(tmp_path, clock)  # a PTY recorder: replacement characters, no "b"
+    rec.output(b"ok\xff\x00\n")
+    rec.finish()
+    _, events = _exact(tmp_path, writer)
+    assert [e[1] for e in events] == ["o"] and events[0][2] == "ok\ufffd\x00\n"
+
+
+def test_output_bytes_rejects_bad_lines() -> None:
+    header = b'{"version": 2, "width": 80, "height": 24}'
+    with pytest.raises(ValueError, match="bad base64"):
+        output_bytes([header, b'[0.1, "b", "not base64!"]'])
+    with pytest.raises(ValueError, match="not an asciicast event"):
+        output_bytes([header, b'{"o": 1}'])

@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from sqlmodel import select
 
+from sessions.asciicast import BINARY_EVENT, output_bytes
 from sessions.db import session_scope
 from sessions.models import Asset, Grant, Recording
 from sessions.recording import assemble
@@ -219,3 +220,35 @@ def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path
     chunk.write_bytes(bytes(data))
     broken = run_conduit("verify", str(recording), "--public-key", str(public_key))
     assert broken.returncode == 1 and f"chunk 1 ({chunk.name})" in broken.stdout
+
+
+def test_binary_exec_output_is_recorded_exactly(rig: SshRig, tmp_path: Path) -> None:
+    """An exec without a PTY may print any bytes (``cat fw.bin``): the recording holds them
+    exactly (base64 "b" events), the text around them stays playable."""
+    rig.grant()
+    command = (
+        "echo before-binary; head -c 70000 /dev/urandom; printf '\\000\\377\\303'; "
+        "echo; echo after-binary; printf '\\303\\251 end'"
+    )
+    done = subprocess.run([*rig.ssh_argv(), command], capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"before-binary\n") and done.stdout.endswith("é end".encode())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        dirs = _recording_dirs(rig)
+        if dirs and (dirs[-1] / "manifest.json").exists():
+            break
+        time.sleep(0.05)
+    [recording] = _recording_dirs(rig)
+    cast_bytes = assemble(recording)
+    lines = cast_bytes.splitlines()
+    assert output_bytes(lines) == done.stdout  # every byte the vendor saw, in order
+    assert any(f', "{BINARY_EVENT}", '.encode() in line or f',"{BINARY_EVENT}",'.encode() in line
+               for line in lines[1:])  # fmt: skip
+    public_key = rig.broker.services.settings.data_dir / "keys" / "recording_ed25519.pub"
+    verified = run_conduit("verify", str(recording), "--public-key", str(public_key))
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout
+    cast = tmp_path / "binary.cast"
+    cast.write_bytes(cast_bytes)
+    played = asciinema_cat(cast, tmp_path)  # the text parts play; "b" events are skipped
+    assert b"before-binary" in played and b"after-binary" in played
