@@ -64,7 +64,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from doc_section import write_section  # noqa: E402 (bench/ is the script's directory)
+from bench_rig import ChildProcess  # noqa: E402 (bench/ is the script's directory)
+from doc_section import write_section  # noqa: E402
 
 MARK_BEGIN = "<!-- bench:modbus_sessions:begin -->"
 MARK_END = "<!-- bench:modbus_sessions:end -->"
@@ -134,37 +135,9 @@ def serve(workdir: Path, plc_port: int) -> None:
         sys.stdin.read()  # until the parent closes our stdin
 
 
-class Child:
-    """This script in another mode; the first stdout line is its JSON info."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.stop()
-            raise SystemExit(f"{args[0]} process failed; see {log}")
-        self.info: dict[str, Any] = json.loads(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+def Child(args: list[str], log: Path) -> ChildProcess:
+    """This script in another mode (``--plc`` or ``--serve``)."""
+    return ChildProcess(__file__, args, log)
 
 
 def start_forward(argv: list[str], local: int) -> subprocess.Popen[bytes]:

@@ -57,7 +57,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from doc_section import write_section  # noqa: E402 (bench/ is the script's directory)
+from bench_rig import ChildProcess  # noqa: E402 (bench/ is the script's directory)
+from doc_section import write_section  # noqa: E402
 
 MARK_BEGIN = "<!-- bench:ssh_sessions:begin -->"
 MARK_END = "<!-- bench:ssh_sessions:end -->"
@@ -95,35 +96,9 @@ def serve(workdir: Path) -> None:
         sys.stdin.read()  # until the parent closes our stdin
 
 
-class BrokerProcess:
-    def __init__(self, workdir: Path) -> None:
-        self.log = (workdir / "broker.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(workdir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.stop()
-            raise SystemExit(f"broker process failed; see {workdir / 'broker.log'}")
-        self.info: dict[str, Any] = json.loads(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+def BrokerProcess(workdir: Path) -> ChildProcess:
+    """This script's ``--serve`` side: IdP, broker and rig in their own process."""
+    return ChildProcess(__file__, ["--serve", str(workdir)], workdir / "broker.log")
 
 
 def cpu_seconds(pid: int) -> float:

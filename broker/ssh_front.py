@@ -445,28 +445,24 @@ class _Vendor(asyncssh.SSHServer):
         tunnel = AgentTunnel(
             gateway, asset.agent_id, expires_at=auth.deadline + GRACE, ref=f"s-{session_id[:24]}"
         )
+
+        def refused(reason: str, outcome: str) -> AccessDenied:
+            d.audit_async(
+                "session.denied",
+                actor=auth.user.id,
+                outcome=outcome,
+                subject=f"asset:{asset.name}",
+                details={"kind": "ssh", "reasons": [reason]},
+            )
+            return AccessDenied(reason, (reason,))
+
         try:
             self.asset_conn = await self._dial_asset(asset, tunnel, login, key, cert, known_hosts)
         except asyncssh.PermissionDenied:
-            reason = f"{asset.name} refused the login {login!r}"
-            d.audit_async(
-                "session.denied",
-                actor=auth.user.id,
-                outcome="deny",
-                subject=f"asset:{asset.name}",
-                details={"kind": "ssh", "reasons": [reason]},
-            )
-            raise AccessDenied(reason, (reason,)) from None
+            raise refused(f"{asset.name} refused the login {login!r}", "deny") from None
         except asyncssh.HostKeyNotVerifiable:
-            reason = f"{asset.name} presented an SSH host key that does not match the pinned one"
-            d.audit_async(
-                "session.denied",
-                actor=auth.user.id,
-                outcome="error",
-                subject=f"asset:{asset.name}",
-                details={"kind": "ssh", "reasons": [reason]},
-            )
-            raise AccessDenied(reason, (reason,)) from None
+            why = f"{asset.name} presented an SSH host key that does not match the pinned one"
+            raise refused(why, "error") from None
         if not pinned:
             host_key = self.asset_conn.get_server_host_key()
             if host_key is not None:

@@ -191,10 +191,8 @@ def _recording_dirs(rig: SshRig) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
 
-def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path) -> None:
-    rig.grant()
-    done = rig.ssh("echo recorded-line-1; echo recorded-line-2")
-    assert done.returncode == 0, done.stderr
+def _the_finished_recording(rig: SshRig) -> Path:
+    """The session's one recording, once its signed manifest is written (within 5 s)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         dirs = _recording_dirs(rig)
@@ -202,6 +200,14 @@ def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path
             break
         time.sleep(0.05)
     [recording] = _recording_dirs(rig)
+    return recording
+
+
+def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path) -> None:
+    rig.grant()
+    done = rig.ssh("echo recorded-line-1; echo recorded-line-2")
+    assert done.returncode == 0, done.stderr
+    recording = _the_finished_recording(rig)
     public_key = rig.broker.services.settings.data_dir / "keys" / "recording_ed25519.pub"
     verified = run_conduit("verify", str(recording), "--public-key", str(public_key))
     assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout
@@ -233,13 +239,7 @@ def test_binary_exec_output_is_recorded_exactly(rig: SshRig, tmp_path: Path) -> 
     done = subprocess.run([*rig.ssh_argv(), command], capture_output=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(b"before-binary\n") and done.stdout.endswith("é end".encode())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        dirs = _recording_dirs(rig)
-        if dirs and (dirs[-1] / "manifest.json").exists():
-            break
-        time.sleep(0.05)
-    [recording] = _recording_dirs(rig)
+    recording = _the_finished_recording(rig)
     cast_bytes = assemble(recording)
     lines = cast_bytes.splitlines()
     assert output_bytes(lines) == done.stdout  # every byte the vendor saw, in order

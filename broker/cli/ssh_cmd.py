@@ -331,6 +331,11 @@ def ssh(args: argparse.Namespace) -> int:
     login, asset = _target(args)
     info = current()
     argv = ssh_argv(info, login, asset, list(args.ssh_arg), command)
+    return _exec_ssh(argv)
+
+
+def _exec_ssh(argv: list[str]) -> int:
+    """Replace this process with OpenSSH (returns only by raising BrokerError)."""
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -353,13 +358,7 @@ def forward(args: argparse.Namespace) -> int:
     extra = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", spec]
     argv = ssh_argv(info, FORWARD_LOGIN, args.asset, extra, [])
     print(f"forwarding {args.bind}:{local} -> {args.asset}:{args.port} (Ctrl-C to stop)")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(argv[0], argv)  # noqa: S606 - argv list, no shell: OpenSSH takes over
-    except OSError as exc:
-        raise BrokerError(f"running ssh: {exc.strerror}", code="no_ssh") from exc
-    return 0  # not reached
+    return _exec_ssh(argv)
 
 
 def config_snippet(info: CertInfo) -> str:
