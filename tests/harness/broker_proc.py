@@ -17,7 +17,7 @@ from pathlib import Path
 
 from broker.demo import seed
 from broker.settings import load_settings
-from tests.harness.agent import gateway, make_token, on_broker_loop
+from tests.harness.agent import gateway, make_token, on_broker_loop, wait_connected
 from tests.harness.broker import start_broker
 
 
@@ -29,6 +29,7 @@ def main() -> None:
     while not gateway(broker).live():
         time.sleep(0.05)
     agent_id = next(iter(gateway(broker).live()))
+    wait_connected(broker, agent_id)  # in live() before its hello; channels need the hello
     host, port = spec["endpoint"]
 
     async def open_and_hold() -> None:
