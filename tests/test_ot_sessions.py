@@ -219,17 +219,23 @@ class SlowPlc:
         finally:  # also when cancelled at stop()
             for w in (writer, plc_w):
                 w.close()
+            for w in (writer, plc_w):  # let the transports finish closing on this loop
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
 
     def stop(self) -> None:
         async def shutdown() -> None:
             self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A connection accepted while closing starts another handler: repeat until none.
+            while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
         self._thread.join(5)
         self.loop.close()
 
