@@ -218,7 +218,8 @@ class AuditOutcome:
     DENY = "deny"
     ERROR = "error"
     REJECTED = "rejected"
-    ALL: ClassVar[tuple[str, ...]] = (OK, ALLOW, DENY, ERROR, REJECTED)
+    REFUSED = "refused"  # the enforcement point stopped something on the wire (e.g. a bad frame)
+    ALL: ClassVar[tuple[str, ...]] = (OK, ALLOW, DENY, ERROR, REJECTED, REFUSED)
 
 
 class ApiTokenKind:
