@@ -174,7 +174,7 @@ async def adopt(request: Request) -> Response:
     svc = services(request)
     body = await _json(request)
     try:
-        asset = await run_in_threadpool(
+        asset, endpoint = await run_in_threadpool(
             lambda: svc.agents.adopt(
                 request.path_params["id"],
                 actor=principal.user_id,
@@ -188,7 +188,7 @@ async def adopt(request: Request) -> Response:
         return domain_error(exc)
     await svc.refresh_policy_data()
     return JSONResponse(
-        {"asset": asset.name, "endpoint": f"{asset.endpoint_host}:{asset.endpoint_port}"},
+        {"asset": asset.name, "endpoint": f"{endpoint.host}:{endpoint.port}"},
         status_code=201,
     )
 

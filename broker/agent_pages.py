@@ -141,7 +141,7 @@ async def adopt(request: Request) -> Response:
     form = {k: str(v) for k, v in (await check_csrf(request, principal)).items() if k != "csrf"}
     svc = services(request)
     try:
-        asset = await run_in_threadpool(
+        asset, endpoint = await run_in_threadpool(
             lambda: svc.agents.adopt(
                 request.path_params["id"],
                 actor=principal.user_id,
@@ -155,7 +155,7 @@ async def adopt(request: Request) -> Response:
         message, status = _refused(exc)
         return await _page(request, form=form, error=message, status=status)
     await svc.refresh_policy_data()
-    return _done(f"asset {asset.name} created for {asset.endpoint_host}:{asset.endpoint_port}")
+    return _done(f"asset {asset.name} created for {endpoint.host}:{endpoint.port}")
 
 
 routes = [

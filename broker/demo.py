@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy import Engine, update
@@ -26,8 +27,17 @@ from broker.services import Services
 from broker.settings import load_settings
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate, session_scope
+from sessions.endpoints import validate_settings
 from sessions.errors import SessionsError
-from sessions.models import AgentState, Asset, Site, VendorContract, VendorOrg, Zone
+from sessions.models import (
+    AgentState,
+    Asset,
+    AssetEndpoint,
+    Site,
+    VendorContract,
+    VendorOrg,
+    Zone,
+)
 
 DEMO_ZONES = (  # (name, Purdue level)
     ("enterprise-dmz", 3),
@@ -39,12 +49,44 @@ DEMO_SITE = "Riverside Plant"
 DEMO_AGENT_NAME = "demo-agent"
 DEMO_AGENT_ZONE = "supervisory"
 DEMO_UNMATCHED = ("opcua-gateway", 4840, "opcua")  # declared by the demo agent, no asset yet
-DEMO_ASSETS = (  # (name, zone, criticality, owner group, protocols, port)
-    ("hist-01", "enterprise-dmz", "medium", "ot-approvers", ["ssh"], 22),
-    ("scada-01", "supervisory", "high", "ot-approvers", ["ssh", "opcua"], 22),
-    ("hmi-press-3", "supervisory", "high", "ot-press-line", ["vnc"], 5900),
-    ("plc-press-3", "press-line-control", "critical", "ot-press-line", ["modbus"], 502),
-    ("drive-press-3", "field-devices", "critical", "ot-press-line", ["modbus"], 502),
+_SSH_LOGINS: dict[str, Any] = {
+    "logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["maint", "eng"]}
+}
+_PLC: dict[str, Any] = {
+    "unit_ids": [1],
+    "write_ranges": {
+        "tune": [
+            {"table": "coils", "first": 0, "last": 15},
+            {"table": "holding_registers", "first": 0, "last": 99},
+        ]
+    },
+}
+DemoEndpoint = tuple[str, str, int, dict[str, Any]]  # (name, protocol, port, settings)
+DEMO_ASSETS: tuple[tuple[str, str, str, str, tuple[DemoEndpoint, ...]], ...] = (
+    # (name, zone, criticality, owner group, declared endpoints on 127.0.0.1)
+    ("hist-01", "enterprise-dmz", "medium", "ot-approvers", (("ssh", "ssh", 22, _SSH_LOGINS),)),
+    (
+        "scada-01",
+        "supervisory",
+        "high",
+        "ot-approvers",
+        (("ssh", "ssh", 22, _SSH_LOGINS), ("opcua", "opcua", 4840, {})),
+    ),
+    ("hmi-press-3", "supervisory", "high", "ot-press-line", (("vnc", "vnc", 5900, {}),)),
+    (
+        "plc-press-3",
+        "press-line-control",
+        "critical",
+        "ot-press-line",
+        (("modbus", "modbus", 502, _PLC),),
+    ),
+    (
+        "drive-press-3",
+        "field-devices",
+        "critical",
+        "ot-press-line",
+        (("modbus", "modbus", 502, {}),),
+    ),
 )
 
 
@@ -71,24 +113,30 @@ def seed_plant(engine: Engine, clock: Clock) -> None:
             db.add(zone)
             db.flush()
             zones[name] = zone.id
-        for name, zone_name, crit, owner, protocols, port in DEMO_ASSETS:
-            db.add(
-                Asset(
-                    name=name,
-                    site_id=site.id,
-                    zone_id=zones[zone_name],
-                    criticality=crit,
-                    owner_group=owner,
-                    protocols=protocols,
-                    endpoint_host="127.0.0.1",
-                    endpoint_port=port,
-                    labels={
-                        "line": "press",
-                        **({"tune_write_ranges": "0-99"} if "modbus" in protocols else {}),
-                    },
-                    created_at=now,
-                )
+        for name, zone_name, crit, owner, endpoints in DEMO_ASSETS:
+            asset = Asset(
+                name=name,
+                site_id=site.id,
+                zone_id=zones[zone_name],
+                criticality=crit,
+                owner_group=owner,
+                labels={"line": "press"},
+                created_at=now,
             )
+            db.add(asset)
+            db.flush()
+            for ep_name, protocol, port, settings in endpoints:
+                db.add(
+                    AssetEndpoint(
+                        asset_id=asset.id,
+                        name=ep_name,
+                        host="127.0.0.1",
+                        port=port,
+                        protocol=protocol,
+                        settings=validate_settings(protocol, settings),
+                        created_at=now,
+                    )
+                )
         org = VendorOrg(slug="acme-automation", name="ACME Automation", created_at=now)
         db.add(org)
         db.flush()
@@ -129,9 +177,10 @@ def demo_endpoints(moved: dict[str, int] | None = None) -> list[tuple[str, int, 
     ``moved`` maps asset names to the port they really listen on (the simulated PLC).
     """
     seen: dict[int, tuple[str, int, str, str]] = {}
-    for name, _zone, _crit, _owner, protocols, port in DEMO_ASSETS:
-        port = (moved or {}).get(name, port)
-        seen.setdefault(port, (f"{protocols[0]}-{port}", port, protocols[0], name))
+    for name, _zone, _crit, _owner, endpoints in DEMO_ASSETS:
+        for _ep, protocol, port, _settings in endpoints:
+            port = (moved or {}).get(name, port)
+            seen.setdefault(port, (f"{protocol}-{port}", port, protocol, name))
     return [*seen.values(), (*DEMO_UNMATCHED, "")]
 
 
@@ -170,8 +219,11 @@ def start_demo_agent(
     moved = moved or {}
     with session_scope(svc.engine, write=True) as db:
         for asset_name, port in moved.items():
+            asset_id = select(Asset.id).where(col(Asset.name) == asset_name).scalar_subquery()
             db.execute(
-                update(Asset).where(col(Asset.name) == asset_name).values(endpoint_port=port)
+                update(AssetEndpoint)
+                .where(col(AssetEndpoint.asset_id) == asset_id)
+                .values(port=port)
             )
     config = _write_agent_config(directory, moved)
     id_file = directory / "agent-id"
@@ -198,12 +250,9 @@ def start_demo_agent(
             )
         agent_id = done.stdout.split()[3]  # "joined as agent <id> (...)"
         id_file.write_text(agent_id + "\n", encoding="utf-8")
-    ports = {port for _, port, *_ in demo_endpoints(moved)}
     with session_scope(svc.engine, write=True) as db:
         db.execute(
             update(Asset)
-            .where(col(Asset.endpoint_host) == "127.0.0.1")
-            .where(col(Asset.endpoint_port).in_(ports))
             .where(col(Asset.name).in_([a[0] for a in DEMO_ASSETS]))
             .values(agent_id=agent_id)
         )

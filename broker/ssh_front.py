@@ -1,7 +1,10 @@
 """The SSH front door: stock ``ssh``/``scp``/``sftp`` in, through the zone's agent to the asset.
 
-Target syntax: the SSH user name is ``LOGIN@ASSET`` (``ssh -p 2222 root@plc-press-3@broker``;
-OpenSSH splits user and host at the *last* ``@``).
+Target syntax: the SSH user name is ``LOGIN@ASSET`` (``ssh -p 2222 maint@plc-press-3@broker``;
+OpenSSH splits user and host at the *last* ``@``), or ``LOGIN@ASSET+GRANT`` to pick one of
+several grants by an id prefix. One vendor connection is one session under exactly one grant:
+the first authorization binds it, every later channel and forward is authorized against that
+grant only, and the session ends when the grant ends.
 
 Authentication (identity only): a certificate from the broker's user CA (``conduit ssh-cert``)
 whose principals include ``u:<user id>``; the vendor's key never needs registering.
@@ -48,6 +51,7 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.modbus import ModbusInspector, TokenBucket
+from sessions.models import AssetEndpoint, EndpointProtocol
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
@@ -55,6 +59,7 @@ log = logging.getLogger("conduit.ssh")
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # design.md: AES-GCM on broker legs
 _LOGIN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$", re.IGNORECASE)
 _ASSET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_GRANT_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
 MAX_PENDING_INPUT = 1 << 20
 # The agent's own cut-off trails the broker's deadline by this much, so the broker (which can
 # tell the vendor why) normally ends the session first; the agent's expiry is the backstop.
@@ -73,12 +78,24 @@ class Recorder(Protocol):
     def close(self, reason: str) -> None: ...
 
 
-def parse_target(username: str) -> tuple[str, str] | None:
-    """``LOGIN@ASSET`` → (login, asset), or None if malformed."""
-    login, sep, asset = username.partition("@")
+@dataclass(frozen=True)
+class Target:
+    """What the SSH user name asks for: ``LOGIN@ASSET[+GRANT]``."""
+
+    login: str
+    asset: str
+    grant_prefix: str | None = None
+
+
+def parse_target(username: str) -> Target | None:
+    """``LOGIN@ASSET[+GRANT]`` → :class:`Target`, or None if malformed."""
+    login, sep, rest = username.partition("@")
+    asset, plus, prefix = rest.partition("+")
     if not sep or not _LOGIN.match(login) or not _ASSET.match(asset):
         return None
-    return login, asset
+    if plus and not _GRANT_PREFIX.match(prefix.lower()):
+        return None
+    return Target(login, asset, prefix.lower() if plus else None)
 
 
 class _PrincipalCapture(asyncssh.SSHAuthorizedKeys):
@@ -185,7 +202,7 @@ class _Vendor(asyncssh.SSHServer):
         self.door, self.deps = door, door.deps
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer: str | None = None
-        self.target: tuple[str, str] | None = None
+        self.target: Target | None = None
         self.username = ""
         self.user_id: str | None = None
         self.capture = _PrincipalCapture(door.user_ca_line)
@@ -232,7 +249,7 @@ class _Vendor(asyncssh.SSHServer):
         self, username: str, lang: str, submethods: str
     ) -> tuple[str, str, str, list[tuple[str, bool]]]:
         assert self.target is not None
-        login, asset = self.target
+        login, asset = self.target.login, self.target.asset
         self.pending = self.deps.clientless.new(login=login, asset=asset, peer=self.peer)
         url = f"{self.deps.approve_url}?code={self.pending.code}"
         instructions = (
@@ -275,9 +292,13 @@ class _Vendor(asyncssh.SSHServer):
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
-        """``ssh -L``: only to the asset itself, only a port the grant and policy allow."""
+        """``ssh -L``: only to a declared endpoint of the granted asset that the grant covers.
+
+        Inspection follows the endpoint's declared protocol (Modbus is always inspected,
+        whatever its port); policy decides whether an uninspected protocol may pass.
+        """
         try:
-            auth = await self.ensure("tcp", port=dest_port)
+            auth = await self.ensure("tcp", host=dest_host, port=dest_port)
         except AccessDenied as exc:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
@@ -286,26 +307,19 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
-        asset = auth.asset
-        if dest_host not in (asset.name, asset.endpoint_host, "localhost", "127.0.0.1"):
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"conduit: forwarding goes only to {asset.name} itself",
-            )
+        asset, endpoint = auth.asset, auth.endpoint
         gateway = self.deps.gateway()
         if gateway is None or asset.agent_id is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "conduit: no agent")
         try:
             channel = await gateway.open_channel(
-                asset.agent_id, asset.endpoint_host, dest_port, expires_at=auth.deadline + GRACE
+                asset.agent_id, endpoint.host, endpoint.port, expires_at=auth.deadline + GRACE
             )
         except (ChannelRefused, AgentUnavailable) as exc:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
             ) from None
-        modbus = dest_port == 502 or (
-            "modbus" in asset.protocols and dest_port == asset.endpoint_port
-        )
+        modbus = endpoint.protocol == EndpointProtocol.MODBUS
         session = self.session
         assert session is not None
         self._forward_no += 1
@@ -320,7 +334,7 @@ class _Vendor(asyncssh.SSHServer):
                 session.id,
                 number,
                 client=(self.peer or "198.18.0.1", 40000 + number % 20000),
-                server=(asset.endpoint_host, dest_port),
+                server=(endpoint.host, endpoint.port),
                 operations=modbus,
                 strict=strict,
                 on_failure=cut,
@@ -334,7 +348,9 @@ class _Vendor(asyncssh.SSHServer):
             ModbusInspector(
                 auth.decision.obligations,
                 self.deps.clock,
-                limiter=self.door.limiter(asset.name, auth.decision.obligations.rate_limit_rps),
+                limiter=self.door.limiter(
+                    f"{asset.name}/{endpoint.name}", auth.decision.obligations.rate_limit_rps
+                ),
             )
             if modbus
             else None
@@ -344,7 +360,15 @@ class _Vendor(asyncssh.SSHServer):
             self.deps.alert(
                 kind,
                 f"asset:{asset.name}",
-                {**details, "session": session.id, "user": session.user, "port": dest_port},
+                {
+                    **details,
+                    "session": session.id,
+                    "user": session.user,
+                    "grant": session.grant_id,
+                    "endpoint": f"{endpoint.name} {endpoint.host}:{endpoint.port}",
+                    "protocol": endpoint.protocol,
+                    "port": endpoint.port,
+                },
             )
 
         async def pipe(
@@ -370,8 +394,14 @@ class _Vendor(asyncssh.SSHServer):
 
     # ---- session set-up -----------------------------------------------------------------
 
-    async def ensure(self, kind: str, *, port: int | None = None) -> Authorization:
-        """Authorize one channel; on the first, open the session and the asset connection."""
+    async def ensure(
+        self, kind: str, *, host: str | None = None, port: int | None = None
+    ) -> Authorization:
+        """Authorize one channel; on the first, open the session and the asset connection.
+
+        Authorizations of one connection are serialized: the first binds the session to its
+        grant, and every later one is decided against that grant only.
+        """
         if self.ended:
             raise AccessDenied(f"session ended: {self.ended}", (self.ended,))
         if self.target is None:
@@ -380,29 +410,36 @@ class _Vendor(asyncssh.SSHServer):
             )
         if self.user_id is None:
             raise AccessDenied("unknown user certificate", ("unknown user certificate",))
-        login, asset_name = self.target
+        target, user_id = self.target, self.user_id
         gateway = self.deps.gateway()
         live = gateway.live() if gateway is not None else {}
-        auth = await self.deps.maintenance.authorize(
-            user_id=self.user_id,
-            asset_name=asset_name,
-            kind=kind,
-            login=login,
-            port=port,
-            source_ip=self.peer,
-            agent_online=lambda agent_id: agent_id is not None and agent_id in live,
-        )
         async with self._lock:
+            session = self.session
+            auth = await self.deps.maintenance.authorize(
+                user_id=user_id,
+                asset_name=target.asset,
+                kind=kind,
+                login=target.login,
+                host=host,
+                port=port,
+                source_ip=self.peer,
+                agent_online=lambda agent_id: agent_id is not None and agent_id in live,
+                bound=session is not None,
+                grant_id=session.grant_id if session is not None else None,
+                grant_prefix=target.grant_prefix,
+            )
+            if self.ended:
+                raise AccessDenied(f"session ended: {self.ended}", (self.ended,))
             if self.session is None:
                 await self._open(auth, kind)
             if kind != "tcp" and self.asset_conn is None:
                 assert self.session is not None
-                await self._connect_asset(auth, login, self.session.id)
+                await self._connect_asset(auth, target.login, self.session.id)
         return auth
 
     async def _open(self, auth: Authorization, kind: str) -> None:
         assert self.target is not None
-        login, _ = self.target
+        login = self.target.login
         d = self.deps
         session_id = await asyncio.to_thread(
             d.maintenance.open, auth, kind="sftp" if kind == "sftp" else kind, login=login,
@@ -457,7 +494,9 @@ class _Vendor(asyncssh.SSHServer):
             return AccessDenied(reason, (reason,))
 
         try:
-            self.asset_conn = await self._dial_asset(asset, tunnel, login, key, cert, known_hosts)
+            self.asset_conn = await self._dial_asset(
+                auth.endpoint, tunnel, login, key, cert, known_hosts
+            )
         except asyncssh.PermissionDenied:
             raise refused(f"{asset.name} refused the login {login!r}", "deny") from None
         except asyncssh.HostKeyNotVerifiable:
@@ -472,11 +511,16 @@ class _Vendor(asyncssh.SSHServer):
 
     @staticmethod
     async def _dial_asset(
-        asset: Any, tunnel: AgentTunnel, login: str, key: Any, cert: Any, known_hosts: Any
+        endpoint: AssetEndpoint,
+        tunnel: AgentTunnel,
+        login: str,
+        key: Any,
+        cert: Any,
+        known_hosts: Any,
     ) -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(
-            asset.endpoint_host,
-            asset.endpoint_port,
+            endpoint.host,
+            endpoint.port,
             tunnel=tunnel,
             username=login,
             client_keys=[(key, cert)],
@@ -629,7 +673,9 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             width, height = (self.pty[1][0], self.pty[1][1]) if self.pty else (80, 24)
             width, height = width or 80, height or 24  # a PTY may report 0x0 (unknown)
             if self.kind == "ssh":
-                title = f"{v.session.user} → {v.target[0] if v.target else '?'}@{v.session.asset}"
+                title = (
+                    f"{v.session.user} → {v.target.login if v.target else '?'}@{v.session.asset}"
+                )
                 strict = v.auth is None or v.auth.decision.obligations.record != "best_effort"
                 session_id = v.session.id
 

@@ -80,7 +80,7 @@ def plant() -> Doc:
                     "criticality": "critical",
                     "owner_group": "ot-press-line",
                     "protocols": ["modbus", "ssh"],
-                    "tune_write_ranges": [[40001, 40100]],
+                    "endpoints": _endpoints(),
                 },
                 "hmi-press-3": {
                     "site": SITE,
@@ -89,7 +89,16 @@ def plant() -> Doc:
                     "criticality": "high",
                     "owner_group": "ot-press-line",
                     "protocols": ["vnc"],
-                    "tune_write_ranges": [],
+                    "endpoints": [
+                        {
+                            "name": "vnc",
+                            "host": "10.0.2.7",
+                            "port": 5900,
+                            "protocol": "vnc",
+                            "inspected": False,
+                            "settings": {},
+                        }
+                    ],
                 },
                 "historian": {
                     "site": SITE,
@@ -109,6 +118,30 @@ def plant() -> Doc:
             "lockout": {"vendors": False, "reason": ""},
         }
     }
+
+
+def _endpoints() -> list[Doc]:
+    """plc-press-3's declared endpoints: SSH on 22 (login maint), Modbus on 502."""
+    logins = {op: ["maint"] for op in ("read_only", "tune", "program", "firmware")}
+    tune = [{"table": "holding_registers", "first": 40001, "last": 40100}]
+    return [
+        {
+            "name": "ssh",
+            "host": "10.0.1.5",
+            "port": 22,
+            "protocol": "ssh",
+            "inspected": False,
+            "settings": {"logins": logins},
+        },
+        {
+            "name": "plc",
+            "host": "10.0.1.5",
+            "port": 502,
+            "protocol": "modbus",
+            "inspected": True,
+            "settings": {"unit_ids": [1], "write_ranges": {"tune": tune}},
+        },
+    ]
 
 
 def base_input() -> Doc:
@@ -134,8 +167,15 @@ def base_input() -> Doc:
             "owner_group": "ot-press-line",
             "labels": {},
             "protocols": ["modbus", "ssh"],
+            "endpoints": _endpoints(),
         },
-        "action": {"kind": "ssh", "port": 22, "operation_class": "read_only", "login": "maint"},
+        "action": {
+            "kind": "ssh",
+            "port": 22,
+            "ports": [22, 502],
+            "operation_class": "read_only",
+            "login": "maint",
+        },
         "grant": {
             "id": "g-1",
             "requester": "vendor-alice",
@@ -145,6 +185,9 @@ def base_input() -> Doc:
             "ticket": "CHG-1042",
             "state": "approved",
             "maintenance_window_only": False,
+            "operation_class": "read_only",
+            "ports": [22, 502],
+            "login": "maint",
         },
         "context": {
             "now": NOW,
@@ -397,7 +440,7 @@ def data_corpus(data: Mapping[str, Any], *, max_assets: int = 8) -> list[Case]:
     base = base_input()
     for name in sorted(str(a) for a in assets)[:max_assets]:
         fields = assets[name] if isinstance(assets[name], Mapping) else {}
-        asset = {"name": name, **{k: v for k, v in fields.items() if k != "tune_write_ranges"}}
+        asset = {"name": name, **fields}
         users: list[Doc] = [ADMIN, {"vendor_org": None, "roles": ["vendor"]}]
         users += [{"vendor_org": org} for org in org_names[:4]]
         for user, (kind, op) in itertools.product(

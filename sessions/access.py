@@ -34,6 +34,7 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer, build_input, iso, user_document
 from sessions.clock import Clock
 from sessions.db import is_sqlite, session_scope
+from sessions.endpoints import describe, endpoints_of, logins_for
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.identity import ADMIN, VENDOR
 from sessions.models import (
@@ -42,6 +43,8 @@ from sessions.models import (
     Approval,
     ApprovalVerdict,
     Asset,
+    AssetEndpoint,
+    EndpointProtocol,
     Grant,
     GrantState,
     OperationClass,
@@ -75,6 +78,64 @@ class RequestSpec:
     protocols: list[str] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     maintenance_window_only: bool = False
+    login: str | None = None
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a request reaches: declared endpoint ports, their protocols and the SSH login."""
+
+    ports: list[int]
+    protocols: list[str]
+    login: str | None
+
+
+def _scope(spec: RequestSpec, asset: Asset, endpoints: list[AssetEndpoint]) -> _Scope:
+    """Resolve a request against the asset's declared endpoints; ValidationError if it strays.
+
+    No ports named means every declared endpoint. The login must be one the asset's SSH
+    endpoints allow for the operation class (the only one, when there is exactly one).
+    """
+    if not endpoints:
+        raise ValidationError(
+            f"{asset.name} declares no endpoints; an admin must declare them before access "
+            "can be requested",
+            code="no_endpoints",
+        )
+    declared = {e.port for e in endpoints}
+    ports = sorted(set(spec.ports)) or sorted(declared)
+    stray = [p for p in ports if p not in declared]
+    if stray:
+        listed = ", ".join(describe(e) for e in endpoints)
+        raise ValidationError(
+            f"port(s) {', '.join(map(str, stray))} are not declared endpoints of {asset.name} "
+            f"(declared: {listed})",
+            code="undeclared_port",
+        )
+    chosen = [e for e in endpoints if e.port in ports]
+    login = spec.login or None
+    if any(e.protocol == EndpointProtocol.SSH for e in chosen):
+        allowed = logins_for(chosen, spec.operation_class)
+        if not allowed:
+            raise ValidationError(
+                f"{asset.name} declares no SSH login for {spec.operation_class}",
+                code="no_login",
+            )
+        if login is None and len(allowed) == 1:
+            login = allowed[0]
+        if login not in allowed:
+            raise ValidationError(
+                f"name a login: {asset.name} allows {', '.join(allowed)} for "
+                f"{spec.operation_class}" + (f" (not {login!r})" if login else ""),
+                code="login_not_allowed",
+            )
+    elif login is not None:
+        raise ValidationError(
+            f"a login applies only to SSH endpoints; ports {', '.join(map(str, ports))} of "
+            f"{asset.name} have none",
+            code="login_not_allowed",
+        )
+    return _Scope(ports, sorted({e.protocol for e in chosen}), login)
 
 
 GrantEnded = Callable[[str, str], None]
@@ -150,11 +211,12 @@ class AccessService:
         if spec.starts_at < now - START_SKEW:
             raise ValidationError(f"the window starts in the past ({iso(spec.starts_at)})")
 
-        def _document() -> tuple[dict[str, Any], str]:
+        def _document() -> tuple[dict[str, Any], str, _Scope]:
             with session_scope(self._engine) as db:
                 user, asset = db.get(User, user_id), self._asset(db, spec.asset)
                 if user is None:
                     raise NotFoundError("unknown user")
+                scope = _scope(spec, asset, endpoints_of(db, asset.id))
                 doc = build_input(
                     db,
                     user=user_document(db, user),
@@ -163,13 +225,21 @@ class AccessService:
                     action={
                         "kind": "request",
                         "operation_class": spec.operation_class,
-                        "port": spec.ports[0] if spec.ports else None,
+                        "ports": scope.ports,
+                        "login": scope.login,
                     },
                     now=now,
                 )
-                return doc, asset.id
+                return doc, asset.id, scope
 
-        document, asset_id = await asyncio.to_thread(_document)
+        try:
+            document, asset_id, scope = await asyncio.to_thread(_document)
+        except ValidationError as exc:
+            self._record(
+                "access.request", user_id, "rejected", spec.asset, reasons=[exc.message],
+                ports=list(spec.ports), login=spec.login,
+            )  # fmt: skip
+            raise
         if VENDOR in document["user"]["roles"] and await asyncio.to_thread(self.lockout_active):
             # Do not wait for the policy data refresh: the flag in the database is the truth.
             self._record(
@@ -206,8 +276,9 @@ class AccessService:
                     requester_id=user_id,
                     asset_id=asset_id,
                     operation_class=spec.operation_class,
-                    protocols=list(spec.protocols),
-                    ports=list(spec.ports),
+                    protocols=scope.protocols,
+                    ports=scope.ports,
+                    login=scope.login,
                     starts_at=spec.starts_at,
                     ends_at=spec.ends_at,
                     reason=spec.reason.strip(),
@@ -225,6 +296,8 @@ class AccessService:
                     row.id,
                     asset=spec.asset,
                     operation_class=spec.operation_class,
+                    ports=scope.ports,
+                    login=scope.login,
                     starts_at=iso(spec.starts_at),
                     ends_at=iso(spec.ends_at),
                     ticket=spec.ticket,
@@ -259,6 +332,9 @@ class AccessService:
             "ticket": req.ticket,
             "state": req.state,
             "maintenance_window_only": req.maintenance_window_only,
+            "operation_class": req.operation_class,
+            "ports": list(req.ports),
+            "login": req.login,
         }
 
     async def approve(self, request_id: str, approver_id: str) -> Grant | None:
@@ -282,7 +358,12 @@ class AccessService:
                     asset=asset,
                     grant=self._pending_grant_doc(db, req),
                     now=now,
-                    action={"kind": "approve", "operation_class": req.operation_class},
+                    action={
+                        "kind": "approve",
+                        "operation_class": req.operation_class,
+                        "ports": list(req.ports),
+                        "login": req.login,
+                    },
                 )
 
         document = await asyncio.to_thread(_document)
@@ -456,6 +537,7 @@ class AccessService:
                     )
                 ).all():
                     user, asset = db.get(User, grant.user_id), db.get(Asset, grant.asset_id)
+                    grant_req = db.get(AccessRequest, grant.request_id)
                     assert user is not None
                     assert asset is not None
                     doc = build_input(
@@ -463,7 +545,12 @@ class AccessService:
                         user=user_document(db, user),
                         asset=asset,
                         grant=None,
-                        action={"kind": "request", "operation_class": grant.operation_class},
+                        action={
+                            "kind": "request",
+                            "operation_class": grant.operation_class,
+                            "ports": list(grant_req.ports) if grant_req else [],
+                            "login": grant_req.login if grant_req else None,
+                        },
                         now=now,
                     )
                     due.append((grant.id, doc, user.id))

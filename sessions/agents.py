@@ -27,6 +27,7 @@ from agents.wire import Endpoint, JoinToken, WireError, key_pin
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.db import session_scope
+from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.models import (
     Agent,
@@ -34,7 +35,9 @@ from sessions.models import (
     AgentJoinToken,
     AgentState,
     Asset,
+    AssetEndpoint,
     Criticality,
+    EndpointProtocol,
     Site,
     Zone,
 )
@@ -414,8 +417,11 @@ class AgentService:
         owner_group: str,
         criticality: str = Criticality.MEDIUM,
         zone: str | None = None,
-    ) -> Asset:
-        """Create the asset for an unmatched endpoint, reached through its agent."""
+    ) -> tuple[Asset, AssetEndpoint]:
+        """Create the asset for an unmatched endpoint, reached through its agent.
+
+        Returns the asset and its first declared endpoint (the adopted one).
+        """
         if criticality not in Criticality.ALL:
             raise ValidationError(f"adopt endpoint: criticality must be one of {Criticality.ALL}")
         if not name.strip() or not owner_group.strip():
@@ -445,15 +451,24 @@ class AgentService:
                 zone_id=zone_id,
                 criticality=criticality,
                 owner_group=owner_group.strip(),
-                protocols=[ep.protocol],
-                endpoint_host=ep.host,
-                endpoint_port=ep.port,
                 agent_id=agent.id,
                 created_at=self._clock.now(),
             )
             db.add(asset)
             db.flush()
+            protocol = ep.protocol if ep.protocol in EndpointProtocol.ALL else "tcp"
+            endpoint = AssetEndpoint(
+                asset_id=asset.id,
+                name=ep.name or protocol,
+                host=ep.host,
+                port=ep.port,
+                protocol=protocol,
+                created_at=self._clock.now(),
+            )
+            db.add(endpoint)
+            db.flush()
             db.expunge(asset)
+            db.expunge(endpoint)
         self._audit.append(
             "agent.endpoint.adopted",
             actor=actor,
@@ -461,7 +476,7 @@ class AgentService:
             subject=f"asset:{asset.name}",
             details={"agent": agent.id, "endpoint": f"{ep.host}:{ep.port}"},
         )
-        return asset
+        return asset, endpoint
 
     def list(self) -> list[AgentView]:
         """Every agent with its inventory matched to assets, newest first."""
@@ -480,9 +495,13 @@ class AgentService:
                 )
                 assets = list(db.exec(select(Asset).where(Asset.agent_id == agent.id)))
                 by_ep: dict[tuple[str, int], list[str]] = {}
-                for a in sorted(assets, key=lambda a: a.name):
-                    by_ep.setdefault((a.endpoint_host, a.endpoint_port), []).append(a.name)
+                missing: set[str] = set()
                 declared = {(e.host, e.port) for e in eps if e.declared}
+                for a in sorted(assets, key=lambda a: a.name):
+                    for aep in endpoints_of(db, a.id):
+                        by_ep.setdefault((aep.host, aep.port), []).append(a.name)
+                        if (aep.host, aep.port) not in declared:
+                            missing.add(a.name)
                 views.append(
                     AgentView(
                         agent=agent,
@@ -492,11 +511,7 @@ class AgentService:
                         assets={
                             e.id: by_ep[(e.host, e.port)] for e in eps if (e.host, e.port) in by_ep
                         },
-                        undeclared_assets=sorted(
-                            a.name
-                            for a in assets
-                            if (a.endpoint_host, a.endpoint_port) not in declared
-                        ),
+                        undeclared_assets=sorted(missing),
                     )
                 )
             for obj in [*agents, *(e for v in views for e in v.endpoints)]:
@@ -528,9 +543,11 @@ def _zone(db: Session, site: Site, name: str) -> Zone:
 
 def _matching_asset(db: Session, agent_id: str, ep: AgentEndpoint) -> Asset | None:
     return db.exec(
-        select(Asset).where(
+        select(Asset)
+        .join(AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id))
+        .where(
             Asset.agent_id == agent_id,
-            Asset.endpoint_host == ep.host,
-            Asset.endpoint_port == ep.port,
+            AssetEndpoint.host == ep.host,
+            AssetEndpoint.port == ep.port,
         )
     ).first()

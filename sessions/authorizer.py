@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from policies.decision import Decision
 from policies.engine import Engine
 from sessions.audit import AuditLog
+from sessions.endpoints import endpoint_document, endpoints_of
 from sessions.models import (
     AccessRequest,
     Approval,
@@ -52,7 +53,9 @@ def user_document(db: Session, user: User, *, acr: str | None = None) -> dict[st
 
 
 def asset_document(db: Session, asset: Asset) -> dict[str, Any]:
+    """The asset as policy sees it; ``protocols`` are those of its declared ``endpoints``."""
     site, zone = db.get(Site, asset.site_id), db.get(Zone, asset.zone_id)
+    endpoints = endpoints_of(db, asset.id)
     return {
         "name": asset.name,
         "site": site.name if site else "",
@@ -61,7 +64,8 @@ def asset_document(db: Session, asset: Asset) -> dict[str, Any]:
         "criticality": asset.criticality,
         "owner_group": asset.owner_group,
         "labels": dict(asset.labels),
-        "protocols": list(asset.protocols),
+        "protocols": sorted({e.protocol for e in endpoints}),
+        "endpoints": [endpoint_document(e) for e in endpoints],
     }
 
 
@@ -83,6 +87,9 @@ def grant_document(db: Session, grant: Grant) -> dict[str, Any]:
         "ticket": request.ticket if request else None,
         "state": grant.state,
         "maintenance_window_only": bool(grant.obligations.get("maintenance_window_only", False)),
+        "operation_class": grant.operation_class,
+        "ports": list(request.ports) if request else [],
+        "login": request.login if request else None,
     }
 
 
@@ -97,7 +104,12 @@ def build_input(
     source_ip: str | None = None,
     agent_online: bool = False,
 ) -> dict[str, Any]:
-    """The policy input document for one question."""
+    """The policy input document for one question.
+
+    ``action`` keys: ``kind``, ``port`` (one connection's endpoint port), ``ports`` (the
+    endpoint ports a request names), ``protocol`` (the connection's endpoint protocol),
+    ``operation_class`` and ``login``.
+    """
     plant_state = db.get(PlantFlag, "plant_state")
     return {
         "user": dict(user),
@@ -105,6 +117,8 @@ def build_input(
         "action": {
             "kind": action.get("kind"),
             "port": action.get("port"),
+            "ports": list(action.get("ports") or []),
+            "protocol": action.get("protocol"),
             "operation_class": action.get("operation_class", "read_only"),
             "login": action.get("login"),
         },

@@ -4,8 +4,8 @@
 (shell, exec, subsystem, port forward): the user's current grant for the asset (state
 ``active``, window open by the injected clock) goes into a policy decision of the channel's
 kind; a deny raises :class:`sessions.access.AccessDenied` with the policy's reasons (audited as
-``session.denied``). Port forwards (kind ``tcp``) also need the port in the grant: the ports the
-request named, or by default the ports of the asset's protocols.
+``session.denied``). Every connection reaches one *declared endpoint* of the asset and runs
+under exactly one grant, which must cover that endpoint's port and (for ssh/sftp) the login.
 
 Session lifecycle (:class:`sessions.models.SessionState`): ``active`` when opened →
 ``closed`` (with an end reason and byte counts) or ``failed``. Every step is audited.
@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from policies.decision import Decision
 from sessions.access import AccessDenied
@@ -28,55 +28,57 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer, build_input, grant_document, user_document
 from sessions.clock import Clock
 from sessions.db import session_scope
+from sessions.endpoints import describe, endpoints_of, ssh_endpoint
 from sessions.errors import NotFoundError
 from sessions.models import (
     AccessRequest,
     Asset,
+    AssetEndpoint,
     Grant,
     GrantState,
     MaintenanceSession,
+    OperationClass,
     Recording,
     RecordingIntegrity,
     SessionState,
     User,
 )
 
-DEFAULT_PORTS: dict[str, tuple[int, ...]] = {
-    "ssh": (22,),
-    "modbus": (502,),
-    "opcua": (4840,),
-    "s7": (102,),
-    "vnc": (5900,),
-    "rdp": (3389,),
-    "dnp3": (20000,),
-    "enip": (44818,),
-    "http": (80,),
-    "https": (443,),
-}
-
 
 @dataclass(frozen=True)
 class Authorization:
-    """A policy allow for one connection or channel, with what the enforcer needs."""
+    """A policy allow for one connection or channel, with what the enforcer needs.
+
+    ``endpoint`` is the declared endpoint the connection reaches (the asset's SSH endpoint for
+    shell, exec and sftp channels); ``grant`` is the one grant it runs under (None only for an
+    admin's standing access, which policy allows without a grant).
+    """
 
     decision: Decision
     user: User
     asset: Asset
     grant: Grant | None
     deadline: datetime  # grant end or max duration, whichever is first
+    endpoint: AssetEndpoint
 
     @property
     def obligations(self) -> dict[str, object]:
         return self.decision.obligations.as_dict()
 
 
-def allowed_ports(asset: Asset, request: AccessRequest | None) -> set[int]:
-    """Ports a grant covers: those the request named, else the asset's protocols' ports."""
-    if request is not None and request.ports:
-        return set(request.ports)
-    ports = {p for proto in asset.protocols for p in DEFAULT_PORTS.get(proto, ())}
-    ports.add(asset.endpoint_port)
-    return ports
+_SELF = frozenset({"localhost", "127.0.0.1", "::1"})  # the asset itself, from the vendor's view
+_RANK = {name: rank for rank, name in enumerate(OperationClass.ALL)}
+
+
+def _suits(request: AccessRequest | None, kind: str, login: str | None, port: int) -> str | None:
+    """Why a grant's request does not cover this connection, or None if it does."""
+    if request is None:
+        return "its request is missing"
+    if port not in request.ports:
+        return f"port {port} is not in it (ports {', '.join(map(str, request.ports))})"
+    if kind in ("ssh", "sftp") and request.login != login:
+        return f"it allows login {request.login!r}, not {login!r}"
+    return None
 
 
 class MaintenanceService:
@@ -97,23 +99,33 @@ class MaintenanceService:
         port: int | None,
         source_ip: str | None,
         agent_online: Callable[[str | None], bool],
-        operation_class: str | None = None,
+        host: str | None = None,
+        bound: bool = False,
+        grant_id: str | None = None,
+        grant_prefix: str | None = None,
     ) -> Authorization:
         """Ask policy whether ``user_id`` may open a ``kind`` channel to ``asset_name`` now.
 
-        Raises :class:`AccessDenied` (audited) with human-readable reasons when not.
+        ``host``/``port`` name the endpoint of a ``tcp`` connection (ssh/sftp use the asset's
+        SSH endpoint): ``host`` is the endpoint's host or name, the asset's name, or
+        ``localhost``/``127.0.0.1`` meaning the asset itself; a host:port that another asset
+        also declares is refused. The connection runs under exactly one grant: when
+        ``bound``, the session's ``grant_id`` (None: an admin's standing access, no grant);
+        else the grant whose id starts with ``grant_prefix``; else the user's current grant
+        on the asset that covers this endpoint and login (the least privileged when several
+        do). Raises :class:`AccessDenied` (audited) with human-readable reasons when not.
         """
         now = self._clock.now()
-        document, user, asset, grant = await asyncio.to_thread(
+        document, user, asset, grant, endpoint = await asyncio.to_thread(
             self._prepare,
             user_id,
             asset_name,
             kind,
             login,
-            port,
+            (host, port),
             source_ip,
             agent_online,
-            operation_class,
+            (bound, grant_id, grant_prefix),
             now,
         )
         decision = await self._authorizer.decide(
@@ -125,7 +137,110 @@ class MaintenanceService:
         max_s = decision.obligations.max_duration_s
         if max_s:
             deadline = min(deadline, now + timedelta(seconds=max_s))
-        return Authorization(decision, user, asset, grant, deadline)
+        return Authorization(decision, user, asset, grant, deadline, endpoint)
+
+    def _endpoint(
+        self,
+        db: Session,
+        user_id: str,
+        asset: Asset,
+        kind: str,
+        target: tuple[str | None, int | None],
+    ) -> AssetEndpoint:
+        endpoints = endpoints_of(db, asset.id)
+        if kind == "tcp":
+            host, port = target
+            found = [e for e in endpoints if e.port == port]
+            if host is not None and host.lower() not in _SELF:
+                found = [e for e in found if host in (e.host, e.name, asset.name)]
+            if len(found) != 1:
+                why = (
+                    f"{host}:{port} is not a declared endpoint of {asset.name}"
+                    if not found
+                    else f"port {port} of {asset.name} is ambiguous: name the endpoint's host"
+                )
+                self._deny(user_id, asset.name, kind, [why])
+            others = db.exec(
+                select(Asset.name)
+                .join(AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id))
+                .where(
+                    AssetEndpoint.host == found[0].host,
+                    AssetEndpoint.port == found[0].port,
+                    Asset.id != asset.id,
+                )
+            ).all()
+            if others:
+                self._deny(
+                    user_id, asset.name, kind,
+                    [f"{found[0].host}:{found[0].port} is also an endpoint of "
+                     f"{', '.join(sorted(others))}: refusing a target another asset declares"],
+                )  # fmt: skip
+            return found[0]
+        ssh = ssh_endpoint(endpoints)
+        if ssh is None:
+            self._deny(user_id, asset.name, kind, [f"{asset.name} declares no SSH endpoint"])
+        return ssh
+
+    def _grant(
+        self,
+        db: Session,
+        user_id: str,
+        asset: Asset,
+        kind: str,
+        login: str | None,
+        port: int,
+        binding: tuple[bool, str | None, str | None],
+        now: datetime,
+    ) -> Grant | None:
+        is_bound, grant_id, grant_prefix = binding
+        query = select(Grant).where(Grant.user_id == user_id, Grant.asset_id == asset.id)
+        if is_bound and grant_id is None:
+            return None  # the session runs on an admin's standing access, under no grant
+        if grant_id is not None:
+            bound = db.exec(query.where(Grant.id == grant_id)).first()
+            if (
+                bound is None
+                or bound.state != GrantState.ACTIVE
+                or not (bound.starts_at <= now < bound.ends_at)
+            ):
+                state = bound.state if bound is not None else "unknown"
+                self._deny(
+                    user_id, asset.name, kind,
+                    [f"grant {grant_id} of this session is {state}, not active"],
+                )  # fmt: skip
+            candidates = [bound]
+        else:
+            candidates = list(
+                db.exec(
+                    query.where(
+                        Grant.state == GrantState.ACTIVE,
+                        col(Grant.starts_at) <= now,
+                        col(Grant.ends_at) > now,
+                    )
+                )
+            )
+            if grant_prefix is not None:
+                candidates = [g for g in candidates if g.id.startswith(grant_prefix)]
+                if len(candidates) != 1:
+                    found = "no" if not candidates else "more than one"
+                    self._deny(
+                        user_id, asset.name, kind,
+                        [f"{found} active grant on {asset.name} starts with {grant_prefix!r}"],
+                    )  # fmt: skip
+        if not candidates:
+            return None  # policy decides (an admin's standing access needs no grant)
+        misfits: list[str] = []
+        suitable: list[Grant] = []
+        for grant in candidates:
+            why = _suits(db.get(AccessRequest, grant.request_id), kind, login, port)
+            if why is None:
+                suitable.append(grant)
+            else:
+                misfits.append(f"grant {grant.id} does not cover this connection: {why}")
+        if not suitable:
+            self._deny(user_id, asset.name, kind, sorted(misfits))
+        suitable.sort(key=lambda g: (_RANK.get(g.operation_class, 99), -g.ends_at.timestamp()))
+        return suitable[0]
 
     def _prepare(
         self,
@@ -133,12 +248,12 @@ class MaintenanceService:
         asset_name: str,
         kind: str,
         login: str | None,
-        port: int | None,
+        target: tuple[str | None, int | None],
         source_ip: str | None,
         agent_online: Callable[[str | None], bool],
-        operation_class: str | None,
+        binding: tuple[bool, str | None, str | None],
         now: datetime,
-    ) -> tuple[dict[str, Any], User, Asset, Grant | None]:
+    ) -> tuple[dict[str, Any], User, Asset, Grant | None, AssetEndpoint]:
         with session_scope(self._engine) as db:
             user = db.get(User, user_id)
             asset = db.exec(select(Asset).where(Asset.name == asset_name)).first()
@@ -146,39 +261,27 @@ class MaintenanceService:
                 self._deny(user_id, asset_name, kind, ["unknown or disabled user"])
             if asset is None:
                 self._deny(user_id, asset_name, kind, [f"unknown asset {asset_name!r}"])
-            grant = db.exec(
-                select(Grant)
-                .where(
-                    Grant.user_id == user_id,
-                    Grant.asset_id == asset.id,
-                    Grant.state == GrantState.ACTIVE,
-                    col(Grant.starts_at) <= now,
-                    col(Grant.ends_at) > now,
-                )
-                .order_by(col(Grant.ends_at).desc())
-            ).first()
-            request = db.get(AccessRequest, grant.request_id) if grant else None
-            if kind == "tcp" and grant is not None and port not in allowed_ports(asset, request):
-                self._deny(user_id, asset_name, kind, [f"port {port} is not in grant {grant.id}"])
+            endpoint = self._endpoint(db, user_id, asset, kind, target)
+            grant = self._grant(db, user_id, asset, kind, login, endpoint.port, binding, now)
             document = build_input(
                 db,
                 user=user_document(db, user),
                 asset=asset,
                 action={
                     "kind": kind,
-                    "port": port,
+                    "port": endpoint.port,
+                    "protocol": endpoint.protocol,
                     "login": login,
-                    "operation_class": operation_class
-                    or (grant.operation_class if grant else "read_only"),
+                    "operation_class": grant.operation_class if grant else "read_only",
                 },
                 grant=grant_document(db, grant) if grant else None,
                 now=now,
                 source_ip=source_ip,
                 agent_online=agent_online(asset.agent_id),
             )
-            for obj in (user, asset, *([grant] if grant else [])):
+            for obj in (user, asset, endpoint, *([grant] if grant else [])):
                 db.expunge(obj)
-        return document, user, asset, grant
+        return document, user, asset, grant, endpoint
 
     def _deny(
         self, user_id: str, asset: str, kind: str, reasons: list[str], *, audit: bool = True
@@ -225,6 +328,8 @@ class MaintenanceService:
                 "kind": kind,
                 "login": login,
                 "grant": auth.grant.id if auth.grant else None,
+                "operation_class": auth.grant.operation_class if auth.grant else None,
+                "endpoint": describe(auth.endpoint),
                 "deadline": auth.deadline.isoformat(),
             },
         )

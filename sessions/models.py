@@ -406,13 +406,14 @@ class AgentEndpoint(TableModel, table=True):
 
 
 class Asset(TableModel, table=True):
-    """A machine vendors maintain (PLC, HMI, server), reached through ``agent_id`` if set."""
+    """A machine vendors maintain (PLC, HMI, server), reached through ``agent_id`` if set.
+
+    What a vendor may reach on it is its :class:`AssetEndpoint` rows (inventory, never request
+    input); ``protocols`` in the policy input is derived from them.
+    """
 
     __tablename__ = "assets"
-    __table_args__ = (
-        _one_of("criticality", Criticality.ALL),
-        sa.CheckConstraint("endpoint_port >= 1 AND endpoint_port <= 65535", name="endpoint_port"),
-    )
+    __table_args__ = (_one_of("criticality", Criticality.ALL),)
 
     id: str = _id()
     name: str = Field(unique=True)
@@ -420,12 +421,52 @@ class Asset(TableModel, table=True):
     zone_id: str = Field(foreign_key="zones.id", ondelete=RESTRICT, index=True)
     criticality: str
     owner_group: str
-    protocols: list[str] = json_field(list)
-    endpoint_host: str
-    endpoint_port: int
     labels: dict[str, str] = json_field(dict)
     # Why SET NULL: deleting an agent must leave the asset unreachable, not delete it.
     agent_id: str | None = _optional_fk("agents.id", ondelete=SET_NULL)
+    created_at: datetime = _created()
+
+
+class EndpointProtocol:
+    """What an asset endpoint speaks; inspection is chosen by this, never by port number."""
+
+    SSH = "ssh"
+    MODBUS = "modbus"
+    S7 = "s7"
+    OPCUA = "opcua"
+    ENIP = "enip"
+    DNP3 = "dnp3"
+    VNC = "vnc"
+    RDP = "rdp"
+    HTTPS = "https"
+    TCP = "tcp"
+    ALL: ClassVar[tuple[str, ...]] = (SSH, MODBUS, S7, OPCUA, ENIP, DNP3, VNC, RDP, HTTPS, TCP)
+
+
+class AssetEndpoint(TableModel, table=True):
+    """One declared host:port of an asset, with its protocol and protocol settings.
+
+    ``settings`` is validated by :func:`sessions.endpoints.validate_settings` (SSH logins per
+    operation class, Modbus unit ids and write ranges per operation class and table).
+    The endpoint is reached through the asset's agent.
+    """
+
+    __tablename__ = "asset_endpoints"
+    __table_args__ = (
+        sa.UniqueConstraint("asset_id", "name"),
+        sa.UniqueConstraint("asset_id", "host", "port"),
+        sa.CheckConstraint("port >= 1 AND port <= 65535", name="port"),
+        _one_of("protocol", EndpointProtocol.ALL),
+    )
+
+    id: str = _id()
+    # No separate index: asset_id leads uq_asset_endpoints_asset_id_name.
+    asset_id: str = Field(foreign_key="assets.id", ondelete=CASCADE, index=False)
+    name: str
+    host: str
+    port: int
+    protocol: str
+    settings: dict[str, Any] = json_field(dict)
     created_at: datetime = _created()
 
 
@@ -467,7 +508,9 @@ class AccessRequest(TableModel, table=True):
     asset_id: str = Field(foreign_key="assets.id", ondelete=RESTRICT, index=True)
     operation_class: str
     protocols: list[str] = json_field(list)
+    # The declared endpoint ports and SSH login the request names (the grant allows exactly these).
     ports: list[int] = json_field(list)
+    login: str | None = None
     starts_at: datetime = Field(sa_type=UTCDateTime)
     ends_at: datetime = Field(sa_type=UTCDateTime)
     reason: str

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from sessions.endpoints import endpoint_document
 from sessions.models import (
     Asset,
+    AssetEndpoint,
     MaintenanceWindow,
     PlantFlag,
     Site,
@@ -34,6 +36,9 @@ def build_plant_data(db: Session) -> dict[str, Any]:
     sites = {s.id: s for s in db.exec(select(Site)).all()}
     zones = {z.id: z for z in db.exec(select(Zone)).all()}
     assets = db.exec(select(Asset)).all()
+    endpoints: dict[str, list[dict[str, Any]]] = {}
+    for ep in db.exec(select(AssetEndpoint).order_by(col(AssetEndpoint.port))).all():
+        endpoints.setdefault(ep.asset_id, []).append(endpoint_document(ep))
     asset_names = {a.id: a.name for a in assets}
     windows: dict[str, list[dict[str, Any]]] = {}
     for w in db.exec(select(MaintenanceWindow)).all():
@@ -69,8 +74,8 @@ def build_plant_data(db: Session) -> dict[str, Any]:
                     "purdue_level": zones[a.zone_id].purdue_level,
                     "criticality": a.criticality,
                     "owner_group": a.owner_group,
-                    "protocols": list(a.protocols),
-                    "tune_write_ranges": _ranges(a.labels.get("tune_write_ranges", "")),
+                    "protocols": sorted({e["protocol"] for e in endpoints.get(a.id, [])}),
+                    "endpoints": endpoints.get(a.id, []),
                 }
                 for a in assets
             },
@@ -81,18 +86,3 @@ def build_plant_data(db: Session) -> dict[str, Any]:
             },
         }
     }
-
-
-def _ranges(text: str) -> list[list[int]]:
-    """Parse an asset label like ``"40001-40100,40200-40210"`` into ``[[first, last], ...]``.
-
-    Malformed parts are skipped (so they grant no write access: fail closed).
-    """
-    out: list[list[int]] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        if first.isdigit() and (last or first).isdigit():
-            lo, hi = int(first), int(last or first)
-            if 0 <= lo <= hi <= 65535:
-                out.append([lo, hi])
-    return out

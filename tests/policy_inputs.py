@@ -64,15 +64,43 @@ def make_asset(**fields: Any) -> dict[str, Any]:
         "owner_group": "ot-press-line",
         "labels": {"line": "press"},
         "protocols": ["modbus", "ssh"],
+        "endpoints": make_endpoints(),
     }
     asset.update(fields)
     return asset
+
+
+SSH_LOGINS = {op: ["maint"] for op in ("read_only", "tune", "program", "firmware")}
+TUNE_RANGES = [{"table": "holding_registers", "first": 40001, "last": 40100}]
+
+
+def make_endpoints() -> list[dict[str, Any]]:
+    """The default asset's declared endpoints: SSH on 22 (login maint), Modbus on 502."""
+    return [
+        {
+            "name": "ssh",
+            "host": "10.0.1.5",
+            "port": 22,
+            "protocol": "ssh",
+            "inspected": False,
+            "settings": {"logins": SSH_LOGINS},
+        },
+        {
+            "name": "plc",
+            "host": "10.0.1.5",
+            "port": 502,
+            "protocol": "modbus",
+            "inspected": True,
+            "settings": {"unit_ids": [1], "write_ranges": {"tune": TUNE_RANGES}},
+        },
+    ]
 
 
 def make_action(**fields: Any) -> dict[str, Any]:
     action: dict[str, Any] = {
         "kind": "ssh",
         "port": 22,
+        "ports": [22, 502],
         "operation_class": "read_only",
         "login": "maint",
     }
@@ -90,6 +118,9 @@ def make_grant(**fields: Any) -> dict[str, Any]:
         "ticket": "CHG-1042",
         "state": "approved",
         "maintenance_window_only": False,
+        "operation_class": "read_only",
+        "ports": [22, 502],
+        "login": "maint",
     }
     grant.update(fields)
     return grant
@@ -169,7 +200,7 @@ def make_data(
             "criticality": "critical",
             "owner_group": "ot-press-line",
             "protocols": ["modbus", "ssh"],
-            "tune_write_ranges": [[40001, 40100]],
+            "endpoints": make_endpoints(),
         },
         "hmi-press-3": {
             "site": SITE,
@@ -178,7 +209,7 @@ def make_data(
             "criticality": "high",
             "owner_group": "ot-press-line",
             "protocols": ["vnc"],
-            "tune_write_ranges": [],
+            "endpoints": [],
         },
     }
     orgs = (

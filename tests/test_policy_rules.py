@@ -24,9 +24,11 @@ from tests.policy_inputs import (
     ASSET,
     MALFORMED_FIELDS,
     NOW,
+    TUNE_RANGES,
     at,
     make_contract,
     make_data,
+    make_endpoints,
     make_input,
     without,
 )
@@ -104,6 +106,7 @@ def test_default_vendor_connection_is_allowed_with_reasons(decide: Decide) -> No
     assert d["reasons"] == [
         "MFA present (amr mfa)",
         "agent for plc-press-3 is online",
+        "endpoint ssh 10.0.1.5:22 (ssh) of plc-press-3",
         "grant g-1 approved until 2025-03-04T23:30:00Z",
         "role vendor may ssh",
         "vendor contract SVC-1 covers plc-press-3",
@@ -488,6 +491,12 @@ def test_maintenance_window_site_without_windows_denies(decide: Decide) -> None:
 # --------------------------------------------------------------------------- 5. obligations
 
 
+WHOLE_SPACE = [
+    {"table": "coils", "first": 0, "last": 65535},
+    {"table": "holding_registers", "first": 0, "last": 65535},
+]
+
+
 CLASSES = {
     # op: (approvals, max_duration_s, idle_timeout_s, supervise, require_mfa at level 3)
     "read_only": (1, 28800, 900, False, False),
@@ -521,20 +530,42 @@ def test_obligations_per_operation_class(decide: Decide, op: str) -> None:
     ("op", "codes", "ranges"),
     [
         ("read_only", READS, []),
-        ("tune", sorted([*READS, 5, 6, 15, 16, 22, 23]), [[40001, 40100]]),
-        ("program", sorted([*READS, 5, 6, 15, 16, 21, 22, 23, 90]), [[0, 65535]]),
-        ("firmware", sorted([*READS, 5, 6, 8, 15, 16, 21, 22, 23, 90, 125, 126]), [[0, 65535]]),
+        ("tune", sorted([*READS, 5, 6, 15, 16, 22, 23]), TUNE_RANGES),
+        ("program", sorted([*READS, 5, 6, 15, 16, 21, 22, 23, 90]), WHOLE_SPACE),
+        ("firmware", sorted([*READS, 5, 6, 8, 15, 16, 21, 22, 23, 90, 125, 126]), WHOLE_SPACE),
     ],
 )
 def test_modbus_obligations(decide: Decide, op: str, codes: list[int], ranges: list[Any]) -> None:
-    d = decide(make_input(action={"operation_class": op}))
-    assert d["obligations"]["modbus"] == {"allow_function_codes": codes, "write_ranges": ranges}
+    """A connection to the Modbus endpoint gets its class's codes and per-table ranges."""
+    d = decide(modbus_connection(op))
+    assert d["obligations"]["modbus"] == {
+        "allow_function_codes": codes,
+        "write_ranges": ranges,
+        "unit_ids": [1],
+    }
 
 
-def test_tune_on_asset_without_ranges_writes_nothing(decide: Decide) -> None:
-    d = decide(make_input(action={"operation_class": "tune"}), make_data(assets={}))
+def test_tune_on_endpoint_without_ranges_writes_nothing(decide: Decide) -> None:
+    bare = [{**e, "settings": {}} for e in make_endpoints()]
+    d = decide(modbus_connection("tune", asset={"endpoints": bare}))
     assert allowed(d)
     assert d["obligations"]["modbus"]["write_ranges"] == []
+    assert d["obligations"]["modbus"]["unit_ids"] is None
+
+
+def test_ssh_connection_carries_no_write_ranges(decide: Decide) -> None:
+    d = decide(make_input(action={"operation_class": "tune"}, grant={"operation_class": "tune"}))
+    assert allowed(d)
+    assert d["obligations"]["modbus"]["write_ranges"] == []
+
+
+def modbus_connection(op: str, **parts: Any) -> dict[str, Any]:
+    """A vendor's ``tcp`` connection to plc-press-3's Modbus endpoint under a ``op`` grant."""
+    return make_input(
+        action={"kind": "tcp", "port": 502, "operation_class": op, "login": None},
+        grant={"operation_class": op},
+        **parts,
+    )
 
 
 @pytest.mark.parametrize(

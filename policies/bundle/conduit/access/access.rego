@@ -22,10 +22,6 @@ import data.conduit.calendar
 import data.conduit.ot
 
 decision := d if {
-	# The fast path (fast.rego): a vendor's connection with well-formed input, allowed or
-	# denied. Undefined outside that case; the bodies below then decide, with the same result.
-	d = fast_decision(fast_facts(input, input.user, input.asset, input.action, input.context, object.get(input, "grant", null)))
-} else := d if {
 	input_ok
 	now := calendar.ns(input.context.now)
 	not vendor_locked_out(input.user)
@@ -45,21 +41,24 @@ allowed(inp, kind, now, common) := decision if {
 	inp.context.agent_online == true
 	agent := sprintf("agent for %s is online", [inp.asset.name])
 	grant = grant_basis(inp, now)
-	reasons := array.concat(common, [mfa, grant.reason, agent])
+	endpoint = endpoint_basis(inp)
+	reasons := array.concat(common, [mfa, grant.reason, agent, endpoint])
 	decision := allow_decision(reasons, granted_obligations(inp, grant.ends_ns, now))
 }
 
 allowed(inp, "request", now, common) := decision if {
 	op := inp.action.operation_class
+	scope = scope_basis(inp)
 	obligations := granted_obligations(inp, null, now)
 	request := sprintf("request for %s on %s needs %d approval(s)", [op, inp.asset.name, obligations.approvals_required])
-	decision := allow_decision(array.concat(common, [request]), obligations)
+	decision := allow_decision(array.concat(common, [request, scope]), obligations)
 }
 
 allowed(inp, "approve", now, common) := decision if {
 	approvable(inp.grant, inp.user)
+	scope = scope_basis(inp)
 	approval := sprintf("approving grant %s requested by %s", [inp.grant.id, inp.grant.requester])
-	decision := allow_decision(array.concat(common, [approval]), granted_obligations(inp, null, now))
+	decision := allow_decision(array.concat(common, [approval, scope]), granted_obligations(inp, null, now))
 }
 
 allow_decision(reasons, obligations) := {"allow": true, "reasons": sorted, "obligations": obligations} if {

@@ -22,13 +22,20 @@ base := {
 	"asset": {
 		"name": "plc-press-3", "site": "Riverside Plant", "zone": "press-line-control",
 		"purdue_level": 1, "criticality": "critical", "owner_group": "ot-press-line",
-		"labels": {}, "protocols": ["modbus"],
+		"labels": {}, "protocols": ["modbus", "ssh"],
+		"endpoints": [
+			{"name": "ssh", "host": "10.0.1.5", "port": 22, "protocol": "ssh", "inspected": false,
+			 "settings": {"logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["maint", "root"], "firmware": ["maint", "root"]}}},
+			{"name": "plc", "host": "10.0.1.5", "port": 502, "protocol": "modbus", "inspected": true,
+			 "settings": {"unit_ids": [1], "write_ranges": {"tune": [{"table": "holding_registers", "first": 40001, "last": 40100}]}}},
+		],
 	},
-	"action": {"kind": "ssh", "port": 22, "operation_class": "read_only", "login": "maint"},
+	"action": {"kind": "ssh", "port": 22, "ports": [22, 502], "operation_class": "read_only", "login": "maint"},
 	"grant": {
 		"id": "g-1", "requester": "vendor-alice", "approvers": ["owner-olga"],
 		"starts_at": "2025-03-04T20:30:00Z", "ends_at": "2025-03-04T23:30:00Z",
 		"ticket": "CHG-1042", "state": "approved", "maintenance_window_only": false,
+		"operation_class": "read_only", "ports": [22, 502], "login": "maint",
 	},
 	"context": {"now": now, "source_ip": "127.0.0.1", "agent_online": true, "plant_state": null},
 }
@@ -99,6 +106,7 @@ test_decision_allows_the_default_vendor_connection if {
 	d.reasons == [
 		"MFA present (amr mfa)",
 		"agent for plc-press-3 is online",
+		"endpoint ssh 10.0.1.5:22 (ssh) of plc-press-3",
 		"grant g-1 approved until 2025-03-04T23:30:00Z",
 		"role vendor may ssh",
 		"vendor contract SVC-1 covers plc-press-3",
@@ -141,7 +149,7 @@ test_deny_carries_restrictive_obligations if {
 	d.obligations == {
 		"record": "strict", "max_duration_s": null, "idle_timeout_s": null,
 		"approvals_required": 0, "require_mfa": false,
-		"modbus": {"allow_function_codes": [], "write_ranges": []},
+		"modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": null},
 		"rate_limit_rps": null, "supervise": false,
 	}
 }
@@ -456,7 +464,7 @@ test_obligations_read_only_level1 if {
 		"idle_timeout_s": 900,
 		"approvals_required": 1,
 		"require_mfa": true,
-		"modbus": {"allow_function_codes": [1, 2, 3, 4, 7, 11, 12, 17, 20, 24, 43], "write_ranges": []},
+		"modbus": {"allow_function_codes": [1, 2, 3, 4, 7, 11, 12, 17, 20, 24, 43], "write_ranges": [], "unit_ids": null},
 		"rate_limit_rps": 10,
 		"supervise": false,
 	}
@@ -470,13 +478,16 @@ test_obligations_per_operation_class if {
 	t.idle_timeout_s == 900
 	t.supervise == false
 	t.require_mfa == false
-	t.modbus.write_ranges == [[40001, 40100]]
+	t.modbus.write_ranges == [{"table": "holding_registers", "first": 40001, "last": 40100}]
 	16 in t.modbus.allow_function_codes
 	not 90 in t.modbus.allow_function_codes
 
 	p := decide(given(object.union(req, {"action": {"operation_class": "program"}}))).obligations
 	[p.approvals_required, p.max_duration_s, p.idle_timeout_s, p.supervise, p.require_mfa] == [2, 7200, 300, true, true]
-	p.modbus.write_ranges == [[0, 65535]]
+	p.modbus.write_ranges == [
+		{"table": "coils", "first": 0, "last": 65535},
+		{"table": "holding_registers", "first": 0, "last": 65535},
+	]
 	90 in p.modbus.allow_function_codes
 	not 125 in p.modbus.allow_function_codes
 
@@ -513,4 +524,81 @@ test_obligations_rate_limit if {
 	decide(base).obligations.rate_limit_rps == 10
 	decide(given({"asset": {"purdue_level": 2}})).obligations.rate_limit_rps == 50
 	decide(given({"asset": {"purdue_level": 5}})).obligations.rate_limit_rps == 50
+}
+
+# ---- declared endpoints (endpoints.rego) ---------------------------------------------------
+
+modbus_conn := given({"action": {"kind": "tcp", "port": 502, "login": null}})
+
+test_endpoints_connection_to_a_declared_endpoint_of_the_grant if {
+	d := decide(modbus_conn)
+	d.allow == true
+	"endpoint plc 10.0.1.5:502 (modbus) of plc-press-3" in d.reasons
+	d.obligations.modbus.unit_ids == [1]
+	d.obligations.modbus.write_ranges == [] # read_only
+}
+
+test_endpoints_tune_connection_gets_the_endpoint_ranges if {
+	d := decide(given({
+		"action": {"kind": "tcp", "port": 502, "operation_class": "tune"},
+		"grant": {"operation_class": "tune"},
+	}))
+	d.allow == true
+	d.obligations.modbus.write_ranges == [{"table": "holding_registers", "first": 40001, "last": 40100}]
+}
+
+test_endpoints_undeclared_port_is_denied if {
+	denied(given({"action": {"kind": "tcp", "port": 5020}}), "port 5020 is not a declared endpoint of plc-press-3")
+}
+
+test_endpoints_port_outside_the_grant_is_denied if {
+	denied(given({"action": {"kind": "tcp", "port": 502}, "grant": {"ports": [22]}}), "grant g-1 does not cover port 502 (it allows [22])")
+}
+
+test_endpoints_ssh_login_must_be_the_grants if {
+	denied(given({"action": {"login": "root"}}), "grant g-1 allows login maint, not root")
+	denied(given({"action": {"login": "root"}}), "login root is not declared for read_only on plc-press-3")
+}
+
+test_endpoints_ssh_to_a_modbus_endpoint_is_denied if {
+	denied(given({"action": {"port": 502}}), "ssh needs an SSH endpoint; port 502 of plc-press-3 speaks modbus")
+}
+
+test_endpoints_generic_tcp_is_denied_at_level_1 if {
+	denied(given({"action": {"kind": "tcp", "port": 22}}), "ssh at 10.0.1.5:22 speaks ssh, which is not inspected; generic TCP is not allowed for plc-press-3")
+	allowed(given({"action": {"kind": "tcp", "port": 22}, "asset": {"labels": {"generic_tcp": "allow"}}}))
+}
+
+test_endpoints_generic_tcp_is_allowed_from_level_2_unless_denied if {
+	allowed(given({"action": {"kind": "tcp", "port": 22}, "asset": {"purdue_level": 2}}))
+	d := decide(given({"action": {"kind": "tcp", "port": 22}, "asset": {"purdue_level": 2, "labels": {"generic_tcp": "deny"}}}))
+	d.allow == false
+}
+
+request := given({"action": {"kind": "request"}, "grant": null})
+
+test_endpoints_request_names_declared_ports_only if {
+	d := decide(request)
+	d.allow == true
+	"endpoints ssh 10.0.1.5:22, modbus 10.0.1.5:502 declared by plc-press-3, login maint allowed for read_only" in d.reasons
+	denied(given({"action": {"kind": "request", "ports": [22, 502, 5900]}, "grant": null}), "port 5900 is not a declared endpoint of plc-press-3")
+	denied(given({"action": {"kind": "request", "ports": []}, "grant": null}), "a request must name at least one declared endpoint of plc-press-3")
+}
+
+test_endpoints_request_login_must_be_declared_for_the_class if {
+	denied(given({"action": {"kind": "request", "login": "root"}, "grant": null}), "login root is not declared for read_only on plc-press-3 (declared: [\"maint\"])")
+	allowed(given({"action": {"kind": "request", "login": "root", "operation_class": "program"}, "grant": null}))
+	denied(given({"action": {"kind": "request", "ports": [502]}, "grant": null}), "a login applies only to SSH endpoints; the request names none on plc-press-3")
+	allowed(given({"action": {"kind": "request", "ports": [502], "login": null}, "grant": null}))
+}
+
+test_endpoints_request_for_uninspected_protocol_needs_generic_tcp if {
+	vnc := {"name": "vnc", "host": "10.0.1.5", "port": 5900, "protocol": "vnc", "inspected": false, "settings": {}}
+	eps := array.concat(base.asset.endpoints, [vnc])
+	denied(given({"action": {"kind": "request", "ports": [5900], "login": null}, "asset": {"endpoints": eps}, "grant": null}), "vnc at 10.0.1.5:5900 speaks vnc, which is not inspected; generic TCP is not allowed for plc-press-3")
+	allowed(given({"action": {"kind": "request", "ports": [5900], "login": null}, "asset": {"endpoints": eps, "purdue_level": 2}, "grant": null}))
+}
+
+test_endpoints_missing_means_nothing_is_declared if {
+	denied(given({"asset": {"endpoints": null}}), "port 22 is not a declared endpoint of plc-press-3")
 }

@@ -16,7 +16,7 @@ denied_obligations := {
 	"idle_timeout_s": null,
 	"approvals_required": 0,
 	"require_mfa": false,
-	"modbus": {"allow_function_codes": [], "write_ranges": []},
+	"modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": null},
 	"rate_limit_rps": null,
 	"supervise": false,
 }
@@ -29,7 +29,8 @@ granted_obligations(inp, grant_ends_ns, now) := {
 	"require_mfa": require_mfa(level, c.require_mfa),
 	"modbus": {
 		"allow_function_codes": c.modbus_function_codes,
-		"write_ranges": ot.write_ranges(op, inp.asset.name),
+		"write_ranges": modbus_write_ranges(inp, op),
+		"unit_ids": modbus_unit_ids(inp),
 	},
 	"rate_limit_rps": rate_limit_rps(level),
 	"supervise": c.supervise,
@@ -54,3 +55,22 @@ else := by_class
 
 rate_limit_rps(level) := 10 if level <= 1
 else := 50
+
+# Modbus write ranges, per table: a connection gets those its endpoint declares for the class;
+# a request or approval shows those of every Modbus endpoint it names. None for other protocols.
+modbus_write_ranges(inp, op) := ot.write_ranges(op, e) if {
+	inp.action.kind == "tcp"
+	e = connection_endpoint(inp)
+	e.protocol == "modbus"
+} else := ranges if {
+	inp.action.kind in ["request", "approve"]
+	ranges := [r | some e in requested_endpoints(inp); e.protocol == "modbus"; some r in ot.write_ranges(op, e)]
+} else := []
+
+# The unit ids a connection's Modbus endpoint declares (null: any unit).
+modbus_unit_ids(inp) := units if {
+	inp.action.kind == "tcp"
+	e = connection_endpoint(inp)
+	e.protocol == "modbus"
+	units = e.settings.unit_ids
+} else := null

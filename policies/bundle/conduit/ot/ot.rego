@@ -63,16 +63,21 @@ class("firmware") := {
 	"modbus_function_codes": [1, 2, 3, 4, 5, 6, 7, 8, 11, 12, 15, 16, 17, 20, 21, 22, 23, 24, 43, 90, 125, 126],
 }
 
-# write_ranges(class_name, asset_name): the register ranges [first, last] a class may write.
-# read_only: none; tune: data.plant.assets[asset_name].tune_write_ranges (none when unset,
-# so no writes; the broker builds well-formed ranges, and the decision parser rejects
-# anything else); program and firmware: the whole address space.
+# write_ranges(class_name, endpoint): the write ranges [{table, first, last[, unit_ids]}] a
+# class may use on a Modbus endpoint: those its settings declare for the class (a table with
+# no range gets no writes); program and firmware default to the whole address space of the
+# coils and holding registers; read_only never writes. The broker validates the settings and
+# the decision parser rejects anything malformed.
 write_ranges("read_only", _) := []
 
-write_ranges("tune", name) := ranges if {
-	ranges = data.plant.assets[name].tune_write_ranges
+write_ranges(op, e) := ranges if {
+	op != "read_only"
+	ranges = e.settings.write_ranges[op]
+} else := whole_space if {
+	op in ["program", "firmware"]
 } else := []
 
-write_ranges("program", _) := [[0, 65535]]
-
-write_ranges("firmware", _) := [[0, 65535]]
+whole_space := [
+	{"table": "coils", "first": 0, "last": 65535},
+	{"table": "holding_registers", "first": 0, "last": 65535},
+]

@@ -41,11 +41,15 @@ test_unknown_class_is_undefined if {
 	not ot.class("write")
 }
 
-test_write_ranges if {
-	plant := {"assets": {"plc": {"tune_write_ranges": [[40001, 40100], [40200, 40210]]}}}
-	ot.write_ranges("read_only", "plc") == [] with data.plant as plant
-	ot.write_ranges("tune", "plc") == [[40001, 40100], [40200, 40210]] with data.plant as plant
-	ot.write_ranges("tune", "other") == [] with data.plant as plant
-	ot.write_ranges("program", "plc") == [[0, 65535]] with data.plant as plant
-	ot.write_ranges("firmware", "other") == [[0, 65535]] with data.plant as plant
+test_write_ranges_come_from_the_endpoint_per_table if {
+	coils := {"table": "coils", "first": 0, "last": 15}
+	regs := {"table": "holding_registers", "first": 10, "last": 30, "unit_ids": [1]}
+	plc := {"protocol": "modbus", "settings": {"write_ranges": {"tune": [coils, regs]}}}
+	bare := {"protocol": "modbus", "settings": {}}
+	ot.write_ranges("read_only", plc) == []
+	ot.write_ranges("tune", plc) == [coils, regs]
+	ot.write_ranges("tune", bare) == []
+	ot.write_ranges("program", plc) == ot.whole_space
+	ot.write_ranges("firmware", bare) == ot.whole_space
+	{r.table | some r in ot.whole_space} == {"coils", "holding_registers"}
 }
