@@ -24,9 +24,17 @@ from broker.web import require
 from sessions.access import AccessDenied, RequestSpec
 from sessions.authorizer import iso
 from sessions.db import session_scope
+from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.identity import ADMIN, APPROVER, VENDOR
-from sessions.models import AccessRequest, Asset, Grant, MaintenanceWindow, User
+from sessions.models import (
+    AccessRequest,
+    Asset,
+    AssetEndpoint,
+    Grant,
+    MaintenanceWindow,
+    User,
+)
 from sessions.windows import add_window, list_windows, remove_window
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
@@ -69,13 +77,29 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-def request_json(req: AccessRequest, asset: str, requester: str) -> dict[str, Any]:
+def scope_json(req: AccessRequest, endpoints: list[AssetEndpoint]) -> dict[str, Any]:
+    """What a request (and so its grant) reaches: ports, their endpoints, the SSH login."""
+    return {
+        "ports": list(req.ports),
+        "login": req.login,
+        "endpoints": [
+            {"name": e.name, "host": e.host, "port": e.port, "protocol": e.protocol}
+            for e in endpoints
+            if e.port in req.ports
+        ],
+    }
+
+
+def request_json(
+    req: AccessRequest, asset: str, requester: str, endpoints: list[AssetEndpoint]
+) -> dict[str, Any]:
     return {
         "id": req.id,
         "asset": asset,
         "requester": requester,
         "state": req.state,
         "operation_class": req.operation_class,
+        **scope_json(req, endpoints),
         "starts_at": iso(req.starts_at),
         "ends_at": iso(req.ends_at),
         "reason": req.reason,
@@ -84,7 +108,9 @@ def request_json(req: AccessRequest, asset: str, requester: str) -> dict[str, An
     }
 
 
-def grant_json(grant: Grant, asset: str, user: str) -> dict[str, Any]:
+def grant_json(
+    grant: Grant, asset: str, user: str, req: AccessRequest, endpoints: list[AssetEndpoint]
+) -> dict[str, Any]:
     return {
         "id": grant.id,
         "request_id": grant.request_id,
@@ -92,11 +118,20 @@ def grant_json(grant: Grant, asset: str, user: str) -> dict[str, Any]:
         "user": user,
         "state": grant.state,
         "operation_class": grant.operation_class,
+        **scope_json(req, endpoints),
         "starts_at": iso(grant.starts_at),
         "ends_at": iso(grant.ends_at),
         "obligations": grant.obligations,
         "revoke_reason": grant.revoke_reason,
     }
+
+
+def _login(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("login must be a string (the SSH login on the asset)")
+    return value
 
 
 async def create_request(request: Request) -> Response:
@@ -120,13 +155,20 @@ async def create_request(request: Request) -> Response:
         reason=str(body.get("reason", "")),
         ticket=str(body["ticket"]) if body.get("ticket") else None,
         ports=ports,
+        login=_login(body.get("login")),
         maintenance_window_only=bool(body.get("maintenance_window_only", False)),
     )
     try:
         row = await svc.access.request(principal.user_id, spec)
     except SessionsError as exc:
         return domain_error(exc)
-    return JSONResponse(request_json(row, spec.asset, principal.name), status_code=201)
+
+    def _endpoints() -> list[AssetEndpoint]:
+        with session_scope(svc.engine) as db:
+            return endpoints_of(db, row.asset_id)
+
+    endpoints = await run_in_threadpool(_endpoints)
+    return JSONResponse(request_json(row, spec.asset, principal.name, endpoints), status_code=201)
 
 
 def _list(
@@ -141,10 +183,12 @@ def _list(
     owner = col(AccessRequest.requester_id) if what == "requests" else col(Grant.user_id)
     with session_scope(svc.engine) as db:
         query = (
-            select(model, Asset.name, User.name)
+            select(model, Asset.name, User.name, AccessRequest)
             .join(Asset, col(Asset.id) == col(model.asset_id))
             .join(User, col(User.id) == owner)
         )
+        if what == "grants":
+            query = query.join(AccessRequest, col(AccessRequest.id) == col(Grant.request_id))
         if params.get("mine") in {"1", "true"} or not (ADMIN in roles or APPROVER in roles):
             query = query.where(owner == principal_id)
         elif ADMIN not in roles:
@@ -154,8 +198,22 @@ def _list(
         if params.get("asset"):
             query = query.where(Asset.name == params["asset"])
         rows = db.exec(query.order_by(col(model.created_at).desc()).limit(500)).all()
-        render = request_json if what == "requests" else grant_json
-        return [render(row, asset, user) for row, asset, user in rows]  # type: ignore[arg-type]
+        endpoints: dict[str, list[AssetEndpoint]] = {}
+        for ep in db.exec(
+            select(AssetEndpoint).where(
+                col(AssetEndpoint.asset_id).in_({req.asset_id for *_, req in rows})
+            )
+        ):
+            endpoints.setdefault(ep.asset_id, []).append(ep)
+        if what == "requests":
+            return [
+                request_json(req, asset, user, endpoints.get(req.asset_id, []))
+                for _, asset, user, req in rows
+            ]
+        return [
+            grant_json(grant, asset, user, req, endpoints.get(req.asset_id, []))  # type: ignore[arg-type]
+            for grant, asset, user, req in rows
+        ]
 
 
 async def list_requests(request: Request) -> Response:

@@ -32,6 +32,7 @@ from sessions.models import (
     Approval,
     ApprovalVerdict,
     Asset,
+    AssetEndpoint,
     Grant,
     GrantState,
     OperationClass,
@@ -93,7 +94,28 @@ def _parse_spec(form: dict[str, Any]) -> RequestSpec:
         reason=str(form.get("reason", "")),
         ticket=str(form.get("ticket", "")).strip() or None,
         maintenance_window_only=bool(form.get("maintenance_window_only")),
+        login=str(form.get("login", "")).strip() or None,
     )
+
+
+def _reaches(db: Session, rows: list[AccessRequest]) -> dict[str, list[str]]:
+    """Request id -> what it reaches ("modbus 127.0.0.1:5020", "ssh 127.0.0.1:22 as maint")."""
+    endpoints: dict[str, list[AssetEndpoint]] = {}
+    for ep in db.exec(
+        select(AssetEndpoint).where(col(AssetEndpoint.asset_id).in_({r.asset_id for r in rows}))
+    ):
+        endpoints.setdefault(ep.asset_id, []).append(ep)
+    out: dict[str, list[str]] = {}
+    for req in rows:
+        found = [e for e in endpoints.get(req.asset_id, []) if e.port in req.ports]
+        out[req.id] = [
+            f"{e.protocol} {e.host}:{e.port}"
+            + (f" as {req.login}" if e.protocol == "ssh" and req.login else "")
+            for e in sorted(found, key=lambda e: e.port)
+        ] + [
+            f"port {p} (no longer declared)" for p in req.ports if p not in {e.port for e in found}
+        ]
+    return out
 
 
 def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
@@ -121,16 +143,23 @@ def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
         grants = db.exec(
             select(Grant).where(Grant.user_id == user_id).order_by(col(Grant.starts_at).desc())
         ).all()
+        reaches = _reaches(db, list(requests))
         return {
             "assets": [(n, f"{n} ({z}, level {lvl})") for n, z, lvl in assets],
             "requests": [
-                {"req": r, "asset": names.get(r.asset_id, "?"), "denial": denials.get(r.id)}
+                {
+                    "req": r,
+                    "asset": names.get(r.asset_id, "?"),
+                    "denial": denials.get(r.id),
+                    "reaches": reaches.get(r.id, []),
+                }
                 for r in requests
             ],
             "grants": [
                 {
                     "grant": g,
                     "asset": names.get(g.asset_id, "?"),
+                    "reaches": reaches.get(g.request_id, []),
                     "obligations": [(k, g.obligations.get(k)) for k in KEY_OBLIGATIONS],
                 }
                 for g in grants
@@ -202,6 +231,7 @@ def _queue(engine: Any, principal: Principal) -> Rows:
             .order_by(col(AccessRequest.starts_at))
         ).all()
         users = _names(db, {r.requester_id for r, *_ in rows})
+        reaches = _reaches(db, [r for r, *_ in rows])
         approvals = db.exec(
             select(Approval.request_id).where(
                 col(Approval.request_id).in_([r.id for r, *_ in rows]),
@@ -220,6 +250,7 @@ def _queue(engine: Any, principal: Principal) -> Rows:
                     "level": level,
                     "approved": sum(1 for a in approvals if a == req.id),
                     "required": needed[0] if needed else None,
+                    "reaches": reaches.get(req.id, []),
                 }
             )
         return out

@@ -11,6 +11,7 @@ from starlette.routing import Route
 from broker.services import services
 from broker.web import current_principal, render, require
 from sessions.db import session_scope
+from sessions.endpoints import describe, endpoints_of
 from sessions.identity import ADMIN, SECURITY
 from sessions.models import Asset, AuditEvent, Site, Zone
 
@@ -33,7 +34,7 @@ async def admin_assets(request: Request) -> Response:
     await require(request, ADMIN)
     svc = services(request)
 
-    def _load() -> list[tuple[Asset, str, str, int]]:
+    def _load() -> list[tuple[Asset, str, str, int, list[str]]]:
         with session_scope(svc.engine) as db:
             rows = db.exec(
                 select(Asset, Site.name, Zone.name, Zone.purdue_level)
@@ -41,7 +42,10 @@ async def admin_assets(request: Request) -> Response:
                 .join(Zone, col(Zone.id) == col(Asset.zone_id))
                 .order_by(col(Site.name), col(Zone.purdue_level), col(Asset.name))
             ).all()
-            return [(a, s, z, lvl) for a, s, z, lvl in rows]
+            return [
+                (a, s, z, lvl, [describe(e) for e in endpoints_of(db, a.id)])
+                for a, s, z, lvl in rows
+            ]
 
     return render(request, "assets.html", {"assets": await run_in_threadpool(_load)})
 

@@ -24,7 +24,14 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--start", help="ISO-8601 start with time zone (default: now)")
     r.add_argument("--reason", required=True)
     r.add_argument("--ticket")
-    r.add_argument("--port", type=int, action="append", dest="ports")
+    r.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        dest="ports",
+        help="a declared endpoint port of the asset (repeat; default: every declared endpoint)",
+    )
+    r.add_argument("--login", help="the SSH login on the asset (one the asset declares)")
     r.add_argument(
         "--window-only",
         action="store_true",
@@ -81,6 +88,7 @@ def request(args: argparse.Namespace) -> int:
         "reason": args.reason,
         "ticket": args.ticket,
         "ports": args.ports or [],
+        "login": args.login,
         "maintenance_window_only": args.window_only,
     }
     if args.start:
@@ -90,7 +98,19 @@ def request(args: argparse.Namespace) -> int:
         f"Request {row['id']} for {row['asset']} ({row['operation_class']}) "
         f"{row['starts_at']} - {row['ends_at']}: {row['state']}"
     )
+    print(f"  reaches: {scope_text(row)}")
     return 0
+
+
+def scope_text(row: dict[str, Any]) -> str:
+    """``ssh 127.0.0.1:22 as maint, modbus 127.0.0.1:502``: what a request or grant reaches."""
+    parts = []
+    for e in row.get("endpoints") or []:
+        login = f" as {row['login']}" if e["protocol"] == "ssh" and row.get("login") else ""
+        parts.append(f"{e['protocol']} {e['host']}:{e['port']}{login}")
+    missing = sorted(set(row.get("ports") or []) - {e["port"] for e in row.get("endpoints") or []})
+    parts += [f"port {p} (no longer declared)" for p in missing]
+    return ", ".join(parts) or "nothing"
 
 
 def listing(args: argparse.Namespace) -> int:
@@ -109,6 +129,7 @@ def listing(args: argparse.Namespace) -> int:
             f"{row['id']}  {row['state']:<9} {row['asset']:<14} {row['operation_class']:<9} "
             f"{row['starts_at']} - {row['ends_at']}  {who}"
         )
+        print(f"    reaches: {scope_text(row)}")
     return 0
 
 

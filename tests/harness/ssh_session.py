@@ -3,8 +3,10 @@
 ``SshRig.build`` seeds the demo plant, starts an sshd that trusts the broker's asset CA, enrols
 and runs a real ``conduit-agent`` declaring it, adds asset ``lab-ssh`` (Purdue level 3) routed
 through that agent, signs ``alice`` (a vendor) in through the real IdP, and gets her an SSH
-certificate through ``POST /api/ssh/cert``. ``grant`` inserts an active grant; ``ssh`` runs the
-stock OpenSSH client against the front door.
+certificate through ``POST /api/ssh/cert``. ``grant`` gets her a grant the way a vendor does:
+``POST /api/requests``, approval by real approvers through ``/api/requests/{id}/approve``,
+activation by the broker's own tick; ``ssh`` runs the stock OpenSSH client against the front
+door.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from sqlmodel import select
 from broker.demo import seed
 from broker.ssh_keys import SshKeys
 from sessions.db import session_scope
+from sessions.endpoints import validate_settings
 from sessions.models import (
-    AccessRequest,
-    AccessRequestState,
     Asset,
+    AssetEndpoint,
     Grant,
     GrantState,
     Site,
@@ -35,6 +37,7 @@ from sessions.models import (
 from tests.harness.agent import AgentProcess, join, make_token, wait_connected, write_config
 from tests.harness.broker import RunningBroker, web_login
 from tests.harness.sshd import RunningSshd, start_sshd
+from tests.harness.waits import wait_for
 
 ASSET = "lab-ssh"
 
@@ -48,6 +51,7 @@ class SshRig:
     workdir: Path
     users: dict[str, str] = field(default_factory=dict)  # name -> user id
     keys: dict[str, Path] = field(default_factory=dict)  # name -> private key path
+    tokens: dict[str, str] = field(default_factory=dict)  # name -> API bearer token
 
     @classmethod
     def build(
@@ -66,37 +70,29 @@ class SshRig:
         agent_id = join(broker, make_token(broker, zone="enterprise-dmz"), config)
         agent = AgentProcess.start(config)
         wait_connected(broker, agent_id)
-        with session_scope(broker.services.engine, write=True) as db:
-            site = db.exec(select(Site).where(Site.name == "Riverside Plant")).one()
-            zone = db.exec(select(Zone).where(Zone.name == "enterprise-dmz")).one()
-            db.add(
-                Asset(
-                    name=ASSET,
-                    site_id=site.id,
-                    zone_id=zone.id,
-                    criticality="medium",
-                    owner_group="ot-approvers",
-                    protocols=["ssh"],
-                    endpoint_host="127.0.0.1",
-                    endpoint_port=sshd.port,
-                    agent_id=agent_id,
-                )
-            )
-        broker.refresh_policy_data()
-        return cls(broker, sshd, agent, agent_id, workdir)
+        rig = cls(broker, sshd, agent, agent_id, workdir)
+        rig.add_asset(ASSET, sshd.port, "ssh", settings={"logins": [sshd.user]})
+        return rig
 
     def close(self) -> None:
         self.agent.stop()
         self.sshd.stop()
 
-    def vendor(self, name: str = "alice") -> Path:
-        """Sign ``name`` in for real, get an SSH certificate; returns the private key path."""
+    def sign_in(self, name: str) -> str:
+        """Sign ``name`` in through the real IdP once; returns an API bearer token."""
+        if name in self.tokens:
+            return self.tokens[name]
         with httpx2.Client() as client:
             web_login(client, self.broker.url, name, f"{name}-demo-pw")
         with session_scope(self.broker.services.engine) as db:
             user = db.exec(select(User).where(User.sub.endswith(name))).one()  # type: ignore[attr-defined]
             self.users[name] = user.id
-        token, _ = self.broker.services.tokens.issue(self.users[name])
+        self.tokens[name], _ = self.broker.services.tokens.issue(self.users[name])
+        return self.tokens[name]
+
+    def vendor(self, name: str = "alice") -> Path:
+        """Sign ``name`` in for real, get an SSH certificate; returns the private key path."""
+        token = self.sign_in(name)
         key = self.workdir / f"{name}_ed25519"
         if not key.exists():
             subprocess.run(
@@ -118,30 +114,91 @@ class SshRig:
         self,
         name: str,
         port: int,
-        protocols: list[str],
+        protocol: str,
         *,
         zone: str = "enterprise-dmz",
+        settings: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
     ) -> None:
-        """Another asset on 127.0.0.1:``port`` behind the rig's agent (declare it at build)."""
+        """An asset with one declared endpoint on 127.0.0.1:``port`` behind the rig's agent
+        (the agent must declare it at build)."""
         with session_scope(self.broker.services.engine, write=True) as db:
             site = db.exec(select(Site).where(Site.name == "Riverside Plant")).one()
             zone_row = db.exec(select(Zone).where(Zone.name == zone)).one()
+            asset = Asset(
+                name=name,
+                site_id=site.id,
+                zone_id=zone_row.id,
+                criticality="medium",
+                owner_group="ot-approvers",
+                labels=labels or {},
+                agent_id=self.agent_id,
+            )
+            db.add(asset)
+            db.flush()
             db.add(
-                Asset(
-                    name=name,
-                    site_id=site.id,
-                    zone_id=zone_row.id,
-                    criticality="medium",
-                    owner_group="ot-approvers",
-                    protocols=protocols,
-                    endpoint_host="127.0.0.1",
-                    endpoint_port=port,
-                    labels=labels or {},
-                    agent_id=self.agent_id,
+                AssetEndpoint(
+                    asset_id=asset.id,
+                    name=protocol,
+                    host="127.0.0.1",
+                    port=port,
+                    protocol=protocol,
+                    settings=validate_settings(protocol, settings or {}),
                 )
             )
         self.broker.refresh_policy_data()
+
+    def request(
+        self,
+        name: str = "alice",
+        *,
+        asset: str = ASSET,
+        operation_class: str = "read_only",
+        ports: list[int] | None = None,
+        login: str | None = None,
+        seconds: float = 3600,
+    ) -> httpx2.Response:
+        """``POST /api/requests`` as ``name`` (the vendor's own call); returns the response."""
+        now = self.broker.services.clock.now()
+        body: dict[str, Any] = {
+            "asset": asset,
+            "operation_class": operation_class,
+            "starts_at": now.isoformat(),
+            "ends_at": (now + timedelta(seconds=seconds)).isoformat(),
+            "reason": "test maintenance",
+            "ticket": "CHG-TEST",
+        }
+        if ports is not None:
+            body["ports"] = ports
+        if login is not None:
+            body["login"] = login
+        return httpx2.post(
+            f"{self.broker.url}/api/requests",
+            json=body,
+            headers={"Authorization": f"Bearer {self.sign_in(name)}"},
+            timeout=30,
+        )
+
+    def approve(self, request_id: str, *approvers: str) -> str:
+        """Approve as each of ``approvers`` (real sign-ins); returns the grant id, once active."""
+        grant_id = ""
+        for approver in approvers:
+            resp = httpx2.post(
+                f"{self.broker.url}/api/requests/{request_id}/approve",
+                headers={"Authorization": f"Bearer {self.sign_in(approver)}"},
+                timeout=30,
+            )
+            assert resp.status_code in (200, 201), resp.text
+            grant_id = resp.json().get("grant_id") or grant_id
+        assert grant_id, f"request {request_id} got no grant from {approvers}"
+        wait_for(lambda: self.grant_state(grant_id) == GrantState.ACTIVE, 15, "grant activation")
+        return grant_id
+
+    def grant_state(self, grant_id: str) -> str:
+        with session_scope(self.broker.services.engine) as db:
+            grant = db.get(Grant, grant_id)
+            assert grant is not None
+            return grant.state
 
     def grant(
         self,
@@ -151,38 +208,23 @@ class SshRig:
         ports: list[int] | None = None,
         asset: str = ASSET,
         operation_class: str = "read_only",
+        login: str | None = None,
     ) -> str:
-        """An active grant for ``name`` on ``asset``, starting a minute ago."""
-        clock = self.broker.services.clock
-        now = clock.now()
-        with session_scope(self.broker.services.engine, write=True) as db:
-            asset_row = db.exec(select(Asset).where(Asset.name == asset)).one()
-            request = AccessRequest(
-                requester_id=self.users[name],
-                asset_id=asset_row.id,
-                operation_class=operation_class,
-                ports=ports or [],
-                starts_at=now - timedelta(minutes=1),
-                ends_at=now + timedelta(minutes=minutes),
-                reason="test",
-                state=AccessRequestState.APPROVED,
-                created_at=now,
-            )
-            db.add(request)
-            db.flush()
-            grant = Grant(
-                request_id=request.id,
-                user_id=self.users[name],
-                asset_id=asset_row.id,
-                operation_class=operation_class,
-                starts_at=request.starts_at,
-                ends_at=request.ends_at,
-                state=GrantState.ACTIVE,
-                created_at=now,
-            )
-            db.add(grant)
-            db.flush()
-            return grant.id
+        """An active grant for ``name`` on ``asset`` through request → policy → approval.
+
+        Approved by olga (and paul where the class needs two approvals); returns its id.
+        """
+        made = self.request(
+            name,
+            asset=asset,
+            operation_class=operation_class,
+            ports=ports,
+            login=login,
+            seconds=minutes * 60,
+        )
+        assert made.status_code == 201, made.text
+        approvers = ("olga", "paul") if operation_class in ("program", "firmware") else ("olga",)
+        return self.approve(made.json()["id"], *approvers)
 
     def known_hosts(self) -> Path:
         path = self.workdir / "front_known_hosts"
