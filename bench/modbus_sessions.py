@@ -105,12 +105,14 @@ def serve(workdir: Path, plc_port: int) -> None:
 
     from tests.harness.ports import free_port
 
-    with conduit_rig(workdir, [("127.0.0.1", plc_port, "modbus")]) as (settings, _broker, rig):
-        rig.add_asset(ASSET, plc_port, ["modbus"], labels={"tune_write_ranges": "0-99"})
+    # The same PLC also as a generic TCP asset: relayed and recorded as pcap, not inspected.
+    # It is declared as localhost:PORT, since one host:port belongs to one asset only.
+    endpoints = [("127.0.0.1", plc_port, "modbus"), ("localhost", plc_port, "tcp")]
+    with conduit_rig(workdir, endpoints) as (settings, _broker, rig):
+        rig.add_asset(ASSET, plc_port, "modbus", settings=PLC_SETTINGS)
         rig.vendor("alice")
         rig.grant("alice", minutes=24 * 60, asset=ASSET, operation_class="tune")
-        # The same PLC as a generic TCP asset: relayed and recorded as pcap, not inspected.
-        rig.add_asset(RAW_ASSET, plc_port, ["tcp"])
+        rig.add_asset(RAW_ASSET, plc_port, "tcp", host="localhost")
         rig.grant("alice", minutes=24 * 60, asset=RAW_ASSET, operation_class="tune")
         forwards = {}
         for asset in (ASSET, RAW_ASSET):

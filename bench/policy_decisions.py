@@ -56,6 +56,27 @@ FLOOR_POLICY = (
 )
 
 
+ENDPOINTS: list[dict[str, Any]] = [
+    {
+        "name": "ssh",
+        "host": "10.3.0.10",
+        "port": 22,
+        "protocol": "ssh",
+        "inspected": False,
+        "settings": {"logins": {op: ["maint"] for op in ("read_only", "tune", "program")}},
+    },
+    {
+        "name": "plc",
+        "host": "10.3.0.10",
+        "port": 502,
+        "protocol": "modbus",
+        "inspected": True,
+        "settings": {
+            "write_ranges": {"tune": [{"table": "holding_registers", "first": 0, "last": 99}]}
+        },
+    },
+]
+
 # data.plant matching the inputs below (as the broker pushes it from its database).
 PLANT_DATA: dict[str, Any] = {
     "plant": {
@@ -68,7 +89,7 @@ PLANT_DATA: dict[str, Any] = {
                 "criticality": "high",
                 "owner_group": "ot-press-line",
                 "protocols": ["modbus", "ssh"],
-                "tune_write_ranges": [[0, 99]],
+                "endpoints": ENDPOINTS,
             }
         },
         "vendor_orgs": {
@@ -111,6 +132,7 @@ def representative_inputs() -> list[dict[str, Any]]:
         "owner_group": "ot-press-line",
         "labels": {"vendor": "acme-automation", "line": "press"},
         "protocols": ["modbus", "ssh"],
+        "endpoints": ENDPOINTS,
     }
     grant = {
         "id": "g-1042",
@@ -121,6 +143,9 @@ def representative_inputs() -> list[dict[str, Any]]:
         "ticket": "CHG-1042",
         "state": "active",
         "maintenance_window_only": False,
+        "operation_class": "read_only",
+        "ports": [22, 502],
+        "login": "maint",
     }
     context = {
         "now": "2025-06-02T09:00:00Z",
@@ -131,7 +156,7 @@ def representative_inputs() -> list[dict[str, Any]]:
     base: dict[str, dict[str, Any]] = {
         "user": user,
         "asset": asset,
-        "action": {"kind": "tcp", "port": 502, "operation_class": "read_only", "login": ""},
+        "action": {"kind": "tcp", "port": 502, "operation_class": "read_only", "login": None},
         "grant": grant,
         "context": context,
     }
@@ -156,7 +181,7 @@ def representative_inputs() -> list[dict[str, Any]]:
         case(context={"now": "2025-06-02T11:00:00Z"}),  # after the window
         case(context={"agent_online": False}),
         case(user={"sub": "stranger", "roles": [], "groups": [], "vendor_org": None}, grant=None),
-        case(action={"kind": "request", "port": 0}, grant=None),
+        case(action={"kind": "request", "port": None, "ports": [502]}, grant=None),
         case(
             user={
                 "sub": "bob",

@@ -149,10 +149,11 @@ def test_join_run_reaches_declared_sshd_and_refuses_the_rest(
         [endpoint] = view.endpoints
         assert (endpoint.host, endpoint.port, endpoint.protocol) == ("127.0.0.1", sshd.port, "ssh")
         assert view.assets == {}
-        asset = svc.adopt(
+        asset, declared = svc.adopt(
             endpoint.id, actor="test-admin", name="sshd-lab", owner_group="ot-approvers"
         )
-        assert asset.agent_id == agent_id and asset.endpoint_port == sshd.port
+        assert asset.agent_id == agent_id
+        assert (declared.host, declared.port, declared.protocol) == ("127.0.0.1", sshd.port, "ssh")
         assert svc.list()[0].assets == {endpoint.id: ["sshd-lab"]}
 
 

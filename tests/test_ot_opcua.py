@@ -69,7 +69,7 @@ def test_opcua_through_the_generic_tcp_path(
 ) -> None:
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", opcua.port, "opcua")])
     try:
-        rig.add_asset("opcua-lab", opcua.port, ["opcua"])
+        rig.add_asset("opcua-lab", opcua.port, "opcua")
         rig.vendor("alice")
         rig.grant(asset="opcua-lab")
         proc, local = _forward(rig, opcua.port, asset="opcua-lab")

@@ -25,7 +25,7 @@ from sessions.recording import assemble, load_public_key, verify_recording
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
-from tests.harness.ssh_session import SshRig
+from tests.harness.ssh_session import PLC_SETTINGS, SshRig
 from tests.harness.sshd import sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
@@ -35,7 +35,7 @@ TSHARK = shutil.which("tshark")
 @pytest.fixture
 def rig(broker: RunningBroker, tmp_path: Path, plc: PlcServer) -> Iterator[SshRig]:
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", plc.port, "modbus")])
-    rig.add_asset("plc-lab", plc.port, ["modbus"], labels={"tune_write_ranges": "0-99"})
+    rig.add_asset("plc-lab", plc.port, "modbus", settings=PLC_SETTINGS)
     rig.vendor("alice")
     yield rig
     rig.close()
@@ -246,7 +246,7 @@ def test_a_transaction_sent_before_the_cut_is_answered(
     slow = SlowPlc(plc.port, delay_s=0.6)
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", slow.port, "modbus")])
     try:
-        rig.add_asset("plc-slow", slow.port, ["modbus"], labels={"tune_write_ranges": "0-99"})
+        rig.add_asset("plc-slow", slow.port, "modbus", settings=PLC_SETTINGS)
         rig.vendor("alice")
         rig.grant(asset="plc-slow", operation_class="tune")
         proc, port = _forward(rig, slow.port, asset="plc-slow")

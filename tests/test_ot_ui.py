@@ -21,7 +21,7 @@ from sessions.db import session_scope
 from sessions.models import Recording
 from tests.harness.broker import RunningBroker, audit_events, web_login
 from tests.harness.plc import PlcServer
-from tests.harness.ssh_session import SshRig
+from tests.harness.ssh_session import PLC_SETTINGS, SshRig
 from tests.harness.sshd import sshd_available
 from tests.test_ot_sessions import _client, _forward, _recordings, _until, _wait_closed
 
@@ -39,7 +39,7 @@ class Connection:
 @pytest.fixture
 def rig(broker: RunningBroker, tmp_path: Path, plc: PlcServer) -> Iterator[SshRig]:
     rig = SshRig.build(broker, tmp_path, extra_endpoints=[("127.0.0.1", plc.port, "modbus")])
-    rig.add_asset("plc-lab", plc.port, ["modbus"], labels={"tune_write_ranges": "0-99"})
+    rig.add_asset("plc-lab", plc.port, "modbus", settings=PLC_SETTINGS)
     rig.vendor("alice")
     yield rig
     rig.close()

@@ -9,7 +9,7 @@ from sqlmodel import select
 from broker.demo import seed
 from sessions.db import create_db_engine, session_scope
 from sessions.models import MaintenanceWindow, PlantFlag, Site
-from sessions.policy_data import LOCKOUT_FLAG, _ranges, build_plant_data
+from sessions.policy_data import LOCKOUT_FLAG, build_plant_data
 
 
 def test_plant_document_follows_the_database(tmp_path: Path) -> None:
@@ -19,8 +19,15 @@ def test_plant_document_follows_the_database(tmp_path: Path) -> None:
     with session_scope(engine) as db:
         plant = build_plant_data(db)["plant"]
     assert plant["assets"]["plc-press-3"]["purdue_level"] == 1
-    assert plant["assets"]["plc-press-3"]["tune_write_ranges"] == [[0, 99]]
-    assert plant["assets"]["hist-01"]["tune_write_ranges"] == []
+    [plc] = plant["assets"]["plc-press-3"]["endpoints"]
+    assert (plc["protocol"], plc["inspected"], plc["settings"]["unit_ids"]) == ("modbus", True, [1])
+    assert plc["settings"]["write_ranges"]["tune"] == [
+        {"table": "coils", "first": 0, "last": 15},
+        {"table": "holding_registers", "first": 0, "last": 99},
+    ]
+    assert plant["assets"]["scada-01"]["protocols"] == ["opcua", "ssh"]
+    [ssh] = plant["assets"]["hist-01"]["endpoints"]
+    assert ssh["settings"]["logins"]["read_only"] == ["maint"]
     contract = plant["vendor_orgs"]["acme-automation"]["contracts"][0]
     assert contract["site"] == "Riverside Plant" and contract["valid_until"].endswith("Z")
     assert plant["lockout"] == {"vendors": False, "reason": ""}
@@ -39,8 +46,3 @@ def test_plant_document_follows_the_database(tmp_path: Path) -> None:
         {"days": ["tue"], "start": "22:00", "end": "02:00"}
     ]
     assert plant["lockout"] == {"vendors": True, "reason": "incident 7"}
-
-
-def test_write_range_labels_fail_closed() -> None:
-    assert _ranges("40001-40100, 7") == [[40001, 40100], [7, 7]]
-    assert _ranges("10-5,abc,-3,70000,1-2-3") == []

@@ -281,12 +281,12 @@ def test_data_that_exposes_a_difference_keeps_the_interpreter(tmp_path: Path) ->
         HEAD + f"default decision := {DENY}\n"
         'decision := {"allow": true, "reasons": ["tuned"], "obligations": {}} if {\n'
         "    some name, _ in data.plant.assets\n"
-        "    r := data.plant.assets[name].tune_write_ranges\n"
+        "    r := data.plant.assets[name].endpoints\n"
         "    not r == []\n"
         "}\n"
     )
     root = write_bundle(tmp_path, policy, None)
-    ranges = {"plant": {"assets": {"plc": {"tune_write_ranges": [[0, 9]]}}}}
+    ranges = {"plant": {"assets": {"plc": {"endpoints": [{"port": 502}]}}}}
     assert _ready(_engine(root, ranges)).evaluator == "rvm"
     engine = _ready(_engine(root, {"plant": {"assets": {"plc": {}}}}))
     assert engine.evaluator_status().state == "rejected"

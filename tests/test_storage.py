@@ -15,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 from sessions.db import (
+    alembic_config,
     create_db_engine,
     current_revision,
     head_revision,
@@ -30,9 +31,11 @@ from sessions.models import (
     Approval,
     ApprovalVerdict,
     Asset,
+    AssetEndpoint,
     CliAuthorization,
     CliAuthorizationKind,
     Criticality,
+    EndpointProtocol,
     Grant,
     GrantState,
     LoginFlow,
@@ -112,11 +115,17 @@ def build_world(t: datetime = T0) -> dict[str, Any]:
         zone_id=zone.id,
         criticality=Criticality.HIGH,
         owner_group="ot-press",
-        protocols=["modbus", "ssh"],
-        endpoint_host="10.3.0.10",
-        endpoint_port=502,
         labels={"line": "3", "vendor": "acme"},
         agent_id=agent.id,
+        created_at=t,
+    )
+    endpoint = AssetEndpoint(
+        asset_id=asset.id,
+        name="plc",
+        host="10.3.0.10",
+        port=502,
+        protocol=EndpointProtocol.MODBUS,
+        settings={"write_ranges": {"tune": [{"table": "coils", "first": 0, "last": 9}]}},
         created_at=t,
     )
     contract = VendorContract(
@@ -205,6 +214,7 @@ def build_world(t: datetime = T0) -> dict[str, Any]:
         "zone": zone,
         "agent": agent,
         "asset": asset,
+        "endpoint": endpoint,
         "contract": contract,
         "request": request,
         "approval": approval,
@@ -236,7 +246,7 @@ def save_world(engine: sa.Engine) -> dict[str, Any]:
 
 def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
     assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
-    assert current_revision(engine) == head_revision() == "0005_audit_refused"
+    assert current_revision(engine) == head_revision() == "0006_asset_endpoints"
     migrate(engine)  # already at head: no-op
     assert current_revision(engine) == head_revision()
 
@@ -371,8 +381,9 @@ def test_json_columns_keep_types(engine: sa.Engine) -> None:
         asset = db.exec(select(Asset)).one()
         grant = db.exec(select(Grant)).one()
         request = db.exec(select(AccessRequest)).one()
+        endpoint = db.exec(select(AssetEndpoint)).one()
     assert asset.labels == {"line": "3", "vendor": "acme"}
-    assert asset.protocols == ["modbus", "ssh"]
+    assert endpoint.settings == world["endpoint"].settings
     assert request.ports == [502]
     assert grant.obligations == world["grant"].model_dump()["obligations"]
     assert grant.obligations["modbus"] == {"fc": [3, 4]}
@@ -437,8 +448,15 @@ def _purdue_level_7(world: dict[str, Any]) -> list[SQLModel]:
 
 
 def _endpoint_port_0(world: dict[str, Any]) -> list[SQLModel]:
-    asset = world["asset"]
-    return [clone(asset, name="p0", endpoint_port=0)]
+    return [clone(world["endpoint"], name="p0", port=0)]
+
+
+def _endpoint_protocol_unknown(world: dict[str, Any]) -> list[SQLModel]:
+    return [clone(world["endpoint"], name="px", port=503, protocol="telnet")]
+
+
+def _endpoint_duplicate_host_port(world: dict[str, Any]) -> list[SQLModel]:
+    return [clone(world["endpoint"], name="again")]
 
 
 def _window(delta: timedelta) -> Callable[[dict[str, Any]], list[SQLModel]]:
@@ -486,6 +504,8 @@ def _duplicate_user_identity(world: dict[str, Any]) -> list[SQLModel]:
         (_duplicate_asset_name, ConflictError),
         (_purdue_level_7, ValidationError),
         (_endpoint_port_0, ValidationError),
+        (_endpoint_protocol_unknown, ValidationError),
+        (_endpoint_duplicate_host_port, ConflictError),
         (_window(timedelta(0)), ValidationError),
         (_window(timedelta(minutes=-5)), ValidationError),
         (_blank_reason, ValidationError),
@@ -562,3 +582,70 @@ def test_manual_clock() -> None:
         clock.advance(-1)
     with pytest.raises(ValidationError):
         clock.set(datetime(2025, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migration_turns_each_assets_endpoint_into_its_first_declared_endpoint(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """0006: an asset's single host:port becomes its first endpoint; tune ranges land on the
+    holding-register table; nothing else about the asset changes."""
+    from alembic import command
+
+    if backend == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        server = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"m_{uuid4().hex[:16]}"))
+    cfg = alembic_config()
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005_audit_refused")
+        conn.execute(
+            sa.text(
+                "INSERT INTO sites (id, name, timezone, description) "
+                "VALUES ('s1', 'plant', 'Europe/Berlin', '')"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO zones (id, site_id, name, purdue_level, description) "
+                    "VALUES ('z1', 's1', 'cell', 1, '')")
+        )  # fmt: skip
+        for asset_id, port, protocols, labels in (
+            ("a1", 502, '["modbus"]', '{"tune_write_ranges": "10-30,40"}'),
+            ("a2", 22, '["ssh"]', "{}"),
+            ("a3", 5900, "[]", "{}"),
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assets (id, name, site_id, zone_id, criticality, owner_group, "
+                    "protocols, endpoint_host, endpoint_port, labels, created_at) VALUES "
+                    "(:id, :id, 's1', 'z1', 'high', 'ot', :p, '10.0.0.1', :port, :l, :t)"
+                ),
+                {
+                    "id": asset_id,
+                    "p": protocols,
+                    "port": port,
+                    "l": labels,
+                    "t": T0.replace(tzinfo=None),
+                },
+            )
+    migrate(eng)
+    with session_scope(eng) as db:
+        rows = {
+            e.asset_id: (e.name, e.host, e.port, e.protocol, e.settings)
+            for e in db.exec(select(AssetEndpoint))
+        }
+        assert db.get(Asset, "a1") is not None
+    eng.dispose()
+    tune = [
+        {"table": "holding_registers", "first": 10, "last": 30},
+        {"table": "holding_registers", "first": 40, "last": 40},
+    ]
+    assert rows == {
+        "a1": ("modbus", "10.0.0.1", 502, "modbus", {"write_ranges": {"tune": tune}}),
+        "a2": ("ssh", "10.0.0.1", 22, "ssh", {}),
+        "a3": ("tcp", "10.0.0.1", 5900, "tcp", {}),
+    }

@@ -40,6 +40,10 @@ from tests.harness.sshd import RunningSshd, start_sshd
 from tests.harness.waits import wait_for
 
 ASSET = "lab-ssh"
+# A test PLC's endpoint settings: tune may write holding registers 0-99 (and no coils).
+PLC_SETTINGS: dict[str, Any] = {
+    "write_ranges": {"tune": [{"table": "holding_registers", "first": 0, "last": 99}]}
+}
 
 
 @dataclass
@@ -119,8 +123,9 @@ class SshRig:
         zone: str = "enterprise-dmz",
         settings: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        """An asset with one declared endpoint on 127.0.0.1:``port`` behind the rig's agent
+        """An asset with one declared endpoint on ``host``:``port`` behind the rig's agent
         (the agent must declare it at build)."""
         with session_scope(self.broker.services.engine, write=True) as db:
             site = db.exec(select(Site).where(Site.name == "Riverside Plant")).one()
@@ -140,7 +145,7 @@ class SshRig:
                 AssetEndpoint(
                     asset_id=asset.id,
                     name=protocol,
-                    host="127.0.0.1",
+                    host=host,
                     port=port,
                     protocol=protocol,
                     settings=validate_settings(protocol, settings or {}),

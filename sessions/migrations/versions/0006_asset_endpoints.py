@@ -51,6 +51,17 @@ def _protocol(protocols: list[str], port: int) -> str:
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text("SELECT id, endpoint_host, endpoint_port, protocols, labels FROM assets")
+    ).all()
+    # Why first: SQLite's batch mode recreates "assets"; dropping the old table would cascade
+    # into endpoint rows inserted before it.
+    with op.batch_alter_table("assets") as batch:
+        batch.drop_constraint(op.f("ck_assets_endpoint_port"), type_="check")
+        batch.drop_column("endpoint_host")
+        batch.drop_column("endpoint_port")
+        batch.drop_column("protocols")
     op.create_table(
         "asset_endpoints",
         sa.Column("id", sa.String(), nullable=False),
@@ -78,10 +89,6 @@ def upgrade() -> None:
             "asset_id", "host", "port", name=op.f("uq_asset_endpoints_asset_id_host_port")
         ),
     )
-    bind = op.get_bind()
-    rows = bind.execute(
-        sa.text("SELECT id, endpoint_host, endpoint_port, protocols, labels FROM assets")
-    ).all()
     endpoints = sa.table(
         "asset_endpoints",
         sa.column("id", sa.String()),
@@ -114,11 +121,6 @@ def upgrade() -> None:
                 created_at=now,
             )
         )
-    with op.batch_alter_table("assets") as batch:
-        batch.drop_constraint(op.f("ck_assets_endpoint_port"), type_="check")
-        batch.drop_column("endpoint_host")
-        batch.drop_column("endpoint_port")
-        batch.drop_column("protocols")
     with op.batch_alter_table("access_requests") as batch:
         batch.add_column(sa.Column("login", sa.String(), nullable=True))
 
