@@ -104,6 +104,7 @@ def serve(workdir: Path, plc_port: int) -> None:
     from bench_rig import conduit_rig
 
     from tests.harness.ports import free_port
+    from tests.harness.ssh_session import PLC_SETTINGS
 
     # The same PLC also as a generic TCP asset: relayed and recorded as pcap, not inspected.
     # It is declared as localhost:PORT, since one host:port belongs to one asset only.
