@@ -674,6 +674,7 @@ def test_malformed_request_closes_and_nothing_after_it_is_forwarded(clock: Manua
     assert v.to_server == read(1)
     assert v.close is not None and "protocol id 5" in v.close
     assert insp.closed == v.close
+    assert v.malformed == bad + read(3)  # stopped: for the recording, never forwarded
     assert insp.from_client(read(4)) == Verdicts(close=v.close)
     # the transaction already at the PLC is still answered
     assert insp.from_server(regs_response(1, [0] * 10)).to_client == regs_response(1, [0] * 10)
@@ -685,7 +686,72 @@ def test_malformed_pdu_layout_closes(clock: ManualClock) -> None:
     broken = mbap(1, struct.pack(">BHHB", 16, 100, 2, 2) + b"\x00\x01")
     v = feed_chunks(insp, broken + write_reg(2, 100), 1)
     assert joined(v, "to_server") == b""
-    assert v[-1].close is not None and "byte count" in v[-1].close
+    closed = [x for x in v if x.close]
+    assert closed[0].close is not None and "byte count" in closed[0].close
+    # the bad frame came in byte by byte: its held-back bytes are in what was stopped
+    assert joined(v, "malformed") == broken
+
+
+def test_a_malformed_request_is_logged_refused_with_its_bytes(clock: ManualClock) -> None:
+    insp = ModbusInspector(tune(), clock, max_concurrent=1)
+    broken = mbap(7, struct.pack(">BHHB", 16, 100, 2, 2) + b"\x00\x01", unit=3)
+    v = insp.from_client(read(1) + read(2) + broken + write_reg(8, 100) + read(9)[:5])
+    assert v.to_server == read(1)  # read(2) was queued behind the concurrency cap
+    assert v.malformed == broken + write_reg(8, 100) + read(9)[:5]
+    reason = "malformed Modbus request: function 16 byte count 2 for quantity 2"
+    assert v.close == reason
+    malformed, not_sent = v.records
+    assert malformed == {
+        "time": "2025-03-01T08:00:00.000000Z",
+        "transaction_id": 7,
+        "unit": 3,
+        "function": 16,
+        "function_name": "Write Multiple Registers",
+        "table": None,
+        "start": None,
+        "quantity": None,
+        "range": None,
+        "values": None,
+        "detail": {},
+        "allowed": False,
+        "reason": reason,
+        "result": "refused",
+        "exception": None,
+        "raw": v.malformed.hex(),
+        "raw_length": len(v.malformed),
+    }
+    json.dumps(malformed)
+    assert (not_sent["transaction_id"], not_sent["result"]) == (2, "not_sent")
+
+
+def test_a_broken_header_split_across_reads_is_stopped_whole(clock: ManualClock) -> None:
+    insp = ModbusInspector(tune(), clock)
+    bad = mbap(2, read(0)[7:], protocol=5)
+    first = insp.from_client(read(1) + bad[:4])  # the header is not complete yet
+    assert (first.to_server, first.close, first.malformed) == (read(1), None, b"")
+    v = insp.from_client(bad[4:] + read(3))
+    assert v.to_server == b"" and v.close is not None
+    assert v.malformed == bad + read(3)
+    (record,) = v.records
+    assert (record["transaction_id"], record["unit"], record["function"]) == (2, 1, 3)
+    assert record["raw"] == (bad + read(3)).hex() and record["result"] == "refused"
+
+
+def test_a_short_broken_header_is_logged_from_what_there_is(clock: ManualClock) -> None:
+    header = struct.pack(">HHHB", 0x0102, 0, 300, 4)  # length 300: broken, nothing after it
+    v = ModbusInspector(tune(), clock).from_client(header)
+    assert v.malformed == header
+    (record,) = v.records
+    assert (record["transaction_id"], record["unit"], record["function"]) == (0x0102, 4, None)
+    assert record["function_name"] is None and record["raw_length"] == 7
+
+
+def test_the_logged_bytes_of_a_malformed_frame_are_capped(clock: ManualClock) -> None:
+    bad = struct.pack(">HHHB", 1, 9, 6, 1) + bytes(range(256)) * 4
+    v = ModbusInspector(tune(), clock).from_client(bad)
+    assert v.malformed == bad  # the recording keeps every byte
+    (record,) = v.records
+    assert record["raw"] == bad[:512].hex() and record["raw_length"] == len(bad) == 1031
 
 
 # ---------------------------------------------------------------------- rate and concurrency
@@ -842,9 +908,13 @@ def test_malformed_server_frame_closes(clock: ManualClock) -> None:
     insp = ModbusInspector(tune(), clock)
     insp.from_client(read(1) + read(2))
     good = regs_response(1, [0] * 10)
-    v = insp.from_server(good + mbap(2, bytes([3, 5, 0])) + regs_response(9, [1]))
+    bad = mbap(2, bytes([3, 5, 0]))
+    v = insp.from_server(good + bad + regs_response(9, [1]))
     assert v.to_client == good
     assert v.close is not None and "malformed Modbus response" in v.close
+    assert v.malformed == bad + regs_response(9, [1])
+    assert [(r["transaction_id"], r["result"]) for r in v.records] == [(1, "ok"), (2, "refused")]
+    assert v.records[1]["raw"] == v.malformed.hex()
     assert insp.from_server(regs_response(2, [0])).to_client == b""
 
 
