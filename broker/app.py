@@ -51,6 +51,7 @@ from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
 from broker.ssh_front import FrontDeps, FrontDoor
 from broker.ssh_keys import load_ssh_keys
+from broker.tcp_forward import ALERT_OUTCOMES
 from broker.webhook import WebhookNotifier
 from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
@@ -62,6 +63,7 @@ from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate
 from sessions.maintenance import MaintenanceService
+from sessions.models import AuditOutcome
 
 log = logging.getLogger("conduit.broker")
 HERE = Path(__file__).parent
@@ -126,8 +128,8 @@ def _alert(svc: Services, kind: str, subject: str, details: dict[str, Any]) -> N
     loop = asyncio.get_running_loop()
 
     def deliver() -> None:
-        svc.audit.append(kind, actor="system", outcome="deny" if "refused" in kind else "ok",
-                         subject=subject, details=details)  # fmt: skip
+        outcome = ALERT_OUTCOMES.get(kind, AuditOutcome.OK)
+        svc.audit.append(kind, actor="system", outcome=outcome, subject=subject, details=details)
         for listener in svc.access.listeners:
             listener(kind, subject, details)
 

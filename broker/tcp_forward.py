@@ -5,8 +5,10 @@ S7). For Modbus/TCP the :class:`sessions.modbus.ModbusInspector` sits in the mid
 obligations refuse get a Modbus exception response from the broker and never reach the PLC,
 the allowed ones are paced to the policy's rate and concurrency, every operation goes to the
 JSONL operations log, and refused or dangerous operations raise an alert (audit event and the
-broker's webhook). A malformed frame closes the connection (audited). Other protocols are relayed
-as bytes with counts and timing.
+broker's webhook). A malformed frame closes the connection: it is audited (``modbus.malformed``,
+outcome ``refused``), its bytes and everything after it in the same read are written to the pcap
+in the direction they were sent (never forwarded), and the ops log gets a ``refused`` record
+with their hex. Other protocols are relayed as bytes with counts and timing.
 
 Ending: :meth:`ForwardRelay.drain` stops new requests, lets transactions already sent to the
 PLC be answered for up to ``drain_s`` (Modbus), then cuts the connection.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -26,10 +28,13 @@ from broker.live_sessions import LiveSession
 from broker.session_recorder import TcpRecording
 from sessions.clock import Clock
 from sessions.modbus import ModbusInspector, Verdicts
+from sessions.models import AuditOutcome
 
 log = logging.getLogger("conduit.forward")
 
 CHUNK = 65536
+# What the audit event of a malformed frame carries from its ops-log record.
+_MALFORMED_DETAILS = ("transaction_id", "unit", "function", "raw", "raw_length")
 # design.md "OT operations": diagnostics, UMAS, firmware/program download.
 DANGEROUS_FUNCTION_CODES = frozenset({8, 90, 125, 126})
 
@@ -50,6 +55,13 @@ class StreamWriter(Protocol):
 
 # (audit kind, details) — audited, and sent to the webhook when it is an alert
 Alert = Callable[[str, dict[str, Any]], None]
+# The audit outcome of each alert kind: a refused request is the policy's deny; a malformed
+# frame is stopped on the wire by the broker itself.
+ALERT_OUTCOMES: Mapping[str, str] = {
+    "modbus.refused": AuditOutcome.DENY,
+    "modbus.dangerous": AuditOutcome.OK,
+    "modbus.malformed": AuditOutcome.REFUSED,
+}
 
 
 class ForwardRelay:
@@ -108,16 +120,26 @@ class ForwardRelay:
     def _apply(self, verdicts: Verdicts, *, plc_answers: bool = False) -> None:
         self._to_server(verdicts.to_server)
         self._to_client(verdicts.to_client, from_broker=not plc_answers)
+        if verdicts.malformed and self._recording is not None:
+            # Stopped bytes are evidence: kept in the direction they were sent, never relayed.
+            if plc_answers:
+                self._recording.server_data(verdicts.malformed)
+            else:
+                self._recording.client_data(verdicts.malformed)
+        malformed: dict[str, Any] = {}
         for record in verdicts.records:
             if self._recording is not None:
                 self._recording.operation(record)
+            if "raw" in record:  # the malformed frame: reported once, as modbus.malformed
+                malformed = {k: record[k] for k in _MALFORMED_DETAILS}
+                continue
             refused = record.get("allowed") is False
             dangerous = record.get("function") in DANGEROUS_FUNCTION_CODES
             if refused or dangerous:
                 kind = "modbus.refused" if refused else "modbus.dangerous"
                 self._alert(kind, dict(record))
         if verdicts.close and not self._stop.is_set():
-            self._alert("modbus.malformed", {"reason": verdicts.close})
+            self._alert("modbus.malformed", {**malformed, "reason": verdicts.close})
             self.stop(verdicts.close)
         if verdicts.poll_at is not None:
             self._schedule_poll(verdicts.poll_at)

@@ -2,8 +2,19 @@
 
 The policy contract (docs/policy.md): the query ``data.conduit.access.decision`` returns an
 object ``{"allow": bool, "reasons": [str, ...], "obligations": {...}}``. Anything else —
-undefined, wrong types, unknown record mode, negative durations — becomes a *deny* whose
-reasons say what was wrong. :func:`deny` builds such decisions for callers.
+undefined, wrong types, unknown record mode, negative durations, a Modbus write range that does
+not name its table — becomes a *deny* whose reasons say what was wrong. :func:`deny` builds
+such decisions for callers.
+
+``obligations.modbus`` (:class:`ModbusObligations`)::
+
+    {"allow_function_codes": [int 1-255, ...],
+     "write_ranges": [{"table": "coils" | "holding_registers", "first": int 0-65535,
+                       "last": int first-65535, "unit_ids": [int 0-255, ...] | null}, ...],
+     "unit_ids": [int 0-255, ...] | null}
+
+Unknown keys in the modbus object or a range are refused: a misspelt ``unit_ids`` would
+silently widen a restriction.
 """
 
 from __future__ import annotations
@@ -31,10 +42,56 @@ def input_hash(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
 
+COILS = "coils"
+HOLDING_REGISTERS = "holding_registers"
+WRITE_TABLES = (COILS, HOLDING_REGISTERS)  # the Modbus tables a client can write
+
+
+@dataclass(frozen=True)
+class WriteRange:
+    """Addresses ``first``..``last`` (inclusive, PDU addresses 0-65535) of one writable table.
+
+    ``unit_ids`` None: the range applies to requests for every unit id; a tuple: only to
+    requests addressed to those unit ids.  Invalid values raise ValueError.
+    """
+
+    table: str
+    first: int
+    last: int
+    unit_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.table not in WRITE_TABLES or not 0 <= self.first <= self.last <= 0xFFFF:
+            raise ValueError(f"invalid write range {self!r}")
+
+    def applies_to(self, table: str, unit_id: int) -> bool:
+        """Whether this range confines writes into ``table`` addressed to ``unit_id``."""
+        return self.table == table and (self.unit_ids is None or unit_id in self.unit_ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        units = None if self.unit_ids is None else list(self.unit_ids)
+        return {"table": self.table, "first": self.first, "last": self.last, "unit_ids": units}
+
+
 @dataclass(frozen=True)
 class ModbusObligations:
+    """What the Modbus inspector enforces (sessions/modbus.py).
+
+    A write must lie wholly inside the union of the ``write_ranges`` of its own table that
+    apply to its unit id; a table with no such range takes no writes.  ``unit_ids`` None: any
+    unit id may be addressed; a tuple: requests to any other unit id are refused.
+    """
+
     allow_function_codes: tuple[int, ...] = ()
-    write_ranges: tuple[tuple[int, int], ...] = ()  # inclusive (first, last) register addresses
+    write_ranges: tuple[WriteRange, ...] = ()
+    unit_ids: tuple[int, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "allow_function_codes": list(self.allow_function_codes),
+            "write_ranges": [r.as_dict() for r in self.write_ranges],
+            "unit_ids": None if self.unit_ids is None else list(self.unit_ids),
+        }
 
 
 @dataclass(frozen=True)
@@ -57,10 +114,7 @@ class Obligations:
             "idle_timeout_s": self.idle_timeout_s,
             "approvals_required": self.approvals_required,
             "require_mfa": self.require_mfa,
-            "modbus": {
-                "allow_function_codes": list(self.modbus.allow_function_codes),
-                "write_ranges": [list(r) for r in self.modbus.write_ranges],
-            },
+            "modbus": self.modbus.as_dict(),
             "rate_limit_rps": self.rate_limit_rps,
             "supervise": self.supervise,
         }
@@ -117,6 +171,72 @@ def _is_mapping(value: Any) -> bool:
     return type(value) is dict or isinstance(value, Mapping)  # the first test is the cheap one
 
 
+_MODBUS_KEYS = frozenset({"allow_function_codes", "write_ranges", "unit_ids"})
+_RANGE_KEYS = frozenset({"table", "first", "last", "unit_ids"})
+_UNIT_IDS = frozenset(range(256))
+
+
+def _ints_within(value: Any, allowed: frozenset[int]) -> bool:
+    # Every element's type is int (not bool: True == 1) and every value is allowed.
+    return isinstance(value, list) and set(map(type, value)) <= {int} and set(value) <= allowed
+
+
+def _unit_ids(value: Any, where: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not _ints_within(value, _UNIT_IDS):
+        raise MalformedDecision(f"{where} must be null or a list of integers 0-255, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
+def _write_range(entry: Any, where: str) -> WriteRange:
+    if isinstance(entry, list):
+        raise MalformedDecision(
+            f"{where} is a [first, last] pair {entry!r}: pairs are no longer accepted because "
+            'they do not name a table; write {"table": "coils" | "holding_registers", '
+            '"first": ..., "last": ..., "unit_ids": null | [...]}'
+        )
+    if not _is_mapping(entry):
+        raise MalformedDecision(f"{where} must be an object, got {type(entry).__name__}")
+    if unknown := sorted(map(str, entry.keys() - _RANGE_KEYS)):
+        # A misspelt key (say "unit_id") would otherwise widen the range to every unit.
+        raise MalformedDecision(f"{where} has unknown keys {unknown}")
+    table = entry.get("table")
+    if table not in WRITE_TABLES:
+        raise MalformedDecision(f"{where}.table must be one of {WRITE_TABLES}, got {table!r}")
+    bounds = []
+    for key in ("first", "last"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise MalformedDecision(f"{where}.{key} must be an integer 0-65535, got {value!r}")
+        bounds.append(value)
+    first, last = bounds
+    if first > last:
+        raise MalformedDecision(f"{where} is inverted: first {first} > last {last}")
+    return WriteRange(table, first, last, _unit_ids(entry.get("unit_ids"), f"{where}.unit_ids"))
+
+
+def _modbus(raw: Any) -> ModbusObligations:
+    where = "obligations.modbus"
+    if not _is_mapping(raw):
+        raise MalformedDecision(f"{where} must be an object")
+    if unknown := sorted(map(str, raw.keys() - _MODBUS_KEYS)):
+        raise MalformedDecision(f"{where} has unknown keys {unknown}")
+    codes = raw.get("allow_function_codes") or []
+    if not _ints_within(codes, _FUNCTION_CODES):
+        raise MalformedDecision(f"{where}.allow_function_codes must be integers 1-255")
+    ranges = raw.get("write_ranges") or []
+    if not isinstance(ranges, list):
+        raise MalformedDecision(f"{where}.write_ranges must be a list of range objects")
+    return ModbusObligations(
+        allow_function_codes=tuple(sorted(set(codes))),
+        write_ranges=tuple(
+            _write_range(r, f"{where}.write_ranges[{i}]") for i, r in enumerate(ranges)
+        ),
+        unit_ids=_unit_ids(raw.get("unit_ids"), f"{where}.unit_ids"),
+    )
+
+
 def _obligations(raw: Any) -> Obligations:
     if raw is None:
         return Obligations()
@@ -125,31 +245,8 @@ def _obligations(raw: Any) -> Obligations:
     record = raw.get("record", "strict")
     if record not in RECORD_MODES:
         raise MalformedDecision(f"obligations.record must be one of {RECORD_MODES}, got {record!r}")
-    modbus_raw = raw.get("modbus") or {}
-    if not _is_mapping(modbus_raw):
-        raise MalformedDecision("obligations.modbus must be an object")
-    codes = modbus_raw.get("allow_function_codes") or []
-    # Integers 1-255, not booleans (True == 1): every element's type is int, and the set of
-    # values lies within 1-255.
-    if not isinstance(codes, list) or not (
-        set(map(type, codes)) <= {int} and set(codes) <= _FUNCTION_CODES
-    ):
-        raise MalformedDecision("obligations.modbus.allow_function_codes must be integers 1-255")
-    ranges_raw = modbus_raw.get("write_ranges") or []
-    ranges: list[tuple[int, int]] = []
-    if not isinstance(ranges_raw, list):
-        raise MalformedDecision("obligations.modbus.write_ranges must be a list of [first, last]")
-    for r in ranges_raw:
-        if (
-            not isinstance(r, list)
-            or len(r) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-            or not 0 <= r[0] <= r[1] <= 65535
-        ):
-            raise MalformedDecision(
-                f"obligations.modbus.write_ranges entry {r!r} is not [first, last]"
-            )
-        ranges.append((r[0], r[1]))
+    modbus_raw = raw.get("modbus")
+    modbus = _modbus({} if modbus_raw is None else modbus_raw)
     rate = raw.get("rate_limit_rps")
     if rate is not None and (
         isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0
@@ -169,7 +266,7 @@ def _obligations(raw: Any) -> Obligations:
         )
         or 0,
         require_mfa=bool(raw.get("require_mfa", False)),
-        modbus=ModbusObligations(tuple(sorted(set(codes))), tuple(ranges)),
+        modbus=modbus,
         rate_limit_rps=float(rate) if rate is not None else None,
         supervise=bool(raw.get("supervise", False)),
     )

@@ -6,26 +6,36 @@ here does I/O or reads the wall clock: time comes from the injected :class:`Cloc
 
 Obligations (``policies.decision.Obligations``; docs/policy.md "OT operation table")::
 
-    modbus.allow_function_codes: tuple[int, ...]          # e.g. (1, 2, 3, 4, 7, 11, ...)
-    modbus.write_ranges: tuple[tuple[int, int], ...]      # inclusive (first, last), 0-65535
-    rate_limit_rps: float | None                          # requests/s towards the asset
+    modbus.allow_function_codes: tuple[int, ...]      # e.g. (1, 2, 3, 4, 7, 11, ...)
+    modbus.write_ranges: tuple[WriteRange, ...]       # (table, first, last, unit_ids | None)
+    modbus.unit_ids: tuple[int, ...] | None           # unit ids that may be addressed; None: any
+    rate_limit_rps: float | None                      # requests/s towards the asset
 
-Addresses in ``write_ranges`` are PDU addresses (0-based, as on the wire) and confine every
-register/coil write (FC 5, 6, 15, 16, 22 and the write half of 23); a write must lie wholly
-inside the union of the ranges.  FC 43 passes only as MEI type 14 (read device identification).
-``obligations=None`` means the read-only default: FC 1, 2, 3, 4 and 43/14, no writes, no rate
-limit.  Deny by default: a function code that is not listed is refused.
+Writes are confined per Modbus table.  FC 5 and 15 write coils (table ``coils``); FC 6, 16, 22
+and the write half of 23 write holding registers (``holding_registers``).  A write must lie
+wholly inside the union of the ranges of *its own table* that apply to the request's unit id
+(a range with ``unit_ids`` None applies to every unit); a table with no such range takes no
+writes.  Addresses are PDU addresses (0-based, as on the wire).  FC 21 (write file record) is
+confined by no range: only the function-code list admits it.  FC 43 passes only as MEI type 14
+(read device identification).  ``obligations=None`` means the read-only default: FC 1, 2, 3, 4
+and 43/14, no writes, any unit id, no rate limit.  Deny by default: a function code that is not
+listed is refused.
 
 Outcomes per client request, in this order:
 
 * MBAP or PDU structure broken (protocol id != 0, length outside 2..254, a known function
   code's layout or byte count inconsistent, FC 0 or >= 0x80) -> :class:`ModbusProtocolError`;
-  the inspector drops the frame and everything after it and reports ``Verdicts.close``.
+  the inspector forwards nothing from the bad frame on, reports ``Verdicts.close``, hands the
+  stopped bytes (the bad frame and everything after it that it was given) back in
+  ``Verdicts.malformed`` for the recording, and logs a ``refused`` record with their hex.
+* unit id outside ``modbus.unit_ids`` (when set) -> exception 0A GATEWAY PATH UNAVAILABLE.
 * function code not allowed (or FC 43 with MEI type != 14) -> exception 01 ILLEGAL FUNCTION.
 * well framed but out of the spec's value domain (quantity 0 or too large, coil value other
   than 0xFF00/0x0000, bad device-id read code) -> exception 03 ILLEGAL DATA VALUE, as a
   real device would answer; address + quantity beyond 65536 -> exception 02.
-* write outside ``write_ranges`` -> exception 02 ILLEGAL DATA ADDRESS.
+* write outside the write ranges of its table and unit -> exception 02 ILLEGAL DATA ADDRESS,
+  the reason naming the table and the ranges ("FC5 write to coil 15 outside the coil write
+  ranges (none)").
 * queue full (the relay kept reading while :attr:`ModbusInspector.accepting` was False)
   -> exception 06 SERVER DEVICE BUSY.
 * otherwise queued, and forwarded once the token bucket (``rate_limit_rps``) and the
@@ -36,6 +46,7 @@ Driving it (the I/O relay, one inspector per client connection)::
 
     v = inspector.from_client(data)   # or from_server(data), poll(), begin_close(reason)
     plc.write(v.to_server); client.write(v.to_client); ops_log.extend(v.records)
+    pcap.record(v.malformed, same direction as data)   # stopped, never forwarded
     if v.poll_at: arm a timer for v.poll_at (replacing the previous one) -> poll()
     if v.close: audit it, stop reading the client, drain, close
     read from the client only while inspector.accepting (TCP backpressure on a flood)
@@ -55,15 +66,25 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any, TypeAlias
 
-from policies.decision import Obligations
+from policies.decision import COILS, HOLDING_REGISTERS, ModbusObligations, Obligations, WriteRange
 from sessions.clock import Clock
 from sessions.errors import SessionsError
 
 MBAP_HEADER_LEN = 7
 MAX_PDU_LEN = 253
 READ_ONLY_FUNCTION_CODES = (1, 2, 3, 4, 43)
-REGISTER_WRITE_FUNCTION_CODES = (5, 6, 15, 16, 22, 23)
+REGISTER_WRITE_FUNCTION_CODES = (5, 6, 15, 16, 22, 23)  # coil and register writes
+# The table each of those writes into (FC 23: its write half).
+WRITE_TABLE: Mapping[int, str] = {
+    5: COILS,
+    15: COILS,
+    6: HOLDING_REGISTERS,
+    16: HOLDING_REGISTERS,
+    22: HOLDING_REGISTERS,
+    23: HOLDING_REGISTERS,
+}
 MEI_READ_DEVICE_ID = 14
+RAW_LOGGED = 512  # bytes of a malformed frame kept (as hex) in its ops-log record
 
 Values: TypeAlias = tuple[int, ...] | tuple[bool, ...]
 Record: TypeAlias = dict[str, Any]
@@ -76,6 +97,7 @@ class ExceptionCode(IntEnum):
     ILLEGAL_DATA_ADDRESS = 2
     ILLEGAL_DATA_VALUE = 3
     SERVER_DEVICE_BUSY = 6
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
 
 
 FUNCTION_NAMES: Mapping[int, str] = {
@@ -105,20 +127,30 @@ FUNCTION_NAMES: Mapping[int, str] = {
 
 # Reference-number prefix of the table a function code addresses ("40001" style).
 _TABLE_PREFIX = {1: 0, 5: 0, 15: 0, 2: 1, 4: 3, 3: 4, 6: 4, 16: 4, 22: 4, 23: 4, 24: 4}
+# How reasons name one address / several addresses of a writable table.
+_TABLE_NOUNS = {
+    COILS: ("coil", "coils"),
+    HOLDING_REGISTERS: ("holding register", "holding registers"),
+}
 
 
 class ModbusProtocolError(SessionsError):
     """A frame breaks MBAP or the PDU layout; the connection must be closed.
 
     ``frames`` holds the well-formed frames the same :meth:`MbapFramer.feed` call completed
-    before the malformed one (the stream was valid up to there).
+    before the malformed one (the stream was valid up to there); ``unparsed`` the bytes from
+    the malformed frame's header to the end of what the framer held (empty when raised for a
+    PDU, whose frame the caller has).
     """
 
     code = "modbus_malformed"
 
-    def __init__(self, message: str, *, frames: tuple[Frame, ...] = ()) -> None:
+    def __init__(
+        self, message: str, *, frames: tuple[Frame, ...] = (), unparsed: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.frames = frames
+        self.unparsed = unparsed
 
 
 def function_name(code: int) -> str:
@@ -182,8 +214,9 @@ class MbapFramer:
             elif not 2 <= length <= MAX_PDU_LEN + 1:
                 self._error = f"MBAP length {length} outside 2..{MAX_PDU_LEN + 1}"
             if self._error is not None:
+                unparsed = bytes(buf[pos:])
                 self._buf = bytearray()
-                raise ModbusProtocolError(self._error, frames=tuple(frames))
+                raise ModbusProtocolError(self._error, frames=tuple(frames), unparsed=unparsed)
             end = pos + 6 + length
             if len(buf) < end:
                 break
@@ -192,6 +225,13 @@ class MbapFramer:
             pos = end
         del buf[:pos]
         return frames
+
+    def fail(self, message: str) -> bytes:
+        """Break the framer (a later layer found the stream malformed); return what it held."""
+        if self._error is None:
+            self._error = message
+        held, self._buf = bytes(self._buf), bytearray()
+        return held
 
 
 # -------------------------------------------------------------------------------- decoding
@@ -499,7 +539,9 @@ class Verdicts:
     Write ``to_server`` to the PLC and ``to_client`` to the vendor's tool (each a run of whole
     frames), append ``records`` to the ops log, and if ``close`` is set, close the connection
     (after an audit event; in-flight answers may still be drained).  If ``poll_at`` is set,
-    call :meth:`ModbusInspector.poll` at that time (earlier is harmless).
+    call :meth:`ModbusInspector.poll` at that time (earlier is harmless).  ``malformed`` holds
+    bytes of the inspected direction that were stopped at a malformed frame (the frame and
+    everything after it in that call): record them in that direction, never forward them.
     """
 
     to_server: bytes = b""
@@ -507,6 +549,7 @@ class Verdicts:
     records: tuple[Record, ...] = ()
     close: str | None = None
     poll_at: datetime | None = None
+    malformed: bytes = b""
 
 
 @dataclass(slots=True)
@@ -534,9 +577,13 @@ class ModbusInspector:
     Ops-log records (one dict per request, JSON-ready): ``time``, ``transaction_id``, ``unit``,
     ``function``, ``function_name``, ``start``, ``quantity``, ``range`` (e.g. "40001\u201340010"),
     ``read_start``/``read_quantity``/``read_range`` (FC 23), ``values`` (written values),
-    ``detail``, ``allowed``, ``reason``, ``result`` (ok, exception, refused, no_response,
-    not_sent), ``exception``, ``response_values`` (read results) and ``answered_at``.  Refused
-    requests are logged at once; forwarded ones when answered, timed out, or at :meth:`finish`.
+    ``table`` (writes: ``coils`` or ``holding_registers``, else None), ``detail``, ``allowed``,
+    ``reason``, ``result`` (ok, exception, refused, no_response, not_sent), ``exception``,
+    ``response_values`` (read results) and ``answered_at``.  Refused requests are logged at
+    once; forwarded ones when answered, timed out, or at :meth:`finish`.  A malformed frame
+    (either direction) gets one ``refused`` record whose ``reason`` is the protocol error, with
+    ``raw`` (hex of the first :data:`RAW_LOGGED` stopped bytes) and ``raw_length``; only such
+    records carry ``raw``.
     """
 
     def __init__(
@@ -554,13 +601,15 @@ class ModbusInspector:
             raise ValueError("max_concurrent, max_queued and response_timeout_s must be positive")
         self._clock = clock
         if obligations is None:
-            self._allowed = frozenset(READ_ONLY_FUNCTION_CODES)
-            self._ranges: list[tuple[int, int]] = []
+            modbus = ModbusObligations(READ_ONLY_FUNCTION_CODES)
             rate = None
         else:
-            self._allowed = frozenset(obligations.modbus.allow_function_codes)
-            self._ranges = _merge(obligations.modbus.write_ranges)
+            modbus = obligations.modbus
             rate = obligations.rate_limit_rps
+        self._allowed = frozenset(modbus.allow_function_codes)
+        self._write_ranges = modbus.write_ranges
+        self._units = None if modbus.unit_ids is None else frozenset(modbus.unit_ids)
+        self._merged: dict[tuple[str, int], list[tuple[int, int]]] = {}  # (table, unit) -> union
         if limiter is None and rate is not None:
             limiter = TokenBucket(rate, clock, burst)
         self._limiter = limiter
@@ -612,18 +661,15 @@ class ModbusInspector:
         records = self._expire(now)
         forward = bytearray()
         replies = bytearray()
-        error: ModbusProtocolError | None = None
-        try:
-            frames = self._client.feed(data)
-        except ModbusProtocolError as exc:
-            frames, error = list(exc.frames), exc
-        for frame in frames:
+        frames, unparsed, error = _feed(self._client, data)
+        bad_at = len(frames)
+        for i, frame in enumerate(frames):
             try:
                 request = parse_request(frame.pdu)
             except ModbusProtocolError as exc:
-                error = exc
+                error, bad_at = exc, i
                 break
-            refusal = self._check(request)
+            refusal = self._check(request, frame.unit_id)
             if refusal is None and len(self._queue) >= self._max_queued:
                 refusal = ExceptionCode.SERVER_DEVICE_BUSY, "request queue full"
             record = self._record(now, frame, request)
@@ -636,10 +682,13 @@ class ModbusInspector:
             replies += exception_response(frame, code)
             record.update(allowed=False, reason=reason, result="refused", exception=int(code))
             records.append(record)
+        malformed = b""
         if error is not None:
             self._closed = f"malformed Modbus request: {error.message}"
+            malformed = _stopped(self._client, frames[bad_at:], unparsed, error)
+            records.append(_malformed_record(now, malformed, self._closed))
             records += self._discard_queue(self._closed)
-        return self._verdicts(now, bytes(forward), bytes(replies), records)
+        return self._verdicts(now, bytes(forward), bytes(replies), records, malformed)
 
     def from_server(self, data: bytes) -> Verdicts:
         """Match the PLC's answers to forwarded requests; pass them through unchanged."""
@@ -648,28 +697,29 @@ class ModbusInspector:
             return Verdicts(close=self._closed)
         records = self._expire(now)
         answers = bytearray()
-        error: ModbusProtocolError | None = None
-        try:
-            frames = self._server.feed(data)
-        except ModbusProtocolError as exc:
-            frames, error = list(exc.frames), exc
-        for frame in frames:
+        frames, unparsed, error = _feed(self._server, data)
+        bad_at = len(frames)
+        for i, frame in enumerate(frames):
             pending = self._in_flight.get(frame.transaction_id)
             txn = pending[0] if pending else None
             try:
                 response = parse_response(frame.pdu, txn.request if txn else None)
             except ModbusProtocolError as exc:
-                error = exc
+                error, bad_at = exc, i
                 break
             answers += frame.encode()
             if txn is not None:
                 self._pop_in_flight(txn)
                 records.append(self._answered(now, txn, response))
+        malformed = b""
         if error is not None:
             self._server_broken = True
-            self._closed = self._closed or f"malformed Modbus response: {error.message}"
+            reason = f"malformed Modbus response: {error.message}"
+            self._closed = self._closed or reason
+            malformed = _stopped(self._server, frames[bad_at:], unparsed, error)
+            records.append(_malformed_record(now, malformed, reason))
             records += self._discard_queue(self._closed)
-        return self._verdicts(now, self._forward(now), bytes(answers), records)
+        return self._verdicts(now, self._forward(now), bytes(answers), records, malformed)
 
     def poll(self) -> Verdicts:
         """Release queued requests that are now due and expire unanswered ones."""
@@ -703,8 +753,14 @@ class ModbusInspector:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _check(self, request: Request) -> tuple[ExceptionCode, str] | None:
+    def _check(self, request: Request, unit: int) -> tuple[ExceptionCode, str] | None:
         fc = request.function_code
+        if self._units is not None and unit not in self._units:
+            allowed = ", ".join(map(str, sorted(self._units))) or "none"
+            return (
+                ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+                f"unit id {unit} not allowed (unit ids: {allowed})",
+            )
         if fc not in self._allowed:
             return (
                 ExceptionCode.ILLEGAL_FUNCTION,
@@ -715,21 +771,39 @@ class ModbusInspector:
             return ExceptionCode.ILLEGAL_FUNCTION, f"function 43 MEI type {mei} not allowed"
         if request.problem is not None:
             return request.problem
+        table = WRITE_TABLE.get(fc)
+        if table is None:
+            return None
         span = request.write_span
-        if (
-            fc in REGISTER_WRITE_FUNCTION_CODES
-            and span is not None
-            and not any(first <= span[0] and span[1] <= last for first, last in self._ranges)
-        ):
-            where = reference_range(fc, span[0], span[1] - span[0] + 1)
-            return ExceptionCode.ILLEGAL_DATA_ADDRESS, f"write to {where} outside write ranges"
-        return None
+        if span is None:  # every write parser sets a span; refuse if one ever does not
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS, f"FC{fc} write without an address"
+        ranges = self._ranges_for(table, unit)
+        if any(first <= span[0] and span[1] <= last for first, last in ranges):
+            return None
+        one, many = _TABLE_NOUNS[table]
+        where = f"{one} {span[0]}" if span[0] == span[1] else f"{many} {_span(*span)}"
+        per_unit = any(r.table == table and r.unit_ids is not None for r in self._write_ranges)
+        scope = f" for unit {unit}" if per_unit else ""
+        listed = ", ".join(_span(first, last) for first, last in ranges) or "none"
+        return (
+            ExceptionCode.ILLEGAL_DATA_ADDRESS,
+            f"FC{fc} write to {where} outside the {one} write ranges{scope} ({listed})",
+        )
+
+    def _ranges_for(self, table: str, unit: int) -> list[tuple[int, int]]:
+        """The union of the ranges that confine writes into ``table`` for ``unit``."""
+        merged = self._merged.get((table, unit))
+        if merged is None:
+            merged = _merge(self._write_ranges, table, unit)
+            self._merged[(table, unit)] = merged
+        return merged
 
     @staticmethod
     def _allow_reason(request: Request) -> str:
         fc = request.function_code
-        if request.write_span is not None:
-            return f"function {fc} allowed; write within write ranges"
+        table = WRITE_TABLE.get(fc)
+        if table is not None:
+            return f"function {fc} allowed; write within the {_TABLE_NOUNS[table][0]} write ranges"
         return f"function {fc} allowed"
 
     def _record(self, now: datetime, frame: Frame, request: Request) -> Record:
@@ -742,6 +816,7 @@ class ModbusInspector:
             "unit": frame.unit_id,
             "function": fc,
             "function_name": function_name(fc),
+            "table": WRITE_TABLE.get(fc),
             "start": start,
             "quantity": qty,
             "range": None
@@ -823,20 +898,69 @@ class ModbusInspector:
         return bytes(out)
 
     def _verdicts(
-        self, now: datetime, to_server: bytes, to_client: bytes, records: list[Record]
+        self,
+        now: datetime,
+        to_server: bytes,
+        to_client: bytes,
+        records: list[Record],
+        malformed: bytes = b"",
     ) -> Verdicts:
         oldest = self._oldest_in_flight()
         times = [oldest.deadline] if oldest is not None and oldest.deadline is not None else []
         if self._queue and self._in_flight_count < self._max_concurrent and self._limiter:
             times.append(self._limiter.available_at(now))
-        return Verdicts(
-            to_server, to_client, tuple(records), self._closed, min(times) if times else None
-        )
+        poll_at = min(times) if times else None
+        return Verdicts(to_server, to_client, tuple(records), self._closed, poll_at, malformed)
 
 
-def _merge(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
+def _feed(framer: MbapFramer, data: bytes) -> tuple[list[Frame], bytes, ModbusProtocolError | None]:
+    """The frames ``data`` completes, the bytes from a broken header on, and the error."""
+    try:
+        return framer.feed(data), b"", None
+    except ModbusProtocolError as exc:
+        return list(exc.frames), exc.unparsed, exc
+
+
+def _stopped(
+    framer: MbapFramer, frames: list[Frame], unparsed: bytes, error: ModbusProtocolError
+) -> bytes:
+    """Everything from the malformed frame on: its frames, unparsed bytes, what was held back."""
+    return b"".join(f.encode() for f in frames) + unparsed + framer.fail(error.message)
+
+
+def _malformed_record(now: datetime, raw: bytes, reason: str) -> Record:
+    """The ops-log record of stopped bytes; ids and function code read from the MBAP header."""
+    fc = raw[7] if len(raw) > 7 else None
+    return {
+        "time": _iso(now),
+        "transaction_id": int.from_bytes(raw[:2], "big") if len(raw) >= 2 else None,
+        "unit": raw[6] if len(raw) > 6 else None,
+        "function": fc,
+        "function_name": None if fc is None else function_name(fc),
+        "table": None,
+        "start": None,
+        "quantity": None,
+        "range": None,
+        "values": None,
+        "detail": {},
+        "allowed": False,
+        "reason": reason,
+        "result": "refused",
+        "exception": None,
+        "raw": raw[:RAW_LOGGED].hex(),
+        "raw_length": len(raw),
+    }
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}\u2013{last}"
+
+
+def _merge(ranges: tuple[WriteRange, ...], table: str, unit: int) -> list[tuple[int, int]]:
+    """The ranges that apply to ``table`` and ``unit``, sorted, overlapping/adjacent joined."""
     merged: list[tuple[int, int]] = []
-    for first, last in sorted(ranges):
+    applicable = sorted((r.first, r.last) for r in ranges if r.applies_to(table, unit))
+    for first, last in applicable:
         if merged and first <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(merged[-1][1], last))
         else:

@@ -22,7 +22,14 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from policies.decision import ModbusObligations, Obligations, parse_decision
+from policies.decision import (
+    COILS,
+    HOLDING_REGISTERS,
+    ModbusObligations,
+    Obligations,
+    WriteRange,
+    parse_decision,
+)
 from sessions.clock import SystemClock
 from sessions.errors import SessionsError
 from sessions.modbus import (
@@ -52,24 +59,44 @@ def read(tid: int, fc: int = 3, addr: int = 0, qty: int = 10, unit: int = 1) -> 
     return mbap(tid, struct.pack(">BHH", fc, addr, qty), unit)
 
 
-def write_reg(tid: int, addr: int, value: int = 1) -> bytes:
-    return mbap(tid, struct.pack(">BHH", 6, addr, value))
+def write_reg(tid: int, addr: int, value: int = 1, unit: int = 1) -> bytes:
+    return mbap(tid, struct.pack(">BHH", 6, addr, value), unit)
 
 
-def write_regs(tid: int, addr: int, values: list[int]) -> bytes:
+def write_regs(tid: int, addr: int, values: list[int], unit: int = 1) -> bytes:
     body = b"".join(struct.pack(">H", v) for v in values)
-    return mbap(tid, struct.pack(">BHHB", 16, addr, len(values), len(body)) + body)
+    return mbap(tid, struct.pack(">BHHB", 16, addr, len(values), len(body)) + body, unit)
 
 
-def write_coil(tid: int, addr: int, on: bool = True) -> bytes:
-    return mbap(tid, struct.pack(">BHH", 5, addr, 0xFF00 if on else 0))
+def write_coil(tid: int, addr: int, on: bool = True, unit: int = 1) -> bytes:
+    return mbap(tid, struct.pack(">BHH", 5, addr, 0xFF00 if on else 0), unit)
 
 
-def write_coils(tid: int, addr: int, bits: list[bool]) -> bytes:
+def write_coils(tid: int, addr: int, bits: list[bool], unit: int = 1) -> bytes:
     packed = bytearray((len(bits) + 7) // 8)
     for i, bit in enumerate(bits):
         packed[i // 8] |= bit << (i % 8)
-    return mbap(tid, struct.pack(">BHHB", 15, addr, len(bits), len(packed)) + bytes(packed))
+    return mbap(tid, struct.pack(">BHHB", 15, addr, len(bits), len(packed)) + bytes(packed), unit)
+
+
+def mask_write(tid: int, addr: int, unit: int = 1) -> bytes:
+    return mbap(tid, struct.pack(">BHHH", 22, addr, 0x00F2, 0x0025), unit)
+
+
+def read_write(tid: int, addr: int, qty: int = 1, unit: int = 1, read_addr: int = 5000) -> bytes:
+    head = struct.pack(">BHHHHB", 23, read_addr, 2, addr, qty, 2 * qty)
+    return mbap(tid, head + b"\x00\x09" * qty, unit)
+
+
+NOUN_HR = ("holding register", "holding registers")
+
+
+def hr(first: int, last: int, units: tuple[int, ...] | None = None) -> WriteRange:
+    return WriteRange(HOLDING_REGISTERS, first, last, units)
+
+
+def coils(first: int, last: int, units: tuple[int, ...] | None = None) -> WriteRange:
+    return WriteRange(COILS, first, last, units)
 
 
 def regs_response(tid: int, values: list[int], fc: int = 3) -> bytes:
@@ -82,9 +109,12 @@ def exc(tid: int, fc: int, code: int, unit: int = 1) -> bytes:
 
 
 def tune(
-    ranges: tuple[tuple[int, int], ...] = ((100, 199),), rate: float | None = None
+    ranges: tuple[WriteRange, ...] = (hr(100, 199),),
+    rate: float | None = None,
+    units: tuple[int, ...] | None = None,
 ) -> Obligations:
-    return Obligations(modbus=ModbusObligations(TUNE_CODES, ranges), rate_limit_rps=rate)
+    """Tune codes; by default holding registers 100-199 writable and no coil."""
+    return Obligations(modbus=ModbusObligations(TUNE_CODES, ranges, units), rate_limit_rps=rate)
 
 
 @pytest.fixture
@@ -284,6 +314,7 @@ def test_allowed_read_passes_unchanged_and_its_answer_is_logged(clock: ManualClo
         "unit": 7,
         "function": 3,
         "function_name": "Read Holding Registers",
+        "table": None,
         "start": 0,
         "quantity": 3,
         "range": "40001\u201340003",
@@ -341,9 +372,10 @@ def test_unknown_function_codes_are_refused_unless_listed(clock: ManualClock) ->
         (write_regs(1, 190, [0] * 10), True),
         (write_regs(1, 190, [0] * 11), False),
         (write_regs(1, 95, [0] * 10), False),
-        (write_coil(1, 150), True),
+        # a holding-register range lets no coil write through, even at the same addresses
+        (write_coil(1, 150), False),
         (write_coil(1, 250), False),
-        (write_coils(1, 192, [True] * 8), True),
+        (write_coils(1, 192, [True] * 8), False),
         (write_coils(1, 193, [True] * 8), False),
         (mbap(1, struct.pack(">BHHH", 22, 120, 0, 1)), True),
         (mbap(1, struct.pack(">BHHH", 22, 20, 0, 1)), False),
@@ -361,13 +393,228 @@ def test_write_ranges_are_inclusive_and_confine_every_write(
     else:
         assert v.to_server == b""
         assert v.to_client == exc(1, frame[7], 2)
-        assert "outside write ranges" in v.records[0]["reason"]
+        table = "coil" if frame[7] in (5, 15) else "holding register"
+        listed = "none" if table == "coil" else "100\u2013199"
+        assert v.records[0]["reason"].endswith(f"outside the {table} write ranges ({listed})")
 
 
 def test_adjacent_write_ranges_cover_a_write_across_them(clock: ManualClock) -> None:
-    insp = ModbusInspector(tune(((10, 19), (0, 9), (30, 39))), clock)
+    insp = ModbusInspector(tune((hr(10, 19), hr(0, 9), hr(30, 39))), clock)
     assert insp.from_client(write_regs(1, 5, [0] * 10)).to_server != b""
-    assert insp.from_client(write_regs(2, 15, [0] * 10)).to_client == exc(2, 16, 2)
+    v = insp.from_client(write_regs(2, 15, [0] * 10))
+    assert v.to_client == exc(2, 16, 2)
+    assert v.records[0]["reason"] == (
+        "FC16 write to holding registers 15\u201324 outside the holding register write ranges "
+        "(0\u201319, 30\u201339)"
+    )
+
+
+# ------------------------------------------------------ write ranges per table and unit id
+
+COIL_WRITES, REGISTER_WRITES = (5, 15), (6, 16, 22, 23)
+WRITE_FCS = (5, 6, 15, 16, 22, 23)
+MULTI_WRITES = (15, 16, 23)
+# Distinct numbers per table, so a write checked against the wrong table shows.
+SPLIT = tune((hr(10, 30), coils(40, 60)))
+BOUNDS = {fc: (40, 60) if fc in COIL_WRITES else (10, 30) for fc in WRITE_FCS}
+NOUNS = {fc: ("coil", "coils") if fc in COIL_WRITES else NOUN_HR for fc in WRITE_FCS}
+
+
+def writer(fc: int, tid: int, addr: int, qty: int = 1, unit: int = 1) -> bytes:
+    """A write of ``qty`` addresses from ``addr`` (single writes: one) by function ``fc``."""
+    if fc == 5:
+        return write_coil(tid, addr, unit=unit)
+    if fc == 6:
+        return write_reg(tid, addr, unit=unit)
+    if fc == 15:
+        return write_coils(tid, addr, [True] * qty, unit=unit)
+    if fc == 16:
+        return write_regs(tid, addr, [1] * qty, unit=unit)
+    if fc == 22:
+        return mask_write(tid, addr, unit=unit)
+    return read_write(tid, addr, qty, unit=unit)
+
+
+def ranges_of(fc: int, first: int, last: int, units: tuple[int, ...] | None = None) -> WriteRange:
+    return (coils if fc in COIL_WRITES else hr)(first, last, units)
+
+
+def outside(fc: int, first: int, last: int, listed: str, scope: str = "") -> str:
+    one, many = NOUNS[fc]
+    where = f"{one} {first}" if first == last else f"{many} {first}\u2013{last}"
+    return f"FC{fc} write to {where} outside the {one} write ranges{scope} ({listed})"
+
+
+def assert_forwarded(v: Verdicts, frame: bytes) -> None:
+    assert (v.to_server, v.to_client, v.close) == (frame, b"", None)
+
+
+def assert_refused(v: Verdicts, frame: bytes, code: int, reason: str) -> None:
+    assert v.to_server == b"" and v.close is None
+    assert v.to_client == exc(frame[0] << 8 | frame[1], frame[7], code, unit=frame[6])
+    (record,) = v.records
+    assert (record["allowed"], record["result"], record["exception"]) == (False, "refused", code)
+    assert record["reason"] == reason
+
+
+@pytest.mark.parametrize("fc", WRITE_FCS)
+@pytest.mark.parametrize(
+    ("where", "allowed"), [("first-1", False), ("first", True), ("last", True), ("last+1", False)]
+)
+def test_each_write_function_at_the_boundaries_of_its_own_tables_range(
+    clock: ManualClock, fc: int, where: str, allowed: bool
+) -> None:
+    first, last = BOUNDS[fc]
+    addr = {"first-1": first - 1, "first": first, "last": last, "last+1": last + 1}[where]
+    frame = writer(fc, 1, addr)
+    v = ModbusInspector(SPLIT, clock).from_client(frame)
+    if allowed:
+        assert_forwarded(v, frame)
+    else:
+        assert_refused(v, frame, 2, outside(fc, addr, addr, f"{first}\u2013{last}"))
+
+
+@pytest.mark.parametrize("fc", MULTI_WRITES)
+def test_a_multi_write_must_lie_wholly_inside_its_range(clock: ManualClock, fc: int) -> None:
+    first, last = BOUNDS[fc]
+    listed = f"{first}\u2013{last}"
+    insp = ModbusInspector(SPLIT, clock, max_concurrent=100)
+    whole = writer(fc, 1, first, last - first + 1)
+    assert_forwarded(insp.from_client(whole), whole)
+    to_the_end = writer(fc, 2, last - 2, 3)
+    assert_forwarded(insp.from_client(to_the_end), to_the_end)
+    over_the_end = writer(fc, 3, last - 1, 3)
+    v = insp.from_client(over_the_end)
+    assert_refused(v, over_the_end, 2, outside(fc, last - 1, last + 1, listed))
+    over_the_start = writer(fc, 4, first - 1, 3)
+    v = insp.from_client(over_the_start)
+    assert_refused(v, over_the_start, 2, outside(fc, first - 1, first + 1, listed))
+    one_too_many = writer(fc, 5, first, last - first + 2)
+    v = insp.from_client(one_too_many)
+    assert_refused(v, one_too_many, 2, outside(fc, first, last + 1, listed))
+
+
+@pytest.mark.parametrize("fc", WRITE_FCS)
+def test_the_other_tables_range_admits_no_write(clock: ManualClock, fc: int) -> None:
+    other = BOUNDS[6] if fc in COIL_WRITES else BOUNDS[5]
+    own = "{}\u2013{}".format(*BOUNDS[fc])
+    insp = ModbusInspector(SPLIT, clock, max_concurrent=100)
+    for tid, addr in enumerate((other[0], (other[0] + other[1]) // 2, other[1]), start=1):
+        frame = writer(fc, tid, addr)
+        assert_refused(insp.from_client(frame), frame, 2, outside(fc, addr, addr, own))
+
+
+def test_a_holding_register_range_lets_no_coil_write_through(clock: ManualClock) -> None:
+    """The issue's case: tune write ranges 10-30 meant for holding registers."""
+    insp = ModbusInspector(tune((hr(10, 30),)), clock)
+    coil = write_coil(1, 15)
+    v = insp.from_client(coil)
+    assert_refused(v, coil, 2, "FC5 write to coil 15 outside the coil write ranges (none)")
+    assert v.records[0]["table"] == "coils"
+    assert_forwarded(insp.from_client(write_reg(2, 15)), write_reg(2, 15))
+    # and the other way round
+    insp = ModbusInspector(tune((coils(10, 30),)), clock)
+    assert_forwarded(insp.from_client(coil), coil)
+    register = write_reg(2, 15)
+    reason = "FC6 write to holding register 15 outside the holding register write ranges (none)"
+    assert_refused(insp.from_client(register), register, 2, reason)
+
+
+@pytest.mark.parametrize("fc", WRITE_FCS)
+def test_a_table_without_ranges_takes_no_writes(clock: ManualClock, fc: int) -> None:
+    # the other table writable everywhere; this one has no range
+    other = tune((coils(0, 65535),) if fc in REGISTER_WRITES else (hr(0, 65535),))
+    for obligations in (other, tune(())):
+        insp = ModbusInspector(obligations, clock, max_concurrent=100)
+        for tid, addr in enumerate((0, 1000, 65535), start=1):
+            frame = writer(fc, tid, addr)
+            assert_refused(insp.from_client(frame), frame, 2, outside(fc, addr, addr, "none"))
+
+
+@pytest.mark.parametrize("fc", WRITE_FCS)
+def test_a_range_for_unit_1_refuses_the_same_write_to_unit_2(clock: ManualClock, fc: int) -> None:
+    insp = ModbusInspector(tune((ranges_of(fc, 10, 30, units=(1,)),)), clock)
+    allowed = writer(fc, 1, 20, unit=1)
+    assert_forwarded(insp.from_client(allowed), allowed)
+    refused = writer(fc, 2, 20, unit=2)
+    v = insp.from_client(refused)
+    assert_refused(v, refused, 2, outside(fc, 20, 20, "none", " for unit 2"))
+    assert v.to_client == exc(2, fc, 2, unit=2)
+
+
+def test_ranges_for_every_unit_and_for_some_units_combine(clock: ManualClock) -> None:
+    insp = ModbusInspector(
+        tune((hr(0, 9), hr(10, 30, units=(1,)), coils(5, 5, units=(2, 3)))),
+        clock,
+        max_concurrent=100,
+    )
+    across = write_regs(1, 5, [0] * 10, unit=1)  # 5-14: the shared range joined to unit 1's
+    assert_forwarded(insp.from_client(across), across)
+    shared = write_reg(2, 5, unit=2)
+    assert_forwarded(insp.from_client(shared), shared)
+    not_for_2 = write_reg(3, 15, unit=2)
+    reason = "FC6 write to holding register 15 outside the holding register write ranges for unit 2 (0\u20139)"
+    assert_refused(insp.from_client(not_for_2), not_for_2, 2, reason)
+    coil_3 = write_coil(4, 5, unit=3)
+    assert_forwarded(insp.from_client(coil_3), coil_3)
+    coil_1 = write_coil(5, 5, unit=1)
+    reason = "FC5 write to coil 5 outside the coil write ranges for unit 1 (none)"
+    assert_refused(insp.from_client(coil_1), coil_1, 2, reason)
+
+
+def test_unit_ids_restrict_the_units_that_may_be_addressed(clock: ManualClock) -> None:
+    insp = ModbusInspector(tune((hr(0, 99),), units=(1, 3)), clock, max_concurrent=100)
+    assert_forwarded(insp.from_client(read(1, unit=1)), read(1, unit=1))
+    assert_forwarded(insp.from_client(write_reg(2, 5, unit=3)), write_reg(2, 5, unit=3))
+    v = insp.from_client(read(3, unit=2))
+    assert_refused(v, read(3, unit=2), 0x0A, "unit id 2 not allowed (unit ids: 1, 3)")
+    assert v.to_client == bytes.fromhex("0003 0000 0003 02 83 0A")  # GATEWAY PATH UNAVAILABLE
+    write = write_reg(4, 5, unit=2)
+    assert_refused(insp.from_client(write), write, 0x0A, "unit id 2 not allowed (unit ids: 1, 3)")
+    # the path comes first: a function the grant lacks, to another unit, is also 0x0A
+    diagnostics = mbap(5, bytes([8, 0, 0, 0, 0]), unit=0)
+    reason = "unit id 0 not allowed (unit ids: 1, 3)"
+    assert_refused(insp.from_client(diagnostics), diagnostics, 0x0A, reason)
+    assert_forwarded(insp.from_client(read(6, unit=1)), read(6, unit=1))  # still up
+    # an empty list addresses no unit; None (the default) any unit
+    nothing = ModbusInspector(tune(units=()), clock)
+    reason = "unit id 1 not allowed (unit ids: none)"
+    assert_refused(nothing.from_client(read(1)), read(1), 0x0A, reason)
+    anything = ModbusInspector(tune(), clock)
+    assert_forwarded(anything.from_client(read(1, unit=247)), read(1, unit=247))
+
+
+def test_unit_ids_from_a_policy_decision_are_enforced(clock: ManualClock) -> None:
+    decision = parse_decision(
+        {
+            "allow": True,
+            "reasons": ["tune"],
+            "obligations": {
+                "modbus": {
+                    "allow_function_codes": [3, 5, 6],
+                    "write_ranges": [
+                        {"table": "coils", "first": 15, "last": 15, "unit_ids": [2]},
+                        {"table": "holding_registers", "first": 10, "last": 30},
+                    ],
+                    "unit_ids": [1, 2],
+                }
+            },
+        }
+    )
+    assert decision.allow, decision.reasons
+    insp = ModbusInspector(decision.obligations, clock, max_concurrent=100)
+    assert_forwarded(insp.from_client(write_coil(1, 15, unit=2)), write_coil(1, 15, unit=2))
+    assert insp.from_client(write_coil(2, 15, unit=1)).to_client == exc(2, 5, 2, unit=1)
+    assert_forwarded(insp.from_client(write_reg(3, 15, unit=1)), write_reg(3, 15, unit=1))
+    assert insp.from_client(write_reg(4, 15, unit=3)).to_client == exc(4, 6, 0x0A, unit=3)
+
+
+def test_file_record_writes_are_admitted_by_the_function_list_only(clock: ManualClock) -> None:
+    sub = struct.pack(">BHHHH", 6, 4, 1, 1, 0xAAAA)
+    frame = mbap(1, bytes([21, len(sub)]) + sub)
+    listed = Obligations(modbus=ModbusObligations((21,), ()))
+    assert_forwarded(ModbusInspector(listed, clock).from_client(frame), frame)
+    assert ModbusInspector(tune(), clock).from_client(frame).to_client == exc(1, 21, 1)
 
 
 def test_read_only_default_allows_reads_and_device_id_only(clock: ManualClock) -> None:
@@ -394,15 +641,20 @@ def test_obligations_from_a_policy_decision_are_enforced(clock: ManualClock) -> 
             "allow": True,
             "reasons": ["tune"],
             "obligations": {
-                "modbus": {"allow_function_codes": list(TUNE_CODES), "write_ranges": [[40, 49]]},
+                "modbus": {
+                    "allow_function_codes": list(TUNE_CODES),
+                    "write_ranges": [{"table": "holding_registers", "first": 40, "last": 49}],
+                },
                 "rate_limit_rps": 10,
             },
         }
     )
+    assert decision.allow, decision.reasons
     insp = ModbusInspector(decision.obligations, clock)
     assert insp.from_client(write_reg(1, 45)).to_server == write_reg(1, 45)
     assert insp.from_client(write_reg(2, 50)).to_client == exc(2, 6, 2)
     assert insp.from_client(mbap(3, bytes([90, 0]))).to_client == exc(3, 90, 1)
+    assert insp.from_client(write_coil(4, 45)).to_client == exc(4, 5, 2)
 
 
 def test_values_outside_the_spec_get_exception_03_or_02(clock: ManualClock) -> None:
@@ -422,6 +674,7 @@ def test_malformed_request_closes_and_nothing_after_it_is_forwarded(clock: Manua
     assert v.to_server == read(1)
     assert v.close is not None and "protocol id 5" in v.close
     assert insp.closed == v.close
+    assert v.malformed == bad + read(3)  # stopped: for the recording, never forwarded
     assert insp.from_client(read(4)) == Verdicts(close=v.close)
     # the transaction already at the PLC is still answered
     assert insp.from_server(regs_response(1, [0] * 10)).to_client == regs_response(1, [0] * 10)
@@ -433,7 +686,72 @@ def test_malformed_pdu_layout_closes(clock: ManualClock) -> None:
     broken = mbap(1, struct.pack(">BHHB", 16, 100, 2, 2) + b"\x00\x01")
     v = feed_chunks(insp, broken + write_reg(2, 100), 1)
     assert joined(v, "to_server") == b""
-    assert v[-1].close is not None and "byte count" in v[-1].close
+    closed = [x for x in v if x.close]
+    assert closed[0].close is not None and "byte count" in closed[0].close
+    # the bad frame came in byte by byte: its held-back bytes are in what was stopped
+    assert joined(v, "malformed") == broken
+
+
+def test_a_malformed_request_is_logged_refused_with_its_bytes(clock: ManualClock) -> None:
+    insp = ModbusInspector(tune(), clock, max_concurrent=1)
+    broken = mbap(7, struct.pack(">BHHB", 16, 100, 2, 2) + b"\x00\x01", unit=3)
+    v = insp.from_client(read(1) + read(2) + broken + write_reg(8, 100) + read(9)[:5])
+    assert v.to_server == read(1)  # read(2) was queued behind the concurrency cap
+    assert v.malformed == broken + write_reg(8, 100) + read(9)[:5]
+    reason = "malformed Modbus request: function 16 byte count 2 for quantity 2"
+    assert v.close == reason
+    malformed, not_sent = v.records
+    assert malformed == {
+        "time": "2025-03-01T08:00:00.000000Z",
+        "transaction_id": 7,
+        "unit": 3,
+        "function": 16,
+        "function_name": "Write Multiple Registers",
+        "table": None,
+        "start": None,
+        "quantity": None,
+        "range": None,
+        "values": None,
+        "detail": {},
+        "allowed": False,
+        "reason": reason,
+        "result": "refused",
+        "exception": None,
+        "raw": v.malformed.hex(),
+        "raw_length": len(v.malformed),
+    }
+    json.dumps(malformed)
+    assert (not_sent["transaction_id"], not_sent["result"]) == (2, "not_sent")
+
+
+def test_a_broken_header_split_across_reads_is_stopped_whole(clock: ManualClock) -> None:
+    insp = ModbusInspector(tune(), clock)
+    bad = mbap(2, read(0)[7:], protocol=5)
+    first = insp.from_client(read(1) + bad[:4])  # the header is not complete yet
+    assert (first.to_server, first.close, first.malformed) == (read(1), None, b"")
+    v = insp.from_client(bad[4:] + read(3))
+    assert v.to_server == b"" and v.close is not None
+    assert v.malformed == bad + read(3)
+    (record,) = v.records
+    assert (record["transaction_id"], record["unit"], record["function"]) == (2, 1, 3)
+    assert record["raw"] == (bad + read(3)).hex() and record["result"] == "refused"
+
+
+def test_a_short_broken_header_is_logged_from_what_there_is(clock: ManualClock) -> None:
+    header = struct.pack(">HHHB", 0x0102, 0, 300, 4)  # length 300: broken, nothing after it
+    v = ModbusInspector(tune(), clock).from_client(header)
+    assert v.malformed == header
+    (record,) = v.records
+    assert (record["transaction_id"], record["unit"], record["function"]) == (0x0102, 4, None)
+    assert record["function_name"] is None and record["raw_length"] == 7
+
+
+def test_the_logged_bytes_of_a_malformed_frame_are_capped(clock: ManualClock) -> None:
+    bad = struct.pack(">HHHB", 1, 9, 6, 1) + bytes(range(256)) * 4
+    v = ModbusInspector(tune(), clock).from_client(bad)
+    assert v.malformed == bad  # the recording keeps every byte
+    (record,) = v.records
+    assert record["raw"] == bad[:512].hex() and record["raw_length"] == len(bad) == 1031
 
 
 # ---------------------------------------------------------------------- rate and concurrency
@@ -559,15 +877,22 @@ def test_duplicate_transaction_ids_are_matched_in_order(clock: ManualClock) -> N
 
 
 def test_write_values_are_logged(clock: ManualClock) -> None:
-    insp = ModbusInspector(tune(), clock)
+    insp = ModbusInspector(tune((hr(100, 199), coils(100, 199))), clock)
     v = insp.from_client(write_coils(1, 300, [True, False]) + write_coil(2, 120, on=False))
     assert v.records[0]["values"] == [True, False] and v.records[0]["range"] == "00301\u201300302"
+    assert v.records[0]["table"] == "coils"
     insp.from_client(write_coils(3, 100, [True, True, False]))
     (record,) = insp.from_server(mbap(3, struct.pack(">BHH", 15, 100, 3))).records
     assert record["values"] == [True, True, False] and record["allowed"] is True
-    assert record["reason"] == "function 15 allowed; write within write ranges"
+    assert record["reason"] == "function 15 allowed; write within the coil write ranges"
     (single,) = insp.from_server(mbap(2, struct.pack(">BHH", 5, 120, 0))).records
     assert single["values"] == [False] and single["range"] == "00121"
+    insp.from_client(write_reg(4, 150))
+    (register,) = insp.from_server(write_reg(4, 150)).records
+    assert register["table"] == "holding_registers"
+    assert (
+        register["reason"] == "function 6 allowed; write within the holding register write ranges"
+    )
 
 
 def test_read_write_multiple_logs_both_halves(clock: ManualClock) -> None:
@@ -575,6 +900,7 @@ def test_read_write_multiple_logs_both_halves(clock: ManualClock) -> None:
     insp.from_client(mbap(1, struct.pack(">BHHHHBHH", 23, 0, 2, 150, 2, 4, 5, 6)))
     (record,) = insp.from_server(regs_response(1, [9, 9], fc=23)).records
     assert (record["read_range"], record["range"]) == ("40001\u201340002", "40151\u201340152")
+    assert record["table"] == "holding_registers"
     assert record["values"] == [5, 6] and record["response_values"] == [9, 9]
 
 
@@ -582,9 +908,13 @@ def test_malformed_server_frame_closes(clock: ManualClock) -> None:
     insp = ModbusInspector(tune(), clock)
     insp.from_client(read(1) + read(2))
     good = regs_response(1, [0] * 10)
-    v = insp.from_server(good + mbap(2, bytes([3, 5, 0])) + regs_response(9, [1]))
+    bad = mbap(2, bytes([3, 5, 0]))
+    v = insp.from_server(good + bad + regs_response(9, [1]))
     assert v.to_client == good
     assert v.close is not None and "malformed Modbus response" in v.close
+    assert v.malformed == bad + regs_response(9, [1])
+    assert [(r["transaction_id"], r["result"]) for r in v.records] == [(1, "ok"), (2, "refused")]
+    assert v.records[1]["raw"] == v.malformed.hex()
     assert insp.from_server(regs_response(2, [0])).to_client == b""
 
 
@@ -784,7 +1114,7 @@ async def test_real_plc_read_only_grant_reads_pass_and_writes_are_refused(
 async def test_real_plc_tune_grant_writes_inside_ranges_land(
     plc: tuple[int, list[float]], relay_factory: Callable[..., Any]
 ) -> None:
-    relay, port = await relay_factory(tune(((10, 19), (200, 200))))
+    relay, port = await relay_factory(tune((hr(10, 19), coils(200, 200))))
     client = await _client(port)
     direct = await _client(plc[0])
     try:
@@ -795,19 +1125,29 @@ async def test_real_plc_tune_grant_writes_inside_ranges_land(
         assert outside.isError() and outside.exception_code == 2
         across = await client.write_registers(18, [5, 5, 5], device_id=1)
         assert across.isError() and across.exception_code == 2
+        # each table keeps its own ranges: no coil 15, no register 200
+        coil = await client.write_coil(15, True, device_id=1)
+        assert coil.isError() and coil.exception_code == 2
+        register = await client.write_register(200, 999, device_id=1)
+        assert register.isError() and register.exception_code == 2
         regs = await direct.read_holding_registers(10, count=11, device_id=1)
         assert regs.registers == [111, 7, 7, 7, 7, 1, 2, 3, 4, 5, 7]
+        assert (await direct.read_holding_registers(200, count=1, device_id=1)).registers == [7]
         assert (await direct.read_coils(200, count=1, device_id=1)).bits[0] is True
+        assert (await direct.read_coils(15, count=1, device_id=1)).bits[0] is False
     finally:
         client.close()
         direct.close()
     await asyncio.sleep(0.1)
-    writes = [r for r in relay.records if r["function"] in (6, 16)]
-    assert [(r["start"], r["allowed"], r["result"]) for r in writes] == [
-        (10, True, "ok"),
-        (15, True, "ok"),
-        (20, False, "refused"),
-        (18, False, "refused"),
+    writes = [r for r in relay.records if r["function"] in (5, 6, 16)]
+    assert [(r["function"], r["start"], r["allowed"], r["result"]) for r in writes] == [
+        (6, 10, True, "ok"),
+        (16, 15, True, "ok"),
+        (5, 200, True, "ok"),
+        (6, 20, False, "refused"),
+        (16, 18, False, "refused"),
+        (5, 15, False, "refused"),
+        (6, 200, False, "refused"),
     ]
 
 

@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -278,3 +280,49 @@ def _on_loop(broker: RunningBroker, func: Any) -> None:
     loop = broker.services.gateway.loop if broker.services.gateway else None
     assert loop is not None
     loop.call_soon_threadsafe(func)
+
+
+def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
+    rig: SshRig, plc: PlcServer, tmp_path: Path
+) -> None:
+    rig.grant(asset="plc-lab", operation_class="read_only")
+    read = struct.pack(">HHHBBHH", 1, 0, 6, 1, 3, 10, 2)
+    bad = struct.pack(">HHHBBHH", 2, 0x6666, 6, 1, 3, 10, 2)  # protocol id must be 0
+    after = struct.pack(">HHHBBHH", 3, 0, 6, 1, 3, 20, 1)
+    proc, port = _forward(rig, plc.port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(read + bad + after)
+            received = b""
+            while chunk := sock.recv(4096):  # the broker cuts the connection
+                received += chunk
+    finally:
+        proc.kill()
+        proc.communicate(5)
+    assert received == struct.pack(">HHHBBBHH", 1, 0, 7, 1, 3, 4, 7, 7)  # only the valid read
+    reason = "malformed Modbus request: MBAP protocol id 26214 (must be 0)"
+    _until(lambda: audit_events(rig.broker, "modbus.malformed"), "the malformed-frame event")
+    [event] = audit_events(rig.broker, "modbus.malformed")
+    assert event["outcome"] == "refused" and event["details"]["reason"] == reason
+    assert event["details"]["raw"] == (bad + after).hex()
+
+    [pcap_dir] = _recordings(rig, "-tcp1")
+    [ops_dir] = _recordings(rig, "-tcp1-ops")
+    _wait_closed(pcap_dir)
+    _wait_closed(ops_dir)
+    ops = [json.loads(line) for line in assemble(ops_dir).decode().splitlines()]
+    # the refusal is logged at once; the read when its answer arrives (drained before the cut)
+    assert [(o["transaction_id"], o["result"]) for o in ops] == [(2, "refused"), (1, "ok")]
+    assert ops[0]["reason"] == reason and ops[0]["raw"] == (bad + after).hex()
+
+    if TSHARK is None:
+        pytest.skip("tshark is not installed: the pcap was recorded but not decoded")
+    pcap = tmp_path / "malformed.pcap"
+    pcap.write_bytes(assemble(pcap_dir))
+    out = subprocess.run(
+        [TSHARK, "-n", "-r", str(pcap), "-Y", f"tcp.dstport=={plc.port} && tcp.len > 0",
+         "-T", "fields", "-e", "tcp.payload"],
+        capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    # towards the PLC's side: the read that reached it, then the bytes the broker stopped
+    assert bytes.fromhex("".join(out.stdout.split())) == read + bad + after, out.stdout
