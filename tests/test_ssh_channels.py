@@ -112,30 +112,54 @@ def _try_echo(port: int) -> bytes:
             time.sleep(0.1)
 
 
-def test_port_forward_refused_unless_grant_and_policy_allow(rig: SshRig, echo: EchoAsset) -> None:
-    rig.grant()  # no ports named: only the asset's protocol ports (ssh) are covered
+def test_port_forward_to_an_undeclared_port_is_refused(rig: SshRig, echo: EchoAsset) -> None:
+    """The echo port is declared by the agent but by no asset: lab-ssh's grant cannot reach it."""
+    rig.grant()
     local = free_port()
     proc = _forward(rig, local, echo.port)
     try:
         assert _try_echo(local) == b""
+        why = f"localhost:{echo.port} is not a declared endpoint of lab-ssh"
         _wait(lambda: any(
-            f"port {echo.port} is not in grant" in " ".join(e["details"]["reasons"])
+            why in " ".join(e["details"]["reasons"])
             for e in audit_events(rig.broker, "session.denied")
         ), "the refusal to be audited")  # fmt: skip
         assert echo.opened == 0
     finally:
         proc.kill()
         _, err = proc.communicate(5)
-    assert "administratively prohibited" in err and f"port {echo.port} is not in grant" in err
+    assert "administratively prohibited" in err and why in err
 
 
-def test_port_forward_allowed_when_the_grant_names_the_port(rig: SshRig, echo: EchoAsset) -> None:
-    rig.grant(ports=[echo.port])
+def test_a_request_cannot_name_a_port_the_asset_does_not_declare(
+    rig: SshRig, echo: EchoAsset
+) -> None:
+    """Ports are inventory, not request input: the request is refused with 400 and audited."""
+    refused = rig.request(ports=[rig.sshd.port, echo.port])
+    assert refused.status_code == 400, refused.text
+    assert f"port(s) {echo.port} are not declared endpoints of lab-ssh" in refused.json()["message"]
+    [event] = [e for e in audit_events(rig.broker, "access.request") if e["outcome"] == "rejected"]
+    assert event["details"]["ports"] == [rig.sshd.port, echo.port]
+    assert not rig.broker.services.maintenance.live()
+
+
+def test_port_forward_to_a_declared_endpoint_of_the_granted_asset(
+    rig: SshRig, echo: EchoAsset
+) -> None:
+    rig.add_asset("echo-lab", echo.port, "tcp")
+    grant_id = rig.grant(asset="echo-lab")
     local = free_port()
-    proc = _forward(rig, local, echo.port)
+    proc = subprocess.Popen(
+        [*rig.ssh_argv("alice", "-N", "-o", "ExitOnForwardFailure=no",
+                       "-L", f"127.0.0.1:{local}:localhost:{echo.port}", asset="echo-lab")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         assert _try_echo(local) == b"through-the-forward\n"
         assert echo.opened == 1
+        [started] = audit_events(rig.broker, "session.started")
+        assert started["details"]["grant"] == grant_id
+        assert started["details"]["endpoint"] == f"tcp 127.0.0.1:{echo.port} (tcp)"
     finally:
         proc.kill()
         proc.communicate(5)
