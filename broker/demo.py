@@ -49,8 +49,9 @@ DEMO_SITE = "Riverside Plant"
 DEMO_AGENT_NAME = "demo-agent"
 DEMO_AGENT_ZONE = "supervisory"
 DEMO_UNMATCHED = ("opcua-gateway", 4840, "opcua")  # declared by the demo agent, no asset yet
+# Maintenance logins for reading and tuning, the engineering login for program and firmware.
 _SSH_LOGINS: dict[str, Any] = {
-    "logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["maint", "eng"]}
+    "logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["eng"], "firmware": ["eng"]}
 }
 _PLC: dict[str, Any] = {
     "unit_ids": [1],

@@ -136,7 +136,7 @@ def test_deny_lists_all_reasons_and_restrictive_obligations(decide: Decide) -> N
         "idle_timeout_s": None,
         "approvals_required": 0,
         "require_mfa": False,
-        "modbus": {"allow_function_codes": [], "write_ranges": []},
+        "modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": None},
         "rate_limit_rps": None,
         "supervise": False,
     }
