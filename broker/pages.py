@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.services import services
+from broker.ssh_keys import SshKeys, asset_ca_setup
 from broker.web import current_principal, render, require
 from sessions.db import session_scope
 from sessions.endpoints import describe, endpoints_of
@@ -47,7 +48,16 @@ async def admin_assets(request: Request) -> Response:
                 for a, s, z, lvl in rows
             ]
 
-    return render(request, "assets.html", {"assets": await run_in_threadpool(_load)})
+    ca_line = SshKeys.public(svc.ssh_keys.asset_ca)
+    return render(
+        request,
+        "assets.html",
+        {
+            "assets": await run_in_threadpool(_load),
+            "asset_ca": ca_line,
+            "asset_ca_setup": asset_ca_setup(ca_line),
+        },
+    )
 
 
 async def security_audit(request: Request) -> Response:

@@ -2,8 +2,10 @@
 
 ``POST /api/ssh/cert`` signs a vendor's public key with the user CA for no longer than the
 caller's own broker token; ``GET /api/ssh/info`` gives what an ``ssh_config`` needs (host,
-port, host key); ``GET /api/sessions`` lists live sessions (admins and security reviewers see
-all, others their own); ``POST /api/sessions/{id}/kill`` (admin) ends one at once.
+port, host key); ``GET /api/ssh/asset-ca`` (admin, audited) gives the asset CA's public key
+with the sshd set-up that trusts it; ``GET /api/sessions`` lists live sessions (admins and
+security reviewers see all, others their own); ``POST /api/sessions/{id}/kill`` (admin) ends
+one at once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from broker.access_api import _json
 from broker.auth import Principal
 from broker.errors import BadRequest, BrokerError
 from broker.services import services
-from broker.ssh_keys import SshKeys
+from broker.ssh_keys import SshKeys, asset_ca_setup
 from broker.web import require
 from sessions.identity import ADMIN, SECURITY, VENDOR
 
@@ -38,9 +40,24 @@ async def ssh_info(request: Request) -> Response:
             "host": svc.settings.ssh.public_host or svc.settings.ssh.listen_host,
             "port": port,
             "host_key": SshKeys.public(svc.ssh_keys.host),
-            "asset_ca": SshKeys.public(svc.ssh_keys.asset_ca),
         }
     )
+
+
+async def asset_ca(request: Request) -> Response:
+    """The asset CA for admins setting up an SSH asset; never served anonymously."""
+    principal = await require(request, ADMIN)
+    svc = services(request)
+    line = SshKeys.public(svc.ssh_keys.asset_ca)
+    await svc.record(
+        request,
+        "ssh.asset_ca.read",
+        actor=principal.user_id,
+        outcome="ok",
+        subject="ssh:asset_ca",
+        details={},
+    )
+    return JSONResponse({"public_key": line, "setup": asset_ca_setup(line)})
 
 
 async def ssh_cert(request: Request) -> Response:
@@ -112,6 +129,7 @@ async def kill_session(request: Request) -> Response:
 
 routes = [
     Route("/api/ssh/info", ssh_info, methods=["GET"]),
+    Route("/api/ssh/asset-ca", asset_ca, methods=["GET"]),
     Route("/api/ssh/cert", ssh_cert, methods=["POST"]),
     Route("/api/sessions", list_sessions, methods=["GET"]),
     Route("/api/sessions/{id}/kill", kill_session, methods=["POST"]),

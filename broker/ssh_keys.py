@@ -78,3 +78,23 @@ def load_ssh_keys(key_dir: Path) -> SshKeys:
         user_ca=load_or_create_key(key_dir / "ssh_user_ca"),
         asset_ca=load_or_create_key(key_dir / "ssh_asset_ca"),
     )
+
+
+def asset_ca_setup(ca_line: str) -> str:
+    """How an asset's sshd trusts the asset CA, for admins (the UI and ``conduit asset-ca``).
+
+    The broker logs in to an asset with a 2-minute certificate whose only principal is the
+    granted login, so sshd must accept the CA and map each account to exactly its own name.
+    """
+    return (
+        "On each SSH asset, as root:\n"
+        f"  echo '{ca_line}' > /etc/ssh/conduit_asset_ca.pub\n"
+        "  mkdir -p /etc/ssh/auth_principals\n"
+        "  # for every login the asset declares in Conduit (e.g. maint):\n"
+        "  echo maint > /etc/ssh/auth_principals/maint\n"
+        "Then in /etc/ssh/sshd_config:\n"
+        "  TrustedUserCAKeys /etc/ssh/conduit_asset_ca.pub\n"
+        "  AuthorizedPrincipalsFile /etc/ssh/auth_principals/%u\n"
+        "and reload sshd. Only the logins listed for an account can be used with a Conduit\n"
+        "certificate; declare the same logins on the asset's SSH endpoint in Conduit.\n"
+    )

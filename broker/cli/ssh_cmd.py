@@ -73,6 +73,10 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--local-port", type=int, default=0, help="default: the same as PORT")
     f.add_argument("--bind", default="127.0.0.1", help="local address (default %(default)s)")
     f.set_defaults(func=forward)
+    ca = sub.add_parser(
+        "asset-ca", help="the asset CA's public key and how an asset's sshd trusts it (admin)"
+    )
+    ca.set_defaults(func=asset_ca)
     g = sub.add_parser("ssh-config", help="print (or --write) an ssh_config snippet")
     g.add_argument("--write", action="store_true", help="write it to the ssh directory as 'config'")
     g.set_defaults(func=ssh_config)
@@ -419,4 +423,13 @@ def sessions_list(args: argparse.Namespace) -> int:
 def sessions_kill(args: argparse.Namespace) -> int:
     out = call("POST", f"/api/sessions/{args.id}/kill")
     print(f"Session {out['id']} is {out['state']}: {out['reason']}")
+    return 0
+
+
+def asset_ca(args: argparse.Namespace) -> int:
+    """Print the asset CA line, then the sshd set-up (admins only; the broker audits it)."""
+    out = call("GET", "/api/ssh/asset-ca")
+    print(out["public_key"])
+    print()
+    print(out["setup"], end="")
     return 0

@@ -69,6 +69,22 @@ class PlcServer:
         result: list[int] = self.call(read())
         return result
 
+    def coils(self, address: int, count: int = 1) -> list[bool]:
+        """Read coils directly from the PLC (not through Conduit)."""
+
+        async def read() -> list[bool]:
+            client = AsyncModbusTcpClient("127.0.0.1", port=self.port, timeout=2, retries=0)
+            await client.connect()
+            try:
+                rr = await client.read_coils(address, count=count, device_id=1)
+                assert not rr.isError()
+                return list(rr.bits[:count])
+            finally:
+                client.close()
+
+        result: list[bool] = self.call(read())
+        return result
+
     def stop(self) -> None:
         if self._server is not None:
             self.call(self._server.shutdown())
