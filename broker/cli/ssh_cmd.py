@@ -27,6 +27,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,22 @@ ALIAS = "conduit"
 LOGIN_ENV = "CONDUIT_SSH_LOGIN"
 
 
+GRANT_HELP = (
+    "the grant to work under (an id prefix from `conduit grants`); default: your grant on the "
+    "asset that covers this login or port, the least privileged if several do"
+)
+_GRANT = re.compile(r"^[0-9a-fA-F-]{4,36}$")
+
+
+def _with_grant(asset: str, grant: str | None) -> str:
+    """``ASSET`` or ``ASSET+GRANT``: the front door binds the session to that one grant."""
+    if grant is None:
+        return asset
+    if not _GRANT.match(grant):
+        raise BrokerError(f"--grant {grant!r} is not a grant id (prefix)", code="bad_target")
+    return f"{asset}+{grant.lower()}"
+
+
 def add_parser(sub: Any) -> None:
     c = sub.add_parser("ssh-cert", help="get a short-lived SSH certificate for the front door")
     c.set_defaults(func=ssh_cert)
@@ -58,6 +75,7 @@ def add_parser(sub: Any) -> None:
         description="Examples: conduit ssh root@plc-1 | conduit ssh plc-1 --login root -- uptime",
     )
     s.add_argument("target", metavar="[LOGIN@]ASSET")
+    s.add_argument("--grant", help=GRANT_HELP)
     _ssh_options(s)
     s.add_argument("rest", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command to run")
     s.set_defaults(func=ssh)
@@ -72,6 +90,7 @@ def add_parser(sub: Any) -> None:
     f.add_argument("port", type=int, help="the asset's port")
     f.add_argument("--local-port", type=int, default=0, help="default: the same as PORT")
     f.add_argument("--bind", default="127.0.0.1", help="local address (default %(default)s)")
+    f.add_argument("--grant", help=GRANT_HELP)
     f.set_defaults(func=forward)
     ca = sub.add_parser(
         "asset-ca", help="the asset CA's public key and how an asset's sshd trusts it (admin)"
@@ -334,7 +353,7 @@ def ssh(args: argparse.Namespace) -> int:
     command = _split_rest(args)
     login, asset = _target(args)
     info = current()
-    argv = ssh_argv(info, login, asset, list(args.ssh_arg), command)
+    argv = ssh_argv(info, login, _with_grant(asset, args.grant), list(args.ssh_arg), command)
     return _exec_ssh(argv)
 
 
@@ -360,7 +379,7 @@ def forward(args: argparse.Namespace) -> int:
     info = current()
     spec = f"{args.bind}:{local}:localhost:{args.port}"
     extra = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", spec]
-    argv = ssh_argv(info, FORWARD_LOGIN, args.asset, extra, [])
+    argv = ssh_argv(info, FORWARD_LOGIN, _with_grant(args.asset, args.grant), extra, [])
     print(f"forwarding {args.bind}:{local} -> {args.asset}:{args.port} (Ctrl-C to stop)")
     return _exec_ssh(argv)
 
