@@ -26,6 +26,7 @@ from policies.decision import Decision
 from policies.errors import BundleError
 from sessions.authorizer import ACTION_KINDS, build_input, iso, user_document
 from sessions.db import session_scope
+from sessions.endpoints import endpoints_of, logins_for, ssh_endpoint
 from sessions.identity import ADMIN, map_roles
 from sessions.models import Asset, OperationClass, User
 
@@ -93,6 +94,17 @@ def _build(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
             if row is None:
                 raise BadRequest("pick a user or paste claims")
             user = user_document(db, row)
+        # The question names an endpoint by port (ssh/sftp: the asset's SSH endpoint by
+        # default) and a login (default: the only one declared for the class).
+        endpoints = endpoints_of(db, asset.id)
+        ssh = ssh_endpoint(endpoints)
+        if port is None and kind in ("ssh", "sftp", "web_terminal") and ssh is not None:
+            port = ssh.port
+        declared = [e.port for e in endpoints]
+        ports = [port] if port is not None else declared
+        logins = logins_for([e for e in endpoints if e.port in ports], op_class)
+        login = str(params.get("login") or "") or (logins[0] if len(logins) == 1 else None)
+        protocol = next((e.protocol for e in endpoints if e.port == port), None)
         grant = None
         if params.get("with_grant"):
             grant = {
@@ -104,12 +116,22 @@ def _build(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
                 "ticket": None,
                 "state": "approved",
                 "maintenance_window_only": False,
+                "operation_class": op_class,
+                "ports": ports,
+                "login": login,
             }
         return build_input(
             db,
             user=user,
             asset=asset,
-            action={"kind": kind, "port": port, "operation_class": op_class, "login": None},
+            action={
+                "kind": kind,
+                "port": port,
+                "ports": ports if kind in ("request", "approve") else [],
+                "protocol": protocol,
+                "operation_class": op_class,
+                "login": login,
+            },
             grant=grant,
             now=at,
             agent_online=bool(params.get("agent_online", True)),

@@ -104,6 +104,8 @@ def make_action(**fields: Any) -> dict[str, Any]:
         "operation_class": "read_only",
         "login": "maint",
     }
+    if fields.get("kind") == "tcp" and "port" not in fields:
+        action.update(port=502, login=None)  # a forward reaches the Modbus endpoint
     action.update(fields)
     return action
 

@@ -18,7 +18,7 @@ import httpx2
 import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
-from sqlmodel import col, select
+from sqlmodel import select
 
 from sessions.db import session_scope
 from sessions.models import Asset, AssetEndpoint, MaintenanceSession
@@ -77,19 +77,6 @@ def _write(port: int, address: int, value: int) -> Any:
         return exc
     finally:
         client.close()
-
-
-def _declare(rig: SshRig, asset: str, settings: dict[str, Any]) -> None:
-    """An admin changes the settings of ``asset``'s one endpoint (plant model, not a request)."""
-    with session_scope(rig.broker.services.engine, write=True) as db:
-        ep = db.exec(
-            select(AssetEndpoint)
-            .join(Asset, col(Asset.id) == col(AssetEndpoint.asset_id))
-            .where(Asset.name == asset)
-        ).one()
-        ep.settings = settings
-        db.add(ep)
-    rig.broker.refresh_policy_data()
 
 
 def _refused_reasons(rig: SshRig, kind: str = "session.denied") -> str:
@@ -214,7 +201,7 @@ def test_generic_tcp_only_where_policy_allows_it(rig: SshRig, plc: PlcServer) ->
 def test_the_ssh_login_is_part_of_the_grant(rig: SshRig) -> None:
     """A read_only grant names its login; it never becomes another login (e.g. root)."""
     user = rig.sshd.user
-    _declare(rig, "lab-ssh", {"logins": {"read_only": [user], "program": ["root"]}})
+    rig.declare("lab-ssh", {"logins": {"read_only": [user], "program": ["root"]}})
 
     as_root = rig.request(login="root")
     assert as_root.status_code == 400
@@ -302,7 +289,7 @@ def test_register_ranges_do_not_open_coils(rig: SshRig, plc: PlcServer) -> None:
     """The review's case: tune may write holding registers 10-30; FC5 to coil 15 is refused
     (exception 02) and the coil stays off; FC6 to register 15 lands."""
     tune_10_30 = {"table": "holding_registers", "first": 10, "last": 30}
-    _declare(rig, "plc-lab", {"write_ranges": {"tune": [tune_10_30]}})
+    rig.declare("plc-lab", {"write_ranges": {"tune": [tune_10_30]}})
     rig.grant(asset="plc-lab", operation_class="tune")
     proc, local = _forward(rig, "plc-lab", f"localhost:{plc.port}")
     client = ModbusTcpClient("127.0.0.1", port=local, timeout=3, retries=0)

@@ -21,6 +21,7 @@ from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
 from tests.harness.ssh_session import SshRig
 from tests.harness.sshd import sshd_available
+from tests.harness.waits import wait_for
 from tests.test_recording_asciinema import asciinema_cat
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
@@ -94,7 +95,7 @@ def test_lockout_ends_vendor_sessions(rig: SshRig) -> None:
 
 
 def test_grant_expiry_ends_the_session(rig: SshRig) -> None:
-    rig.grant(minutes=4 / 60)  # ends 4 s from now
+    rig.grant(minutes=8 / 60)  # ends 8 s from now (request, approval and activation first)
     proc = _start(rig)
     with session_scope(rig.broker.services.engine) as db:
         ends = db.exec(select(Grant)).one().ends_at
@@ -146,13 +147,16 @@ def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert bad_name.returncode != 0 and "LOGIN@ASSET" in bad_name.stderr
-    rig.grant(minutes=-0.5)  # a grant whose window already ended
+    short = rig.grant(minutes=5 / 60)  # a grant whose window ends 5 s from now
+    wait_for(lambda: rig.grant_state(short) == "expired", 20, "the grant to expire")
     expired = rig.ssh("true")
     assert expired.returncode == 1 and "grant" in expired.stderr
-    rig.grant()
-    wrong_login = rig.ssh("true", login="root")
+    # A login the plant declares but the asset does not have: the asset itself refuses it.
+    rig.declare("lab-ssh", {"logins": [rig.sshd.user, "ghost"]})
+    rig.grant(login="ghost")
+    wrong_login = rig.ssh("true", login="ghost")
     assert wrong_login.returncode == 1
-    assert "conduit: access denied: lab-ssh refused the login 'root'" in wrong_login.stderr
+    assert "conduit: access denied: lab-ssh refused the login 'ghost'" in wrong_login.stderr
     denials = audit_events(rig.broker, "policy.decision")
     assert any(e["outcome"] == "deny" and e["subject"] == "lab-ssh" for e in denials)
     deadline = time.monotonic() + 5

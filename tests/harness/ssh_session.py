@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from sqlmodel import select
+from sqlmodel import col, select
 
 from broker.demo import seed
 from broker.ssh_keys import SshKeys
@@ -153,6 +153,18 @@ class SshRig:
             )
         self.broker.refresh_policy_data()
 
+    def declare(self, asset: str, settings: dict[str, Any]) -> None:
+        """An admin changes the settings of ``asset``'s one endpoint (plant model)."""
+        with session_scope(self.broker.services.engine, write=True) as db:
+            ep = db.exec(
+                select(AssetEndpoint)
+                .join(Asset, col(Asset.id) == col(AssetEndpoint.asset_id))
+                .where(Asset.name == asset)
+            ).one()
+            ep.settings = validate_settings(ep.protocol, settings)
+            db.add(ep)
+        self.broker.refresh_policy_data()
+
     def request(
         self,
         name: str = "alice",
@@ -185,7 +197,8 @@ class SshRig:
         )
 
     def approve(self, request_id: str, *approvers: str) -> str:
-        """Approve as each of ``approvers`` (real sign-ins); returns the grant id, once active."""
+        """Approve as each of ``approvers`` (real sign-ins); returns the grant id once the
+        broker's tick has activated it."""
         grant_id = ""
         for approver in approvers:
             resp = httpx2.post(
@@ -196,7 +209,9 @@ class SshRig:
             assert resp.status_code in (200, 201), resp.text
             grant_id = resp.json().get("grant_id") or grant_id
         assert grant_id, f"request {request_id} got no grant from {approvers}"
-        wait_for(lambda: self.grant_state(grant_id) == GrantState.ACTIVE, 15, "grant activation")
+        # The broker's own tick activates it (a very short grant may already have expired).
+        moved_on = (GrantState.ACTIVE, GrantState.EXPIRED)
+        wait_for(lambda: self.grant_state(grant_id) in moved_on, 15, "grant activation")
         return grant_id
 
     def grant_state(self, grant_id: str) -> str:

@@ -602,3 +602,12 @@ test_endpoints_request_for_uninspected_protocol_needs_generic_tcp if {
 test_endpoints_missing_means_nothing_is_declared if {
 	denied(given({"asset": {"endpoints": null}}), "port 22 is not a declared endpoint of plc-press-3")
 }
+
+test_endpoints_a_grant_without_ports_or_login_covers_nothing if {
+	g := json.remove(base.grant, ["ports", "login"])
+	inp := object.union(json.remove(base, ["grant"]), {"grant": g})
+	d := decide(inp)
+	d.allow == false
+	"grant g-1 does not cover port 22 (it allows [])" in d.reasons
+	"grant g-1 allows login null, not maint" in d.reasons
+}

@@ -160,10 +160,11 @@ deny contains sprintf("port %v is not a declared endpoint of %s", [input.action.
 	not connection_endpoint(input)
 }
 
-deny contains sprintf("grant %s does not cover port %v (it allows %v)", [grant_id, input.action.port, input.grant.ports]) if {
+deny contains sprintf("grant %s does not cover port %v (it allows %v)", [grant_id, input.action.port, ports]) if {
 	is_connection
 	is_object(input.grant)
-	not input.action.port in object.get(input.grant, "ports", [])
+	ports = object.get(input.grant, "ports", [])
+	not input.action.port in ports
 }
 
 deny contains sprintf("%s needs an SSH endpoint; port %v of %s speaks %s", [input.action.kind, input.action.port, asset_name, e.protocol]) if {
@@ -177,10 +178,11 @@ deny contains sprintf("login %v is not declared for %s on %s", [input.action.log
 	not input.action.login in declared_logins(input.asset, input.action.operation_class)
 }
 
-deny contains sprintf("grant %s allows login %v, not %v", [grant_id, input.grant.login, input.action.login]) if {
+deny contains sprintf("grant %s allows login %v, not %v", [grant_id, login, input.action.login]) if {
 	input.action.kind in ["ssh", "sftp"]
 	is_object(input.grant)
-	input.grant.login != input.action.login
+	login = object.get(input.grant, "login", null)
+	login != input.action.login
 }
 
 deny contains sprintf("%s at %s:%d speaks %s, which is not inspected; generic TCP is not allowed for %s", [e.name, e.host, e.port, e.protocol, asset_name]) if {
