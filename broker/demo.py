@@ -48,7 +48,7 @@ DEMO_ZONES = (  # (name, Purdue level)
 DEMO_SITE = "Riverside Plant"
 DEMO_AGENT_NAME = "demo-agent"
 DEMO_AGENT_ZONE = "supervisory"
-DEMO_UNMATCHED = ("opcua-gateway", 4840, "opcua")  # declared by the demo agent, no asset yet
+DEMO_UNMATCHED = ("opcua-gateway", 4841, "opcua")  # declared by the demo agent, no asset yet
 # Maintenance logins for reading and tuning, the engineering login for program and firmware.
 _SSH_LOGINS: dict[str, Any] = {
     "logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["eng"], "firmware": ["eng"]}
