@@ -311,6 +311,7 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
             .order_by(col(AccessRequest.created_at).desc())
         ).all()
         users = _names(db, {g.user_id for g in grants} | {r.requester_id for r in requests})
+        reaches = _reaches(db, list(requests))  # every grant's request is among them (same assets)
 
         def keep(state: str, user_id: str) -> bool:
             user = filters["user"].lower()
@@ -320,12 +321,22 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
         flag = db.get(PlantFlag, LOCKOUT_FLAG)
         return {
             "grants": [
-                {"grant": g, "asset": assets[g.asset_id], "user": users.get(g.user_id, "?")}
+                {
+                    "grant": g,
+                    "asset": assets[g.asset_id],
+                    "user": users.get(g.user_id, "?"),
+                    "reaches": reaches.get(g.request_id, []),
+                }
                 for g in grants
                 if keep(g.state, g.user_id)
             ],
             "requests": [
-                {"req": r, "asset": assets[r.asset_id], "user": users.get(r.requester_id, "?")}
+                {
+                    "req": r,
+                    "asset": assets[r.asset_id],
+                    "user": users.get(r.requester_id, "?"),
+                    "reaches": reaches.get(r.id, []),
+                }
                 for r in requests
                 if keep(r.state, r.requester_id)
             ],

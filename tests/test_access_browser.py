@@ -102,6 +102,8 @@ def test_request_approve_activate_expire(
     expect(row).to_contain_text("Alice Vendor")
     expect(row).to_contain_text("CHG-1042")
     expect(row).to_contain_text("approved by 0 of 1")
+    # The approver sees exactly what the grant will reach: the declared endpoint and login.
+    expect(row.locator("ul.reaches")).to_have_text("ssh 127.0.0.1:22 as maint")
     olga.locator("#approval-queue button[id^=approve-]").click()
     expect(olga.locator("#access-message")).to_contain_text("grant created")
     expect(olga.locator("#no-requests")).to_be_visible()
