@@ -11,15 +11,16 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time socat
+APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time socat faketime
 NODE_DIRS := deploy/dev-idp broker/frontend
 PYTEST_ARGS ?=
 
-.PHONY: help deps system-deps python-deps node-deps demo test check lint typecheck imports bench clean
+.PHONY: help deps system-deps python-deps node-deps demo test test-future check lint typecheck imports bench clean
 
 help:
 	@echo "make demo   - install what is needed, then run broker + dev IdP + demo data"
 	@echo "make test   - install what is needed, then run checks and the whole test suite"
+	@echo "make test-future - the whole suite with the clock a year ahead (no test may depend on today)"
 	@echo "make check  - ruff, mypy --strict, import-linter"
 	@echo "make bench  - benchmarks (results go to docs/benchmarks.md)"
 
@@ -71,6 +72,11 @@ imports:
 
 test: deps check
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Debian faketime (libfaketime, LD_PRELOAD) moves the clock of pytest and of every component
+# it starts (IdP, sshd, PostgreSQL, agents) by the same offset. Not part of `make test`.
+test-future: deps
+	faketime '+365d' $(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: deps
 	$(BIN)/python bench/oidc_signin.py --sign-ins 200 --write docs/benchmarks.md
