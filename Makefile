@@ -11,15 +11,16 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time socat
+APT_PACKAGES := openssh-server openssh-client postgresql chromium asciinema tshark nodejs npm procps iproute2 hyperfine time socat faketime gcc libc6-dev
 NODE_DIRS := deploy/dev-idp broker/frontend
 PYTEST_ARGS ?=
 
-.PHONY: help deps system-deps python-deps node-deps demo test check lint typecheck imports bench clean
+.PHONY: help deps system-deps python-deps node-deps demo test test-future check lint typecheck imports bench clean
 
 help:
 	@echo "make demo   - install what is needed, then run broker + dev IdP + demo data"
 	@echo "make test   - install what is needed, then run checks and the whole test suite"
+	@echo "make test-future - the whole suite with the clock a year ahead (no test may depend on today)"
 	@echo "make check  - ruff, mypy --strict, import-linter"
 	@echo "make bench  - benchmarks (results go to docs/benchmarks.md)"
 
@@ -71,6 +72,22 @@ imports:
 
 test: deps check
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The suite a year ahead: no test may depend on today's date. Not part of `make test`.
+# Debian faketime (libfaketime, LD_PRELOAD) moves the wall clock of pytest and of every process
+# it starts (IdP, sshd, agents, brokers) by the same offset (-f '+365d': one offset for all,
+# where plain `faketime '+365d'` is not a date faketime parses). The monotonic clock stays
+# real (--exclude-monotonic), or Python's lock timeouts wait a year; the preloaded
+# faketime_fix.so works around libfaketime 0.9.10's EINVAL from Python's time.sleep then.
+FAKETIME_FIX := $(TOOLS)/faketime_fix.so
+
+$(FAKETIME_FIX): tests/harness/faketime_fix.c
+	mkdir -p $(TOOLS)
+	cc -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
+test-future: deps $(FAKETIME_FIX)
+	LD_PRELOAD=$(abspath $(FAKETIME_FIX)) faketime -m --exclude-monotonic -f '+365d' \
+	  $(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: deps
 	$(BIN)/python bench/oidc_signin.py --sign-ins 200 --write docs/benchmarks.md

@@ -338,7 +338,7 @@ async def windows(request: Request) -> Response:
         raise BadRequest("days must be a list such as ['tue', 'thu']")
 
     def _add() -> dict[str, Any]:
-        with session_scope(svc.engine) as db:
+        with session_scope(svc.engine, write=True) as db:
             window = add_window(
                 db,
                 str(body.get("site", "")),

@@ -274,7 +274,7 @@ async def authorize_submit(request: Request) -> Response:
     code = secrets.token_urlsafe(32)
 
     def _decide() -> str | None:
-        with session_scope(svc.engine) as db:
+        with session_scope(svc.engine, write=True) as db:
             row = db.get(CliAuthorization, auth_id)
             if (
                 row is None

@@ -102,7 +102,7 @@ def seed(database_url: str) -> None:
 def seed_plant(engine: Engine, clock: Clock) -> None:
     """Insert the demo site, zones, assets and vendor contract unless already there."""
     now = clock.now()
-    with session_scope(engine) as db:
+    with session_scope(engine, write=True) as db:  # reads, then writes: take the lock first
         if db.exec(select(Site).where(Site.name == "Riverside Plant")).first() is not None:
             return
         site = Site(name="Riverside Plant", timezone="Europe/Berlin", description="Demo plant")

@@ -8,11 +8,10 @@ agent keys (:mod:`broker.agent_keys`).
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from broker.errors import BrokerError
+from sessions.files import write_atomic
 from sessions.recording import Ed25519Signer, RecordingError, load_public_key
 
 KEY_NAME = "recording_ed25519"
@@ -28,21 +27,11 @@ def public_key_path(key_dir: Path) -> Path:
 
 def _write_new(path: Path, data: bytes, mode: int) -> bool:
     """Atomically create ``path`` with ``data``; False (and no change) if it already exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.link(tmp, path)  # fails if another broker created the key first
-        return True
+        write_atomic(path, data, mode=mode, replace=False)  # another broker may win the race
     except FileExistsError:
         return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return True
 
 
 def load_recording_signer(key_dir: Path) -> Ed25519Signer:
@@ -66,9 +55,7 @@ def load_recording_signer(key_dir: Path) -> Ed25519Signer:
         pub = public_key_path(key_dir)
         expected = f"{signer.public_key_openssh()} conduit-recording\n".encode()
         if not pub.exists() or _public_differs(pub, signer):
-            with contextlib.suppress(FileNotFoundError):
-                pub.unlink()
-            _write_new(pub, expected, 0o644)
+            write_atomic(pub, expected, mode=0o644)  # never missing or half-written for readers
     except RecordingError as exc:
         raise BrokerError(f"recording key {path}: {exc.message}", code="bad_key") from exc
     except OSError as exc:

@@ -3,10 +3,14 @@
 Two back ends are supported, with identical behaviour as far as callers can tell:
 
 * SQLite (``sqlite:///path/to/file.db``; ``sqlite://`` in-memory for unit tests only): WAL
-  journal, ``foreign_keys=ON``, ``busy_timeout=5000`` on every connection.  SQLAlchemy, not the
-  ``sqlite3`` driver, emits ``BEGIN``, so transactions really start when SQLAlchemy says so and
-  a writer can take the write lock up front (``BEGIN IMMEDIATE``, see :func:`write_connection`
-  and ``session_scope(write=True)``).
+  journal, ``foreign_keys=ON``, a 30 s ``busy_timeout`` on every connection.  SQLAlchemy, not
+  the ``sqlite3`` driver, emits ``BEGIN``, so transactions really start when SQLAlchemy says so
+  and a writer can take the write lock up front (``BEGIN IMMEDIATE``, see
+  :func:`write_connection` and ``session_scope(write=True)``).  Writers wait, they do not fail:
+  within a process they queue on one writer lock per database file, across processes SQLite's
+  busy timeout makes ``BEGIN IMMEDIATE`` wait for the lock.  A transaction that reads *before*
+  it writes must be a write scope: SQLite cannot upgrade a read transaction while another
+  connection writes (it answers "database is locked" at once, without waiting).
 * PostgreSQL through psycopg 3 (``postgresql+psycopg://``; ``postgresql://`` and
   ``postgres://`` are rewritten to it).
 
@@ -17,8 +21,10 @@ Driver errors leaving this module's scopes are translated into the sessions erro
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -49,7 +55,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Connection execution option read by the SQLite "begin" hook: how to BEGIN.
 SQLITE_BEGIN_MODE = "conduit_sqlite_begin"
@@ -137,6 +143,61 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
+# --------------------------------------------------------------------------- writer lock
+
+# One lock per SQLite database file (in-memory: per engine), shared by every engine in the
+# process.  Why, on top of BEGIN IMMEDIATE: SQLite's busy handler polls with sleeps, so under
+# contention a waiter can be overtaken again and again; threads queued on a lock are served in
+# turn and wake the moment the writer is done.
+_WRITER_LOCKS: dict[str, threading.Lock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+class _Held(threading.local):
+    def __init__(self) -> None:
+        self.keys: set[str] = set()  # the writer locks this thread holds
+
+
+_HELD = _Held()
+
+
+def _writer_key(engine: Engine) -> str:
+    database = engine.url.database
+    return f"file:{os.path.realpath(database)}" if database else f"memory:{id(engine)}"
+
+
+@contextmanager
+def _sqlite_writer(engine: Engine, operation: str) -> Iterator[None]:
+    """Hold this process's writer lock for ``engine``'s database (waiting up to the busy timeout).
+
+    A thread that already holds it (a write scope opened inside another write scope, or a
+    coroutine holding a scope across an ``await`` on the loop thread) would wait for itself:
+    that is refused at once with :class:`StorageError` instead.
+    """
+    key = _writer_key(engine)
+    held = _HELD.keys
+    if key in held:
+        raise StorageError(f"{operation}: a write transaction is already open in this thread")
+    with _WRITER_LOCKS_GUARD:
+        lock = _WRITER_LOCKS.setdefault(key, threading.Lock())
+    if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise StorageError(
+            f"{operation}: database is locked (no write lock within "
+            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s)"
+        )
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        lock.release()
+
+
+def writer_lock(engine: Engine, operation: str = "database write") -> AbstractContextManager[None]:
+    """Context manager: the process-wide writer lock of ``engine`` (SQLite; no-op otherwise)."""
+    return _sqlite_writer(engine, operation) if is_sqlite(engine) else nullcontext()
+
+
 # --------------------------------------------------------------------------- transactions
 
 
@@ -144,39 +205,45 @@ def _sqlite_engine(url: URL) -> Engine:
 def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """Yield a :class:`sqlmodel.Session`; commit when the block succeeds, roll back otherwise.
 
-    Objects stay usable after the block (``expire_on_commit=False``).  Pass ``write=True`` for
-    read-modify-write work: on SQLite the write lock is taken at BEGIN, so the transaction
-    cannot fail half-way with "database is locked" when it starts writing (on PostgreSQL it
-    changes nothing; use ``SELECT … FOR UPDATE``).  Database errors raised in the block or by
-    the commit are re-raised as :class:`SessionsError` subclasses (see
-    :func:`translate_db_error`); any other exception propagates unchanged after the rollback.
+    Objects stay usable after the block (``expire_on_commit=False``).  Pass ``write=True``
+    whenever the block writes after reading (read-modify-write): on SQLite the block first
+    takes this process's writer lock, then the database's write lock at BEGIN (both waited for,
+    up to 30 s), so it cannot fail half-way with "database is locked" when it starts writing
+    (on PostgreSQL it changes nothing; use ``SELECT … FOR UPDATE``).  Write scopes do not nest
+    within one thread (:class:`StorageError`).  Without ``write`` the scope is for reading, or
+    for blocks whose *first* statement writes; it never blocks writers.  Database errors
+    raised in the block or by the commit are re-raised as :class:`SessionsError` subclasses
+    (see :func:`translate_db_error`); any other exception propagates unchanged after the
+    rollback.
     """
-    session = Session(engine, expire_on_commit=False)
-    try:
-        if write and is_sqlite(engine):
-            session.connection(execution_options={SQLITE_BEGIN_MODE: "IMMEDIATE"})
-        yield session
-        session.commit()
-    except SQLAlchemyError as exc:
-        session.rollback()
-        _reraise(exc, "database transaction")
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+    with writer_lock(engine, "database transaction") if write else nullcontext():
+        session = Session(engine, expire_on_commit=False)
+        try:
+            if write and is_sqlite(engine):
+                session.connection(execution_options={SQLITE_BEGIN_MODE: "IMMEDIATE"})
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            _reraise(exc, "database transaction")
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
 
 
 @contextmanager
 def write_connection(engine: Engine) -> Iterator[Connection]:
     """Yield a Core connection inside a transaction that already holds the write lock on SQLite.
 
-    On PostgreSQL this is an ordinary READ COMMITTED transaction: take advisory or row locks as
+    On SQLite it waits for the writer lock as ``session_scope(write=True)`` does.  On
+    PostgreSQL this is an ordinary READ COMMITTED transaction: take advisory or row locks as
     needed.  Commits on success, rolls back on error; errors translate as in
     :func:`session_scope`.
     """
     try:
-        with engine.connect() as conn:
+        with writer_lock(engine, "database write"), engine.connect() as conn:
             if is_sqlite(engine):
                 conn.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
             with conn.begin():

@@ -20,11 +20,14 @@ MANIFEST_DOMAIN || canonical JSON without "signature"). The final chain commits 
 so the manifest does not repeat the per-chunk hashes.
 
 Guarantees: a chunk always holds whole :meth:`RecordingWriter.write` calls (so an asciicast
-recording cut at any flush is still a valid ``.cast`` file). Each flush writes and fsyncs the
-chunk file and its directory, then appends and fsyncs its chain entry, so after a crash (even
-SIGKILL) everything flushed verifies; :class:`FlushTimer` flushes data no later than
-``flush_interval_s`` after it was written. :func:`verify_recording` names the first broken
-chunk; without a manifest it reports INCOMPLETE up to the last signed entry. Removing whole
+recording cut at any flush is still a valid ``.cast`` file). Whole files (chunks, the manifest)
+are written atomically (:func:`sessions.files.write_atomic`: a temporary dot file in the same
+directory, fsync, rename, fsync of the directory), so no reader ever sees one half-written;
+chain.jsonl only grows, by one fsynced line per flush, after its chunk is in place. After a
+crash (even SIGKILL) everything flushed verifies; :class:`FlushTimer` flushes data no later
+than ``flush_interval_s`` after it was written. :func:`verify_recording` names the first broken
+chunk; without a manifest it reports INCOMPLETE up to the last signed entry, and a recording
+still being written verifies as INCOMPLETE (then OK once closed), never as BROKEN. Removing whole
 chunks *from the end* of a recording whose manifest was also removed is indistinguishable from a
 crash: such a recording only ever verifies as INCOMPLETE, never OK.
 
@@ -55,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from sessions.clock import Clock
 from sessions.errors import SessionsError
+from sessions.files import fsync_dir, is_temp_name, write_all, write_atomic
 
 FORMAT_VERSION = 1
 CHAIN_FILE = "chain.jsonl"
@@ -240,7 +244,8 @@ class RecordingSink(Protocol):
     """The write side of one recording. Both methods are durable when they return."""
 
     def put(self, name: str, data: bytes) -> None:
-        """Create file ``name`` (must not exist) with ``data``; raises :class:`OSError`."""
+        """Create file ``name`` (must not exist) with ``data``, atomically: readers see the
+        whole file or none. Raises :class:`OSError`."""
         ...
 
     def append(self, name: str, data: bytes) -> None:
@@ -274,20 +279,6 @@ def check_recording_id(recording_id: str) -> str:
     return recording_id
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class _LocalSink:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -298,18 +289,13 @@ class _LocalSink:
         return self.directory / name
 
     def put(self, name: str, data: bytes) -> None:
-        fd = os.open(self._path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self.directory)
+        # Atomic: a live verify or playback sees the whole file or no file, never a part.
+        write_atomic(self._path(name), data, mode=0o600, replace=False)
 
     def append(self, name: str, data: bytes) -> None:
         fd = os.open(self._path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -336,8 +322,8 @@ class LocalStore:
             os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
             sink = _LocalSink(directory)
             sink.append(CHAIN_FILE, b"")
-            _fsync_dir(directory)
-            _fsync_dir(self.root)
+            fsync_dir(directory)
+            fsync_dir(self.root)
         except FileExistsError as exc:
             raise RecordingError(
                 f"creating recording {recording_id}: it already exists", code="recording_exists"
@@ -356,7 +342,7 @@ class LocalStore:
 
     def list_files(self, recording_id: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.path(recording_id)))
+            return sorted(n for n in os.listdir(self.path(recording_id)) if not is_temp_name(n))
         except OSError as exc:
             raise RecordingError(
                 f"listing recording {recording_id}: {exc.strerror}", code="not_found"
@@ -765,19 +751,28 @@ def verify_recording(path: Path, public_key: Ed25519PublicKey) -> VerifyResult:
     Checks, in chunk order, each chain entry's fields, signature, seq, recording id, file name,
     link to the previous entry, chain hash, and the chunk file's size and SHA-256; then that no
     other files exist; then the manifest's signature, counts and final chain. Returns the first
-    fault as BROKEN. Without a manifest the result is INCOMPLETE (a crash): a partial last line
-    of chain.jsonl and one chunk file written but not yet chained are then tolerated and noted.
+    fault as BROKEN. Without a manifest the result is INCOMPLETE (a crash, or a recording still
+    being written): a partial last line of chain.jsonl, one chunk file written but not yet
+    chained, and an empty directory (created, chain.jsonl not yet) are then tolerated and
+    noted. Temporary files of atomic writes (:func:`sessions.files.is_temp_name`: a file being
+    written, or left by a crash) are never read and only noted. Safe to run while the writer
+    is working: the manifest, the last file written, is looked for first.
 
     Raises :class:`RecordingError` (``not_found``) only if ``path`` is not a readable directory.
     """
     given = fingerprint(public_key)
     try:
-        names = set(os.listdir(path))
+        listed = set(os.listdir(path))
     except OSError as exc:
         raise RecordingError(f"reading recording {path}: {exc.strerror}", code="not_found") from exc
+    notes = [f"ignored {n}: a temporary file (being written, or left by a crash)"
+             for n in sorted(n for n in listed if is_temp_name(n))]  # fmt: skip
+    names = {n for n in listed if not is_temp_name(n)}
     has_manifest = MANIFEST_FILE in names
     state: dict[str, Any] = {"chunks": 0, "size": 0}
-    notes: list[str] = []
+    if not names:  # made by LocalStore.create a moment ago, chain.jsonl not in it yet
+        notes.append("empty: nothing recorded yet")
+        return VerifyResult(status=VerifyStatus.INCOMPLETE, signer=given, notes=tuple(notes))
     try:
         if CHAIN_FILE not in names:
             raise _Broken("chain.jsonl is missing")

@@ -152,7 +152,8 @@ def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> No
 
 def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path) -> None:
     import asyncio
-    from datetime import datetime
+    from datetime import UTC, datetime, time
+    from zoneinfo import ZoneInfo
 
     from sessions.authorizer import build_input, grant_document, user_document
     from sessions.models import Asset, Grant
@@ -204,11 +205,19 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
         == 2
     )
 
+    # The next Tuesday (from tomorrow on) in the plant's time zone: never in the past.
+    berlin = ZoneInfo("Europe/Berlin")
+    tomorrow = datetime.now(berlin).date() + timedelta(days=1)
+    tuesday = tomorrow + timedelta(days=(1 - tomorrow.weekday()) % 7)
+
+    def berlin_time(days: int, hh: int, mm: int) -> datetime:
+        return datetime.combine(tuesday + timedelta(days=days), time(hh, mm), berlin)
+
     made = run_conduit(
         "request",
         "hist-01",
         "--start",
-        "2026-12-01T20:00:00Z",
+        berlin_time(0, 21, 0).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "--for",
         "8h",
         "--reason",
@@ -219,7 +228,7 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
     assert made.returncode == 0, made.stderr
     assert run_conduit("approve", made.stdout.split()[1], env=olga).returncode == 0
 
-    def decide(at: str) -> bool:
+    def decide(at: datetime) -> bool:
         with session_scope(plant.services.engine) as db:
             grant = db.exec(select(Grant)).one()
             user, asset = db.get(User, grant.user_id), db.get(Asset, grant.asset_id)
@@ -230,7 +239,7 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
                 asset=asset,
                 grant=grant_document(db, grant),
                 action={"kind": "ssh", "port": 22, "operation_class": "read_only"},
-                now=datetime.fromisoformat(at),
+                now=at.astimezone(UTC),
                 agent_online=True,
             )
         decision = asyncio.run(
@@ -238,8 +247,8 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
         )
         return decision.allow
 
-    assert decide("2026-12-01T21:30:00+00:00")  # 22:30 in Berlin, Tuesday: inside
-    assert not decide("2026-12-02T03:30:00+00:00")  # 04:30 in Berlin: grant valid, window closed
+    assert decide(berlin_time(0, 22, 30))  # Tuesday 22:30 in Berlin: inside
+    assert not decide(berlin_time(1, 4, 30))  # Wednesday 04:30: grant valid, window closed
 
 
 def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:

@@ -42,8 +42,9 @@ from tests.harness.agent import (
 )
 from tests.harness.broker import RunningBroker, audit_events, settings_overrides
 from tests.harness.cli import REPO, clean_env
+from tests.harness.components import needs
 from tests.harness.ports import free_port
-from tests.harness.sshd import RunningSshd, sshd_available, start_sshd
+from tests.harness.sshd import RunningSshd, start_sshd
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def _events(broker: RunningBroker, kind: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- the main path
 
 
-@pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+@needs("sshd")
 def test_join_run_reaches_declared_sshd_and_refuses_the_rest(
     plant: RunningBroker, tmp_path: Path, echo: EchoAsset, agents: list[AgentProcess]
 ) -> None:

@@ -23,13 +23,13 @@ from sqlmodel import select
 from sessions.db import session_scope
 from sessions.models import Asset, AssetEndpoint, MaintenanceSession
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.components import needs
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import PLC_SETTINGS, SshRig
-from tests.harness.sshd import sshd_available
 from tests.harness.waits import wait_for
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.browser import browser_available, launch_browser, launch_browser_sync
+from tests.harness.browser import launch_browser, launch_browser_sync
+from tests.harness.components import needs
 
-_REASON = browser_available()
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
-]
+pytestmark = [pytest.mark.browser, needs("chromium")]
 
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>harness</title></head>

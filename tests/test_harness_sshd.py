@@ -10,10 +10,10 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.harness.sshd import RunningSshd, sshd_available, start_sshd
+from tests.harness.components import needs
+from tests.harness.sshd import RunningSshd, start_sshd
 
-_REASON = sshd_available()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,9 @@ def test_served_broker_logs_no_codes(tmp_path: Path) -> None:
         {
             "CONDUIT_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "CONDUIT_LISTEN_PORT": str(port),
+            # Never the default agent (7022) and SSH (2222) ports: a running demo holds them.
+            "CONDUIT_AGENTS__LISTEN_PORT": "0",
+            "CONDUIT_SSH__LISTEN_PORT": "0",
             "CONDUIT_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
             "CONDUIT_DATA_DIR": str(tmp_path / "var"),
             "CONDUIT_OIDC__ISSUER": f"http://127.0.0.1:{free_port()}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,12 +16,12 @@ from asyncua import Client, Server
 
 from sessions.recording import assemble
 from tests.harness.broker import RunningBroker
+from tests.harness.components import TSHARK, needs, require
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
-from tests.harness.sshd import sshd_available
 from tests.test_ot_sessions import _forward, _recordings, _wait_closed
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 class OpcUaServer:
@@ -88,9 +87,8 @@ def test_opcua_through_the_generic_tcp_path(
         [pcap_dir] = _recordings(rig, "-tcp1")
         _wait_closed(pcap_dir)
         assert not _recordings(rig, "-ops")  # no operations log for a generic protocol
-        tshark = shutil.which("tshark")
-        if tshark is None:
-            pytest.skip("tshark is not installed: the pcap was recorded but not decoded")
+        require("tshark")  # the pcap was recorded; decoding it needs tshark
+        tshark = TSHARK
         pcap = tmp_path / "opcua.pcap"
         pcap.write_bytes(assemble(pcap_dir))
         out = subprocess.run(

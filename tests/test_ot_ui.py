@@ -20,12 +20,12 @@ from sqlmodel import select
 from sessions.db import session_scope
 from sessions.models import Recording
 from tests.harness.broker import RunningBroker, audit_events, web_login
+from tests.harness.components import needs
 from tests.harness.plc import PlcServer
 from tests.harness.ssh_session import PLC_SETTINGS, SshRig
-from tests.harness.sshd import sshd_available
 from tests.test_ot_sessions import _client, _forward, _recordings, _until, _wait_closed
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 OTPS = {"victor": "246810"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import struct
 import subprocess
@@ -32,11 +31,9 @@ from sessions.recording import (
     verify_recording,
 )
 from sessions.testing import ManualClock
+from tests.harness.components import TSHARK, needs
 
-TSHARK = "/usr/bin/tshark"
-needs_tshark = pytest.mark.skipif(
-    not os.access(TSHARK, os.X_OK), reason="Debian tshark is not installed (apt tshark)"
-)
+needs_tshark = needs("tshark")
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
 VENDOR = ("192.0.2.10", 50123)
 PLC = ("127.0.0.1", 502)

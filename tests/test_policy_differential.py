@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from policies.decision import DECISION_QUERY, parse_decision
+from tests.harness.components import component_missing
 from tests.policy_inputs import TAGS, Case, generate_cases, generate_corpus
 
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
@@ -156,7 +157,7 @@ def regopy_results(cases: list[Case], tmp_path_factory: pytest.TempPathFactory) 
     python = regopy_python()
     probe = subprocess.run([python, "-c", "import regopy"], capture_output=True, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"regopy is not importable by {python} (pip install regopy)")
+        component_missing("regopy", f"not importable by {python} (uv sync installs it)")
     corpus = tmp_path_factory.mktemp("differential") / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"input": c.input, "data": c.data}) + "\n" for c in cases))
     with corpus.open() as stdin:

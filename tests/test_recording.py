@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from broker.errors import BrokerError
 from broker.recording_keys import load_recording_signer, public_key_path
 from sessions.asciicast import BINARY_EVENT, BINARY_MARKER, AsciicastRecorder, output_bytes
 from sessions.errors import SessionsError
+from sessions.files import temp_name
 from sessions.recording import (
     CHAIN_FILE,
     MANIFEST_FILE,
@@ -323,6 +325,66 @@ def test_verify_of_a_missing_directory_raises(tmp_path: Path, signer: Ed25519Sig
     assert err.value.code == "not_found"
 
 
+def test_temporary_files_of_atomic_writes_are_noted_never_read(
+    rec: Path, signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    """A writer's temporary file (or one a crash left) is not part of the recording."""
+    (rec / temp_name(MANIFEST_FILE)).write_bytes(b'{"half": ')
+    (rec / temp_name("chunk-000006.cast")).write_bytes(b"half a chunk")
+    result = _verify(rec, signer)
+    assert (result.status, result.chunks) == (VerifyStatus.OK, 5)
+    assert len(result.notes) == 2 and all("temporary file" in n for n in result.notes)
+    assert LocalStore(rec.parent).list_files(rec.name) == sorted(
+        [CHAIN_FILE, MANIFEST_FILE, *(f"chunk-{i:06d}.cast" for i in range(1, 6))]
+    )
+    empty = tmp_path / "just-created"  # LocalStore.create: directory first, then chain.jsonl
+    empty.mkdir()
+    assert _verify(empty, signer).status == VerifyStatus.INCOMPLETE
+
+
+def test_verifying_a_live_recording_never_reports_it_broken(
+    tmp_path: Path, signer: Ed25519Signer, clock: ManualClock
+) -> None:
+    """``conduit verify`` (or the recordings page) may run while a session records: it sees
+    INCOMPLETE, then OK, never a half-written chunk or manifest reported as BROKEN."""
+    store = tmp_path / "store"
+    big_meta = {"note": "m" * (4 << 20)}  # a manifest large enough to be caught mid-write
+    rounds = 12
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def verify_the_newest_in_a_loop() -> None:
+        while not done.is_set():
+            recordings = sorted(store.iterdir()) if store.exists() else []
+            if recordings:
+                result = verify_recording(recordings[-1], signer.public_key)
+                seen.append((result.status, result.reason))
+
+    verifier = threading.Thread(target=verify_the_newest_in_a_loop)
+    verifier.start()
+    try:
+        for n in range(rounds):
+            writer = RecordingWriter(
+                LocalStore(store), f"live-{n:02d}", kind="pcap", signer=signer, clock=clock,
+                meta=big_meta,
+            )  # fmt: skip
+            for i in range(4):
+                writer.write(bytes([i]) * (256 << 10))
+                writer.flush()
+                clock.advance(1)
+            writer.close("client_closed")
+    finally:
+        done.set()
+        verifier.join(60)
+    assert not verifier.is_alive()
+    broken = [reason for status, reason in seen if status == VerifyStatus.BROKEN]
+    assert broken == []
+    assert {status for status, _ in seen} >= {VerifyStatus.INCOMPLETE, VerifyStatus.OK}
+    for n in range(rounds):
+        result = verify_recording(store / f"live-{n:02d}", signer.public_key)
+        assert result.status == VerifyStatus.OK
+
+
 # ---------------------------------------------------------------- disk errors
 
 
@@ -513,7 +575,8 @@ def test_broker_recording_key(tmp_path: Path) -> None:
     pub = public_key_path(key_dir)
     assert pub.read_text().startswith(signer.public_key_openssh())
     assert load_recording_signer(key_dir).fingerprint == signer.fingerprint
-    assert not [p for p in key_dir.iterdir() if p.name.endswith(".tmp")]
+    assert stat.S_IMODE(pub.stat().st_mode) == 0o644
+    assert sorted(p.name for p in key_dir.iterdir()) == [key.name, pub.name]  # no temp files
 
     pub.write_text(Ed25519Signer.generate().public_key_openssh())  # a stale .pub is replaced
     load_recording_signer(key_dir)

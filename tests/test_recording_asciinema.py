@@ -12,8 +12,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from sessions.asciicast import AsciicastRecorder
 from sessions.recording import (
     CHAIN_FILE,
@@ -25,12 +23,9 @@ from sessions.recording import (
     verify_recording,
 )
 from sessions.testing import ManualClock
+from tests.harness.components import ASCIINEMA, needs, require
 
 REPO = Path(__file__).resolve().parents[1]
-ASCIINEMA = "/usr/bin/asciinema"
-needs_asciinema = pytest.mark.skipif(
-    not os.access(ASCIINEMA, os.X_OK), reason="Debian asciinema is not installed (apt asciinema)"
-)
 
 # Becomes the controlling terminal's session leader, then execs asciinema: `asciinema cat`
 # opens /dev/tty to put it in raw mode, so it needs a real terminal.
@@ -41,7 +36,11 @@ _WITH_CTTY = (
 
 
 def asciinema_cat(cast: Path, home: Path) -> bytes:
-    """What ``asciinema cat CAST`` writes to its terminal (a pty in raw mode: bytes as is)."""
+    """What ``asciinema cat CAST`` writes to its terminal (a pty in raw mode: bytes as is).
+
+    Ends the test through :func:`~tests.harness.components.require` if asciinema is missing.
+    """
+    require("asciinema")
     master, slave = os.openpty()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "TERM": "xterm"}
     proc = subprocess.Popen(
@@ -76,7 +75,7 @@ def asciinema_cat(cast: Path, home: Path) -> bytes:
     return bytes(out)
 
 
-@needs_asciinema
+@needs("asciinema")
 def test_a_recorded_session_plays_in_asciinema_and_verifies(tmp_path: Path) -> None:
     clock = ManualClock(datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC))
     signer = Ed25519Signer.generate()
@@ -191,8 +190,8 @@ def test_sigkilled_writer_verifies_up_to_its_last_flush(tmp_path: Path) -> None:
     # at most one flush interval (1 s) plus the 20 ms tick and fsync time
     assert lost_s <= 1.0 + 0.02 + 0.2, lost_s
 
-    if os.access(ASCIINEMA, os.X_OK):  # the cut-off recording still plays
-        cast = tmp_path / "killed.cast"
-        cast.write_bytes(assemble(store / "killed"))
-        played = asciinema_cat(cast, tmp_path).decode()
-        assert played.count("tick ") == len(numbers)
+    # The cut-off recording still plays (asciinema_cat requires asciinema: no silent pass).
+    cast = tmp_path / "killed.cast"
+    cast.write_bytes(assemble(store / "killed"))
+    played = asciinema_cat(cast, tmp_path).decode()
+    assert played.count("tick ") == len(numbers)

@@ -16,10 +16,10 @@ import pytest
 
 from tests.harness.broker import RunningBroker
 from tests.harness.cli import REPO, clean_env, run_conduit
+from tests.harness.components import needs
 from tests.harness.ssh_session import ASSET, SshRig
-from tests.harness.sshd import sshd_available
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sessions.recording import assemble, load_public_key, verify_recording
 from tests.harness.broker import settings_overrides
 from tests.harness.cli import REPO, clean_env
-from tests.harness.sshd import sshd_available
+from tests.harness.components import needs
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 def test_recording_survives_a_broker_sigkill(

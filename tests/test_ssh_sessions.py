@@ -19,12 +19,12 @@ from sessions.models import Asset, Grant, Recording
 from sessions.recording import assemble
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
+from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.sshd import sshd_available
 from tests.harness.waits import wait_for
 from tests.test_recording_asciinema import asciinema_cat
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.sshd import sshd_available
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture

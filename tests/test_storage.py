@@ -269,7 +269,7 @@ def test_sqlite_connection_settings(sqlite_engine: sa.Engine) -> None:
     with sqlite_engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
 
 
 def test_sqlite_write_scopes_take_the_write_lock_first(sqlite_engine: sa.Engine) -> None:

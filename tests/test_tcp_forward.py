@@ -14,13 +14,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from broker.session_recorder import RecorderFactory, TcpRecording
 from broker.tcp_forward import ALERT_OUTCOMES, ForwardRelay
 from sessions.clock import SystemClock
 from sessions.modbus import ModbusInspector
 from sessions.recording import Ed25519Signer, VerifyStatus, assemble, verify_recording
+from tests.harness.components import needs
 
 TSHARK = "/usr/bin/tshark"
 PLC = ("127.0.0.1", 502)
@@ -162,9 +161,7 @@ def _segments(tmp_path: Path, pcap_dir: Path) -> dict[str, bytes]:
     return payloads
 
 
-needs_tshark = pytest.mark.skipif(
-    not os.access(TSHARK, os.X_OK), reason="Debian tshark is not installed (apt tshark)"
-)
+needs_tshark = needs("tshark")
 
 
 @needs_tshark

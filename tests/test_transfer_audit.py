@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from sessions.transfer_audit import (
     TransferEvent,
     auditor_for,
 )
+from tests.harness.components import SFTP_SERVER, needs
 
-SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SIZES = {"empty": 0, "one": 1, "hundred_k": 100 * 1024, "five_m": 5 * 1024 * 1024}
 
 TEE = r"""
@@ -77,16 +76,7 @@ sys.exit(proc.wait())
 """.replace('"SFTP_SERVER"', repr(SFTP_SERVER))
 
 
-def _tools_missing() -> str | None:
-    for tool in ("sftp", "scp"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (Debian package openssh-client)"
-    if not Path(SFTP_SERVER).exists():
-        return f"{SFTP_SERVER} not installed (Debian package openssh-sftp-server)"
-    return None
-
-
-needs_openssh = pytest.mark.skipif(_tools_missing() is not None, reason=str(_tools_missing()))
+needs_openssh = needs("openssh-tools")
 
 
 def sha(data: bytes) -> str:

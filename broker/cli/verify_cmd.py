@@ -16,7 +16,6 @@ refuses a BROKEN recording (exit 1); ``--no-verify`` skips the check.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +90,7 @@ def verify(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from sessions.errors import SessionsError
+    from sessions.files import atomic_output
     from sessions.recording import iter_chunks
 
     try:
@@ -100,8 +100,10 @@ def export(args: argparse.Namespace) -> int:
                 print(f"not exported: {result.summary()}", file=sys.stderr)
                 return 1
             print(result.summary(), file=sys.stderr)
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
+        if args.output.exists():  # refused up front; the atomic link below is the guarantee
+            raise FileExistsError(args.output)
+        # Atomic: the output appears whole or not at all (never a half-exported recording).
+        with atomic_output(args.output, mode=0o600, replace=False) as out:
             size = sum(out.write(chunk) for chunk in iter_chunks(args.recording))
     except FileExistsError as exc:
         raise BrokerError(f"export: {args.output} already exists") from exc
