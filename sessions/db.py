@@ -234,22 +234,52 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
 
 
 @contextmanager
-def write_connection(engine: Engine) -> Iterator[Connection]:
+def write_connection(engine: Engine, *, schema_change: bool = False) -> Iterator[Connection]:
     """Yield a Core connection inside a transaction that already holds the write lock on SQLite.
 
     On SQLite it waits for the writer lock as ``session_scope(write=True)`` does.  On
     PostgreSQL this is an ordinary READ COMMITTED transaction: take advisory or row locks as
     needed.  Commits on success, rolls back on error; errors translate as in
     :func:`session_scope`.
+
+    ``schema_change`` (SQLite): foreign-key enforcement is off for the transaction, because
+    changing a table means recreating it and dropping the old one would run the ON DELETE
+    actions of every row referring to it (or be refused by RESTRICT); ``PRAGMA
+    foreign_key_check`` must find nothing before it commits (else the change rolls back).
     """
     try:
         with writer_lock(engine, "database write"), engine.connect() as conn:
+            sqlite_schema = schema_change and is_sqlite(engine)
             if is_sqlite(engine):
                 conn.execution_options(**{SQLITE_BEGIN_MODE: "IMMEDIATE"})
-            with conn.begin():
-                yield conn
+            if sqlite_schema:  # outside any transaction, where the pragma takes effect
+                _raw_pragma(conn, "PRAGMA foreign_keys = OFF")
+            try:
+                with conn.begin():
+                    yield conn
+                    if sqlite_schema:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if broken:
+                            raise StorageError(
+                                f"schema change: {len(broken)} row(s) would break foreign keys "
+                                f"(first: table {broken[0][0]}); nothing was changed"
+                            )
+            finally:
+                if sqlite_schema:
+                    _raw_pragma(conn, "PRAGMA foreign_keys = ON")
     except SQLAlchemyError as exc:
         _reraise(exc, "database write")
+
+
+def _raw_pragma(conn: Connection, sql: str) -> None:
+    # The DBAPI connection runs in autocommit (isolation_level None): no implicit BEGIN.
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
 
 
 def _reraise(exc: SQLAlchemyError, operation: str) -> NoReturn:
@@ -346,7 +376,7 @@ def migrate(engine: Engine) -> None:
 
     cfg = alembic_config()
     try:
-        with write_connection(engine) as conn:
+        with write_connection(engine, schema_change=True) as conn:
             if not is_sqlite(engine):
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}

@@ -632,6 +632,29 @@ def test_migration_turns_each_assets_endpoint_into_its_first_declared_endpoint(
                     "t": T0.replace(tzinfo=None),
                 },
             )
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, issuer, sub, email, name, groups, roles, amr, disabled, "
+                "created_at) VALUES ('u1', 'i', 's', '', '', '[]', '[]', '[]', false, :t)"
+            ),
+            {"t": T0.replace(tzinfo=None)},
+        )
+        for request_id, asset_id, ports in (("r1", "a1", "[]"), ("r2", "a1", "[502]")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO access_requests (id, requester_id, asset_id, operation_class, "
+                    "protocols, ports, starts_at, ends_at, reason, state, decision_reasons, "
+                    "created_at, maintenance_window_only) VALUES (:id, 'u1', :a, 'read_only', "
+                    "'[]', :p, :t, :e, 'x', 'approved', '[]', :t, false)"
+                ),
+                {
+                    "id": request_id,
+                    "a": asset_id,
+                    "p": ports,
+                    "t": T0.replace(tzinfo=None),
+                    "e": (T0 + timedelta(hours=1)).replace(tzinfo=None),
+                },
+            )
     migrate(eng)
     with session_scope(eng) as db:
         rows = {
@@ -639,6 +662,8 @@ def test_migration_turns_each_assets_endpoint_into_its_first_declared_endpoint(
             for e in db.exec(select(AssetEndpoint))
         }
         assert db.get(Asset, "a1") is not None
+        ported = {r.id: (r.ports, r.login) for r in db.exec(select(AccessRequest))}
+    assert ported == {"r1": ([502], None), "r2": ([502], None)}
     eng.dispose()
     tune = [
         {"table": "holding_registers", "first": 10, "last": 30},

@@ -4,7 +4,9 @@ Each existing asset's single ``endpoint_host:endpoint_port`` becomes its first e
 after its protocol (the asset's first listed protocol, ``ssh`` on port 22, else ``tcp``); a
 ``tune_write_ranges`` label (meant for holding registers) becomes that Modbus endpoint's tune
 write ranges on the holding-register table. No SSH logins are declared for migrated assets:
-an admin must declare them before SSH requests can be made (fail closed).
+an admin must declare them before SSH requests can be made (fail closed). A request that named
+no ports (which meant "the asset's protocol ports") now names the migrated endpoint's port, so
+grants for non-SSH endpoints keep working across the upgrade.
 
 Revision ID: 0006_asset_endpoints
 Revises: 0005_audit_refused
@@ -101,7 +103,9 @@ def upgrade() -> None:
         sa.column("created_at", sa.DateTime()),
     )
     now = datetime.now(UTC).replace(tzinfo=None)
+    first_port: dict[str, int] = {}
     for asset_id, host, port, protocols_raw, labels_raw in rows:
+        first_port[asset_id] = int(port)
         protocols = _loads(protocols_raw, [])
         labels = _loads(labels_raw, {})
         protocol = _protocol([str(p) for p in protocols], int(port))
@@ -123,6 +127,18 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("access_requests") as batch:
         batch.add_column(sa.Column("login", sa.String(), nullable=True))
+    requests = sa.table(
+        "access_requests", sa.column("id", sa.String()), sa.column("ports", sa.JSON())
+    )
+    for request_id, asset_id, ports_raw in bind.execute(
+        sa.text("SELECT id, asset_id, ports FROM access_requests")
+    ).all():
+        if not _loads(ports_raw, []) and asset_id in first_port:
+            bind.execute(
+                requests.update()
+                .where(requests.c.id == request_id)
+                .values(ports=[first_port[asset_id]])
+            )
 
 
 def _loads(raw: Any, default: Any) -> Any:
