@@ -14,7 +14,7 @@ from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import User
 from tests.harness.broker import RunningBroker, web_login
-from tests.harness.cli import clean_env, run_conduit
+from tests.harness.cli import cli_env, run_conduit
 
 
 @pytest.fixture
@@ -24,34 +24,7 @@ def plant(broker: RunningBroker) -> RunningBroker:
     return broker
 
 
-def _cli_env(broker: RunningBroker, tmp_path: Path, username: str) -> dict[str, str]:
-    """A config dir holding a broker token for ``username`` (who signs in once, for real)."""
-    with httpx2.Client() as client:
-        web_login(client, broker.url, username, f"{username}-demo-pw")
-    with session_scope(broker.services.engine) as db:
-        user = db.exec(select(User).where(User.sub.endswith(username))).one()  # type: ignore[attr-defined]
-    token, expires = broker.services.tokens.issue(user.id)
-    home = tmp_path / username
-    (home / "conduit").mkdir(parents=True)
-    creds = home / "conduit" / "credentials.json"
-    creds.write_text(
-        json.dumps(
-            {
-                "current": broker.url,
-                "brokers": {
-                    broker.url: {
-                        "broker": broker.url,
-                        "access_token": token,
-                        "expires_at": expires.isoformat(),
-                        "name": username,
-                        "email": "",
-                    }
-                },
-            }
-        )
-    )
-    creds.chmod(0o600)
-    return clean_env(XDG_CONFIG_HOME=str(home))
+_cli_env = cli_env  # (kept: the tests below call it by this name)
 
 
 def test_request_approve_list_via_cli(plant: RunningBroker, tmp_path: Path) -> None:
@@ -238,7 +211,12 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
                 user=user_document(db, user),
                 asset=asset,
                 grant=grant_document(db, grant),
-                action={"kind": "ssh", "port": 22, "operation_class": "read_only"},
+                action={
+                    "kind": "ssh",
+                    "port": 22,
+                    "operation_class": "read_only",
+                    "login": "maint",
+                },
                 now=at.astimezone(UTC),
                 agent_online=True,
             )
