@@ -6,7 +6,8 @@
 2. ``POST`` with ``code``: the code is looked up (constant time, wrong codes counted per user
    and audited as ``ssh.clientless.code_rejected``; too many → ``ssh.clientless.rate_limited``)
    and claimed by this user; the page shows the connecting address, asset, login, when it
-   asked, and a plain warning.
+   asked, and a plain warning (a stronger one when the SSH client's address is not the
+   browser's).
 3. ``POST`` with ``ref`` and ``decision``: approve or deny that reviewed code, once
    (``ssh.clientless.approved|denied``).
 """
@@ -26,17 +27,20 @@ from broker.clientless import (
     CodeRejected,
     Pending,
     TooManyWrongCodes,
+    source_key,
 )
 from broker.errors import BadRequest
-from broker.services import services
+from broker.services import client_ip, services
 from broker.web import check_csrf, render, require
 from sessions.identity import ADMIN, VENDOR
 from sessions.models import AuditOutcome
 
 
-def _context(pending: Pending, now: datetime) -> dict[str, Any]:
+def _context(pending: Pending, now: datetime, browser: str | None) -> dict[str, Any]:
     return {
         "pending": pending,
+        "browser": browser,
+        "other_address": source_key(browser) != source_key(pending.peer),
         "started": pending.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "ago_s": max(0, int((now - pending.started).total_seconds())),
         "left_s": max(0, int((pending.expires - now).total_seconds())),
@@ -115,7 +119,7 @@ async def _lookup(request: Request, principal: Principal, typed: str) -> Respons
     return render(
         request,
         "ssh_approve.html",
-        {"principal": principal, **_context(pending, svc.clock.now())},
+        {"principal": principal, **_context(pending, svc.clock.now(), client_ip(request))},
     )
 
 
@@ -152,7 +156,10 @@ async def _decide(request: Request, principal: Principal, form: dict[str, Any]) 
         actor=principal.user_id,
         outcome=AuditOutcome.OK if approve else AuditOutcome.DENY,
         subject=f"asset:{pending.asset}",
-        details=pending.details(),
+        details={
+            **pending.details(),
+            "same_address": source_key(client_ip(request)) == source_key(pending.peer),
+        },
     )
     return render(request, "ssh_approve.html", {"principal": principal, "decided": verdict})
 

@@ -232,7 +232,7 @@ def test_code_works_once(rig: SshRig, clients: Callable[..., ClientlessSsh]) -> 
         first = clients(rig.broker, f"{rig.sshd.user}@{ASSET}", "echo first-in")
         _, code = first.prompt()
         review = approver.type_code(code)
-        assert review.status_code == 200
+        assert review.status_code == 200 and 'id="ssh-other-address"' not in review.text
         assert approver.decide(review, "approve").status_code == 200
         first.press_enter()
         assert b"first-in" in first.read_until(b"first-in")
@@ -243,10 +243,14 @@ def test_code_works_once(rig: SshRig, clients: Callable[..., ClientlessSsh]) -> 
         replay = approver.decide(review, "approve")  # the same review form, posted again
         assert replay.status_code == 404 and "no longer pending" in replay.text
 
-        second = clients(rig.broker, f"{rig.sshd.user}@{ASSET}", "echo second-in")
+        second = clients(
+            rig.broker, f"{rig.sshd.user}@{ASSET}", "echo second-in", source="127.0.0.2"
+        )
         _, code2 = second.prompt()
         assert code2 != code
-        denied = approver.decide(approver.type_code(code2), "deny")
+        review2 = approver.type_code(code2)  # not from the browser's address: warned
+        assert 'id="ssh-other-address"' in review2.text and "127.0.0.2" in review2.text
+        denied = approver.decide(review2, "deny")
         assert denied.status_code == 200 and 'id="ssh-denied"' in denied.text
         second.press_enter()
         out = second.refused()
@@ -256,6 +260,7 @@ def test_code_works_once(rig: SshRig, clients: Callable[..., ClientlessSsh]) -> 
         approver.close()
     [approved] = audit_events(rig.broker, "ssh.clientless.approved")
     assert approved["outcome"] == "ok" and approved["actor"] == rig.users["alice"]
+    assert approved["details"]["same_address"] is True
     reasons = [
         e["details"]["reason"] for e in audit_events(rig.broker, "ssh.clientless.code_rejected")
     ]
