@@ -60,6 +60,7 @@ from sessions.access import AccessService
 from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
+from sessions.clientless import clientless_switch
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate
 from sessions.maintenance import MaintenanceService
@@ -185,7 +186,14 @@ def build_services(
             audit,
             record_input=settings.ssh.record_input,
         ),
-        clientless=ClientlessApprovals(settings.ssh.clientless_code_ttl_s),
+        clientless=ClientlessApprovals(
+            settings.ssh,
+            clock,
+            audit,
+            lambda asset: clientless_switch(
+                engine, asset, min_purdue_level=settings.ssh.clientless_min_purdue_level
+            ),
+        ),
     )
 
 

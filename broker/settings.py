@@ -126,11 +126,26 @@ class SshSettings(BaseModel):
     public_host: str = ""  # what ``conduit ssh-config`` writes; default: listen_host
     cert_max_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
     login_timeout_s: float = Field(default=300.0, gt=0, le=3600)
-    clientless_code_ttl_s: int = Field(default=300, ge=30, le=3600)
+    # Clientless sign-in (keyboard-interactive, a code typed into /ssh/approve): the global
+    # switch, the Purdue level from which assets accept it without a ``clientless`` label
+    # (sessions/clientless.py), how long a code lives (at most 2 minutes), pending caps.
+    clientless_enabled: bool = True
+    clientless_min_purdue_level: int = Field(default=3, ge=0, le=5)
+    clientless_code_ttl_s: int = Field(default=120, ge=30, le=120)
+    clientless_max_pending_per_ip: int = Field(default=3, ge=1, le=100)
+    clientless_max_pending: int = Field(default=100, ge=1, le=10_000)
     keepalive_s: float = Field(default=30.0, gt=0, le=600)
     default_idle_timeout_s: int = Field(default=900, ge=10, le=86400)
     record_input: bool = False
     watchdog_interval_s: float = Field(default=0.25, gt=0, le=5)
+
+    @model_validator(mode="after")
+    def _check(self) -> SshSettings:
+        if self.clientless_max_pending_per_ip > self.clientless_max_pending:
+            raise ValueError(
+                "ssh.clientless_max_pending_per_ip must not exceed ssh.clientless_max_pending"
+            )
+        return self
 
 
 class RoleSettings(BaseModel):

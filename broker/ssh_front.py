@@ -40,7 +40,7 @@ from asyncssh.stream import SSHTCPStreamSession
 from agents import ssh_transport
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
-from broker.clientless import ClientlessApprovals, Pending
+from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.live_sessions import LiveSession, LiveSessions
 from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
@@ -214,6 +214,7 @@ class _Vendor(asyncssh.SSHServer):
         self._channel_no = 0
         self.ended: str | None = None
         self.pending: Pending | None = None
+        self.clientless_tried = False
         self.relays: set[ForwardRelay] = set()
         self._forward_no = 0
 
@@ -241,35 +242,47 @@ class _Vendor(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         return False  # plain keys never: only certificates from the user CA
 
-    # Clientless: keyboard-interactive shows a URL and a code to approve in a browser.
+    # Clientless: keyboard-interactive shows the approval page and a code the vendor types
+    # there (broker/clientless.py); one code per connection, refusals as an auth banner.
     def kbdint_auth_supported(self) -> bool:
-        return self.target is not None
+        return self.target is not None and not self.clientless_tried
 
-    def get_kbdint_challenge(
+    async def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
-    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
-        assert self.target is not None
-        login, asset = self.target.login, self.target.asset
-        self.pending = self.deps.clientless.new(login=login, asset=asset, peer=self.peer)
-        url = f"{self.deps.approve_url}?code={self.pending.code}"
-        instructions = (
-            f"No Conduit certificate was offered. To connect to {asset} as {login}:\r\n"
-            f"  1. open {url}\r\n"
-            f"  2. sign in and approve code {self.pending.code}\r\n"
-            "  3. press Enter here."
-        )
+    ) -> tuple[str, str, str, list[tuple[str, bool]]] | bool:
+        if self.target is None or self.clientless_tried:
+            return False
+        self.clientless_tried = True
+        clientless = self.deps.clientless
+        try:
+            login, asset = self.target.login, self.target.asset
+            self.pending = await clientless.open(
+                login=login, asset=asset, peer=self.peer, alive=self._still_connected
+            )
+        except ClientlessRefused as exc:
+            self._auth_banner(exc.message)
+            return False
+        instructions = clientless.instructions(self.pending, self.deps.approve_url)
         return "Conduit sign-in", instructions, "", [("Press Enter once approved: ", True)]
 
     async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
-        pending = getattr(self, "pending", None)
+        pending, self.pending = self.pending, None
         if pending is None:
             return False
-        self.pending = None
-        user_id = await self.deps.clientless.wait(pending)
-        if user_id is None:
+        try:
+            self.user_id = await self.deps.clientless.wait(pending)
+        except ClientlessRefused as exc:
+            self._auth_banner(exc.message)
             return False
-        self.user_id = user_id
         return True
+
+    def _still_connected(self) -> bool:
+        return self.conn is not None and not self.conn.is_closed()
+
+    def _auth_banner(self, message: str) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.send_auth_banner(f"conduit: {message}\r\n")
 
     def auth_completed(self) -> None:
         if self.user_id is not None:

@@ -220,7 +220,9 @@ def test_clientless_sign_in_approved_in_a_browser(rig: SshRig, chromium: Browser
     os.close(secondary)
     try:
         prompt = _read_until(primary, b"Press Enter once approved")
-        found = re.search(rb"open (http://\S+/ssh/approve\?code=([A-Z0-9-]+))", prompt)
+        found = re.search(
+            rb"open (http://\S+/ssh/approve) .*code there: ([A-Z0-9-]+)", prompt, re.S
+        )
         assert found, prompt
         url, code = found[1].decode(), found[2].decode()
 
@@ -230,7 +232,12 @@ def test_clientless_sign_in_approved_in_a_browser(rig: SshRig, chromium: Browser
         page.fill("#username", "alice")
         page.fill("#password", "alice-demo-pw")
         page.click("#login-submit")
-        expect(page.locator("#ssh-code")).to_have_text(code)
+        page.fill("#code", code.lower().replace("-", " "))  # typed, as people do
+        page.click("#continue")
+        expect(page.locator("#ssh-asset")).to_have_text("lab-ssh")
+        expect(page.locator("#ssh-login")).to_have_text(rig.sshd.user)
+        expect(page.locator("#ssh-source")).to_have_text("127.0.0.1")
+        expect(page.locator("#ssh-warning")).to_contain_text("started this SSH connection yourself")
         page.click("#approve")
         expect(page.locator("#ssh-approved")).to_be_visible()
 
