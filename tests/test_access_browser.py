@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 from broker.demo import seed
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.wait import TIMEOUT_S
 
 pytestmark = pytest.mark.browser
 
@@ -58,8 +59,8 @@ def _sign_in(chromium: Browser, broker: RunningBroker, username: str, password: 
 
 
 def _grant_state(page: Page, url: str, wanted: str) -> None:
-    """Reload the page until the first grant shows ``wanted`` (at most 5 s)."""
-    deadline = time.monotonic() + 5
+    """Reload the page until the first grant shows ``wanted`` (a generous deadline)."""
+    deadline = time.monotonic() + TIMEOUT_S
     while True:
         page.goto(url)
         state = page.locator("#my-grants tbody tr").first.get_attribute("data-grant-state")

@@ -38,7 +38,7 @@ def _agents(env: dict[str, str]) -> list[dict[str, Any]]:
     return agents
 
 
-def _wait_for(env: dict[str, str], check: Any, timeout: float = 10) -> list[dict[str, Any]]:
+def _wait_for(env: dict[str, str], check: Any, timeout: float = 30) -> list[dict[str, Any]]:
     """Poll ``agents list --json`` until ``check(agents)`` holds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,10 +49,7 @@ def page_url() -> Iterator[str]:
 
 
 async def test_click_changes_text_and_screenshot(page_url: str, tmp_path: Path) -> None:
-    started = time.monotonic()
-    async with launch_browser() as browser:
-        # Typically ~0.8 s (driver + Chromium); the bound is loose so a busy CI host does not flake.
-        assert time.monotonic() - started < 10, "Chromium took too long to launch"
+    async with launch_browser() as browser:  # bounded by the launch timeout (20 s)
         page = await browser.new_page()
         await page.goto(page_url)
         assert await page.text_content("#status") == "waiting"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,12 +129,10 @@ def test_stop_ends_open_sessions(tmp_path: Path) -> None:
     try:
         assert client.stdout is not None
         assert client.stdout.readline() == "up\n"
-        started = time.monotonic()
         server.stop()
         server.stop()  # idempotent
         assert server.process.poll() is not None
-        client.wait(timeout=10)
-        assert time.monotonic() - started < 10
+        client.wait(timeout=30)  # the connection went with sshd (a hang would time out)
     finally:
         client.kill()
         client.wait()

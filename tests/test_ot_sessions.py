@@ -53,7 +53,7 @@ def _forward(
                        login="forward", asset=asset)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:  # wait for ssh to listen, without opening a (recorded) connection
         listening = subprocess.run(
             ["ss", "-ltnH", f"( sport = :{local} )"], capture_output=True, text=True, check=True
@@ -66,7 +66,7 @@ def _forward(
 
 
 def _client(port: int) -> ModbusTcpClient:
-    client = ModbusTcpClient("127.0.0.1", port=port, timeout=3, retries=0)
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=10, retries=0)
     assert client.connect()
     return client
 
@@ -77,7 +77,7 @@ def _recordings(rig: SshRig, suffix: str) -> list[Path]:
 
 
 def _wait_closed(path: Path) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not (path / "manifest.json").exists():
         assert time.monotonic() < deadline, f"{path} never got its manifest"
         time.sleep(0.05)
@@ -106,7 +106,7 @@ def test_read_only_grant_reads_pass_writes_never_reach_the_plc(rig: SshRig, plc:
     assert {e["details"]["function"] for e in refused} == {6, 16}
 
 
-def _until(predicate: object, what: str, timeout: float = 10) -> None:
+def _until(predicate: object, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -191,6 +191,7 @@ class SlowPlc:
 
     def __init__(self, plc_port: int, delay_s: float) -> None:
         self.plc_port, self.delay_s = plc_port, delay_s
+        self.arrived = threading.Event()  # a request reached the delay line
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -206,6 +207,7 @@ class SlowPlc:
 
         async def up() -> None:
             while data := await reader.read(65536):
+                self.arrived.set()
                 await asyncio.sleep(self.delay_s)
                 plc_w.write(data)
                 await plc_w.drain()
@@ -252,14 +254,14 @@ def test_a_transaction_sent_before_the_cut_is_answered(
         rig.vendor("alice")
         rig.grant(asset="plc-slow", operation_class="tune")
         proc, port = _forward(rig, slow.port, asset="plc-slow")
-        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0)
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=10, retries=0)
         assert client.connect()
         result: dict[str, Any] = {}
         writer = threading.Thread(
             target=lambda: result.update(answer=client.write_register(5, 321, device_id=1))
         )
         writer.start()
-        time.sleep(0.3)  # the request is on its way to the PLC, unanswered
+        assert slow.arrived.wait(30)  # the request is on its way to the PLC, unanswered
         [live] = broker.services.live.list()
         assert broker.services.live.kill is not None
         _on_loop(broker, lambda: broker.services.live.kill(live.id, "terminated by test"))

@@ -32,6 +32,7 @@ from sessions.recording import (
 )
 from sessions.testing import ManualClock
 from tests.harness.components import TSHARK, needs
+from tests.harness.wait import async_wait_until
 
 needs_tshark = needs("tshark")
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
@@ -432,11 +433,17 @@ async def test_flush_timer_and_event_loop_writes(
     log = OpsLogRecorder(ops_writer, clock)
     async with FlushTimer(writer), FlushTimer(ops_writer, interval_s=0.05):
         for n in range(1, 4):
+            pcap_chunks, ops_chunks = writer.chunks, ops_writer.chunks
             rec.client_data(mbap(n, 1, MODBUS[0][0]))
             log.record({"unit": 1, "function": 3, "n": n})
-            await asyncio.sleep(0.12)
+
+            def both_flushed(pcap: int = pcap_chunks, ops: int = ops_chunks) -> bool:
+                return writer.chunks > pcap and ops_writer.chunks > ops
+
+            # The timers flush both while the request is outstanding.
+            await async_wait_until(both_flushed, "both timers' flushes")
             rec.server_data(mbap(n, 1, MODBUS[0][1]))
-        assert writer.chunks >= 3 and ops_writer.chunks >= 2
+        assert writer.chunks >= 3 and ops_writer.chunks >= 3
     await asyncio.to_thread(rec.close, "done")
     await asyncio.to_thread(log.close, "done")
     for rid in ("live", "live-ops"):

@@ -181,10 +181,11 @@ async def test_slow_server_times_out_to_a_deny(bundle: Path) -> None:
             took = time.monotonic() - start
         finally:
             await opa.aclose()
+    # The client's timeout fired (the server would have allowed after 1.5 s), on both attempts:
+    # lower bounds only, a loaded machine may well take longer.
     assert decision.allow is False
     assert decision.reasons[0].startswith("policy server timed out after 200 ms")
-    assert 0.4 <= took < 1.0  # two bounded attempts and a 50 ms backoff, not the server's 1.5 s
-    assert 400 <= decision.elapsed_ms < 1000
+    assert took >= 0.4 and decision.elapsed_ms >= 400  # two bounded attempts + 50 ms backoff
 
 
 async def test_wrong_token_is_a_deny_and_never_shown(bundle: Path) -> None:

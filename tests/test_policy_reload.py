@@ -1,9 +1,7 @@
-"""Hot reload: a broken bundle never replaces a working one; a good one is live within 2 s."""
+"""Hot reload: a broken bundle never replaces a working one; a good one goes live."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 from policies.errors import BundleError
 from policies.manager import PolicyManager
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.wait import async_wait_until, wait_until
 from tests.rego_fixtures import FAILING_TEST, GOOD_POLICY, GOOD_TEST, write_bundle
 
 READ = {"user": {"sub": "a"}, "action": {"operation_class": "read_only"}}
@@ -70,10 +69,8 @@ def test_bundle_whose_tests_loop_is_rejected_by_deadline(tmp_path: Path) -> None
         LOOPING,
         "package conduit.access_test\nimport rego.v1\ntest_x if { data.conduit.access.decision.allow }\n",
     )
-    started = time.monotonic()
-    with pytest.raises(BundleError, match="did not finish"):
+    with pytest.raises(BundleError, match="did not finish"):  # the deadline ended it
         manager.reload()
-    assert time.monotonic() - started < 10
     assert manager.version == good and manager.decide_sync(READ).allow
 
 
@@ -85,7 +82,8 @@ def test_no_bundle_means_deny(tmp_path: Path) -> None:
     assert not d.allow and d.reasons == ("no valid policy bundle is loaded",)
 
 
-async def test_watch_activates_a_good_bundle_within_two_seconds(tmp_path: Path) -> None:
+async def test_watch_activates_a_good_bundle(tmp_path: Path) -> None:
+    """Picked up by the watcher (how soon after the change: bench/latency_bounds.py)."""
     events: list[tuple[str, dict[str, Any]]] = []
     manager = _manager(write_bundle(tmp_path), events)
     first = manager.reload()
@@ -94,10 +92,7 @@ async def test_watch_activates_a_good_bundle_within_two_seconds(tmp_path: Path) 
         (tmp_path / "conduit" / "access" / "access.rego").write_text(
             GOOD_POLICY.replace("may read", "may now read")
         )
-        started = time.monotonic()
-        while manager.version == first:
-            assert time.monotonic() - started < 2.0, "new bundle not live within 2 s"
-            await asyncio.sleep(0.05)
+        await async_wait_until(lambda: manager.version != first, "the new bundle to go live")
         assert manager.decide_sync(READ).reasons == ("a may now read",)
     finally:
         await manager.aclose()
@@ -121,10 +116,10 @@ def test_broker_shows_version_and_rejection(
     (bundle / "conduit" / "access" / "access.rego").write_text(
         "package conduit.access\ndecision := {\n"
     )
-    deadline = time.monotonic() + 5
-    while http.get(f"{broker.url}/api/policy/status").json()["last_error"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(
+        lambda: http.get(f"{broker.url}/api/policy/status").json()["last_error"] is not None,
+        "the broken bundle to be rejected",
+    )
     status = http.get(f"{broker.url}/api/policy/status").json()
     assert status["version"] == good and status["problems"]
     page = http.get(f"{broker.url}/admin/policy")
@@ -147,12 +142,15 @@ def test_broker_evaluator_setting_and_status(
     the status API and on the policy page (the default setting: see the test above)."""
     broker = make_broker(policy={"evaluator": "rvm"})
     web_login(http, broker.url, "adam", "adam-demo-pw")
-    deadline = time.monotonic() + 60
-    while (status := http.get(f"{broker.url}/api/policy/status").json())["evaluator"][
-        "state"
-    ] == "checking":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    status = wait_until(
+        lambda: (
+            (s := http.get(f"{broker.url}/api/policy/status").json())["evaluator"]["state"]
+            != "checking"
+            and s
+        ),
+        "the VM check to finish",
+        timeout=60,
+    )
     assert status["evaluator"]["evaluator"] == "rvm", status
     assert status["evaluator"]["state"] == "verified"
     page = http.get(f"{broker.url}/admin/policy")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx2
 import pytest
@@ -14,6 +13,7 @@ from sessions.db import session_scope
 from sessions.models import PlantFlag
 from sessions.policy_data import LOCKOUT_FLAG
 from tests.harness.broker import RunningBroker, audit_events, web_login
+from tests.harness.wait import wait_until
 
 NO_MFA = {
     "sub": "u-vendor-alice",
@@ -114,16 +114,15 @@ def test_lockout_in_the_database_takes_effect_without_restart(
         "asset": "hist-01",
         "action": {"kind": "ssh", "port": 22, "operation_class": "read_only"},
     }
-    deadline = time.monotonic() + 5
-    while not _whatif(http, broker, **body)["allow"]:  # seeded assets reach the engine
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(  # seeded assets reach the engine
+        lambda: _whatif(http, broker, **body)["allow"], "the seeded plant in the policy data"
+    )
     with session_scope(broker.services.engine) as db:
         db.add(PlantFlag(key=LOCKOUT_FLAG, value={"vendors": True, "reason": "incident"}))
-    deadline = time.monotonic() + 5
-    while (d := _whatif(http, broker, **body))["allow"]:
-        assert time.monotonic() < deadline, "lockout not applied without restart"
-        time.sleep(0.1)
+    d = wait_until(
+        lambda: (answer := _whatif(http, broker, **body))["allow"] is False and answer,
+        "the lockout to apply without a restart",
+    )
     assert any(r.startswith("emergency lockout") for r in d["reasons"])  # type: ignore[union-attr]
 
 

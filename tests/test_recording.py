@@ -44,6 +44,7 @@ from sessions.recording import (
     verify_recording,
 )
 from sessions.testing import ManualClock
+from tests.harness.wait import async_wait_until
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -458,24 +459,29 @@ def test_real_disk_error(tmp_path: Path, signer: Ed25519Signer, clock: ManualClo
 # ---------------------------------------------------------------- flush timer (real loop)
 
 
-async def test_flush_timer_flushes_within_the_interval(
+async def test_flush_timer_flushes_one_interval_after_the_oldest_write(
     tmp_path: Path, signer: Ed25519Signer, clock: ManualClock
 ) -> None:
+    """Not before the interval (a lower bound holds on any machine); how soon after it is
+    measured by bench/latency_bounds.py, not asserted here."""
+    interval = 0.3
     writer = RecordingWriter(
-        LocalStore(tmp_path), "r", kind="asciicast", signer=signer, clock=clock
+        LocalStore(tmp_path),
+        "r",
+        kind="asciicast",
+        signer=signer,
+        clock=clock,
+        flush_interval_s=interval,
     )
     async with FlushTimer(writer) as timer:
-        await asyncio.sleep(0.3)  # written mid-way through the timer's idle sleep
         written = time.monotonic()
         writer.write(b"hello\n")
-        while writer.chunks == 0:
-            await asyncio.sleep(0.01)
-        delay = time.monotonic() - written
-        assert 0.9 <= delay <= 1.3, delay
+        await async_wait_until(lambda: writer.chunks == 1, "the first flush")
+        assert time.monotonic() - written >= interval * 0.9
         writer.write(b"second\n")
-        await asyncio.sleep(1.3)
-        assert writer.chunks == 2 and writer.pending == 0
-        await asyncio.sleep(1.1)
+        await async_wait_until(lambda: writer.chunks == 2, "the second flush")
+        assert writer.pending == 0
+        await asyncio.sleep(5 * interval)  # idle intervals pass (an absence: nothing to wait on)
         assert writer.chunks == 2  # nothing to flush, no empty chunks
     assert timer.error is None
     await timer.aclose()  # idempotent
@@ -492,16 +498,12 @@ async def test_flush_timer_flushes_a_full_buffer_at_once(
         kind="pcap",
         signer=signer,
         clock=clock,
-        flush_interval_s=30,
+        flush_interval_s=3600,  # never due here: only the full buffer can trigger the flush
         max_chunk_bytes=1000,
     )
     async with FlushTimer(writer):
-        await asyncio.sleep(0.05)
         writer.write(b"x" * 1500)
-        start = time.monotonic()
-        while writer.chunks == 0:
-            await asyncio.sleep(0.01)
-        assert time.monotonic() - start < 0.5
+        await async_wait_until(lambda: writer.chunks == 1, "the full buffer's flush")
 
 
 async def test_flush_timer_reports_disk_errors(
@@ -519,11 +521,8 @@ async def test_flush_timer_reports_disk_errors(
     timer = FlushTimer(writer, on_error=seen.append)
     timer.start()
     writer.write(b"data")
-    for _ in range(100):
-        if seen:
-            break
-        await asyncio.sleep(0.02)
-    assert seen and seen[0].code == "recording_failed" and timer.error is seen[0]
+    await async_wait_until(lambda: seen, "the disk error to be reported")
+    assert seen[0].code == "recording_failed" and timer.error is seen[0]
     await timer.aclose()
     with pytest.raises(RecordingError):
         writer.write(b"more")

@@ -24,6 +24,7 @@ from sessions.recording import (
 )
 from sessions.testing import ManualClock
 from tests.harness.components import ASCIINEMA, needs, require
+from tests.harness.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,14 +161,8 @@ def test_sigkilled_writer_verifies_up_to_its_last_flush(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
     )
     chain = store / "killed" / CHAIN_FILE
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # run until 3 flushes, then a bit into the 4th
-            if chain.exists() and chain.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.05)
-        time.sleep(0.6)
-        killed_at = time.monotonic()
+    try:  # run until 3 flushes, then kill it mid-way through whatever it is doing
+        wait_until(lambda: chain.exists() and chain.read_bytes().count(b"\n") >= 3, "three flushes")
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -186,9 +181,7 @@ def test_sigkilled_writer_verifies_up_to_its_last_flush(tmp_path: Path) -> None:
     numbers = [int(t[1]) for t in ticks]
     assert numbers == list(range(len(numbers)))  # everything up to the last flush, in order
     assert numbers[-1] <= written
-    lost_s = killed_at - float(ticks[-1][2])
-    # at most one flush interval (1 s) plus the 20 ms tick and fsync time
-    assert lost_s <= 1.0 + 0.02 + 0.2, lost_s
+    # How much a kill loses (one flush interval, 1 s) is measured by bench/latency_bounds.py.
 
     # The cut-off recording still plays (asciinema_cat requires asciinema: no silent pass).
     cast = tmp_path / "killed.cast"

@@ -6,7 +6,6 @@ test_ssh_sessions.py / test_ot_sessions.py run the real thing end to end).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from broker.session_recorder import ChannelRecorder, RecorderFactory, TcpRecording
 from sessions.clock import SystemClock
 from sessions.recording import Ed25519Signer, RecordingError, VerifyStatus, verify_recording
+from tests.harness.wait import async_wait_until
 
 
 class _Maintenance:
@@ -61,10 +61,7 @@ async def test_channel_recorder_is_set_up_off_the_event_loop(tmp_path: Path) -> 
     assert maintenance.threads and threading.get_ident() not in maintenance.threads
     recorder.output(b"hello\r\n")
     recorder.close("done")
-    for _ in range(200):
-        if maintenance.finished:
-            break
-        await asyncio.sleep(0.02)
+    await async_wait_until(lambda: maintenance.finished, "the recording row to be finished")
     assert maintenance.finished == ["row-1"] and not audit.events
     assert verify_recording(tmp_path / "s1-1", signer.public_key).status == VerifyStatus.OK
 

@@ -74,9 +74,12 @@ def test_interactive_pty_with_window_change(rig: SshRig) -> None:
 
         fcntl.ioctl(primary, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
         os.kill(proc.pid, 28)  # SIGWINCH: ssh re-reads the size and sends window-change
-        time.sleep(0.3)
-        os.write(primary, b"stty size\n")
-        assert b"33 111" in _read_until(primary, b"33 111")
+
+        def size_arrived() -> bool:  # ask until the asset reports it ($((3*3)): not the echo)
+            os.write(primary, b"stty size; echo $((3*3))-sized\n")
+            return b"33 111" in _read_until(primary, b"9-sized")
+
+        _wait(size_arrived, "the window change to reach the asset")
         os.write(primary, b"exit 5\n")
         assert proc.wait(10) == 5
     finally:
@@ -94,7 +97,7 @@ def _forward(rig: SshRig, local: int, remote_port: int) -> subprocess.Popen[str]
 
 
 def _try_echo(port: int) -> bytes:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -165,7 +168,7 @@ def test_port_forward_to_a_declared_endpoint_of_the_granted_asset(
         proc.communicate(5)
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 5) -> None:
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -188,9 +191,7 @@ def test_idle_timeout_ends_the_session(
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         [live] = broker.services.live.list()
         clock.advance(live.idle_timeout_s + 1)
-        started = time.monotonic()
-        _, err = proc.communicate(timeout=5)
-        assert time.monotonic() - started < 1.5
+        _, err = proc.communicate(timeout=30)  # the watchdog's next tick (speed: bench/)
         assert f"conduit: session ended: idle for {int(live.idle_timeout_s)} s" in err
     finally:
         rig.close()

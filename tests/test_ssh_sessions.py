@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import TIMEOUT_S, wait_until
 from tests.test_recording_asciinema import asciinema_cat
 
 pytestmark = needs("sshd")
@@ -61,37 +60,34 @@ def _asset_connections(rig: SshRig) -> int:
     return len(out.stdout.splitlines())
 
 
-def _ended_within(rig: SshRig, proc: subprocess.Popen[str], started: float, reason: str) -> None:
+def _ended(rig: SshRig, proc: subprocess.Popen[str], reason: str) -> None:
+    """The vendor's ssh ends with ``reason`` and the asset-side connection closes.
+
+    How fast (the watchdog's 0.25 s tick) is measured by bench/latency_bounds.py, not here.
+    """
     try:
-        _, err = proc.communicate(timeout=5)
+        _, err = proc.communicate(timeout=TIMEOUT_S)
     finally:
         proc.kill()
-    took = time.monotonic() - started
     assert f"conduit: session ended: {reason}" in err
-    assert took < 1.5, f"session ended after {took:.2f} s"
-    deadline = time.monotonic() + 1.5
-    while _asset_connections(rig) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _asset_connections(rig) == 0, "the asset-side SSH connection is still open"
+    wait_until(lambda: _asset_connections(rig) == 0, "the asset-side SSH connection to close")
 
 
-def test_revoke_ends_the_session_within_a_second(rig: SshRig) -> None:
+def test_revoke_ends_the_session(rig: SshRig) -> None:
     grant_id = rig.grant()
     proc = _start(rig)
     assert _asset_connections(rig) == 1
-    started = time.monotonic()
     _token(rig, "adam")
     rig.broker.services.access.revoke(grant_id, rig.users["adam"], "vendor done")
-    _ended_within(rig, proc, started, "grant revoked")
+    _ended(rig, proc, "grant revoked")
 
 
 def test_lockout_ends_vendor_sessions(rig: SshRig) -> None:
     rig.grant()
     proc = _start(rig)
-    started = time.monotonic()
     _token(rig, "adam")
     rig.broker.services.access.set_lockout(True, rig.users["adam"], "incident")
-    _ended_within(rig, proc, started, "emergency lockout")
+    _ended(rig, proc, "emergency lockout")
 
 
 def test_grant_expiry_ends_the_session(rig: SshRig) -> None:
@@ -99,9 +95,8 @@ def test_grant_expiry_ends_the_session(rig: SshRig) -> None:
     proc = _start(rig)
     with session_scope(rig.broker.services.engine) as db:
         ends = db.exec(select(Grant)).one().ends_at
-    wait = (ends - rig.broker.services.clock.now()).total_seconds()
-    time.sleep(max(0.0, wait))
-    _ended_within(rig, proc, time.monotonic(), "grant")
+    _ended(rig, proc, "grant")
+    assert rig.broker.services.clock.now() >= ends  # it was the expiry, not something earlier
 
 
 def test_admin_kill_ends_the_session(rig: SshRig) -> None:
@@ -109,13 +104,12 @@ def test_admin_kill_ends_the_session(rig: SshRig) -> None:
     proc = _start(rig)
     [live] = rig.broker.services.live.list()
     admin_token = _token(rig, "adam")
-    started = time.monotonic()
     resp = httpx2.post(
         f"{rig.broker.url}/api/sessions/{live.id}/kill",
         headers={"Authorization": f"Bearer {admin_token}"},
     )
     assert resp.status_code == 200, resp.text
-    _ended_within(rig, proc, started, "terminated by an administrator")
+    _ended(rig, proc, "terminated by an administrator")
     vendor = httpx2.post(
         f"{rig.broker.url}/api/sessions/{live.id}/kill",
         headers={"Authorization": f"Bearer {_token(rig, 'alice')}"},
@@ -148,7 +142,7 @@ def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
     )  # fmt: skip
     assert bad_name.returncode != 0 and "LOGIN@ASSET" in bad_name.stderr
     short = rig.grant(minutes=5 / 60)  # a grant whose window ends 5 s from now
-    wait_for(lambda: rig.grant_state(short) == "expired", 20, "the grant to expire")
+    wait_until(lambda: rig.grant_state(short) == "expired", "the grant to expire")
     expired = rig.ssh("true")
     assert expired.returncode == 1 and "grant" in expired.stderr
     # A login the plant declares but the asset does not have: the asset itself refuses it.
@@ -159,13 +153,13 @@ def test_refusals_are_clear_and_audited(rig: SshRig) -> None:
     assert "conduit: access denied: lab-ssh refused the login 'ghost'" in wrong_login.stderr
     denials = audit_events(rig.broker, "policy.decision")
     assert any(e["outcome"] == "deny" and e["subject"] == "lab-ssh" for e in denials)
-    deadline = time.monotonic() + 5
-    while not any(
-        "refused the login" in " ".join(e["details"]["reasons"])
-        for e in audit_events(rig.broker, "session.denied")
-    ):
-        assert time.monotonic() < deadline, "the refused login was not audited"
-        time.sleep(0.05)
+    wait_until(
+        lambda: any(
+            "refused the login" in " ".join(e["details"]["reasons"])
+            for e in audit_events(rig.broker, "session.denied")
+        ),
+        "the refused login in the audit log",
+    )
 
 
 def test_policy_denial_reaches_the_vendor(rig: SshRig) -> None:
@@ -196,13 +190,11 @@ def _recording_dirs(rig: SshRig) -> list[Path]:
 
 
 def _the_finished_recording(rig: SshRig) -> Path:
-    """The session's one recording, once its signed manifest is written (within 5 s)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        dirs = _recording_dirs(rig)
-        if dirs and (dirs[-1] / "manifest.json").exists():
-            break
-        time.sleep(0.05)
+    """The session's one recording, once its signed manifest is written."""
+    wait_until(
+        lambda: (dirs := _recording_dirs(rig)) and (dirs[-1] / "manifest.json").exists(),
+        "the recording's manifest",
+    )
     [recording] = _recording_dirs(rig)
     return recording
 

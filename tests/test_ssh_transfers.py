@@ -14,6 +14,7 @@ import pytest
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
+from tests.harness.wait import TIMEOUT_S
 
 pytestmark = needs("sshd")
 
@@ -47,7 +48,7 @@ def _target(rig: SshRig) -> str:
 
 
 def _transfers(rig: SshRig, count: int) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + TIMEOUT_S
     while True:
         events = [e["details"] for e in audit_events(rig.broker, "session.file_transfer")]
         if len(events) >= count or time.monotonic() > deadline:

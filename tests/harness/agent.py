@@ -113,7 +113,7 @@ class AgentProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_log(self, text: str, timeout: float = 10) -> None:
+    def wait_log(self, text: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log:
             assert time.monotonic() < deadline, f"agent never logged {text!r}:\n{self.log}"
@@ -147,7 +147,7 @@ def on_broker_loop(broker: RunningBroker, coro: Coroutine[Any, Any, T], timeout:
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
-def wait_connected(broker: RunningBroker, agent_id: str, timeout: float = 10) -> float:
+def wait_connected(broker: RunningBroker, agent_id: str, timeout: float = 30) -> float:
     """Seconds until ``agent_id`` has a tunnel (hello received) to ``broker``."""
     start = time.monotonic()
     while True:
@@ -158,7 +158,7 @@ def wait_connected(broker: RunningBroker, agent_id: str, timeout: float = 10) ->
         time.sleep(0.02)
 
 
-def wait_disconnected(broker: RunningBroker, agent_id: str, timeout: float = 10) -> float:
+def wait_disconnected(broker: RunningBroker, agent_id: str, timeout: float = 30) -> float:
     start = time.monotonic()
     while agent_id in gateway(broker).live():
         assert time.monotonic() - start < timeout, f"agent {agent_id} stayed connected"
@@ -167,10 +167,15 @@ def wait_disconnected(broker: RunningBroker, agent_id: str, timeout: float = 10)
 
 
 class EchoAsset:
-    """A TCP echo server on loopback that records when each connection ends."""
+    """A TCP echo server on loopback that records when each connection ends.
+
+    ``closed_at``: ``time.monotonic()`` of each end; ``closed_wall``: ``time.time()`` of the
+    same (to compare with an ``expires_at`` that agents and brokers keep in wall-clock time).
+    """
 
     def __init__(self) -> None:
         self.closed_at: list[float] = []
+        self.closed_wall: list[float] = []
         self.opened = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -192,6 +197,7 @@ class EchoAsset:
         except OSError:
             pass
         finally:
+            self.closed_wall.append(time.time())
             self.closed_at.append(time.monotonic())
             writer.close()
 

@@ -62,7 +62,7 @@ def start_broker(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="broker", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30  # generous: start-up under load
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("broker did not start")

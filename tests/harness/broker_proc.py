@@ -3,7 +3,8 @@
 Usage: ``python -m tests.harness.broker_proc SPEC.json``. SPEC holds ``settings`` (overrides
 for ``load_settings``), ``endpoint`` ([host, port]) and ``expires_in_s``. The process starts the
 broker, seeds the demo plant, prints ``TOKEN <join token>``, waits for the first agent, opens
-one channel to ``endpoint`` through it, prints ``OPEN``, and then just keeps it open.
+one channel to ``endpoint`` through it, prints ``OPEN <expires_at as a Unix time>``, and then
+just keeps it open.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
 
     async def open_and_hold() -> None:
         expires_at = broker.services.clock.now() + timedelta(seconds=spec["expires_in_s"])
+        opened.append(expires_at.timestamp())
         ch = await gateway(broker).open_channel(agent_id, host, port, expires_at=expires_at)
         ch.write(b"ping\n")
         await ch.drain()
@@ -41,8 +43,9 @@ def main() -> None:
         holders.append(ch)
 
     holders: list[object] = []
+    opened: list[float] = []
     on_broker_loop(broker, open_and_hold())
-    print("OPEN", flush=True)
+    print("OPEN", opened[0], flush=True)
     while True:
         time.sleep(1)
 

@@ -46,6 +46,22 @@ def browser_available() -> str | None:
     return None
 
 
+def browser_env() -> dict[str, str]:
+    """Chromium's environment: ours without libfaketime (``make test-future``).
+
+    The browser stands for the vendor's own machine, whose clock is not the server's; and
+    Chromium's crash handler and timers hang under libfaketime.
+    """
+    preload = [
+        lib
+        for lib in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+        if "faketime" not in lib
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKETIME")}
+    env["LD_PRELOAD"] = " ".join(preload)
+    return env
+
+
 def _executable() -> str:
     path = chromium_path()
     if path is None:
@@ -64,6 +80,7 @@ async def launch_browser() -> AsyncIterator[Browser]:
             args=CHROMIUM_ARGS,
             chromium_sandbox=False,
             timeout=LAUNCH_TIMEOUT_MS,
+            env=browser_env(),
         )
         try:
             yield browser
@@ -82,6 +99,7 @@ def launch_browser_sync() -> Iterator[SyncBrowser]:
             args=CHROMIUM_ARGS,
             chromium_sandbox=False,
             timeout=LAUNCH_TIMEOUT_MS,
+            env=browser_env(),
         )
         try:
             yield browser

@@ -61,7 +61,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE_NAME = "conduit"
 SERVER_VERSION = "0.0.0-regorus-test"
 MAX_BODY_BYTES = 8 << 20
-START_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 30.0
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

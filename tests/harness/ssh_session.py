@@ -37,7 +37,7 @@ from sessions.models import (
 from tests.harness.agent import AgentProcess, join, make_token, wait_connected, write_config
 from tests.harness.broker import RunningBroker, web_login
 from tests.harness.sshd import RunningSshd, start_sshd
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 ASSET = "lab-ssh"
 # A test PLC's endpoint settings: tune may write holding registers 0-99 (and no coils).
@@ -211,7 +211,7 @@ class SshRig:
         assert grant_id, f"request {request_id} got no grant from {approvers}"
         # The broker's own tick activates it (a very short grant may already have expired).
         moved_on = (GrantState.ACTIVE, GrantState.EXPIRED)
-        wait_for(lambda: self.grant_state(grant_id) in moved_on, 15, "grant activation")
+        wait_until(lambda: self.grant_state(grant_id) in moved_on, "grant activation")
         return grant_id
 
     def grant_state(self, grant_id: str) -> str:

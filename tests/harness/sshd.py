@@ -28,7 +28,7 @@ from types import TracebackType
 from tests.harness.ports import free_port
 
 SSHD = "/usr/sbin/sshd"
-START_TIMEOUT = 10.0
+START_TIMEOUT = 30.0
 _USER_LOCK = Path("/run/lock/conduit-harness-useradd.lock")
 
 

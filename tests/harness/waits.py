@@ -1,19 +1,12 @@
-"""Waiting on conditions, never on the clock: the one poll loop the harness uses."""
+"""Compatibility name for :func:`tests.harness.wait.wait_until` (positional timeout)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
+from tests.harness.wait import wait_until
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``predicate`` every 20 ms until it holds; returns the seconds it took.
 
-    Fails the test (AssertionError naming ``what``) after ``timeout`` seconds: the bound is
-    generous on purpose, since the suite must pass on a loaded machine.
-    """
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-    return time.monotonic() - start
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """:func:`tests.harness.wait.wait_until` with the timeout first (older call sites)."""
+    wait_until(predicate, what, timeout=timeout)
