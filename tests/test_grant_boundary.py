@@ -255,11 +255,14 @@ def test_each_session_runs_under_one_grant_and_ends_with_it(rig: SshRig, plc: Pl
             assert not hasattr(answer, "isError") or answer.isError()
         assert plc.holding(12) == [7]  # no write landed after the cut
         assert {s.grant_id for s in rig.broker.services.live.list()} == {read_only}
-        ended = [
-            e
-            for e in audit_events(rig.broker, "session.ended")
-            if "grant revoked" in e["details"]["reason"]
-        ]
+        ended = wait_until(
+            lambda: [
+                e
+                for e in audit_events(rig.broker, "session.ended")
+                if "grant revoked" in e["details"]["reason"]
+            ],
+            "the cut session's end in the audit log",
+        )
         assert len(ended) == 1
 
         # A new connection naming the revoked grant is refused.
