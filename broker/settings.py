@@ -102,6 +102,9 @@ class AgentSettings(BaseModel):
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
     open_timeout_s: float = Field(default=10.0, gt=0, le=120)
     heartbeat_flush_s: float = Field(default=30.0, gt=0, le=3600)
+    # Control frames an agent sends on its own (hello, heartbeats, anything unexpected) per
+    # second; a well-behaved agent sends at most one heartbeat a second. Reports of channels
+    # the broker asked for are exempt (once per channel), so a mass close never counts here.
     max_frames_per_s: int = Field(default=50, ge=1, le=10_000)
     max_channels_per_agent: int = Field(default=256, ge=1, le=100_000)
 
