@@ -32,31 +32,96 @@ from agents.relay import ChannelTable, Refused, relay
 from agents.wire import (
     BROKER_USERNAME,
     CONTROL_SUBSYSTEM,
+    FEATURE_EVENTS,
+    MIN_HEARTBEAT_S,
     ChannelEvent,
     Heartbeat,
     Hello,
     LineFramer,
     OpenRequest,
+    Welcome,
     WireError,
+    encode_events,
     open_reply,
 )
 
 log = logging.getLogger("conduit.agent")
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# Channel reports are gathered this long, then sent together (a mass close: a few frames).
+EVENT_COALESCE_S = 0.05
 
 
 class _Link:
-    """One live connection to one broker, as seen by the agent."""
+    """One live connection to one broker, as seen by the agent.
+
+    Everything the agent says on its own goes through here, paced so that a well-behaved agent
+    stays far inside the broker's flood guard: channel reports are coalesced into ``events``
+    frames when the broker accepts them, and heartbeats are sent at most once per
+    :data:`~agents.wire.MIN_HEARTBEAT_S` and never queued behind an unsent one.
+    """
 
     def __init__(self, broker: str) -> None:
         self.broker = broker
         self.control: asyncssh.SSHWriter[bytes] | None = None
+        self.batch_events = False  # the broker's welcome offered ``events`` frames
+        self._events: list[ChannelEvent] = []
+        self._flush: asyncio.TimerHandle | None = None
+        self._last_beat = -MIN_HEARTBEAT_S
+        self._beat_later: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes) -> None:
         if self.control is not None and not self.control.is_closing():
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.control.write(data)
+
+    def report(self, event: ChannelEvent) -> None:
+        """Tell the broker a channel was refused or closed (coalesced when it can take it)."""
+        if not self.batch_events:
+            self.send(event.encode())  # an older broker: one frame per report
+            return
+        self._events.append(event)
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(EVENT_COALESCE_S, self.flush_events)
+
+    def flush_events(self) -> None:
+        self._flush = None
+        events, self._events = self._events, []
+        for frame in encode_events(events):
+            self.send(frame)
+
+    def heartbeat(self, make: Callable[[], Heartbeat]) -> None:
+        """Send a heartbeat now, or once the minimum interval has passed (one, not several)."""
+        if self._beat_later is not None:
+            return  # one is already due
+        wait = self._last_beat + MIN_HEARTBEAT_S - time.monotonic()
+        if wait > 0:
+            loop = asyncio.get_running_loop()
+            self._beat_later = loop.call_later(wait, self._beat_now, make)
+            return
+        self._beat_now(make)
+
+    def _beat_now(self, make: Callable[[], Heartbeat]) -> None:
+        self._beat_later = None
+        control = self.control
+        if control is None:
+            return
+        with contextlib.suppress(Exception):
+            if control.channel.get_write_buffer_size() > 0:
+                return  # the previous report has not left yet: a newer one follows later
+        self._last_beat = time.monotonic()
+        self.send(make().encode())
+
+    def close(self) -> None:
+        """The control channel ended: nothing more can be said on this link."""
+        for handle in (self._flush, self._beat_later):
+            if handle is not None:
+                handle.cancel()
+        self._flush = self._beat_later = None
+        self._events.clear()
+        self.control = None
+        self.batch_events = False
 
 
 class _Server(asyncssh.SSHServer):
@@ -141,10 +206,12 @@ class AgentRuntime:
         log.warning("kill switch released: channels may be opened again")
         self._heartbeat_all()
 
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.table.infos(), self.table.kill_switch)
+
     def _heartbeat_all(self) -> None:
-        beat = Heartbeat(self.table.infos(), self.table.kill_switch).encode()
         for link in self.links.values():
-            link.send(beat)
+            link.heartbeat(self._heartbeat)
 
     async def _dial_loop(self, address: str) -> None:
         host, _, port_text = address.rpartition(":")
@@ -251,7 +318,9 @@ class AgentRuntime:
                 if not data:
                     return
                 for frame in framer.feed(data):
-                    if frame.get("type") == "revoked":
+                    if frame.get("type") == "welcome":
+                        link.batch_events = FEATURE_EVENTS in Welcome.parse(frame).features
+                    elif frame.get("type") == "revoked":
                         log.error(
                             "broker %s: this agent was revoked; not reconnecting", link.broker
                         )
@@ -266,12 +335,12 @@ class AgentRuntime:
             stdout.channel.get_connection().close()
         finally:
             beat.cancel()
-            link.control = None
+            link.close()
 
     async def _beat(self, link: _Link) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            link.send(Heartbeat(self.table.infos(), self.table.kill_switch).encode())
+            await asyncio.sleep(max(self.config.heartbeat_s, MIN_HEARTBEAT_S))
+            link.heartbeat(self._heartbeat)
 
     async def _data(
         self,
@@ -311,9 +380,7 @@ class AgentRuntime:
             log.info("channel %s to %s:%s opened", request.ref, request.host, request.port)
             reason = await relay(self.table, channel, stdin, stdout, asset_reader, asset_writer)
             log.info("channel %s closed: %s", request.ref, reason)
-            link.send(
-                ChannelEvent("closed", request.ref, request.host, request.port, reason).encode()
-            )
+            link.report(ChannelEvent("closed", request.ref, request.host, request.port, reason))
         finally:
             self.table.release(channel)
 
@@ -321,4 +388,4 @@ class AgentRuntime:
         log.warning(
             "channel %s to %s:%s refused: %s", request.ref, request.host, request.port, reason
         )
-        link.send(ChannelEvent("refused", request.ref, request.host, request.port, reason).encode())
+        link.report(ChannelEvent("refused", request.ref, request.host, request.port, reason))

@@ -9,12 +9,22 @@ Over that connection the broker opens:
 
 * one **control** channel (subsystem :data:`CONTROL_SUBSYSTEM`): newline-delimited JSON objects,
   each at most :data:`MAX_FRAME` bytes, both ways. Agent → broker: ``hello`` (once, first),
-  ``heartbeat``, ``refused`` (a channel the agent refused, for the audit log) and ``closed``.
-  Broker → agent: ``revoked`` (stop dialling this broker).
+  ``heartbeat`` (at most one per :data:`MIN_HEARTBEAT_S`), ``refused`` (a channel the agent
+  refused, for the audit log) and ``closed``, or — once the broker's ``welcome`` lists
+  :data:`FEATURE_EVENTS` — ``events``: many ``refused``/``closed`` reports in one frame, so a
+  mass close is a handful of frames rather than one per channel. Broker → agent: ``welcome``
+  (after a valid hello: the optional features it accepts) and ``revoked`` (stop dialling this
+  broker).
 * one **data** channel per relayed TCP connection: an ``exec`` request whose command is an
   :class:`OpenRequest` JSON object. The agent answers with exactly one JSON line on stdout,
   ``{"ok": true}`` or ``{"ok": false, "reason": ...}``; after ``ok`` the channel carries raw
   bytes both ways until either side closes or the request's ``expires_at`` passes.
+
+Compatibility within :data:`PROTOCOL_VERSION` 1: receivers ignore object keys they do not know,
+agents ignore broker frames they do not know, and an agent sends a newer frame type only after
+the broker's ``welcome`` offered it (an older broker never sends ``welcome``, so a newer agent
+falls back to one frame per report). ``heartbeat`` lists as many channels as fit in a frame and
+gives the full count in ``open_channels`` when the list was cut.
 
 Everything received is validated here; anything malformed raises :class:`WireError` (with a
 machine-readable ``code``) and the receiver drops the frame's sender. Stdlib only.
@@ -39,6 +49,11 @@ BROKER_USERNAME = "conduit-broker"
 AGENT_PRINCIPAL = "conduit-agent"
 MAX_FRAME = 64 * 1024
 MAX_ENDPOINTS = 1024
+MAX_BATCH = 2048  # channel reports in one ``events`` frame (the frame limit binds first)
+MAX_CHANNELS_REPORTED = 4096  # channel entries in one heartbeat
+MIN_HEARTBEAT_S = 1.0  # an agent sends at most one heartbeat per second on each tunnel
+FEATURE_EVENTS = "events"  # the broker accepts ``events`` frames
+FEATURES = (FEATURE_EVENTS,)  # what this side of the protocol implements
 TOKEN_PREFIX = "cjt1"  # noqa: S105 (a format marker, not a secret)
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
@@ -266,24 +281,54 @@ class ChannelInfo:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """The agent's periodic health report: its channels (as many as fit) and kill switch.
+
+    ``open_channels`` is the full count when the list had to be cut to fit one frame
+    (None: the list is complete); :attr:`count` is the number to believe either way.
+    """
+
     channels: tuple[ChannelInfo, ...] = ()
     kill_switch: bool = False
+    open_channels: int | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.channels) if self.open_channels is None else self.open_channels
 
     def encode(self) -> bytes:
-        return encode(
-            {
-                "type": "heartbeat",
-                "channels": [c.as_dict() for c in self.channels],
-                "kill_switch": self.kill_switch,
-            }
-        )
+        """One frame, never over :data:`MAX_FRAME`: channels that do not fit are only counted."""
+        budget = MAX_FRAME - 200  # the envelope and the count
+        listed: list[dict[str, Any]] = []
+        for channel in self.channels[:MAX_CHANNELS_REPORTED]:
+            entry = channel.as_dict()
+            budget -= len(json.dumps(entry, separators=(",", ":"))) + 1
+            if budget < 0:
+                break
+            listed.append(entry)
+        message: dict[str, Any] = {
+            "type": "heartbeat",
+            "channels": listed,
+            "kill_switch": self.kill_switch,
+        }
+        if len(listed) < self.count:
+            message["open_channels"] = self.count
+        return encode(message)
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Heartbeat:
         channels = raw.get("channels", [])
-        if not isinstance(channels, list) or len(channels) > 4096:
+        if not isinstance(channels, list) or len(channels) > MAX_CHANNELS_REPORTED:
             raise WireError("heartbeat channels must be a list")
-        return cls(tuple(ChannelInfo.parse(c) for c in channels), raw.get("kill_switch") is True)
+        total = raw.get("open_channels")
+        if total is not None and (
+            not isinstance(total, int)
+            or isinstance(total, bool)
+            or not len(channels) <= total <= 10_000_000
+        ):
+            raise WireError("heartbeat open_channels must be a count of at least the list")
+        return cls(
+            tuple(ChannelInfo.parse(c) for c in channels), raw.get("kill_switch") is True, total
+        )
 
 
 @dataclass(frozen=True)
@@ -297,21 +342,22 @@ class ChannelEvent:
     reason: str
 
     def encode(self) -> bytes:
-        return encode(
-            {
-                "type": self.kind,
-                "ref": self.ref,
-                "host": self.host,
-                "port": self.port,
-                "reason": self.reason[:500],
-            }
-        )
+        return encode(self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "ref": self.ref,
+            "host": self.host,
+            "port": self.port,
+            "reason": self.reason[:500],
+        }
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> ChannelEvent:
         kind = raw.get("type")
         if kind not in ("refused", "closed"):
-            raise WireError(f"unknown channel event {kind!r}")
+            raise WireError(f"unknown channel event {str(kind)[:40]!r}")
         reason = raw.get("reason")
         if not isinstance(reason, str) or len(reason) > 500:
             raise WireError("reason must be a string of at most 500 characters")
@@ -324,6 +370,59 @@ class ChannelEvent:
             port=port if isinstance(port, int) and not isinstance(port, bool) else 0,
             reason=reason,
         )
+
+
+def encode_events(events: list[ChannelEvent]) -> list[bytes]:
+    """``events`` frames carrying ``events`` in order, each frame under :data:`MAX_FRAME`."""
+    frames: list[bytes] = []
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for event in events:
+        entry = event.as_dict()
+        length = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if batch and (size + length > MAX_FRAME - 64 or len(batch) >= MAX_BATCH):
+            frames.append(encode({"type": "events", "events": batch}))
+            batch, size = [], 0
+        batch.append(entry)
+        size += length
+    if batch:
+        frames.append(encode({"type": "events", "events": batch}))
+    return frames
+
+
+def parse_events(raw: dict[str, Any]) -> tuple[ChannelEvent, ...]:
+    """The channel reports of one ``events`` frame (at least one, at most :data:`MAX_BATCH`)."""
+    events = raw.get("events")
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
+        raise WireError(f"events must be a list of 1 to {MAX_BATCH} channel reports")
+    parsed: list[ChannelEvent] = []
+    for event in events:
+        if not isinstance(event, dict):
+            raise WireError("a channel report must be an object")
+        parsed.append(ChannelEvent.parse(event))
+    return tuple(parsed)
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The broker's answer to a valid hello: the optional protocol features it accepts."""
+
+    features: frozenset[str] = frozenset(FEATURES)
+
+    def encode(self) -> bytes:
+        return encode(
+            {"type": "welcome", "protocol": PROTOCOL_VERSION, "features": sorted(self.features)}
+        )
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Welcome:
+        """Tolerant: features this side does not know are ignored, not refused."""
+        if raw.get("type") != "welcome":
+            raise WireError("not a welcome frame", code="unexpected")
+        features = raw.get("features", [])
+        if not isinstance(features, list):
+            raise WireError("welcome features must be a list")
+        return cls(frozenset(f for f in features if isinstance(f, str) and f in FEATURES))
 
 
 @dataclass(frozen=True)

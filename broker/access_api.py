@@ -38,15 +38,33 @@ from sessions.models import (
 from sessions.windows import add_window, list_windows, remove_window
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
+# Far beyond any window policy allows; past it a duration is a typo (or a probe), not a plan.
+MAX_DURATION = timedelta(days=366)
 _STATUS = {ValidationError: 400, AccessDenied: 403, NotFoundError: 404, ConflictError: 409}
 
 
 def parse_duration(text: str) -> timedelta:
-    """``2h``, ``90m``, ``1h30m`` → timedelta; raises BadRequest otherwise."""
+    """``2h``, ``90m``, ``1h30m`` → timedelta up to :data:`MAX_DURATION`; raises BadRequest."""
     match = _DURATION.match(text or "")
     if not match or not any(match.groups()):
-        raise BadRequest(f"duration {text!r} is not like 2h, 90m or 1h30m")
-    return timedelta(hours=int(match[1] or 0), minutes=int(match[2] or 0))
+        raise BadRequest(f"duration {text[:40]!r} is not like 2h, 90m or 1h30m")
+    hours, minutes = match[1] or "0", match[2] or "0"
+    longest = int(MAX_DURATION.total_seconds() // 3600)
+    # Digit count first: int() of thousands of digits is refused (and slow) in itself.
+    if max(len(hours), len(minutes)) > 7 or int(hours) * 60 + int(minutes) > longest * 60:
+        raise BadRequest(f"duration {text[:40]!r} is longer than the maximum of {longest}h")
+    return timedelta(hours=int(hours), minutes=int(minutes))
+
+
+def add_duration(starts: datetime, text: str) -> datetime:
+    """``starts`` plus :func:`parse_duration` of ``text``; raises BadRequest past year 9999."""
+    duration = parse_duration(text)
+    try:
+        return starts + duration
+    except OverflowError:
+        raise BadRequest(
+            f"a window of {text[:40]!r} from {starts.isoformat()} ends after the year 9999"
+        ) from None
 
 
 def parse_time(text: str, what: str) -> datetime:
@@ -143,7 +161,7 @@ async def create_request(request: Request) -> Response:
     if body.get("ends_at"):
         ends = parse_time(str(body["ends_at"]), "ends_at")
     else:
-        ends = starts + parse_duration(str(body.get("duration", "")))
+        ends = add_duration(starts, str(body.get("duration", "")))
     ports = body.get("ports") or []
     if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
         raise BadRequest("ports must be a list of port numbers")

@@ -86,11 +86,15 @@ def _parse_spec(form: dict[str, Any]) -> RequestSpec:
     if minutes not in dict(DURATIONS):
         raise ValidationError("pick one of the offered durations")
     starts = starts.replace(tzinfo=UTC) if starts.tzinfo is None else starts.astimezone(UTC)
+    try:
+        ends = starts + timedelta(minutes=minutes)
+    except OverflowError:
+        raise ValidationError("the window would end after the year 9999") from None
     return RequestSpec(
         asset=str(form.get("asset", "")),
         operation_class=str(form.get("operation_class", "")),
         starts_at=starts,
-        ends_at=starts + timedelta(minutes=minutes),
+        ends_at=ends,
         reason=str(form.get("reason", "")),
         ticket=str(form.get("ticket", "")).strip() or None,
         maintenance_window_only=bool(form.get("maintenance_window_only")),

@@ -11,6 +11,14 @@ Hostile agents: every control frame is size-limited and validated (:mod:`agents.
 rate is capped, and any violation drops that agent's connection with an ``agent.protocol_error``
 audit event; nothing an agent sends blocks the event loop (database writes run in threads).
 
+The flood guard counts only what the agent says on its own: its hello and heartbeats (a
+well-behaved agent sends at most one heartbeat per second) and anything unexpected. A
+``closed``/``refused`` report for a channel this broker asked the agent for is the protocol's
+own traffic and costs nothing, once per channel, however many arrive together (a mass kill
+closes hundreds of channels within a second); a report for a channel nobody asked for, or a
+second report for the same channel, counts like any other frame. After a valid hello the
+broker sends ``welcome``, offering ``events`` frames that carry many reports at once.
+
 :meth:`AgentGateway.open_channel` asks the agent to connect to ``host:port`` until
 ``expires_at``; it returns an :class:`AgentChannel` or raises :class:`AgentUnavailable` /
 :class:`ChannelRefused` (with the agent's reason). Owner: the app's lifespan (start/aclose).
@@ -23,6 +31,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,9 +51,11 @@ from agents.wire import (
     Hello,
     LineFramer,
     OpenRequest,
+    Welcome,
     WireError,
     encode,
     key_pin,
+    parse_events,
     parse_open_reply,
 )
 from broker.agent_keys import AgentKeys
@@ -93,8 +104,16 @@ class LiveAgent:
     agent_channels: int = 0  # what the agent's last heartbeat reported
     control: asyncssh.SSHClientChannel[bytes] | None = None
     hello: asyncio.Event = field(default_factory=asyncio.Event)
+    # Refs of channels this broker asked for whose close/refusal the agent has not reported:
+    # those reports are expected protocol traffic, exempt from the flood guard (once each).
+    expected: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _window_start: float = 0.0
     _window_frames: int = 0
+
+    def expect(self, ref: str, limit: int) -> None:
+        self.expected[ref] = None
+        while len(self.expected) > limit:  # channels whose report never came: forget the oldest
+            self.expected.popitem(last=False)
 
 
 class AgentChannel:
@@ -347,15 +366,40 @@ class AgentGateway:
 
     # ---- control frames -----------------------------------------------------------------
 
-    def _on_frame(self, live: LiveAgent, frame: dict[str, Any]) -> None:
+    def _charge(self, live: LiveAgent, frames: int) -> None:
+        """Count ``frames`` the agent sent on its own against ``agents.max_frames_per_s``."""
         now = time.monotonic()
         if now - live._window_start >= 1.0:
             live._window_start, live._window_frames = now, 0
-        live._window_frames += 1
+        live._window_frames += frames
         if live._window_frames > self._settings.max_frames_per_s:
             raise WireError("control frame rate exceeded", code="flood")
-        live.last_seen = self._clock.now()
+
+    def _on_frame(self, live: LiveAgent, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
+        if live.hello.is_set() and kind in ("refused", "closed", "events"):
+            events = parse_events(frame) if kind == "events" else (ChannelEvent.parse(frame),)
+            unexpected = 0
+            for event in events:
+                if event.ref in live.expected:
+                    del live.expected[event.ref]
+                else:
+                    unexpected += 1
+            if unexpected:  # a frame reporting only channels we asked for costs nothing
+                self._charge(live, 1 + unexpected if kind == "events" else 1)
+            live.last_seen = self._clock.now()
+            for event in events:
+                self._record(
+                    f"agent.channel.{event.kind}",
+                    live,
+                    outcome="deny" if event.kind == "refused" else "ok",
+                    ref=event.ref,
+                    endpoint=f"{event.host}:{event.port}",
+                    reason=event.reason,
+                )
+            return
+        self._charge(live, 1)
+        live.last_seen = self._clock.now()
         if not live.hello.is_set():
             hello = Hello.parse(frame)
             if hello.agent_id != live.agent_id:
@@ -363,6 +407,9 @@ class AgentGateway:
             live.version, live.hostname = hello.version, hello.hostname
             live.endpoints, live.kill_switch = len(hello.endpoints), hello.kill_switch
             live.hello.set()
+            if live.control is not None:
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    live.control.write(Welcome().encode())
             self._spawn(
                 self._db(
                     self._agents.report_inventory,
@@ -374,17 +421,7 @@ class AgentGateway:
             )
         elif kind == "heartbeat":
             beat = Heartbeat.parse(frame)
-            live.agent_channels, live.kill_switch = len(beat.channels), beat.kill_switch
-        elif kind in ("refused", "closed"):
-            event = ChannelEvent.parse(frame)
-            self._record(
-                f"agent.channel.{event.kind}",
-                live,
-                outcome="deny" if event.kind == "refused" else "ok",
-                ref=event.ref,
-                endpoint=f"{event.host}:{event.port}",
-                reason=event.reason,
-            )
+            live.agent_channels, live.kill_switch = beat.count, beat.kill_switch
         else:
             raise WireError(f"unexpected control frame {str(kind)[:40]!r}", code="unexpected")
 
@@ -423,6 +460,8 @@ class AgentGateway:
         if live.channels >= self._settings.max_channels_per_agent:
             raise ChannelRefused("too many channels open through this agent")
         request = OpenRequest(host, port, expires_at.timestamp(), *([ref] if ref else []))
+        # Its close (or refusal) report is expected from now on, whatever the reply says.
+        live.expect(request.ref, 4 * self._settings.max_channels_per_agent)
         opened: list[asyncssh.SSHWriter[bytes]] = []  # to close if no valid reply comes
         try:
             async with asyncio.timeout(self._settings.open_timeout_s):

@@ -69,34 +69,63 @@ from sessions.models import AuditOutcome
 log = logging.getLogger("conduit.broker")
 HERE = Path(__file__).parent
 
+# Forms post to the broker itself, and sign-out redirects to the IdP ({idp}).
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'self' {idp}"
+)
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self' http://127.0.0.1:* http://localhost:* {idp}"
-    ),
+    "Content-Security-Policy": CSP,
     "Cache-Control": "no-store",
 }
+# The CLI's loopback sign-in page: its consent form's answer redirects to the `conduit login`
+# listener on loopback, so only that page may send a form there.
+LOOPBACK_FORM_PAGES = ("/cli/authorize",)
+LOOPBACK_FORM_ACTION = " http://127.0.0.1:* http://localhost:*"
+# Sent when the public URL is https: browsers then refuse plain http to the broker for a year.
+# No includeSubDomains: the broker does not own its parent domain's other hosts.
+HSTS = "max-age=31536000"
+
+
+def security_headers(settings: Settings) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The headers for every response, and the per-path replacements."""
+    issuer = urlsplit(settings.oidc.issuer)
+    idp_origin = f"{issuer.scheme}://{issuer.netloc}"
+    headers = {k: v.replace("{idp}", idp_origin) for k, v in SECURITY_HEADERS.items()}
+    if urlsplit(settings.public_url).scheme == "https":
+        headers["Strict-Transport-Security"] = HSTS
+    csp = headers["Content-Security-Policy"]
+    loopback = {"Content-Security-Policy": csp + LOOPBACK_FORM_ACTION}
+    return headers, {path: loopback for path in LOOPBACK_FORM_PAGES}
 
 
 class SecurityHeaders:
-    """ASGI middleware adding the security headers to every response that lacks them."""
+    """ASGI middleware adding the security headers to every response that lacks them
+    (``per_path``: different values for the responses of those exact paths)."""
 
-    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
-        self.app, self.headers = app, headers
+    def __init__(
+        self,
+        app: ASGIApp,
+        headers: dict[str, str],
+        per_path: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        self.app, self.headers, self.per_path = app, headers, per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        static = str(scope["path"]).startswith("/static/")
+        path = str(scope["path"])
+        static = path.startswith("/static/")
+        headers = {**self.headers, **self.per_path.get(path, {})}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 out = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
+                for name, value in headers.items():
                     if name not in out and not (static and name == "Cache-Control"):
                         out[name] = value
             await send(message)
@@ -237,9 +266,7 @@ def create_app(
     ``oidc_transport`` lets tests put a tampering layer between the broker and the real IdP.
     """
     svc = build_services(settings, clock=clock, engine=engine, oidc_transport=oidc_transport)
-    issuer = urlsplit(settings.oidc.issuer)
-    idp_origin = f"{issuer.scheme}://{issuer.netloc}"
-    headers = {k: v.replace("{idp}", idp_origin) for k, v in SECURITY_HEADERS.items()}
+    headers, per_path = security_headers(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -352,7 +379,7 @@ def create_app(
         ],
         exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders, headers=headers)],
+        middleware=[Middleware(SecurityHeaders, headers=headers, per_path=per_path)],
     )
 
     app.state.services = svc

@@ -331,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
                 host="127.0.0.1",
                 port=args.port,
                 log_level="warning",
+                proxy_headers=False,  # as `conduit serve`: the broker reads X-Forwarded-For
                 server_header=False,
             )
         )

@@ -13,6 +13,7 @@ from starlette.templating import Jinja2Templates
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
 from broker.clientless import ClientlessApprovals
+from broker.forwarded import client_address
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.session_recorder import RecorderFactory
@@ -104,12 +105,12 @@ def services(request: Request) -> Services:
 
 
 def client_ip(request: Request) -> str | None:
-    """The peer address; X-Forwarded-For is honoured only from configured trusted proxies."""
+    """The client's address: the peer, or from a trusted proxy, ``X-Forwarded-For`` read
+    from the right (:mod:`broker.forwarded`)."""
     peer = request.client.host if request.client else None
     svc: Services | None = getattr(request.app.state, "services", None)
-    if peer and svc and peer in svc.settings.trusted_proxies:
-        fwd = request.headers.get("x-forwarded-for", "")
-        first = fwd.split(",")[0].strip()
-        if first:
-            return first
-    return peer
+    if peer is None or svc is None:
+        return peer
+    return client_address(
+        peer, request.headers.getlist("x-forwarded-for"), svc.settings.trusted_proxies
+    )

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import SettingsError
+from broker.ssh_startups import StartupLimits
 from sessions.identity import ROLES
 
 DEV_SESSION_SECRET = "dev-only-session-secret-not-for-production-use"  # noqa: S105
@@ -102,6 +110,9 @@ class AgentSettings(BaseModel):
     handshake_timeout_s: float = Field(default=10.0, gt=0, le=120)
     open_timeout_s: float = Field(default=10.0, gt=0, le=120)
     heartbeat_flush_s: float = Field(default=30.0, gt=0, le=3600)
+    # Control frames an agent sends on its own (hello, heartbeats, anything unexpected) per
+    # second; a well-behaved agent sends at most one heartbeat a second. Reports of channels
+    # the broker asked for are exempt (once per channel), so a mass close never counts here.
     max_frames_per_s: int = Field(default=50, ge=1, le=10_000)
     max_channels_per_agent: int = Field(default=256, ge=1, le=100_000)
 
@@ -125,7 +136,16 @@ class SshSettings(BaseModel):
     listen_port: int = Field(default=2222, ge=0, le=65535)
     public_host: str = ""  # what ``conduit ssh-config`` writes; default: listen_host
     cert_max_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
-    login_timeout_s: float = Field(default=300.0, gt=0, le=3600)
+    # From TCP accept to signed in; a clientless sign-in showing its code gets until the code
+    # expires (clientless_code_ttl_s) instead. OpenSSH's LoginGraceTime is 120 s.
+    login_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # Unauthenticated connections, as OpenSSH's MaxStartups "start:rate:full" (or "N"): from
+    # `start` on, new ones are refused with `rate` % probability, rising to 100 % at `full`.
+    max_startups: str = "10:30:100"
+    # ... and per source address (OpenSSH's PerSourceMaxStartups). Below `start`, so one host
+    # alone never makes the door refuse anybody else; a site whose vendors share one NAT
+    # address and sign in clientless (minutes each) may need more.
+    max_startups_per_source: int = Field(default=8, ge=1, le=100_000)
     # Clientless sign-in (keyboard-interactive, a code typed into /ssh/approve): the global
     # switch, the Purdue level from which assets accept it without a ``clientless`` label
     # (sessions/clientless.py), how long a code lives (at most 2 minutes), pending caps.
@@ -145,7 +165,11 @@ class SshSettings(BaseModel):
             raise ValueError(
                 "ssh.clientless_max_pending_per_ip must not exceed ssh.clientless_max_pending"
             )
+        self.startup_limits()  # raises ValueError naming the problem
         return self
+
+    def startup_limits(self) -> StartupLimits:
+        return StartupLimits.parse(self.max_startups, self.max_startups_per_source)
 
 
 class RoleSettings(BaseModel):
@@ -190,7 +214,9 @@ class Settings(BaseSettings):
     login_flow_ttl_s: int = Field(default=600, ge=30, le=3600)
     cli_token_ttl_s: int = Field(default=3600, ge=60, le=86400)
     device_code_ttl_s: int = Field(default=600, ge=60, le=3600)
-    trusted_proxies: list[str] = Field(default_factory=list)
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed, read from the
+    # right: the first hop that is not one of these is the client (broker/forwarded.py).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
     grant_tick_s: float = Field(default=1.0, gt=0, le=60)
     webhook_url: str = ""
     webhook_secret: SecretStr | None = None

@@ -29,10 +29,11 @@ import contextlib
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
@@ -45,6 +46,7 @@ from broker.live_sessions import LiveSession, LiveSessions
 from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
 from broker.ssh_keys import USER_PRINCIPAL, SshKeys
+from broker.ssh_startups import PER_SOURCE, AuditThrottle, StartupListener
 from broker.tcp_forward import ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
@@ -147,7 +149,16 @@ class FrontDeps:
 
 
 class FrontDoor:
-    """The asyncssh server. Owner: the app's lifespan (``start``/``aclose``)."""
+    """The asyncssh server. Owner: the app's lifespan (``start``/``aclose``).
+
+    Before authentication a connection is cheap to make and costly to hold, so the door keeps
+    them few and short (:mod:`broker.ssh_startups`): unauthenticated connections are capped
+    overall and per source address (``ssh.max_startups``, ``ssh.max_startups_per_source``) and
+    must sign in within ``ssh.login_timeout_s`` (a clientless sign-in showing its code: until
+    the code expires). Refused or timed-out connections get an SSH disconnect naming why;
+    each kind is audited once a minute per source (``ssh.connect.refused``,
+    ``ssh.login.timeout``) with the count left out in between.
+    """
 
     def __init__(self, deps: FrontDeps) -> None:
         self.deps = deps
@@ -155,6 +166,8 @@ class FrontDoor:
         self._server: asyncssh.SSHAcceptor | None = None
         self.user_ca_line = SshKeys.public(deps.keys.user_ca)
         self._limiters: dict[str, TokenBucket] = {}
+        self.listener = StartupListener(deps.settings.startup_limits(), self._refused)
+        self._throttle = AuditThrottle(time.monotonic)
 
     def limiter(self, asset: str, rate: float | None) -> TokenBucket | None:
         """The Modbus request-rate bucket of one asset, shared by all its connections."""
@@ -174,7 +187,9 @@ class FrontDoor:
             server_factory=lambda: _Vendor(self),
             server_host_keys=[self.deps.keys.host],
             encryption_algs=GCM,
-            login_timeout=s.login_timeout_s,
+            # The door's own deadline (login_timeout_s, or a clientless code's expiry) acts
+            # first and says why; asyncssh's is the backstop.
+            login_timeout=s.login_timeout_s + s.clientless_code_ttl_s + 5,
             keepalive_interval=s.keepalive_s,
             keepalive_count_max=3,
             password_auth=False,
@@ -184,7 +199,7 @@ class FrontDoor:
             x11_forwarding=False,
             encoding=None,
             line_editor=False,
-            reuse_address=True,
+            tunnel=cast(Any, self.listener),  # accepts the sockets, after the startup caps
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("ssh front door listening on %s:%s", s.listen_host, self.port)
@@ -193,6 +208,51 @@ class FrontDoor:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        self.listener.abort_unauthenticated()
+
+    # ---- before authentication ----------------------------------------------------------
+
+    def _refused(self, source: str, why: str) -> str:
+        """A connection over the startup caps (the listener refuses it): the client's message."""
+        limits = self.listener.gate.limits
+        log.warning("ssh front door: refused a connection from %s: %s", source, why)
+        self._audit_preauth("ssh.connect.refused", source, why)
+        if why == PER_SOURCE:
+            return (
+                f"conduit: too many unauthenticated connections from {source} "
+                f"(limit {limits.per_source}); try again later"
+            )
+        return "conduit: too many unauthenticated connections; try again later"
+
+    def login_timed_out(self, vendor: _Vendor) -> None:
+        source = vendor.peer or "?"
+        limit = self.deps.settings.login_timeout_s
+        log.info("ssh front door: %s did not sign in within %s s", source, limit)
+        if vendor.conn is not None:
+            message = f"conduit: not signed in within {limit:g} s; connection closed"
+            vendor.conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
+        self._audit_preauth("ssh.login.timeout", source, "login_timeout")
+
+    def _audit_preauth(self, kind: str, source: str, reason: str) -> None:
+        left_out = self._throttle.allow(kind, source)
+        if left_out is None:
+            return
+        details = {"reason": reason, "left_out": left_out, "window_s": 60}
+        if reason != "login_timeout":
+            limits = self.listener.gate.limits
+            details["limits"] = f"{limits.start}:{limits.rate}:{limits.full}/{limits.per_source}"
+        audit = self.deps.audit
+        asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: audit.append(
+                kind,
+                actor="anonymous",
+                outcome="refused",
+                subject=f"peer:{source}",
+                source_ip=source if source != "?" else None,
+                details=details,
+            ),
+        )
 
 
 class _Vendor(asyncssh.SSHServer):
@@ -217,6 +277,8 @@ class _Vendor(asyncssh.SSHServer):
         self.clientless_tried = False
         self.relays: set[ForwardRelay] = set()
         self._forward_no = 0
+        self.clientless_until: float | None = None  # monotonic expiry of a code shown here
+        self._login_timer: asyncio.TimerHandle | None = None
 
     # ---- authentication -----------------------------------------------------------------
 
@@ -224,6 +286,21 @@ class _Vendor(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.peer = peer[0] if peer else None
+        loop = asyncio.get_running_loop()
+        timeout = self.deps.settings.login_timeout_s
+        self._login_timer = loop.call_later(timeout, self._login_deadline)
+
+    def _login_deadline(self) -> None:
+        self._login_timer = None
+        if self.conn is None or self.conn.get_extra_info("username") is not None:
+            return  # signed in (asyncssh sets the user name once authentication succeeded)
+        left = (self.clientless_until or 0.0) - time.monotonic()
+        if left > 0:  # a clientless code is shown: the vendor is approving it in a browser
+            self._login_timer = asyncio.get_running_loop().call_later(
+                left + 1.0, self._login_deadline
+            )
+            return
+        self.door.login_timed_out(self)
 
     def begin_auth(self, username: str) -> bool:
         self.username = username
@@ -262,6 +339,9 @@ class _Vendor(asyncssh.SSHServer):
         except ClientlessRefused as exc:
             self._auth_banner(exc.message)
             return False
+        # The login timeout waits for the code (monotonic: the injected clock may be manual).
+        left = (self.pending.expires - self.deps.clock.now()).total_seconds()
+        self.clientless_until = time.monotonic() + max(0.0, left)
         instructions = clientless.instructions(self.pending, self.deps.approve_url)
         return "Conduit sign-in", instructions, "", [("Press Enter once approved: ", True)]
 
@@ -577,6 +657,9 @@ class _Vendor(asyncssh.SSHServer):
             )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
         if self.session is not None and self.session.ended is False:
             self.session.ended = True
         if not self.ended:

@@ -33,11 +33,15 @@ from agents.wire import (
     AGENT_PRINCIPAL,
     CONTROL_SUBSYSTEM,
     MAX_FRAME,
+    ChannelEvent,
     Endpoint,
     Heartbeat,
     Hello,
+    OpenRequest,
     encode,
+    encode_events,
     key_pin,
+    open_reply,
 )
 from broker.agent_gateway import AgentChannel, ChannelRefused, LiveAgent
 from broker.demo import seed
@@ -355,6 +359,8 @@ def silent() -> Behaviour:
 
 
 HEARTBEAT = Heartbeat().encode()
+BOGUS_EVENT = ChannelEvent("closed", "ch-nobody-asked", "127.0.0.1", 9, "asset side closed")
+CLOSED = BOGUS_EVENT.encode()
 OVERFLOW = (
     b'{"type":"heartbeat","channels":[{"ref":"c","host":"h","port":1,"expires_at":1'
     + b"0" * 400
@@ -386,6 +392,17 @@ CONTROL_CASES: dict[str, tuple[Callable[[Enrollment, Plant], Behaviour], str]] =
         "unexpected",
     ),
     "second-hello": (lambda e, p: writes(hello_for(e), hello_for(e)), "unexpected"),
+    # Reports of channels the broker never asked for are the agent talking on its own.
+    "closed-flood-unknown-channels": (lambda e, p: flood(hello_for(e), CLOSED, 5000), "flood"),
+    "events-batch-of-unknown-channels": (
+        lambda e, p: writes(hello_for(e), *encode_events([BOGUS_EVENT] * 200)),
+        "flood",
+    ),
+    "empty-events-batch": (
+        lambda e, p: writes(hello_for(e), encode({"type": "events", "events": []})),
+        "malformed",
+    ),
+    "events-before-hello": (lambda e, p: writes(*encode_events([BOGUS_EVENT])), "unexpected"),
     "heartbeat-number-overflow": (lambda e, p: writes(hello_for(e), OVERFLOW), "malformed"),
 }
 
@@ -512,6 +529,59 @@ def test_channel_open_flood_from_the_agent_is_rejected(plant: Plant) -> None:
         type(r).__name__ for r in results
     }
     assert not plant.events("agent.channel.opened", since, subject=f"agent:{e.agent_id}")
+    plant.assert_healthy()
+
+
+def test_one_report_per_channel_asked_for_is_never_a_flood_but_replaying_them_is(
+    plant: Plant,
+) -> None:
+    """An agent of the first protocol revision reports every close in its own frame: a mass
+    close of 150 channels passes (each report is expected once); the same reports again are
+    the agent talking on its own and get it dropped for flooding."""
+    e = plant.hostile
+    since = plant.mark()
+    count = 150
+    control: list[Writer] = []
+
+    async def keep(stdin: Reader, stdout: Writer) -> None:
+        stdout.write(hello_for(e))
+        control.append(stdout)
+        await until_closed(stdin)
+
+    server = Hostile(control=keep, data=answers(open_reply(True)))
+
+    async def scenario() -> tuple[bool, bool]:
+        conn = await dial(plant.port, identity(e), server)
+        await wait_hello(plant, e.agent_id)
+
+        async def open_many() -> list[AgentChannel]:
+            return list(
+                await asyncio.gather(*(open_channel(plant, e.agent_id) for _ in range(count)))
+            )
+
+        await on_loop_async(plant.broker, open_many())
+        refs = [OpenRequest.parse_command(c).ref for c in server.commands]
+        reports = b"".join(
+            ChannelEvent("closed", ref, "127.0.0.1", plant.echo.port, "asset side closed").encode()
+            for ref in refs
+        )
+        control[0].write(reports)  # all at once, one frame per channel
+        deadline = time.monotonic() + 10
+        while (
+            len(plant.events("agent.channel.closed", since, subject=f"agent:{e.agent_id}")) < count
+        ):
+            assert time.monotonic() < deadline, "the reports were not all audited"
+            await asyncio.sleep(0.05)
+        survived = not conn.is_closed()
+        control[0].write(reports)  # the same reports again: nobody asked for these
+        await dropped(conn)
+        return survived, conn.is_closed()
+
+    survived, dropped_after_replay = run(scenario())
+    assert survived and dropped_after_replay
+    event = plant.wait_event("agent.protocol_error", since, subject=f"agent:{e.agent_id}")
+    assert event["details"]["code"] == "flood"
+    assert len(plant.events("agent.protocol_error", since)) == 1
     plant.assert_healthy()
 
 

@@ -11,6 +11,8 @@ import asyncssh
 import pytest
 
 from agents.wire import (
+    FEATURE_EVENTS,
+    MAX_BATCH,
     MAX_ENDPOINTS,
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -22,14 +24,17 @@ from agents.wire import (
     JoinToken,
     LineFramer,
     OpenRequest,
+    Welcome,
     WireError,
     check_host,
     check_mac,
     check_port,
     decode,
     encode,
+    encode_events,
     key_pin,
     open_reply,
+    parse_events,
     parse_open_reply,
     response_mac,
 )
@@ -362,6 +367,73 @@ def test_channel_event_coerces_unvalidated_host_and_port_for_the_audit_log() -> 
 )
 def test_channel_event_rejects(raw: dict[str, Any]) -> None:
     assert code_of(ChannelEvent.parse, raw) == "malformed"
+
+
+# --------------------------------------------------------------------------- batched events
+
+
+def test_events_round_trip_in_order_and_split_to_fit_frames() -> None:
+    events = [
+        ChannelEvent("closed" if i % 3 else "refused", f"ch-{i}", "10.0.0.5", 502, "r" * 400)
+        for i in range(1000)
+    ]
+    frames = encode_events(events)
+    assert len(frames) > 1 and all(len(f) <= MAX_FRAME for f in frames)
+    parsed = [e for f in frames for e in parse_events(*LineFramer().feed(f))]
+    assert parsed == events
+    assert encode_events([]) == []
+
+
+def test_a_mass_close_fits_in_a_few_frames() -> None:
+    events = [ChannelEvent("closed", f"ch-{i:016x}", "10.0.0.5", 502, "closed") for i in range(256)]
+    assert len(encode_events(events)) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"type": "events"},
+        {"type": "events", "events": []},
+        {"type": "events", "events": "closed"},
+        {"type": "events", "events": ["closed"]},
+        {"type": "events", "events": [{"type": "opened", "reason": "x"}]},
+        {"type": "events", "events": [{"type": "closed", "reason": 5}]},
+        {"type": "events", "events": [{"type": "closed", "reason": "", "ref": "bad ref"}]},
+        {"type": "events", "events": [{"type": "closed", "reason": ""}] * (MAX_BATCH + 1)},
+    ],
+)
+def test_events_reject(raw: dict[str, Any]) -> None:
+    assert code_of(parse_events, raw) == "malformed"
+
+
+def test_welcome_round_trip_and_tolerance() -> None:
+    (frame,) = LineFramer().feed(Welcome().encode())
+    assert frame["protocol"] == PROTOCOL_VERSION
+    assert FEATURE_EVENTS in Welcome.parse(frame).features
+    # Features this side does not know are ignored; a broker that offers none is fine.
+    future = {"type": "welcome", "features": ["events", "zstd", 7], "extra": True}
+    assert Welcome.parse(future).features == frozenset({FEATURE_EVENTS})
+    assert Welcome.parse({"type": "welcome"}).features == frozenset()
+    assert code_of(Welcome.parse, {"type": "welcome", "features": "events"}) == "malformed"
+    assert code_of(Welcome.parse, {"type": "hello"}) == "unexpected"
+
+
+def test_heartbeat_with_more_channels_than_fit_lists_some_and_counts_all() -> None:
+    many = tuple(ChannelInfo(f"ch-{i:016x}", "10.0.0.5", 502, 1.7e9 + i, i, i) for i in range(5000))
+    line = Heartbeat(many).encode()
+    assert len(line) <= MAX_FRAME
+    (frame,) = LineFramer().feed(line)
+    beat = Heartbeat.parse(frame)
+    assert 0 < len(beat.channels) < 5000 and beat.count == 5000
+    assert beat.channels == many[: len(beat.channels)]
+    small = Heartbeat(many[:3])
+    assert "open_channels" not in small.encode().decode() and small.count == 3
+
+
+@pytest.mark.parametrize("total", [-1, 0, True, "5", 1.5, 10**8])
+def test_heartbeat_rejects_a_bad_count(total: object) -> None:
+    raw = {"type": "heartbeat", "channels": [channel()], "open_channels": total}
+    assert code_of(Heartbeat.parse, raw) == "malformed"
 
 
 # --------------------------------------------------------------------------- open request

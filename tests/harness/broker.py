@@ -56,8 +56,14 @@ def start_broker(
 ) -> RunningBroker:
     """Start the broker on ``settings.listen_port`` and wait until it serves requests."""
     app = create_app(settings, clock=clock, oidc_transport=oidc_transport)
+    # As ``conduit serve``: uvicorn's own X-Forwarded-For handling off (the broker's applies).
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.listen_port, log_level="warning", lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=settings.listen_port,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="broker", daemon=True)
