@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlmodel import select
@@ -24,43 +23,13 @@ from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import Asset, User
 from sessions.testing import ManualClock
-from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
-from tests.harness.clientless import ClientlessSsh
+from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.clientless import Approver, ClientlessSsh
 from tests.harness.components import needs
 from tests.harness.ssh_session import ASSET, SshRig
 from tests.harness.waits import wait_for
 
 pytestmark = needs("sshd")
-
-
-class Approver:
-    """A signed-in user at ``/ssh/approve``, posting the page's forms as a browser does."""
-
-    def __init__(self, broker: RunningBroker, name: str) -> None:
-        self.url = f"{broker.url}/ssh/approve"
-        self.client = httpx2.Client(timeout=30)
-        answer = web_login(self.client, broker.url, name, f"{name}-demo-pw")
-        assert answer.status_code == 303, answer.text
-
-    def type_code(self, code: str) -> httpx2.Response:
-        page = self.client.get(self.url)
-        assert page.status_code == 200, page.text
-        csrf = form_values(page.text)["csrf"]
-        return self.client.post(self.url, data={"csrf": csrf, "code": code})
-
-    def decide(self, review: httpx2.Response, decision: str) -> httpx2.Response:
-        values = form_values(review.text)
-        return self.client.post(
-            self.url, data={"csrf": values["csrf"], "ref": values["ref"], "decision": decision}
-        )
-
-    def approve(self, code: str) -> httpx2.Response:
-        review = self.type_code(code)
-        assert review.status_code == 200 and 'id="approve"' in review.text, review.text
-        return self.decide(review, "approve")
-
-    def close(self) -> None:
-        self.client.close()
 
 
 @pytest.fixture

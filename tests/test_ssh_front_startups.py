@@ -9,9 +9,6 @@ says so once a minute per source, and vendors from other addresses keep getting 
 
 from __future__ import annotations
 
-import os
-import pty
-import re
 import socket
 import subprocess
 import time
@@ -19,14 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import httpx2
 import pytest
 
-from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.clientless import Approver, ClientlessSsh
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
 from tests.harness.waits import wait_for
-from tests.test_ssh_channels import _own_terminal, _read_until
 
 LOGIN_S = 4.0
 ATTACKER = "127.0.0.2"  # all of 127/8 is loopback: a second source address on this machine
@@ -202,42 +198,27 @@ def test_the_overall_cap_holds_across_sources_and_the_stock_client_says_why(
 
 
 @needs("sshd")
-def test_a_clientless_sign_in_awaiting_approval_outlives_the_login_timeout(rig: SshRig) -> None:
+def test_a_clientless_sign_in_awaiting_approval_outlives_the_login_timeout(
+    rig: SshRig, tmp_path: Path
+) -> None:
     """The login timeout is for reaching sign-in; a vendor approving a clientless code in a
     browser (minutes, with MFA) keeps the connection until the code expires."""
     rig.grant()
-    primary, secondary = pty.openpty()
-    argv = [
-        "ssh", "-F", "/dev/null", "-o", "PubkeyAuthentication=no",
-        "-o", "PreferredAuthentications=keyboard-interactive",
-        "-o", f"UserKnownHostsFile={rig.known_hosts()}", "-o", "StrictHostKeyChecking=yes",
-        "-p", str(rig.front_port), f"{rig.sshd.user}@lab-ssh@127.0.0.1", "echo clientless-ok",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdin=secondary, stdout=secondary, stderr=secondary, preexec_fn=_own_terminal
-    )
-    os.close(secondary)
+    vendor = ClientlessSsh(rig.broker, tmp_path, f"{rig.sshd.user}@lab-ssh", "echo clientless-ok")
+    approver = Approver(rig.broker, "alice")
     try:
-        prompt = _read_until(primary, b"Press Enter once approved")
-        found = re.search(rb"approve\?code=([A-Z0-9-]+)", prompt)
-        assert found, prompt
-        os.write(primary, b"\n")  # Enter before approving: the broker waits for the browser
+        _, code = vendor.prompt()
+        vendor.press_enter()  # Enter before approving: the broker waits for the browser
         # A connection opened after it is cut by the login timeout; the clientless one is not.
         idle = BannerOnly(rig.front_port, ATTACKER)
         wait_for(idle.poll, LOGIN_S + 10, "the idle connection's login timeout")
         assert idle.said(TIMED_OUT)
-        assert proc.poll() is None
-
-        with httpx2.Client(timeout=10) as web:
-            web_login(web, rig.broker.url, "alice", "alice-demo-pw")
-            page = web.get(f"{rig.broker.url}/ssh/approve", params={"code": found[1].decode()})
-            form = form_values(page.text)
-            done = web.post(f"{rig.broker.url}/ssh/approve", data={**form, "decision": "approve"})
-            assert done.status_code == 200, done.text
-        assert b"clientless-ok" in _read_until(primary, b"clientless-ok")
-        assert proc.wait(10) == 0
+        assert vendor.proc.poll() is None
+        assert approver.approve(code).status_code == 200
+        assert b"clientless-ok" in vendor.read_until(b"clientless-ok")
+        assert vendor.proc.wait(10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        os.close(primary)
+        approver.close()
+        if vendor.proc.poll() is None:
+            vendor.proc.kill()
+            vendor.proc.wait(5)

@@ -17,8 +17,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx2
+
 from broker.ssh_keys import SshKeys
-from tests.harness.broker import RunningBroker
+from tests.harness.broker import RunningBroker, form_values, web_login
 
 PROMPT = b"Press Enter once approved"
 _SHOWN = re.compile(
@@ -116,3 +118,33 @@ class ClientlessSsh:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class Approver:
+    """A signed-in user at ``/ssh/approve``, posting the page's forms as a browser does."""
+
+    def __init__(self, broker: RunningBroker, name: str) -> None:
+        self.url = f"{broker.url}/ssh/approve"
+        self.client = httpx2.Client(timeout=30)
+        answer = web_login(self.client, broker.url, name, f"{name}-demo-pw")
+        assert answer.status_code == 303, answer.text
+
+    def type_code(self, code: str) -> httpx2.Response:
+        page = self.client.get(self.url)
+        assert page.status_code == 200, page.text
+        csrf = form_values(page.text)["csrf"]
+        return self.client.post(self.url, data={"csrf": csrf, "code": code})
+
+    def decide(self, review: httpx2.Response, decision: str) -> httpx2.Response:
+        values = form_values(review.text)
+        return self.client.post(
+            self.url, data={"csrf": values["csrf"], "ref": values["ref"], "decision": decision}
+        )
+
+    def approve(self, code: str) -> httpx2.Response:
+        review = self.type_code(code)
+        assert review.status_code == 200 and 'id="approve"' in review.text, review.text
+        return self.decide(review, "approve")
+
+    def close(self) -> None:
+        self.client.close()
