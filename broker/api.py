@@ -19,6 +19,9 @@ async def whoami(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """Readiness: 200 ``{"status": "ok", "checks": {...}}`` or 503 ``"unavailable"`` naming the
+    failing check. ``recording_storage`` fails while strict sessions would be refused (see
+    :mod:`broker.recording_storage`); ``audit_checkpoints`` is reported, never fatal."""
     svc = services(request)
 
     def _ping() -> None:
@@ -26,7 +29,18 @@ async def health(request: Request) -> Response:
             conn.execute(text("SELECT 1"))
 
     await run_in_threadpool(_ping)
-    return JSONResponse({"status": "ok"})
+    checks: dict[str, str] = {"database": "ok"}
+    storage = svc.storage.problem
+    checks["recording_storage"] = "ok" if storage is None else f"failing: {storage}"
+    cp = svc.checkpoints
+    if cp is not None:
+        problem = cp.mismatch or cp.problem
+        checks["audit_checkpoints"] = "ok" if problem is None else f"failing: {problem}"
+    ready = storage is None
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 routes = [

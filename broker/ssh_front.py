@@ -52,6 +52,7 @@ from sessions.clock import Clock
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.modbus import ModbusInspector, TokenBucket
 from sessions.models import AssetEndpoint, EndpointProtocol
+from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
@@ -76,6 +77,10 @@ class Recorder(Protocol):
     def resize(self, width: int, height: int) -> None: ...
 
     def close(self, reason: str) -> None: ...
+
+    async def finish(self, reason: str) -> bool:
+        """Close and wait: True if the recording is complete (strict: False ends the session)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -341,6 +346,8 @@ class _Vendor(asyncssh.SSHServer):
             )
         except Exception as exc:
             channel.close()
+            if isinstance(exc, RecordingError):  # strict: no recording, no session
+                cut(exc.message)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
@@ -682,16 +689,21 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
                 def cut(why: str) -> None:
                     v.deps.live.kill(session_id, why)
 
-                self.recorder = await v.deps.recorder(
-                    session_id,
-                    self.number,
-                    width,
-                    height,
-                    title,
-                    strict=strict,
-                    on_failure=cut,
-                    pty=self.pty is not None,
-                )
+                try:
+                    self.recorder = await v.deps.recorder(
+                        session_id,
+                        self.number,
+                        width,
+                        height,
+                        title,
+                        strict=strict,
+                        on_failure=cut,
+                        pty=self.pty is not None,
+                    )
+                except RecordingError as exc:  # strict: refused, and the session ends with it
+                    self.refuse(f"session refused: {exc.message}")
+                    cut(exc.message)
+                    return
             kwargs: dict[str, Any] = {"encoding": None}
             if self.pty:
                 kwargs.update(term_type=self.pty[0], term_size=self.pty[1])
@@ -813,9 +825,19 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             return
         if self.transfers is not None:
             self.transfers.finish()
-        if self.recorder is not None:
-            self.recorder.close("channel closed")
-            self.recorder = None
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            # The exit status goes out once the recording is complete: if closing it fails, a
+            # strict session is ended instead and the vendor gets the reason.
+            asyncio.get_running_loop().create_task(self._exit_after(recorder, side))
+            return
+        self._exit(side)
+
+    async def _exit_after(self, recorder: Recorder, side: _AssetSide) -> None:
+        await recorder.finish("channel closed")
+        self._exit(side)
+
+    def _exit(self, side: _AssetSide) -> None:
         if self.chan is None or self.done:
             return
         self.done = True
