@@ -4,8 +4,9 @@ A checkpoint (:mod:`sessions.checkpoints`) is signed with the recording key
 
 * for every ``checkpoint_events``-th event (seq = last + N, last + 2N, … exactly, so no more
   than N events are ever uncovered by a checkpoint once it is written),
-* for the head when it moved and ``checkpoint_interval_s`` passed since the last checkpoint
-  (by the injected clock), at start-up, and at shut-down,
+* for the head once the oldest event not yet covered is ``checkpoint_interval_s`` old (by the
+  injected clock and the events' timestamps; checked every ``poll_s``), so no event waits
+  longer than that for a checkpoint; and for the head at start-up and at shut-down,
 
 and shipped to every target: a file (one JSON line, appended and fsynced), syslog (RFC 5424 over
 UDP, TCP with octet counting, or a local datagram socket) and the signed webhook. The state
@@ -28,7 +29,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -169,7 +170,7 @@ class AuditCheckpointer:
         self._on_status = on_status
         self._lock = threading.Lock()  # one round at a time (task, start-up, shut-down)
         self._last_seq = 0
-        self._last_at: datetime | None = None
+        self._continuing = False  # a checkpoint to continue from (file or this run)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -188,7 +189,7 @@ class AuditCheckpointer:
         last = target.last(self._signer.public_key) if target is not None else None
         if last is None:
             return
-        self._last_seq, self._last_at = last.seq, _parse_time(last.at)
+        self._last_seq, self._continuing = last.seq, True
         event = self._audit.event_at(last.seq)
         if event is None:
             head = self._audit.head()
@@ -204,7 +205,7 @@ class AuditCheckpointer:
             )
         if self.mismatch is not None:
             log.error("audit log does not match its checkpoints: %s", self.mismatch)
-            self._last_seq, self._last_at = 0, None  # sign the present head: evidence of both
+            self._last_seq, self._continuing = 0, False  # sign the present head: evidence of both
             if self._on_status is not None:
                 self._on_status("audit.checkpoint.mismatch", self.mismatch)
 
@@ -255,7 +256,7 @@ class AuditCheckpointer:
             if head is None:
                 return []
             made: list[Checkpoint] = []
-            if self._last_at is None:  # nothing to continue from: the head vouches for all
+            if not self._continuing:  # nothing to continue from: the head vouches for all
                 cp = self._sign(head[0])
                 if cp is not None and self._ship(cp):
                     made.append(cp)
@@ -266,13 +267,18 @@ class AuditCheckpointer:
                 if cp is None or not self._ship(cp):
                     return made
                 made.append(cp)
-            now = self._clock.now()
-            stale = self._last_at is None or now - self._last_at >= timedelta(seconds=self._every_s)
-            if head[0] > self._last_seq and (force or stale):
+            if head[0] > self._last_seq and (force or self._waited(self._last_seq + 1)):
                 cp = self._sign(head[0])
                 if cp is not None and self._ship(cp):
                     made.append(cp)
             return made
+
+    def _waited(self, seq: int) -> bool:
+        """Has event ``seq`` (the oldest not yet covered) waited ``every_s`` or longer?"""
+        event = self._audit.event_at(seq)
+        if event is None:
+            return True
+        return self._clock.now() - event.ts >= timedelta(seconds=self._every_s)
 
     def _sign(self, seq: int) -> Checkpoint | None:
         event = self._audit.event_at(seq)
@@ -291,7 +297,7 @@ class AuditCheckpointer:
         if len(failures) == len(self._targets):
             self._status("; ".join(failures))
             return False
-        self._last_seq, self._last_at = cp.seq, _parse_time(cp.at)
+        self._last_seq, self._continuing = cp.seq, True
         self.shipped += 1
         self._status("; ".join(failures) or None)
         return True
@@ -308,7 +314,3 @@ class AuditCheckpointer:
         if self._on_status is not None:
             kind = "audit.checkpoint.recovered" if problem is None else "audit.checkpoint.failed"
             self._on_status(kind, problem)
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
