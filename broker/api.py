@@ -21,7 +21,8 @@ async def whoami(request: Request) -> Response:
 async def health(request: Request) -> Response:
     """Readiness: 200 ``{"status": "ok", "checks": {...}}`` or 503 ``"unavailable"`` naming the
     failing check. ``recording_storage`` fails while strict sessions would be refused (see
-    :mod:`broker.recording_storage`); ``audit_checkpoints`` is reported, never fatal."""
+    :mod:`broker.recording_storage`); ``audit_checkpoints`` is reported, never fatal. The
+    answer is public: it names problems in a few words, without paths or ids."""
     svc = services(request)
 
     def _ping() -> None:
@@ -33,9 +34,14 @@ async def health(request: Request) -> Response:
     storage = svc.storage.problem
     checks["recording_storage"] = "ok" if storage is None else f"failing: {storage}"
     cp = svc.checkpoints
-    if cp is not None:
-        problem = cp.mismatch or cp.problem
-        checks["audit_checkpoints"] = "ok" if problem is None else f"failing: {problem}"
+    if cp is not None:  # details (paths, seqs) are in the log and the audit log, not here
+        checks["audit_checkpoints"] = (
+            "failing: the audit log does not match its checkpoints"
+            if cp.mismatch
+            else "failing: checkpoints cannot be shipped"
+            if cp.problem
+            else "ok"
+        )
     ready = storage is None
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},

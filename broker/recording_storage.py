@@ -61,23 +61,21 @@ class RecordingStorage:
         """Probe now; raise :class:`RecordingError` (``storage_failing``) if storage fails."""
         problem = self.check()
         if problem is not None:
-            raise RecordingError(problem, code="storage_failing")
+            raise RecordingError(f"recording storage: {problem}", code="storage_failing")
 
     def failed(self, reason: str) -> None:
         """A recorder could not write: storage is failing until a probe passes (any thread)."""
         self._set(reason[:300])
 
     def _probe(self) -> str | None:
+        """The problem in a few words (no paths: the vendor may be told), or None."""
         probe = self.root / PROBE_NAME
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             stat = os.statvfs(self.root)
             free = stat.f_bavail * stat.f_frsize
             if free < self._min_free:
-                return (
-                    f"recording storage {self.root} has {free} bytes free, below the "
-                    f"minimum of {self._min_free}"
-                )
+                return f"{free} bytes free, below the minimum of {self._min_free}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 write_all(fd, b"\0" * PROBE_BYTES)
@@ -85,7 +83,7 @@ class RecordingStorage:
             finally:
                 os.close(fd)
         except OSError as exc:
-            return f"recording storage {self.root} is not writable: {exc.strerror or exc}"
+            return f"not writable: {exc.strerror or exc}"
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink()
@@ -100,7 +98,9 @@ class RecordingStorage:
         if problem is None:
             log.warning("recording storage %s is healthy again", self.root)
         else:
-            log.error("recording storage failing: %s; strict sessions are refused", problem)
+            log.error(
+                "recording storage %s failing: %s; strict sessions are refused", self.root, problem
+            )
         if self.on_change is not None:
             self.on_change(problem)
 

@@ -350,7 +350,7 @@ class RecorderFactory:
     def _report(self, recording_id: str, exc: RecordingError, strict: bool, doing: str) -> None:
         """Event loop: a running recording failed; audited off the loop, storage marked."""
         if self._storage is not None:
-            self._storage.failed(f"recording {recording_id} failed while {doing}: {exc.message}")
+            self._storage.failed(f"a recording failed while {doing}: {reason_for(exc)}")
         session_id = recording_id.split("-", 1)[0]
         asyncio.get_running_loop().run_in_executor(
             None,
@@ -381,7 +381,7 @@ class RecorderFactory:
             "strict: session refused" if strict else "best effort: not recorded",
         )
         if self._storage is not None and getattr(exc, "code", "") != "storage_failing":
-            self._storage.failed(f"recording {recording_id} could not start: {message}")
+            self._storage.failed(f"a recording could not start: {reason_for(exc)}")
         self._audit.append(
             "recording.failed",
             actor="system",

@@ -141,7 +141,9 @@ def test_broker_ships_checkpoints_and_notices_a_truncated_log(
     assert alert["outcome"] == "error"
     assert f"covers event {final}" in str(alert["details"]["problem"])
     health = httpx2.get(f"{again.url}/healthz").json()
-    assert health["checks"]["audit_checkpoints"].startswith("failing: the audit log ends at")
+    assert health["checks"]["audit_checkpoints"] == (
+        "failing: the audit log does not match its checkpoints"
+    )
 
 
 def test_settings_refuse_a_bad_syslog_target(make_broker: Callable[..., RunningBroker]) -> None:
