@@ -587,6 +587,9 @@ class _AssetSide(asyncssh.SSHClientSession[bytes]):
         self._channel.from_asset(data, datatype)
 
     def eof_received(self) -> bool:
+        if self._channel.recorder is not None:
+            return True  # the exit closes the channel once the recording is complete; until
+            # then a recording failure can still be told on stderr (impossible after EOF)
         with contextlib.suppress(Exception):
             self._channel.chan.write_eof()  # type: ignore[union-attr]
         return True

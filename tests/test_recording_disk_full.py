@@ -15,6 +15,7 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,9 @@ from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
 from tests.harness.components import component_missing, needs
-from tests.harness.ssh_session import ASSET, SshRig
+from tests.harness.plc import PlcServer
+from tests.harness.ports import free_port
+from tests.harness.ssh_session import ASSET, PLC_SETTINGS, SshRig
 from tests.harness.waits import wait_for
 
 TMPFS_SIZE = "8m"
@@ -76,17 +79,29 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+def criticality(rig: SshRig, asset_name: str, value: str) -> None:
+    """``high``: the default policy obliges strict recording; ``medium`` (level 3): best effort."""
+    with session_scope(rig.broker.services.engine, write=True) as db:
+        asset = db.exec(select(Asset).where(Asset.name == asset_name)).one()
+        asset.criticality = value
+    rig.broker.refresh_policy_data()
+
+
 @pytest.fixture
 def rig(
-    small_disk: Path, make_broker: Callable[..., RunningBroker], tmp_path: Path
+    small_disk: Path,
+    make_broker: Callable[..., RunningBroker],
+    tmp_path: Path,
+    plc: PlcServer,
 ) -> Iterator[SshRig]:
     broker = make_broker(recording={"min_free_mb": 0, "probe_interval_s": 0.2})
     assert broker.services.settings.data_dir == small_disk
-    rig = SshRig.build(broker, tmp_path / "rig")
-    with session_scope(broker.services.engine, write=True) as db:  # strict: high criticality
-        asset = db.exec(select(Asset).where(Asset.name == ASSET)).one()
-        asset.criticality = "high"
-    broker.refresh_policy_data()
+    rig = SshRig.build(
+        broker, tmp_path / "rig", extra_endpoints=[("127.0.0.1", plc.port, "modbus")]
+    )
+    rig.add_asset("plc-lab", plc.port, "modbus", settings=PLC_SETTINGS)
+    criticality(rig, ASSET, "high")
+    criticality(rig, "plc-lab", "high")
     rig.vendor("alice")
     yield rig
     rig.close()
@@ -165,6 +180,94 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
     pub = small_disk / "keys" / "recording_ed25519.pub"
     verified = run_conduit("verify", str(recording), "--public-key", str(pub))
     assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout
+
+
+@needs("sshd")
+def test_a_strict_recording_that_cannot_be_completed_ends_the_session(
+    rig: SshRig, small_disk: Path
+) -> None:
+    """The disk fills while a short command runs: when it exits, its recording cannot be
+    completed, so the vendor gets the reason and a failed exit instead of a clean one."""
+    rig.grant()
+    recordings = small_disk / "recordings"
+    proc = subprocess.Popen(
+        [*rig.ssh_argv(), "echo ready; read line; echo bye"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    # "ready" is on disk (its chunk flushed within a second); then the disk fills.
+    wait_for(lambda: any(recordings.glob("*/chunk-000002.cast")), 15, "the first output chunk")
+    fill(small_disk)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "conduit: session ended: recording failed (No space left on device); " in err
+    wait_for(lambda: bool(audit_events(rig.broker, "recording.failed")), 15, "recording.failed")
+    [failed] = audit_events(rig.broker, "recording.failed")
+    assert failed["details"]["strict"] and failed["details"]["while"] in ("writing", "closing")
+    assert not audit_events(rig.broker, "recording.closed")  # no clean end is claimed
+
+
+@needs("sshd")
+def test_best_effort_goes_on_unrecorded_and_audited(rig: SshRig, small_disk: Path) -> None:
+    criticality(rig, ASSET, "medium")  # Purdue level 3, medium: record best_effort
+    rig.grant()
+    fill(small_disk)
+    done = rig.ssh("echo unrecorded-but-allowed")
+    assert done.returncode == 0 and "unrecorded-but-allowed" in done.stdout, done.stderr
+    wait_for(lambda: bool(audit_events(rig.broker, "recording.failed")), 15, "recording.failed")
+    [failed] = audit_events(rig.broker, "recording.failed")
+    assert failed["details"]["strict"] is False and failed["outcome"] == "error"
+
+
+@needs("sshd")
+def test_a_strict_forward_on_a_full_disk_never_reaches_the_plc(
+    rig: SshRig, small_disk: Path, plc: PlcServer
+) -> None:
+    """``ssh -L`` (what ``conduit forward`` runs): the connection is refused with the reason,
+    the session ends, and not one Modbus request reaches the PLC."""
+    rig.grant(asset="plc-lab", operation_class="read_only")
+    fill(small_disk)
+    local = free_port()
+    proc = subprocess.Popen(
+        [*rig.ssh_argv("alice", "-N", "-L", f"127.0.0.1:{local}:localhost:{plc.port}",
+                       login="forward", asset="plc-lab")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def listening() -> bool:
+            assert proc.poll() is None, proc.communicate()[1]
+            ss = subprocess.run(
+                ["ss", "-ltnH", f"( sport = :{local} )"], capture_output=True, text=True
+            )
+            return bool(ss.stdout.strip())
+
+        wait_for(listening, 15, "ssh -L listening")
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
+            conn.sendall(bytes.fromhex("000100000006010300000001"))  # FC3 read, 1 register
+            conn.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(100) == b""  # closed without an answer
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "conduit: recording could not start (" in err
+    assert "strict recording is required" in err
+    assert plc.arrivals == []
+    wait_for(lambda: bool(audit_events(rig.broker, "session.ended")), 15, "session.ended")
+    [ended] = audit_events(rig.broker, "session.ended")
+    assert "strict recording is required" in str(ended["details"]["reason"])
+    [failed] = audit_events(rig.broker, "recording.failed")
+    assert failed["details"]["strict"] and failed["details"]["while"] == "starting"
 
 
 def test_a_recording_that_cannot_write_its_header_is_refused(small_disk: Path) -> None:
