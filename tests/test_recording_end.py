@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx2
 import pytest
 from sqlmodel import select
 
@@ -37,7 +38,7 @@ from sessions.recording_end import (
     subject,
 )
 from sessions.testing import ManualClock
-from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
@@ -179,3 +180,12 @@ def test_a_real_session_end_is_audited_and_truncation_is_broken(
     cut = run_conduit("verify", str(recording), "--public-key", pub, "--database-url", url)
     assert cut.returncode == 1, cut.stdout
     assert cut.stdout.startswith("BROKEN: truncated:")
+
+    # The recordings page's "verify" checks against the audit log too.
+    with httpx2.Client() as sam:
+        web_login(sam, rig.broker.url, "sam", "sam-demo-pw")
+        page = sam.get(f"{rig.broker.url}/recordings/{row.id}")
+        csrf = form_values(page.text)["csrf"]
+        posted = sam.post(f"{rig.broker.url}/recordings/{row.id}/verify", data={"csrf": csrf})
+        shown = sam.get(rig.broker.url + posted.headers["location"])
+    assert "BROKEN: truncated: the audit log (event" in shown.text
