@@ -161,8 +161,7 @@ class AuditSettings(BaseModel):
             parts = urlsplit(target)
             if parts.scheme not in {"udp", "tcp"} or not parts.hostname or not parts.port:
                 raise ValueError(
-                    "audit.checkpoint_syslog must be udp://host:port, tcp://host:port or "
-                    "unix:/path"
+                    "audit.checkpoint_syslog must be udp://host:port, tcp://host:port or unix:/path"
                 )
         return self
 
