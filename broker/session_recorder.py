@@ -20,6 +20,7 @@ recording from a crash.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -251,7 +252,7 @@ class RecorderFactory:
             strict=strict,
             on_failure=on_failure,
             finished=finished,
-            report=self._report,
+            report=functools.partial(self._report, session_id),
         )
 
     async def tcp(
@@ -313,7 +314,7 @@ class RecorderFactory:
             strict=strict,
             on_failure=on_failure,
             finished=finished,
-            report=self._report,
+            report=functools.partial(self._report, session_id),
         )
 
     def _check_storage(self, strict: bool) -> None:
@@ -347,11 +348,12 @@ class RecorderFactory:
                 ),
             )
 
-    def _report(self, recording_id: str, exc: RecordingError, strict: bool, doing: str) -> None:
+    def _report(
+        self, session_id: str, recording_id: str, exc: RecordingError, strict: bool, doing: str
+    ) -> None:
         """Event loop: a running recording failed; audited off the loop, storage marked."""
         if self._storage is not None:
             self._storage.failed(f"a recording failed while {doing}: {reason_for(exc)}")
-        session_id = recording_id.split("-", 1)[0]
         asyncio.get_running_loop().run_in_executor(
             None,
             lambda: self._audit.append(

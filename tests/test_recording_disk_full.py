@@ -154,6 +154,7 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
     wait_for(lambda: len(audit_events(rig.broker, "session.ended")) == 4, 15, "4 session ends")
     ended = audit_events(rig.broker, "session.ended")
     assert all("strict recording is required" in e["details"]["reason"] for e in ended)
+    assert [e["subject"] for e in failed] == [e["subject"] for e in ended]  # one per session
     logged = [r.getMessage() for r in caplog.records if r.name == "conduit.recording"]
     assert sum("could not start" in m for m in logged) == 3
     assert any("failed while writing" in m for m in logged)
