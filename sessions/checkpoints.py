@@ -105,6 +105,11 @@ def parse_checkpoint(text: str | bytes, public_key: Ed25519PublicKey) -> Checkpo
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError("checkpoint is not valid JSON") from exc
+    return checkpoint_from(obj, public_key)
+
+
+def checkpoint_from(obj: object, public_key: Ed25519PublicKey) -> Checkpoint:
+    """:func:`parse_checkpoint` for an already decoded JSON value."""
     if not isinstance(obj, dict) or set(obj) != set(_FIELDS):
         raise CheckpointError("checkpoint does not have exactly the expected fields")
     for key, typ in _FIELDS.items():
@@ -133,8 +138,10 @@ def read_checkpoints(path: Path, public_key: Ed25519PublicKey) -> tuple[list[Che
 
     The file may be the broker's checkpoint file (one JSON object a line) or a syslog or
     webhook capture: a line counts when it mentions ``conduit.audit.checkpoint``, and its JSON
-    object starts at the first ``{`` (a syslog header before it is ignored). Other lines are
-    skipped and counted. A partial last line (a crash while appending) is skipped too.
+    object starts at the first ``{`` (a syslog header before it is ignored); a webhook body
+    (``{"event": "audit.checkpoint", "details": <checkpoint>, ...}``) counts by its details.
+    Other lines are skipped and counted. A partial last line (a crash while appending) is
+    skipped too.
     Raises :class:`CheckpointError` (``file:line: reason``) for a checkpoint line that does
     not verify, and :class:`CheckpointError` (``not_found``) if the file cannot be read.
     """
@@ -153,7 +160,13 @@ def read_checkpoints(path: Path, public_key: Ed25519PublicKey) -> tuple[list[Che
             skipped += 1 if line.strip() else 0
             continue
         try:
-            found.append(parse_checkpoint(line[start:].rstrip("\r"), public_key))
+            try:
+                obj = json.loads(line[start:])
+            except ValueError as exc:
+                raise CheckpointError("checkpoint is not valid JSON") from exc
+            if isinstance(obj, dict) and obj.get("event") == "audit.checkpoint":
+                obj = obj.get("details")  # a webhook body
+            found.append(checkpoint_from(obj, public_key))
         except CheckpointError as exc:
             raise CheckpointError(f"{path}:{number}: {exc.message}") from exc
     return found, skipped

@@ -119,6 +119,16 @@ def test_broker_ships_checkpoints_and_notices_a_truncated_log(
     wait_for(lambda: any(p["event"] == "audit.checkpoint" for p in posts), 15, "webhook")
     shipped = [p for p in posts if p["event"] == "audit.checkpoint"]
     assert parse_checkpoint(json.dumps(shipped[0]["details"]), key).seq == seqs()[0]
+    # Captures of syslog and of the webhook work as checkpoint files for `audit verify`.
+    captures = settings.data_dir.parent / "captures"
+    captures.mkdir()
+    (captures / "syslog.log").write_text("".join(d + "\n" for d in datagrams))
+    (captures / "webhook.jsonl").write_text("".join(json.dumps(p) + "\n" for p in shipped))
+    from_captures = [
+        read_checkpoints(captures / n, key)[0] for n in ("syslog.log", "webhook.jsonl")
+    ]
+    assert [cp.seq for cp in from_captures[0]] == from_syslog
+    assert [cp.seq for cp in from_captures[1]][:1] == seqs()[:1]
     assert httpx2.get(f"{broker.url}/healthz").json()["checks"]["audit_checkpoints"] == "ok"
 
     broker.stop()  # a clean stop checkpoints the final head
