@@ -19,6 +19,10 @@ async def whoami(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """Readiness: 200 ``{"status": "ok", "checks": {...}}`` or 503 ``"unavailable"`` naming the
+    failing check. ``recording_storage`` fails while strict sessions would be refused (see
+    :mod:`broker.recording_storage`); ``audit_checkpoints`` is reported, never fatal. The
+    answer is public: it names problems in a few words, without paths or ids."""
     svc = services(request)
 
     def _ping() -> None:
@@ -26,7 +30,23 @@ async def health(request: Request) -> Response:
             conn.execute(text("SELECT 1"))
 
     await run_in_threadpool(_ping)
-    return JSONResponse({"status": "ok"})
+    checks: dict[str, str] = {"database": "ok"}
+    storage = svc.storage.problem
+    checks["recording_storage"] = "ok" if storage is None else f"failing: {storage}"
+    cp = svc.checkpoints
+    if cp is not None:  # details (paths, seqs) are in the log and the audit log, not here
+        checks["audit_checkpoints"] = (
+            "failing: the audit log does not match its checkpoints"
+            if cp.mismatch
+            else "failing: checkpoints cannot be shipped"
+            if cp.problem
+            else "ok"
+        )
+    ready = storage is None
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 routes = [

@@ -40,12 +40,20 @@ from broker import (
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
+from broker.audit_checkpoints import (
+    AuditCheckpointer,
+    CheckpointTarget,
+    FileTarget,
+    SyslogTarget,
+    WebhookTarget,
+)
 from broker.auth import ApiTokens, WebSessions
 from broker.clientless import ClientlessApprovals
 from broker.errors import BrokerError, NotAuthenticated
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.recording_keys import load_recording_signer, recording_key_dir
+from broker.recording_storage import RecordingStorage
 from broker.services import Services
 from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
@@ -153,17 +161,58 @@ async def _grant_clock(svc: Services) -> None:
             log.exception("grant tick failed")
 
 
-def _alert(svc: Services, kind: str, subject: str, details: dict[str, Any]) -> None:
-    """An operation a reviewer must know about: audited, and sent to the webhook if set."""
-    loop = asyncio.get_running_loop()
+def _alert(
+    svc: Services,
+    kind: str,
+    subject: str,
+    details: dict[str, Any],
+    outcome: str | None = None,
+) -> None:
+    """An operation a reviewer must know about: audited, and sent to the webhook if set.
+
+    Callable from the event loop (the work moves to a worker thread) or from a worker thread
+    (done there).
+    """
 
     def deliver() -> None:
-        outcome = ALERT_OUTCOMES.get(kind, AuditOutcome.OK)
-        svc.audit.append(kind, actor="system", outcome=outcome, subject=subject, details=details)
-        for listener in svc.access.listeners:
-            listener(kind, subject, details)
+        try:
+            svc.audit.append(
+                kind,
+                actor="system",
+                outcome=outcome or ALERT_OUTCOMES.get(kind, AuditOutcome.OK),
+                subject=subject,
+                details=details,
+            )
+            for listener in svc.access.listeners:
+                listener(kind, subject, details)
+        except Exception:
+            log.exception("alert %s could not be delivered", kind)
 
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        deliver()
+        return
     loop.run_in_executor(None, deliver)
+
+
+def _storage_alert(svc: Services, problem: str | None) -> None:
+    root = str(svc.storage.root)
+    if problem is None:
+        _alert(svc, "recording.storage.recovered", f"storage:{root}", {"root": root}, "ok")
+    else:
+        details = {"root": root, "problem": problem}
+        _alert(svc, "recording.storage.failing", f"storage:{root}", details, "error")
+
+
+def _checkpoint_targets(svc: Services, notify: Any) -> list[CheckpointTarget]:
+    audit = svc.settings.audit
+    targets: list[CheckpointTarget] = [FileTarget(svc.settings.checkpoint_file)]
+    if audit.checkpoint_syslog:
+        targets.append(SyslogTarget(audit.checkpoint_syslog))
+    if notify is not None and audit.checkpoint_webhook:
+        targets.append(WebhookTarget(notify))
+    return targets
 
 
 def _wants_json(request: Request) -> bool:
@@ -189,6 +238,11 @@ def build_services(
     authorizer = Authorizer(policy, audit)
     maintenance = MaintenanceService(engine, authorizer, audit, clock)
     signer = load_recording_signer(recording_key_dir(settings.data_dir))
+    storage = RecordingStorage(
+        settings.recordings_dir,
+        min_free_bytes=int(settings.recording.min_free_mb * (1 << 20)),
+        probe_interval_s=settings.recording.probe_interval_s,
+    )
     agent_keys = load_agent_keys(settings.agent_key_dir, settings.agents.cert_validity_days * 86400)
     return Services(
         settings=settings,
@@ -208,12 +262,13 @@ def build_services(
         live=LiveSessions(clock, settings.ssh.watchdog_interval_s),
         ssh_keys=load_ssh_keys(settings.agent_key_dir),
         recorder=RecorderFactory(
-            settings.data_dir / "recordings",
+            settings.recordings_dir,
             signer,
             clock,
             maintenance,
             audit,
             record_input=settings.ssh.record_input,
+            storage=storage,
         ),
         clientless=ClientlessApprovals(
             settings.ssh,
@@ -223,6 +278,8 @@ def build_services(
                 engine, asset, min_purdue_level=settings.ssh.clientless_min_purdue_level
             ),
         ),
+        storage=storage,
+        signer=signer,
     )
 
 
@@ -286,6 +343,25 @@ def create_app(
             notifier = WebhookNotifier(settings.webhook_url, secret.encode(), svc.audit)
             notifier.start()
             svc.access.listeners.append(notifier.notify)
+        svc.storage.on_change = lambda problem: _storage_alert(svc, problem)
+        svc.storage.start()
+        checkpoints = AuditCheckpointer(
+            svc.audit,
+            svc.signer,
+            svc.clock,
+            _checkpoint_targets(svc, notifier.notify if notifier is not None else None),
+            every_events=settings.audit.checkpoint_events,
+            every_s=settings.audit.checkpoint_interval_s,
+            on_status=lambda kind, problem: _alert(
+                svc,
+                kind,
+                "audit:checkpoints",
+                {"problem": problem},
+                "ok" if problem is None else "error",
+            ),
+        )
+        await checkpoints.start()
+        svc.checkpoints = checkpoints
         if settings.agents.enabled:
             gateway = AgentGateway(
                 settings.agents, svc.agent_keys, svc.agents, svc.audit, svc.clock
@@ -331,6 +407,9 @@ def create_app(
             if svc.gateway is not None:
                 await svc.gateway.aclose()
                 svc.gateway = None
+            await svc.storage.aclose()
+            await checkpoints.aclose()  # the final head, after every session's end is audited
+            svc.checkpoints = None
             if notifier is not None:
                 await notifier.aclose()
             await svc.policy.aclose()

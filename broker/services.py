@@ -16,6 +16,7 @@ from broker.clientless import ClientlessApprovals
 from broker.forwarded import client_address
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
+from broker.recording_storage import RecordingStorage
 from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
 from broker.ssh_keys import SshKeys
@@ -29,9 +30,11 @@ from sessions.clock import Clock
 from sessions.db import session_scope
 from sessions.maintenance import MaintenanceService
 from sessions.policy_data import build_plant_data
+from sessions.recording import Ed25519Signer
 
 if TYPE_CHECKING:
     from broker.agent_gateway import AgentGateway
+    from broker.audit_checkpoints import AuditCheckpointer
     from broker.ssh_front import FrontDoor
 
 
@@ -55,9 +58,12 @@ class Services:
     ssh_keys: SshKeys
     recorder: RecorderFactory
     clientless: ClientlessApprovals
+    storage: RecordingStorage
+    signer: Ed25519Signer  # the recording key; also signs audit checkpoints
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
     front: FrontDoor | None = None
+    checkpoints: AuditCheckpointer | None = None
 
     @property
     def policy_manager(self) -> PolicyManager | None:

@@ -67,6 +67,8 @@ from sessions.recording import (
     load_public_key,
     verify_recording,
 )
+from sessions.recording_end import RECORDING_CLOSED, AuditedEnd, check_end
+from sessions.recording_end import subject as end_subject
 
 LIST_LIMIT = 200
 OPS_LIMIT = 2000  # operations shown on one page (the counts cover the whole log)
@@ -317,9 +319,16 @@ def _verify(svc: Services, row: RecordingRow) -> tuple[str, str]:
     """Verify the files, store the outcome; (integrity, one-line summary)."""
     try:
         key = load_public_key(public_key_path(recording_key_dir(svc.settings.data_dir)))
-        result = verify_recording(_directory(svc, row), key)
+        directory = _directory(svc, row)
+        result = verify_recording(directory, key)
     except RecordingError as exc:
         raise BrokerError(f"verifying recording {row.id}: {exc.message}", status=503) from exc
+    ends = [  # the clean end the audit log records: a truncated recording is BROKEN
+        end
+        for event in svc.audit.find(RECORDING_CLOSED, end_subject(directory.name))
+        if (end := AuditedEnd.from_event(event.seq, event.details)) is not None
+    ]
+    result = check_end(result, ends, source="the audit log")
     integrity = {
         VerifyStatus.OK: RecordingIntegrity.OK,
         VerifyStatus.BROKEN: RecordingIntegrity.BROKEN,

@@ -172,6 +172,39 @@ class SshSettings(BaseModel):
         return StartupLimits.parse(self.max_startups, self.max_startups_per_source)
 
 
+class RecordingSettings(BaseModel):
+    """Recording storage (``<data_dir>/recordings``): when strict sessions are refused."""
+
+    # A strict-mode session starts only with this much free space left (and a probe write
+    # succeeding); below it the broker refuses strict sessions and reports storage failing.
+    min_free_mb: float = Field(default=64.0, ge=0, le=1_000_000)
+    probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class AuditSettings(BaseModel):
+    """Signed checkpoints of the audit chain head, shipped off the database."""
+
+    checkpoint_events: int = Field(default=100, ge=1, le=1_000_000)
+    checkpoint_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    # JSON lines, appended and fsynced; default <data_dir>/audit/checkpoints.jsonl.
+    checkpoint_file: Path | None = None
+    # Also to syslog: "udp://host:port", "tcp://host:port" or "unix:/dev/log" ("" = off).
+    checkpoint_syslog: str = ""
+    # Also POST each checkpoint to webhook_url (event "audit.checkpoint") when one is set.
+    checkpoint_webhook: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> AuditSettings:
+        target = self.checkpoint_syslog
+        if target and not target.startswith("unix:/"):
+            parts = urlsplit(target)
+            if parts.scheme not in {"udp", "tcp"} or not parts.hostname or not parts.port:
+                raise ValueError(
+                    "audit.checkpoint_syslog must be udp://host:port, tcp://host:port or unix:/path"
+                )
+        return self
+
+
 class RoleSettings(BaseModel):
     """IdP group names (or IDs) that grant each Conduit role."""
 
@@ -225,6 +258,8 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _secure(self) -> Settings:
@@ -281,6 +316,14 @@ class Settings(BaseSettings):
     @property
     def agent_key_dir(self) -> Path:
         return self.agents.key_dir or self.data_dir / "keys"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.audit.checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
 
     @property
     def secure_cookies(self) -> bool:

@@ -54,6 +54,7 @@ from sessions.clock import Clock
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.modbus import ModbusInspector, TokenBucket
 from sessions.models import AssetEndpoint, EndpointProtocol
+from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 log = logging.getLogger("conduit.ssh")
@@ -78,6 +79,10 @@ class Recorder(Protocol):
     def resize(self, width: int, height: int) -> None: ...
 
     def close(self, reason: str) -> None: ...
+
+    async def finish(self, reason: str) -> bool:
+        """Close and wait: True if the recording is complete (strict: False ends the session)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -434,6 +439,8 @@ class _Vendor(asyncssh.SSHServer):
             )
         except Exception as exc:
             channel.close()
+            if isinstance(exc, RecordingError):  # strict: no recording, no session
+                cut(exc.message)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
@@ -676,6 +683,9 @@ class _AssetSide(asyncssh.SSHClientSession[bytes]):
         self._channel.from_asset(data, datatype)
 
     def eof_received(self) -> bool:
+        if self._channel.recorder is not None:
+            return True  # the exit closes the channel once the recording is complete; until
+            # then a recording failure can still be told on stderr (impossible after EOF)
         with contextlib.suppress(Exception):
             self._channel.chan.write_eof()  # type: ignore[union-attr]
         return True
@@ -778,16 +788,21 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
                 def cut(why: str) -> None:
                     v.deps.live.kill(session_id, why)
 
-                self.recorder = await v.deps.recorder(
-                    session_id,
-                    self.number,
-                    width,
-                    height,
-                    title,
-                    strict=strict,
-                    on_failure=cut,
-                    pty=self.pty is not None,
-                )
+                try:
+                    self.recorder = await v.deps.recorder(
+                        session_id,
+                        self.number,
+                        width,
+                        height,
+                        title,
+                        strict=strict,
+                        on_failure=cut,
+                        pty=self.pty is not None,
+                    )
+                except RecordingError as exc:  # strict: refused, and the session ends with it
+                    self.refuse(f"session refused: {exc.message}")
+                    cut(exc.message)
+                    return
             kwargs: dict[str, Any] = {"encoding": None}
             if self.pty:
                 kwargs.update(term_type=self.pty[0], term_size=self.pty[1])
@@ -909,9 +924,19 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             return
         if self.transfers is not None:
             self.transfers.finish()
-        if self.recorder is not None:
-            self.recorder.close("channel closed")
-            self.recorder = None
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            # The exit status goes out once the recording is complete: if closing it fails, a
+            # strict session is ended instead and the vendor gets the reason.
+            asyncio.get_running_loop().create_task(self._exit_after(recorder, side))
+            return
+        self._exit(side)
+
+    async def _exit_after(self, recorder: Recorder, side: _AssetSide) -> None:
+        await recorder.finish("channel closed")
+        self._exit(side)
+
+    def _exit(self, side: _AssetSide) -> None:
         if self.chan is None or self.done:
             return
         self.done = True

@@ -8,8 +8,10 @@ Each :class:`~sessions.models.AuditEvent` carries ``seq`` (1, 2, 3 … without g
 where :func:`canonical_json` sorts keys, uses no whitespace, encodes as UTF-8 (non-ASCII kept
 as is) and writes timestamps as ISO-8601 UTC with microseconds and a ``Z``.  Changing any
 stored field breaks that event's hash; deleting an event leaves a gap in ``seq``; re-hashing a
-changed event breaks the next event's ``prev_hash``.  Removing events from the *end* is only
-detectable against a head hash kept elsewhere (:attr:`AuditVerification.head_hash`).
+changed event breaks the next event's ``prev_hash``.  Removing events from the *end*, or
+rewriting events and recomputing every later hash, is only detectable against a head hash kept
+elsewhere: the broker's signed checkpoints (:mod:`sessions.checkpoints`), which
+:func:`verify_chain` takes.
 
 :func:`canonical_json` and :func:`event_hash` are pure, so an offline verifier can re-check an
 :meth:`AuditLog.export_jsonl` file without this package's database code.
@@ -19,10 +21,11 @@ Secrets: :func:`redact` is applied to ``details`` on every append; see its docst
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -30,6 +33,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from sessions.checkpoints import Checkpoint, CheckpointMatcher
 from sessions.clock import Clock
 from sessions.db import is_sqlite, session_scope, write_connection
 from sessions.errors import AuditIntegrityError, ConflictError, ValidationError
@@ -153,13 +157,23 @@ def event_record(event: AuditEvent) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the log
 
 
+class AuditProblem:
+    """What :func:`verify_chain` found wrong (``AuditVerification.problem``)."""
+
+    BROKEN = "broken"  # a changed, missing, inserted or reordered event inside the chain
+    REWRITTEN = "rewritten"  # the chain is consistent but differs from a signed checkpoint
+    TRUNCATED = "truncated"  # the log ends before an event a signed checkpoint covers
+
+
 @dataclass(frozen=True)
 class AuditVerification:
-    """Result of :meth:`AuditLog.verify`.
+    """Result of :func:`verify_chain` / :meth:`AuditLog.verify`.
 
     ``checked`` counts the events that verified intact, from event 1 up to the first break;
     ``head_hash`` is the hash of the last of them (None for an empty or immediately broken
-    chain).  ``reason`` names the first broken seq and what is wrong with it.
+    chain).  ``reason`` names the first broken seq and what is wrong with it; ``problem`` is
+    an :class:`AuditProblem` value.  ``checkpoints`` counts the checkpoints the chain matched
+    and ``latest_checkpoint`` is the newest one given (None without checkpoints).
     """
 
     ok: bool
@@ -167,6 +181,9 @@ class AuditVerification:
     first_broken_seq: int | None
     reason: str | None
     head_hash: str | None
+    problem: str | None = None
+    checkpoints: int = 0
+    latest_checkpoint: Checkpoint | None = None
 
 
 class AuditLog:
@@ -181,6 +198,9 @@ class AuditLog:
     def __init__(self, engine: sa.Engine, clock: Clock) -> None:
         self._engine = engine
         self._clock = clock
+        # Called with (seq, hash) after each append committed, in the appending thread; a
+        # listener must be quick and must not append (the broker's checkpointer wakes up).
+        self.listeners: list[Callable[[int, str], None]] = []
 
     def append(
         self,
@@ -211,9 +231,13 @@ class AuditLog:
         clean = _normalise_details(details or {})
         for _ in range(_APPEND_ATTEMPTS):
             try:
-                return self._append_once(kind, actor, outcome, subject, source_ip, clean)
+                event = self._append_once(kind, actor, outcome, subject, source_ip, clean)
             except ConflictError:
                 continue  # lost a race on seq/hash: retry on the new head
+            for listener in list(self.listeners):
+                with contextlib.suppress(Exception):  # a listener never fails an append
+                    listener(event.seq, event.hash)
+            return event
         raise AuditIntegrityError(
             f"audit append: {kind}: lost {_APPEND_ATTEMPTS} races for the next seq; "
             "is something writing audit_events without the lock?"
@@ -291,34 +315,37 @@ class AuditLog:
                 return
             last_seq = rows[-1].seq
 
-    def verify(self, *, batch: int = 1000) -> AuditVerification:
+    def event_at(self, seq: int) -> AuditEvent | None:
+        """The event with sequence number ``seq`` (detached), or None."""
+        with session_scope(self._engine) as session:
+            event = session.exec(select(AuditEvent).where(AuditEvent.seq == seq)).first()
+            if event is not None:
+                session.expunge(event)
+        return event
+
+    def find(self, kind: str, subject: str) -> list[AuditEvent]:
+        """Every event of ``kind`` about ``subject``, in seq order (detached)."""
+        with session_scope(self._engine) as session:
+            rows = list(
+                session.exec(
+                    select(AuditEvent)
+                    .where(AuditEvent.kind == kind, AuditEvent.subject == subject)
+                    .order_by(col(AuditEvent.seq))
+                ).all()
+            )
+            for row in rows:
+                session.expunge(row)
+        return rows
+
+    def verify(
+        self, *, batch: int = 1000, checkpoints: Iterable[Checkpoint] = ()
+    ) -> AuditVerification:
         """Walk the whole chain in seq order (streaming) and report the first break.
 
-        Checks, per event: its seq is the next one (a gap means deleted events), its
-        ``prev_hash`` equals the previous event's hash (genesis: 64 zeros), and its hash matches
-        its content.  Never raises for a broken chain: that is the result, not an error.
+        See :func:`verify_chain`; ``checkpoints`` (already signature-checked) add the checks
+        for a rewritten or truncated chain.
         """
-        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
-        for event in self.iter_events(batch=batch):
-            problem = _check_event(event, expected_seq, prev_hash)
-            if problem is not None:
-                broken_seq, reason = problem
-                return AuditVerification(
-                    ok=False,
-                    checked=checked,
-                    first_broken_seq=broken_seq,
-                    reason=reason,
-                    head_hash=prev_hash if checked else None,
-                )
-            checked += 1
-            expected_seq, prev_hash = event.seq + 1, event.hash
-        return AuditVerification(
-            ok=True,
-            checked=checked,
-            first_broken_seq=None,
-            reason=None,
-            head_hash=prev_hash if checked else None,
-        )
+        return verify_chain(self.iter_events(batch=batch), checkpoints=checkpoints)
 
     def export_jsonl(self, out: TextIO, *, since_seq: int = 0) -> int:
         """Write one canonical JSON object per event (with ``hash``/``prev_hash``) to ``out``.
@@ -344,17 +371,68 @@ def _normalise_details(details: Mapping[str, object]) -> dict[str, Any]:
     return normalised
 
 
-def _check_event(event: AuditEvent, expected_seq: int, prev_hash: str) -> tuple[int, str] | None:
-    seq = event.seq
+def verify_chain(
+    events: Iterable[AuditEvent | Mapping[str, Any]], *, checkpoints: Iterable[Checkpoint] = ()
+) -> AuditVerification:
+    """Verify events in seq order: stored :class:`AuditEvent` rows or exported JSONL records.
+
+    Checks, per event: its seq is the next one (a gap means deleted events), its
+    ``prev_hash`` equals the previous event's hash (genesis: 64 zeros), and its hash matches
+    its content.  With ``checkpoints``, also that the event at each checkpoint's seq has the
+    checkpoint's hash (else ``rewritten``) and that the log reaches every checkpoint (else
+    ``truncated``).  Never raises for a broken chain: that is the result, not an error
+    (:class:`sessions.checkpoints.CheckpointError` if the checkpoints contradict each other).
+    """
+    matcher = CheckpointMatcher(checkpoints)
+    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+
+    def result(problem: str | None, seq: int | None, reason: str | None) -> AuditVerification:
+        return AuditVerification(
+            ok=problem is None,
+            checked=checked,
+            first_broken_seq=seq,
+            reason=reason,
+            head_hash=prev_hash if checked else None,
+            problem=problem,
+            checkpoints=matcher.matched,
+            latest_checkpoint=matcher.latest,
+        )
+
+    for event in events:
+        seq, digest, fields = _parts(event)
+        problem = _check_fields(seq, digest, fields, expected_seq, prev_hash)
+        if problem is not None:
+            return result(AuditProblem.BROKEN, *problem)
+        if (mismatch := matcher.observe(seq, digest)) is not None:
+            return result(AuditProblem.REWRITTEN, seq, mismatch)
+        checked += 1
+        expected_seq, prev_hash = seq + 1, digest
+    if (missing := matcher.finish(checked)) is not None:
+        return result(AuditProblem.TRUNCATED, checked + 1, missing)
+    return result(None, None, None)
+
+
+def _parts(event: AuditEvent | Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    if isinstance(event, AuditEvent):
+        return event.seq, event.hash, event_fields(event)
+    fields = {key: value for key, value in event.items() if key != "hash"}
+    return event.get("seq"), event.get("hash"), fields
+
+
+def _check_fields(
+    seq: object, digest: object, fields: dict[str, Any], expected_seq: int, prev_hash: str
+) -> tuple[int, str] | None:
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return expected_seq, f"event {expected_seq}: has no valid seq"
     if seq != expected_seq:
         return expected_seq, f"event {expected_seq}: missing (the next stored event is {seq})"
-    if event.prev_hash != prev_hash:
+    if fields.get("prev_hash") != prev_hash:
         previous = "the genesis hash" if seq == 1 else f"the hash of event {seq - 1}"
         return seq, f"event {seq}: prev_hash does not match {previous}"
     try:
-        recomputed = event_hash(event.prev_hash, event_fields(event))
+        recomputed = event_hash(prev_hash, fields)
     except (TypeError, ValueError) as exc:
         return seq, f"event {seq}: content cannot be encoded ({exc})"
-    if recomputed != event.hash:
+    if recomputed != digest:
         return seq, f"event {seq}: content does not match its hash"
     return None

@@ -28,8 +28,10 @@ crash (even SIGKILL) everything flushed verifies; :class:`FlushTimer` flushes da
 than ``flush_interval_s`` after it was written. :func:`verify_recording` names the first broken
 chunk; without a manifest it reports INCOMPLETE up to the last signed entry, and a recording
 still being written verifies as INCOMPLETE (then OK once closed), never as BROKEN. Removing whole
-chunks *from the end* of a recording whose manifest was also removed is indistinguishable from a
-crash: such a recording only ever verifies as INCOMPLETE, never OK.
+chunks *from the end* of a recording whose manifest was also removed looks like a crash here:
+such a recording only ever verifies as INCOMPLETE, never OK. The audit log tells the two apart:
+a clean end is recorded there with the final chain (:mod:`sessions.recording_end`), and a
+recording the log shows as ended cleanly but which lacks that end is BROKEN.
 
 Secrets: ``meta`` is stored and signed as given; callers must not put secrets in it.
 Only the standard library and ``cryptography`` are used here (no database, no web code).
@@ -644,7 +646,8 @@ class VerifyResult:
 
     ``chunks``/``size`` count what verified (for BROKEN: the chunks before the first broken
     one). ``broken_seq``/``broken_file`` name the first broken chunk (None if the fault is not
-    a chunk's, e.g. the manifest). ``last_at`` is the ``at`` of the last verified chunk.
+    a chunk's, e.g. the manifest). ``last_at`` is the ``at`` of the last verified chunk;
+    ``head`` the chain hash of the last verified chunk (None before the first).
     """
 
     status: str
@@ -661,6 +664,7 @@ class VerifyResult:
     broken_seq: int | None = None
     broken_file: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    head: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -837,7 +841,7 @@ def _verify_chain(
             raise _Broken("sha256 mismatch", seq, file)
         chained.add(file)
         prev = entry["chain"]
-        state.update(chunks=seq, size=state["size"] + size, last_at=entry["at"])
+        state.update(chunks=seq, size=state["size"] + size, last_at=entry["at"], head=prev)
     return chained, prev
 
 

@@ -62,8 +62,14 @@ async def test_channel_recorder_is_set_up_off_the_event_loop(tmp_path: Path) -> 
     recorder.output(b"hello\r\n")
     recorder.close("done")
     await async_wait_until(lambda: maintenance.finished, "the recording row to be finished")
-    assert maintenance.finished == ["row-1"] and not audit.events
-    assert verify_recording(tmp_path / "s1-1", signer.public_key).status == VerifyStatus.OK
+    assert maintenance.finished == ["row-1"]
+    verified = verify_recording(tmp_path / "s1-1", signer.public_key)
+    assert verified.status == VerifyStatus.OK
+    # The clean end is audited with the final chain hash (what `conduit verify` checks against).
+    [(kind, outcome, details)] = audit.events
+    assert (kind, outcome) == ("recording.closed", "ok")
+    assert (details["chunks"], details["size"]) == (verified.chunks, verified.size)
+    assert details["final_chain"] == verified.head and details["session"] == "s1"
 
 
 async def test_tcp_recording_is_set_up_off_the_event_loop(tmp_path: Path) -> None:

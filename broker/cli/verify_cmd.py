@@ -7,7 +7,14 @@ Only the broker's public recording key is needed (``--public-key FILE``, OpenSSH
 * 0 ``INCOMPLETE: ...`` — no manifest (the broker stopped mid-session); everything up to the
   last flush verified. Scripts that need a cleanly ended recording must check the first word;
 * 1 ``BROKEN: chunk N (file): reason`` — tampered with or damaged; the first fault is named;
-* 2 — the recording or key could not be read.
+* 1 ``BROKEN: truncated: ...`` — the audit log records a clean end (``recording.closed`` with
+  the final chain hash) that the recording lacks: its end was removed, not lost in a crash;
+* 2 — the recording, key or audit log could not be read.
+
+The audit log is consulted when one is given: ``--audit-log FILE`` (an ``audit export`` file,
+whose own chain is verified first), ``--database-url URL``, or the database of the settings when
+a config file is given (``--config`` or ``$CONDUIT_CONFIG``). Without one, a truncated recording
+cannot be told from a crash and the output says so.
 
 ``recordings export`` writes the verified content (e.g. a ``.cast`` file for ``asciinema``) and
 refuses a BROKEN recording (exit 1); ``--no-verify`` skips the check.
@@ -16,7 +23,10 @@ refuses a BROKEN recording (exit 1); ``--no-verify`` skips the check.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +37,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from sessions.recording import VerifyResult
+    from sessions.recording_end import AuditedEnd
 
 
 def add_parser(sub: Any) -> None:
@@ -51,6 +62,10 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="the broker's recording public key (default: <data_dir>/keys/recording_ed25519.pub)",
     )
+    p.add_argument(
+        "--audit-log", type=Path, metavar="FILE", help="`audit export` file to check its end"
+    )
+    p.add_argument("--database-url", help="check the end against this database's audit log")
     add_config_arg(p)
 
 
@@ -70,9 +85,69 @@ def _public_key(args: argparse.Namespace) -> Ed25519PublicKey:
 
 
 def _verify(args: argparse.Namespace) -> VerifyResult:
-    from sessions.recording import verify_recording
+    from sessions.recording import VerifyStatus, verify_recording
+    from sessions.recording_end import check_end
 
-    return verify_recording(args.recording, _public_key(args))
+    result = verify_recording(args.recording, _public_key(args))
+    names = {args.recording.resolve().name, result.recording_id or ""} - {""}
+    audited = _audited_ends(args, names)
+    if audited is None:
+        if result.status != VerifyStatus.INCOMPLETE:
+            return result
+        note = (
+            "audit log not consulted (--audit-log FILE or --database-url URL): a recording "
+            "whose end was removed cannot be told from a crash"
+        )
+        return dataclasses.replace(result, notes=(*result.notes, note))
+    ends, source = audited
+    return check_end(result, ends, source=source)
+
+
+def _audited_ends(
+    args: argparse.Namespace, recording_ids: set[str]
+) -> tuple[list[AuditedEnd], str] | None:
+    """The clean ends the audit log records for the recording, and where they came from."""
+    from sessions.recording_end import RECORDING_CLOSED, AuditedEnd, subject
+
+    subjects = {subject(rid) for rid in recording_ids}
+    ends: list[AuditedEnd] = []
+    if args.audit_log is not None:
+        from broker.cli.audit_cmd import read_export
+        from sessions.audit import verify_chain
+
+        matches: list[dict[str, Any]] = []
+
+        def scan() -> Iterator[dict[str, Any]]:
+            for record in read_export(args.audit_log):
+                if record.get("kind") == RECORDING_CLOSED and record.get("subject") in subjects:
+                    matches.append(record)
+                yield record
+
+        chain = verify_chain(scan())
+        if not chain.ok:
+            raise BrokerError(f"audit log {args.audit_log} is not intact: {chain.reason}")
+        for record in matches:
+            details = record.get("details")
+            end = AuditedEnd.from_event(record["seq"], details if isinstance(details, dict) else {})
+            if end is not None:
+                ends.append(end)
+        return ends, f"the audit log {args.audit_log}"
+    url = args.database_url
+    if url is None and (args.config is not None or os.environ.get("CONDUIT_CONFIG")):
+        url = settings_from(args).database_url
+    if url is None:
+        return None
+    from sessions.audit import AuditLog
+    from sessions.clock import SystemClock
+    from sessions.db import create_db_engine
+
+    audit = AuditLog(create_db_engine(url), SystemClock())
+    for name in sorted(subjects):
+        for event in audit.find(RECORDING_CLOSED, name):
+            end = AuditedEnd.from_event(event.seq, event.details)
+            if end is not None:
+                ends.append(end)
+    return ends, "the audit log"
 
 
 def verify(args: argparse.Namespace) -> int:
