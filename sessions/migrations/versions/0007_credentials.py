@@ -91,8 +91,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("serial", name=op.f("pk_ssh_certificates")),
     )
-    for column in ("user_id", "token_id", "session_hash", "expires_at"):
-        op.create_index(f"ix_ssh_certificates_{column}", "ssh_certificates", [column])
+    for name in ("user_id", "token_id", "session_hash", "expires_at"):
+        op.create_index(f"ix_ssh_certificates_{name}", "ssh_certificates", [name])
 
 
 def downgrade() -> None:
