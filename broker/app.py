@@ -41,8 +41,8 @@ from broker import (
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
 from broker.auth import ApiTokens, WebSessions
-from broker.clientless import ClientlessApprovals
 from broker.errors import BrokerError, NotAuthenticated
+from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.recording_keys import load_recording_signer, recording_key_dir
@@ -61,6 +61,7 @@ from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock, SystemClock
+from sessions.credentials import CredentialService
 from sessions.db import create_db_engine, migrate
 from sessions.maintenance import MaintenanceService
 from sessions.models import AuditOutcome
@@ -158,6 +159,7 @@ def build_services(
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
     maintenance = MaintenanceService(engine, authorizer, audit, clock)
+    credentials = CredentialService(engine, audit, clock)
     signer = load_recording_signer(recording_key_dir(settings.data_dir))
     agent_keys = load_agent_keys(settings.agent_key_dir, settings.agents.cert_validity_days * 86400)
     return Services(
@@ -167,7 +169,8 @@ def build_services(
         audit=audit,
         oidc=OidcClient(settings.oidc, redirect_uri, clock, transport=oidc_transport),
         web_sessions=WebSessions(engine, clock, settings.session_ttl_s),
-        tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s),
+        tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s, credentials),
+        credentials=credentials,
         templates=templates,
         policy=policy,
         authorizer=authorizer,
@@ -185,7 +188,7 @@ def build_services(
             audit,
             record_input=settings.ssh.record_input,
         ),
-        clientless=ClientlessApprovals(settings.ssh.clientless_code_ttl_s),
+        clientless=ApprovingSessions(settings.ssh.clientless_code_ttl_s),
     )
 
 
@@ -259,7 +262,11 @@ def create_app(
             svc.gateway = gateway
         svc.live.start()
         svc.access.on_grant_ended.append(svc.live.end_grant)
+        watch = None
         if settings.ssh.enabled:
+            front_credentials = FrontCredentials(svc.credentials, svc.clientless)
+            watch = CredentialWatch(svc.live, front_credentials, settings.ssh.watchdog_interval_s)
+            watch.start()
             front = FrontDoor(
                 FrontDeps(
                     settings=settings.ssh,
@@ -274,6 +281,8 @@ def create_app(
                     clientless=svc.clientless,
                     approve_url=settings.public_url.rstrip("/") + "/ssh/approve",
                     alert=lambda kind, subject, details: _alert(svc, kind, subject, details),
+                    credentials=front_credentials,
+                    watch=watch,
                 )
             )
             await front.start()
@@ -289,6 +298,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if watch is not None:
+                await watch.aclose()
             await svc.live.aclose()
             if svc.front is not None:
                 await svc.front.aclose()

@@ -415,7 +415,9 @@ def principal_json(p: Principal) -> dict[str, Any]:
         "name": p.name,
         "roles": list(p.roles),
         "groups": list(p.groups),
-        "amr": list(p.amr),
+        "amr": list(p.auth.amr),
+        "acr": p.auth.acr,
+        "auth_time": p.auth.auth_time.isoformat() if p.auth.auth_time else None,
         "expires_at": p.expires_at.isoformat(),
         "via": p.via,
     }

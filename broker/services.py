@@ -12,7 +12,7 @@ from starlette.templating import Jinja2Templates
 
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
-from broker.clientless import ClientlessApprovals
+from broker.front_credentials import ApprovingSessions
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.session_recorder import RecorderFactory
@@ -25,6 +25,7 @@ from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
+from sessions.credentials import CredentialService
 from sessions.db import session_scope
 from sessions.maintenance import MaintenanceService
 from sessions.policy_data import build_plant_data
@@ -43,6 +44,7 @@ class Services:
     oidc: OidcClient
     web_sessions: WebSessions
     tokens: ApiTokens
+    credentials: CredentialService
     templates: Jinja2Templates
     policy: PolicyEngine
     authorizer: Authorizer
@@ -53,7 +55,7 @@ class Services:
     live: LiveSessions
     ssh_keys: SshKeys
     recorder: RecorderFactory
-    clientless: ClientlessApprovals
+    clientless: ApprovingSessions
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
     front: FrontDoor | None = None
