@@ -37,10 +37,12 @@ from broker import (
     session_api,
     session_pages,
     signin,
+    users_admin,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
 from broker.auth import ApiTokens, WebSessions
+from broker.device_starts import DeviceStarts
 from broker.errors import BrokerError, NotAuthenticated
 from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
@@ -171,6 +173,13 @@ def build_services(
         web_sessions=WebSessions(engine, clock, settings.session_ttl_s),
         tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s, credentials),
         credentials=credentials,
+        device_starts=DeviceStarts(
+            engine,
+            audit,
+            clock,
+            pending_per_ip=settings.device_pending_per_ip,
+            interval_s=settings.device_audit_interval_s,
+        ),
         templates=templates,
         policy=policy,
         authorizer=authorizer,
@@ -261,6 +270,7 @@ def create_app(
             await gateway.start()
             svc.gateway = gateway
         svc.live.start()
+        svc.device_starts.start()
         svc.access.on_grant_ended.append(svc.live.end_grant)
         watch = None
         if settings.ssh.enabled:
@@ -298,6 +308,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await svc.device_starts.aclose()
             if watch is not None:
                 await watch.aclose()
             await svc.live.aclose()
@@ -351,6 +362,7 @@ def create_app(
             *session_pages.routes,
             *agent_pages.routes,
             *policy_admin.routes,
+            *users_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},

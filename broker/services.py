@@ -12,6 +12,7 @@ from starlette.templating import Jinja2Templates
 
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
+from broker.device_starts import DeviceStarts
 from broker.front_credentials import ApprovingSessions
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
@@ -45,6 +46,7 @@ class Services:
     web_sessions: WebSessions
     tokens: ApiTokens
     credentials: CredentialService
+    device_starts: DeviceStarts
     templates: Jinja2Templates
     policy: PolicyEngine
     authorizer: Authorizer

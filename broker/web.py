@@ -35,6 +35,7 @@ NAV = (
     ("admin", "Grants", "/admin/grants"),
     ("admin", "Assets", "/admin/assets"),
     ("admin", "Agents", "/admin/agents"),
+    ("admin", "Users", "/admin/users"),
     ("admin", "Policy", "/admin/policy"),
     ("admin", "What-if", "/admin/whatif"),
     ("security", "Audit log", "/security/audit"),
