@@ -46,7 +46,7 @@ from broker.services import Services, client_ip, services
 from broker.web import check_csrf, current_principal, render, require
 from sessions.credentials import AuthContext
 from sessions.db import session_scope
-from sessions.models import CliAuthorization, User
+from sessions.models import CliAuthorization, User, WebSession
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"  # no vowels: no words, no 0/O or 1/I confusion
@@ -425,6 +425,10 @@ def _redeem(svc: Services, params: dict[str, Any]) -> _Redeemed | JSONResponse:
         user = db.get(User, row.user_id) if row.user_id else None
         if user is None or user.disabled:
             return _oauth_error("access_denied", "user is unknown or disabled")
+        if row.session_hash is not None and db.get(WebSession, row.session_hash) is None:
+            return _oauth_error(
+                "access_denied", "the browser session that approved this sign-in has ended"
+            )
         auth = AuthContext(tuple(row.amr), row.acr, row.auth_time)
         return _Redeemed(row.id, user.id, auth, row.session_hash)
 

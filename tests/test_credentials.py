@@ -351,6 +351,12 @@ def test_web_sign_out_revokes_the_tokens_and_certificates_it_approved(
     assert logout["details"]["certificates"] == [minted.json()["serial"]]
     [revoked] = audit_events(plant, "credentials.revoked")
     assert revoked["details"]["scope"] == "session" and revoked["actor"] == _user_id(plant, "adam")
+    # "Sign out everywhere" (who-am-I page) ends every credential of the user.
+    page = other_browser.get(f"{plant.url}/whoami")
+    everywhere = {**form_values(page.text), "everywhere": "1"}
+    assert other_browser.post(f"{plant.url}/logout", data=everywhere).status_code == 303
+    assert httpx2.get(f"{plant.url}/api/whoami", headers=_bearer(other_token)).status_code == 401
+    assert audit_events(plant, "credentials.revoked")[-1]["details"]["scope"] == "user"
 
 
 def test_admin_revokes_every_credential_of_a_user_by_api_cli_and_page(
