@@ -32,8 +32,8 @@ from sqlmodel import Session, col, select
 from policies.decision import Decision
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer, build_input, iso, user_document
-from sessions.credentials import NO_AUTH, AuthContext
 from sessions.clock import Clock
+from sessions.credentials import NO_AUTH, AuthContext
 from sessions.db import is_sqlite, session_scope
 from sessions.endpoints import describe, endpoints_of, logins_for
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
