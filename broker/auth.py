@@ -51,6 +51,14 @@ def secret_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+class TokenRefused(Exception):
+    """A known bearer token that may no longer be used (the reason is safe to show)."""
+
+    def __init__(self, reason: str, *, user_id: str, token_id: str) -> None:
+        super().__init__(reason)
+        self.reason, self.user_id, self.token_id = reason, user_id, token_id
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated user as seen by one request."""
@@ -209,29 +217,35 @@ class ApiTokens:
         return token, expires
 
     def lookup(self, token: str) -> Principal | None:
-        """The principal for a bearer token, or None if unknown, expired, revoked, disabled or
-        issued under a role the user no longer holds (then it is revoked, audited)."""
+        """The principal for a bearer token; None if unknown. A known token that is revoked,
+        expired, of a disabled user or issued under a role the user no longer holds (then it
+        is revoked, audited) raises :class:`TokenRefused` saying which."""
         if not token.startswith(TOKEN_PREFIX):
             return None
         now = self._clock.now()
-        lost: tuple[str, list[str]] | None = None
         with session_scope(self._engine, write=True) as db:
             row = db.exec(select(ApiToken).where(ApiToken.token_hash == secret_hash(token))).first()
-            if row is None or row.revoked_at is not None or row.expires_at <= now:
+            if row is None:
                 return None
             user = db.get(User, row.user_id)
-            if user is None or user.disabled:
-                return None
-            if set(row.roles) - set(user.roles):
-                lost = (user.id, list(user.roles))
+            if row.revoked_at is not None:
+                why = f"the CLI token was revoked: {row.revoke_reason or 'no reason given'}"
+            elif row.expires_at <= now:
+                why = "the CLI token expired"
+            elif user is None or user.disabled:
+                why = "the user is disabled"
+            elif set(row.roles) - set(user.roles):
+                why = ""  # revoked below, after this transaction
             else:
                 row.last_used_at = now
                 db.add(row)
                 ref = CredentialRef("token", row.id)
                 return _principal(user, row.expires_at, "token", None, AuthContext.of(row), ref)
-        assert lost is not None
-        self._credentials.revoke_lost_roles(*lost)
-        return None
+            user_id, token_id, roles = row.user_id, row.id, list(user.roles) if user else []
+        if not why:
+            self._credentials.revoke_lost_roles(user_id, roles)
+            why = "the CLI token was revoked: the user no longer holds the role it was issued under"
+        raise TokenRefused(why, user_id=user_id, token_id=token_id)
 
     def token_id(self, token: str) -> str | None:
         with session_scope(self._engine) as db:

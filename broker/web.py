@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.auth import CURRENT_PRINCIPAL, SESSION_COOKIE, Principal
+from broker.auth import CURRENT_PRINCIPAL, SESSION_COOKIE, Principal, TokenRefused
 from broker.errors import BadRequest, Forbidden, NotAuthenticated
 from broker.services import services
 
@@ -57,7 +57,20 @@ async def current_principal(request: Request) -> Principal | None:
     principal: Principal | None = None
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
-        principal = await run_in_threadpool(svc.tokens.lookup, auth[7:].strip())
+        try:
+            principal = await run_in_threadpool(svc.tokens.lookup, auth[7:].strip())
+        except TokenRefused as exc:
+            await svc.record(
+                request,
+                "auth.bearer_refused",
+                actor=exc.user_id,
+                outcome="rejected",
+                subject=f"cli:{exc.token_id}",
+                details={"reason": exc.reason, "method": request.method, "path": request.url.path},
+            )
+            raise NotAuthenticated(
+                f"{exc.reason}; run `conduit login` again", code="token_refused"
+            ) from None
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
