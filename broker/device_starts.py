@@ -2,10 +2,10 @@
 audit event per address and interval instead of one per start.
 
 Anyone can start a device sign-in, so the starts are where a flood would land. An address may
-hold at most ``device_pending_per_ip`` unexpired device codes at a time (codes live
-``device_code_ttl_s``); more are refused with 429 and a ``Retry-After``. The count is read
-from the database, so it holds across brokers. Expired sign-in requests of both flows are
-deleted at each start and each flush. Starts and refusals are tallied per address and written
+hold at most ``device_pending_per_ip`` unexpired, not yet approved device codes at a time
+(codes live ``device_code_ttl_s``); more are refused with 429 and a ``Retry-After``. The count
+is read from the database, so it holds across brokers. Expired sign-in requests of both flows
+are deleted at each start and each flush. Starts and refusals are tallied per address and written
 every ``device_audit_interval_s`` as ``cli.device_started`` (outcome ``ok``, ``count``) and
 ``cli.device_refused`` (outcome ``rejected``, ``count``, ``reason``), each with up to three of
 the (untrusted) client names sent. Owner: the app's lifespan (``start``/``aclose``, which
@@ -28,7 +28,7 @@ from sqlmodel import col, select
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.db import session_scope
-from sessions.models import CliAuthorization, CliAuthorizationKind
+from sessions.models import CliAuthorization, CliAuthorizationKind, CliAuthorizationState
 
 log = logging.getLogger("conduit.cli_auth")
 MAX_NAMES = 3
@@ -72,6 +72,7 @@ class DeviceStarts:
             count, oldest = db.exec(
                 select(func.count(), func.min(CliAuthorization.expires_at)).where(
                     CliAuthorization.kind == CliAuthorizationKind.DEVICE,
+                    CliAuthorization.state == CliAuthorizationState.PENDING,
                     CliAuthorization.source_ip == ip,
                 )
             ).one()
