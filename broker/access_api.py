@@ -177,7 +177,7 @@ async def create_request(request: Request) -> Response:
         maintenance_window_only=bool(body.get("maintenance_window_only", False)),
     )
     try:
-        row = await svc.access.request(principal.user_id, spec)
+        row = await svc.access.request(principal.user_id, spec, auth=principal.auth)
     except SessionsError as exc:
         return domain_error(exc)
 
@@ -259,7 +259,9 @@ async def list_grants(request: Request) -> Response:
 async def approve(request: Request) -> Response:
     principal = await require(request, APPROVER, ADMIN)
     try:
-        grant = await services(request).access.approve(request.path_params["id"], principal.user_id)
+        grant = await services(request).access.approve(
+            request.path_params["id"], principal.user_id, auth=principal.auth
+        )
     except SessionsError as exc:
         return domain_error(exc)
     return JSONResponse(

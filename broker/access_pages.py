@@ -205,7 +205,9 @@ async def create_request(request: Request) -> Response:
     form = await check_csrf(request, principal)
     try:
         spec = _parse_spec(form)
-        created = await services(request).access.request(principal.user_id, spec)
+        created = await services(request).access.request(
+            principal.user_id, spec, auth=principal.auth
+        )
     except SessionsError as exc:
         return await _vendor_page(request, principal, form, _failure(exc), _status(exc))
     return _done("/vendor", f"request for {created.operation_class} on {spec.asset} filed")
@@ -277,7 +279,9 @@ async def approve(request: Request) -> Response:
     principal = await require(request, APPROVER, ADMIN)
     await check_csrf(request, principal)
     try:
-        grant = await services(request).access.approve(request.path_params["id"], principal.user_id)
+        grant = await services(request).access.approve(
+            request.path_params["id"], principal.user_id, auth=principal.auth
+        )
     except SessionsError as exc:
         return await _approvals_page(request, principal, _failure(exc), _status(exc))
     done = "approved: grant created" if grant else "approval recorded; more approvals needed"

@@ -14,8 +14,13 @@ from broker.web import require
 
 
 async def whoami(request: Request) -> Response:
+    """Who is asking; with the session cookie also the session's CSRF token, which
+    same-origin scripts send as ``X-CSRF-Token`` (other origins cannot read this answer)."""
     principal = await require(request)
-    return JSONResponse(principal_json(principal))
+    body = principal_json(principal)
+    if principal.via == "session":
+        body["csrf_token"] = principal.csrf_token
+    return JSONResponse(body)
 
 
 async def health(request: Request) -> Response:

@@ -37,6 +37,7 @@ from broker import (
     session_api,
     session_pages,
     signin,
+    users_admin,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
@@ -48,8 +49,9 @@ from broker.audit_checkpoints import (
     WebhookTarget,
 )
 from broker.auth import ApiTokens, WebSessions
-from broker.clientless import ClientlessApprovals
+from broker.device_starts import DeviceStarts
 from broker.errors import BrokerError, NotAuthenticated
+from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.recording_keys import load_recording_signer, recording_key_dir
@@ -70,6 +72,7 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clientless import clientless_switch
 from sessions.clock import Clock, SystemClock
+from sessions.credentials import CredentialService
 from sessions.db import create_db_engine, migrate
 from sessions.maintenance import MaintenanceService
 from sessions.models import AuditOutcome
@@ -237,6 +240,7 @@ def build_services(
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
     maintenance = MaintenanceService(engine, authorizer, audit, clock)
+    credentials = CredentialService(engine, audit, clock)
     signer = load_recording_signer(recording_key_dir(settings.data_dir))
     storage = RecordingStorage(
         settings.recordings_dir,
@@ -251,7 +255,15 @@ def build_services(
         audit=audit,
         oidc=OidcClient(settings.oidc, redirect_uri, clock, transport=oidc_transport),
         web_sessions=WebSessions(engine, clock, settings.session_ttl_s),
-        tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s),
+        tokens=ApiTokens(engine, clock, settings.cli_token_ttl_s, credentials),
+        credentials=credentials,
+        device_starts=DeviceStarts(
+            engine,
+            audit,
+            clock,
+            pending_per_ip=settings.device_pending_per_ip,
+            interval_s=settings.device_audit_interval_s,
+        ),
         templates=templates,
         policy=policy,
         authorizer=authorizer,
@@ -270,7 +282,7 @@ def build_services(
             record_input=settings.ssh.record_input,
             storage=storage,
         ),
-        clientless=ClientlessApprovals(
+        clientless=ApprovingSessions(
             settings.ssh,
             clock,
             audit,
@@ -369,8 +381,13 @@ def create_app(
             await gateway.start()
             svc.gateway = gateway
         svc.live.start()
+        svc.device_starts.start()
         svc.access.on_grant_ended.append(svc.live.end_grant)
+        watch = None
         if settings.ssh.enabled:
+            front_credentials = FrontCredentials(svc.credentials, svc.clientless)
+            watch = CredentialWatch(svc.live, front_credentials, settings.ssh.watchdog_interval_s)
+            watch.start()
             front = FrontDoor(
                 FrontDeps(
                     settings=settings.ssh,
@@ -385,6 +402,8 @@ def create_app(
                     clientless=svc.clientless,
                     approve_url=settings.public_url.rstrip("/") + "/ssh/approve",
                     alert=lambda kind, subject, details: _alert(svc, kind, subject, details),
+                    credentials=front_credentials,
+                    watch=watch,
                 )
             )
             await front.start()
@@ -400,6 +419,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await svc.device_starts.aclose()
+            if watch is not None:
+                await watch.aclose()
             await svc.live.aclose()
             if svc.front is not None:
                 await svc.front.aclose()
@@ -454,6 +476,7 @@ def create_app(
             *session_pages.routes,
             *agent_pages.routes,
             *policy_admin.routes,
+            *users_admin.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},

@@ -4,8 +4,21 @@
   browser with a PKCE S256 challenge; after sign-in and an explicit "allow" the broker
   redirects to the loopback URL with a one-time code, which the CLI redeems with its verifier.
 * Device (RFC 8628 style, ``--no-browser``): the CLI gets a device code and a short user code,
-  the person confirms the user code at ``/cli/activate`` in any browser, the CLI polls
-  ``/api/cli/token`` until approved.
+  the person types the user code at ``/cli/activate`` in any browser, sees where and when the
+  request was made and allows it; the CLI polls ``/api/cli/token`` until approved.
+
+Against consent phishing (someone else starts a device sign-in and talks a victim into
+approving it): nothing the requester sends is shown as trusted text (the client name is kept
+for the audit log only); there is no ``verification_uri_complete`` and the code in a link is
+ignored, so the person must type the code their own terminal shows; the confirmation page
+shows the requester's address and the request's age next to the approver's own address; codes
+expire after ``device_code_ttl_s`` (5 min by default); anonymous starts are limited per address
+and audited in aggregate (:mod:`broker.device_starts`).
+
+Only a browser session can approve (a bearer token cannot approve another token). The token
+inherits the approving session's ``amr``/``acr``/``auth_time`` and dies when that session is
+signed out (:mod:`sessions.credentials`). ``POST /api/cli/logout`` revokes the calling token
+and the SSH certificates it minted (``conduit logout``).
 
 Codes are stored hashed, single use and expire after ``device_code_ttl_s``. Every step is audited.
 """
@@ -16,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -28,10 +42,11 @@ from starlette.routing import Route
 
 from broker.auth import Principal, secret_hash
 from broker.errors import BadRequest
-from broker.services import Services, services
+from broker.services import Services, client_ip, services
 from broker.web import check_csrf, current_principal, render, require
+from sessions.credentials import AuthContext
 from sessions.db import session_scope
-from sessions.models import CliAuthorization, User
+from sessions.models import CliAuthorization, User, WebSession
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"  # no vowels: no words, no 0/O or 1/I confusion
@@ -89,6 +104,18 @@ async def _read_params(request: Request) -> dict[str, Any]:
 async def device_start(request: Request) -> Response:
     svc = services(request)
     params = await _read_params(request)
+    ip = client_ip(request)
+    name = _client_name(params.get("client_name"))
+    wait = await run_in_threadpool(svc.device_starts.retry_after, ip)
+    svc.device_starts.note(ip, admitted=wait is None, client_name=name)
+    if wait is not None:
+        refused = _oauth_error(
+            "slow_down",
+            f"too many pending CLI sign-ins from {ip}; try again in {wait} s",
+            status=429,
+        )
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     device_code = secrets.token_urlsafe(32)
     user_code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(8))
     now = svc.clock.now()
@@ -97,9 +124,10 @@ async def device_start(request: Request) -> Response:
         device_code_hash=secret_hash(device_code),
         user_code=user_code,
         state="pending",
-        client_name=_client_name(params.get("client_name")),
+        client_name=name,  # untrusted: audit only, never shown to the approver
         created_at=now,
         expires_at=now + timedelta(seconds=svc.settings.device_code_ttl_s),
+        source_ip=ip,
     )
 
     def _save() -> None:
@@ -107,22 +135,12 @@ async def device_start(request: Request) -> Response:
             db.add(row)
 
     await run_in_threadpool(_save)
-    await svc.record(
-        request,
-        "cli.device_started",
-        actor="anonymous",
-        outcome="ok",
-        subject=row.id,
-        details={"client_name": row.client_name},
-    )
     base = svc.settings.public_url.rstrip("/")
-    shown = format_user_code(user_code)
     return JSONResponse(
         {
             "device_code": device_code,
-            "user_code": shown,
+            "user_code": format_user_code(user_code),
             "verification_uri": f"{base}/cli/activate",
-            "verification_uri_complete": f"{base}/cli/activate?{urlencode({'user_code': shown})}",
             "expires_in": svc.settings.device_code_ttl_s,
             "interval": POLL_INTERVAL_S,
         }
@@ -142,33 +160,72 @@ def _find_pending_device(svc: Services, user_code: str) -> CliAuthorization | No
         return row
 
 
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+
+
 async def activate_page(request: Request) -> Response:
+    """Step 1: the person types the code their terminal shows (a code in the link is ignored)."""
     principal = await current_principal(request)
     if principal is None:
-        return RedirectResponse(
-            f"/login?{urlencode({'next': str(request.url.path) + '?' + str(request.url.query)})}",
-            303,
-        )
-    code = normalize_user_code(request.query_params.get("user_code", ""))
-    row = await run_in_threadpool(_find_pending_device, services(request), code) if code else None
+        return RedirectResponse(f"/login?{urlencode({'next': '/cli/activate'})}", 303)
+    return render(request, "cli_activate.html", {"step": "enter", "entered": ""})
+
+
+async def _refuse_activation(
+    request: Request, principal: Principal, entered: str, reason: str
+) -> Response:
+    await services(request).record(
+        request,
+        "cli.activate",
+        actor=principal.user_id,
+        outcome="rejected",
+        details={"reason": reason},
+    )
     return render(
         request,
         "cli_activate.html",
-        {
-            "user_code": format_user_code(code) if row else "",
-            "entered": request.query_params.get("user_code", ""),
-            "client_name": row.client_name if row else "",
-            "unknown": bool(code) and row is None,
-        },
+        {"step": "enter", "entered": entered[:20], "unknown": True, "reason": reason},
+        status=400,
     )
 
 
 async def activate_submit(request: Request) -> Response:
+    """Step 2 (no ``decision``): show who asked, from where, how long ago. Step 3: decide."""
     svc = services(request)
     principal = await require(request)
     form = await check_csrf(request, principal)
-    code = normalize_user_code(str(form.get("user_code", "")))
-    approve = form.get("decision") == "approve"
+    entered = str(form.get("user_code", ""))
+    code = normalize_user_code(entered)
+    decision = form.get("decision")
+    if principal.via != "session" or principal.credential is None:
+        return await _refuse_activation(
+            request, principal, entered, "CLI sign-ins are approved in a browser session only"
+        )
+    if decision not in ("approve", "deny"):
+        row = await run_in_threadpool(_find_pending_device, svc, code) if code else None
+        if row is None:
+            return await _refuse_activation(
+                request, principal, entered, "unknown or expired user code"
+            )
+        now = svc.clock.now()
+        mine = client_ip(request)
+        return render(
+            request,
+            "cli_activate.html",
+            {
+                "step": "confirm",
+                "user_code": format_user_code(code),
+                "source_ip": row.source_ip or "unknown",
+                "your_ip": mine or "unknown",
+                "elsewhere": row.source_ip != mine,
+                "age": _age((now - row.created_at).total_seconds()),
+                "expires_in": _age((row.expires_at - now).total_seconds()),
+            },
+        )
+    approve = decision == "approve"
+    session = principal.credential
 
     def _decide() -> str | None:
         with session_scope(svc.engine, write=True) as db:
@@ -181,29 +238,13 @@ async def activate_submit(request: Request) -> Response:
                 return None
             row.state = "approved" if approve else "denied"
             row.user_id = principal.user_id
+            _bind(row, principal, session.key)
             db.add(row)
             return row.id
 
     auth_id = await run_in_threadpool(_decide) if code else None
     if auth_id is None:
-        await svc.record(
-            request,
-            "cli.activate",
-            actor=principal.user_id,
-            outcome="rejected",
-            details={"reason": "unknown or expired user code"},
-        )
-        return render(
-            request,
-            "cli_activate.html",
-            {
-                "user_code": "",
-                "entered": str(form.get("user_code", "")),
-                "client_name": "",
-                "unknown": True,
-            },
-            status=400,
-        )
+        return await _refuse_activation(request, principal, entered, "unknown or expired user code")
     await svc.record(
         request,
         "cli.activate",
@@ -212,6 +253,14 @@ async def activate_submit(request: Request) -> Response:
         subject=auth_id,
     )
     return render(request, "cli_done.html", {"approved": approve})
+
+
+def _bind(row: CliAuthorization, principal: Principal, session_hash: str) -> None:
+    """The token to come inherits the approving session's authentication and dies with it."""
+    row.amr = list(principal.auth.amr)
+    row.acr = principal.auth.acr
+    row.auth_time = principal.auth.auth_time
+    row.session_hash = session_hash
 
 
 # --- loopback flow ----------------------------------------------------------------------
@@ -243,9 +292,10 @@ async def authorize_page(request: Request) -> Response:
         code_challenge=challenge,
         redirect_uri=redirect_uri,
         user_id=principal.user_id,
-        client_name=_client_name(q.get("client_name")),
+        client_name=_client_name(q.get("client_name")),  # untrusted: audit only
         created_at=now,
         expires_at=now + timedelta(seconds=svc.settings.device_code_ttl_s),
+        source_ip=client_ip(request),
     )
 
     def _save() -> None:
@@ -256,12 +306,7 @@ async def authorize_page(request: Request) -> Response:
     return render(
         request,
         "cli_authorize.html",
-        {
-            "auth_id": row.id,
-            "client_name": row.client_name,
-            "state": state,
-            "redirect_host": urlsplit(redirect_uri).netloc,
-        },
+        {"auth_id": row.id, "state": state, "redirect_host": urlsplit(redirect_uri).netloc},
     )
 
 
@@ -272,6 +317,7 @@ async def authorize_submit(request: Request) -> Response:
     auth_id, state = str(form.get("auth_id", "")), str(form.get("state", ""))
     approve = form.get("decision") == "approve"
     code = secrets.token_urlsafe(32)
+    session = principal.credential
 
     def _decide() -> str | None:
         with session_scope(svc.engine, write=True) as db:
@@ -282,10 +328,13 @@ async def authorize_submit(request: Request) -> Response:
                 or row.state != "pending"
                 or row.user_id != principal.user_id
                 or row.expires_at <= svc.clock.now()
+                or session is None
+                or principal.via != "session"
             ):
                 return None
             row.state = "approved" if approve else "denied"
             row.code_hash = secret_hash(code) if approve else None
+            _bind(row, principal, session.key)
             db.add(row)
             return row.redirect_uri
 
@@ -318,8 +367,16 @@ async def authorize_submit(request: Request) -> Response:
 # --- token endpoint ---------------------------------------------------------------------
 
 
-def _redeem(svc: Services, params: dict[str, Any]) -> tuple[str, str] | JSONResponse:
-    """Check a token request; on success mark the authorization consumed, return (id, user)."""
+@dataclass(frozen=True)
+class _Redeemed:
+    auth_id: str
+    user_id: str
+    auth: AuthContext
+    session_hash: str | None
+
+
+def _redeem(svc: Services, params: dict[str, Any]) -> _Redeemed | JSONResponse:
+    """Check a token request; on success mark the authorization consumed."""
     grant = params.get("grant_type")
     now = svc.clock.now()
     with session_scope(svc.engine, write=True) as db:
@@ -368,7 +425,12 @@ def _redeem(svc: Services, params: dict[str, Any]) -> tuple[str, str] | JSONResp
         user = db.get(User, row.user_id) if row.user_id else None
         if user is None or user.disabled:
             return _oauth_error("access_denied", "user is unknown or disabled")
-        return row.id, user.id
+        if row.session_hash is not None and db.get(WebSession, row.session_hash) is None:
+            return _oauth_error(
+                "access_denied", "the browser session that approved this sign-in has ended"
+            )
+        auth = AuthContext(tuple(row.amr), row.acr, row.auth_time)
+        return _Redeemed(row.id, user.id, auth, row.session_hash)
 
 
 async def token(request: Request) -> Response:
@@ -388,15 +450,18 @@ async def token(request: Request) -> Response:
                 },
             )
         return result
-    auth_id, user_id = result
-    access, expires = await run_in_threadpool(svc.tokens.issue, user_id)
+    access, expires = await run_in_threadpool(
+        lambda: svc.tokens.issue(
+            result.user_id, auth=result.auth, parent_session=result.session_hash
+        )
+    )
     await svc.record(
         request,
         "cli.token",
-        actor=user_id,
+        actor=result.user_id,
         outcome="ok",
-        subject=auth_id,
-        details={"expires_at": expires.isoformat()},
+        subject=result.auth_id,
+        details={"expires_at": expires.isoformat(), "amr": list(result.auth.amr)},
     )
     return JSONResponse(
         {
@@ -408,6 +473,19 @@ async def token(request: Request) -> Response:
     )
 
 
+async def logout(request: Request) -> Response:
+    """``conduit logout``: revoke the bearer token this is called with, and its certificates."""
+    svc = services(request)
+    principal = await require(request)
+    ref = principal.credential
+    if principal.via != "token" or ref is None:
+        raise BadRequest("call this with the bearer token to revoke (conduit logout)")
+    revoked = await run_in_threadpool(
+        lambda: svc.credentials.revoke_token(ref.key, by=principal.user_id, reason="conduit logout")
+    )
+    return JSONResponse({"revoked": True, "certificates": len(revoked.certificates)})
+
+
 def principal_json(p: Principal) -> dict[str, Any]:
     return {
         "sub": p.sub,
@@ -415,7 +493,9 @@ def principal_json(p: Principal) -> dict[str, Any]:
         "name": p.name,
         "roles": list(p.roles),
         "groups": list(p.groups),
-        "amr": list(p.amr),
+        "amr": list(p.auth.amr),
+        "acr": p.auth.acr,
+        "auth_time": p.auth.auth_time.isoformat() if p.auth.auth_time else None,
         "expires_at": p.expires_at.isoformat(),
         "via": p.via,
     }
@@ -424,6 +504,7 @@ def principal_json(p: Principal) -> dict[str, Any]:
 routes = [
     Route("/api/cli/device", device_start, methods=["POST"]),
     Route("/api/cli/token", token, methods=["POST"]),
+    Route("/api/cli/logout", logout, methods=["POST"]),
     Route("/cli/activate", activate_page, methods=["GET"]),
     Route("/cli/activate", activate_submit, methods=["POST"]),
     Route("/cli/authorize", authorize_page, methods=["GET"]),

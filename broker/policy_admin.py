@@ -25,6 +25,7 @@ from broker.web import check_csrf, render, require
 from policies.decision import Decision
 from policies.errors import BundleError
 from sessions.authorizer import ACTION_KINDS, build_input, iso, user_document
+from sessions.credentials import AuthContext
 from sessions.db import session_scope
 from sessions.endpoints import endpoints_of, logins_for, ssh_endpoint
 from sessions.identity import ADMIN, map_roles
@@ -93,7 +94,8 @@ def _build(svc: Services, params: dict[str, Any]) -> dict[str, Any]:
             row = db.get(User, str(params.get("user_id", "")))
             if row is None:
                 raise BadRequest("pick a user or paste claims")
-            user = user_document(db, row)
+            # A simulation: the user's latest sign-in stands in for a credential.
+            user = user_document(db, row, AuthContext(tuple(row.amr)))
         # The question names an endpoint by port (ssh/sftp: the asset's SSH endpoint by
         # default) and a login (default: the only one declared for the class).
         endpoints = endpoints_of(db, asset.id)

@@ -12,8 +12,9 @@ from starlette.templating import Jinja2Templates
 
 from broker.agent_keys import AgentKeys
 from broker.auth import ApiTokens, WebSessions
-from broker.clientless import ClientlessApprovals
+from broker.device_starts import DeviceStarts
 from broker.forwarded import client_address
+from broker.front_credentials import ApprovingSessions
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
 from broker.recording_storage import RecordingStorage
@@ -27,6 +28,7 @@ from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
+from sessions.credentials import CredentialService
 from sessions.db import session_scope
 from sessions.maintenance import MaintenanceService
 from sessions.policy_data import build_plant_data
@@ -47,6 +49,8 @@ class Services:
     oidc: OidcClient
     web_sessions: WebSessions
     tokens: ApiTokens
+    credentials: CredentialService
+    device_starts: DeviceStarts
     templates: Jinja2Templates
     policy: PolicyEngine
     authorizer: Authorizer
@@ -57,7 +61,7 @@ class Services:
     live: LiveSessions
     ssh_keys: SshKeys
     recorder: RecorderFactory
-    clientless: ClientlessApprovals
+    clientless: ApprovingSessions
     storage: RecordingStorage
     signer: Ed25519Signer  # the recording key; also signs audit checkpoints
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).

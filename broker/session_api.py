@@ -11,7 +11,9 @@ one at once.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -61,20 +63,40 @@ async def asset_ca(request: Request) -> Response:
 
 
 async def ssh_cert(request: Request) -> Response:
+    """Sign the caller's key. The certificate gets a fresh serial, recorded with the credential
+    that asked (token or web session) and its amr/acr/auth_time: the front door takes MFA from
+    it and refuses it once that credential, or the user, is revoked."""
     principal = await require(request, VENDOR, ADMIN)
     svc = services(request)
     body = await _json(request)
     public_key = body.get("public_key")
     if not isinstance(public_key, str) or len(public_key) > 8192:
         raise BadRequest("public_key must be an OpenSSH public key")
+    minted_by = principal.credential
+    if minted_by is None:
+        raise BadRequest("this credential cannot mint SSH certificates")
+    fingerprint = SshKeys.fingerprint(public_key)
     valid_before = min(
         int(principal.expires_at.timestamp()), int(time.time()) + svc.settings.ssh.cert_max_s
+    )
+    key_id = principal.email or principal.sub
+    serial = await run_in_threadpool(
+        lambda: svc.credentials.record_certificate(
+            user_id=principal.user_id,
+            minted_by=minted_by,
+            key_id=key_id,
+            key_sha256=fingerprint,
+            auth=principal.auth,
+            roles=principal.roles,
+            expires_at=datetime.fromtimestamp(valid_before, UTC),
+        )
     )
     cert = svc.ssh_keys.sign_user(
         public_key,
         user_id=principal.user_id,
-        key_id=principal.email or principal.sub,
+        key_id=key_id,
         valid_before=valid_before,
+        serial=serial,
     )
     await svc.record(
         request,
@@ -82,10 +104,21 @@ async def ssh_cert(request: Request) -> Response:
         actor=principal.user_id,
         outcome="ok",
         subject=f"user:{principal.user_id}",
-        details={"valid_before": valid_before},
+        details={
+            "valid_before": valid_before,
+            "serial": serial,
+            "minted_by": minted_by.label,
+            "key": fingerprint,
+            "amr": list(principal.auth.amr),
+        },
     )
     return JSONResponse(
-        {"certificate": cert, "valid_before": valid_before, "port": _front_port(request)},
+        {
+            "certificate": cert,
+            "serial": serial,
+            "valid_before": valid_before,
+            "port": _front_port(request),
+        },
         status_code=201,
     )
 

@@ -246,7 +246,11 @@ class Settings(BaseSettings):
     session_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
     login_flow_ttl_s: int = Field(default=600, ge=30, le=3600)
     cli_token_ttl_s: int = Field(default=3600, ge=60, le=86400)
-    device_code_ttl_s: int = Field(default=600, ge=60, le=3600)
+    # CLI sign-in codes live briefly; one address may hold only so many pending device codes
+    # (anonymous starts), and those starts are audited in one event per address and interval.
+    device_code_ttl_s: int = Field(default=300, ge=60, le=900)
+    device_pending_per_ip: int = Field(default=10, ge=1, le=1000)
+    device_audit_interval_s: float = Field(default=10.0, gt=0, le=300)
     # Reverse proxies (addresses or networks) whose X-Forwarded-For is believed, read from the
     # right: the first hop that is not one of these is the client (broker/forwarded.py).
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)

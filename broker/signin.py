@@ -20,11 +20,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.auth import LOGIN_COOKIE, SESSION_COOKIE, secret_hash
+from broker.auth import LOGIN_COOKIE, SESSION_COOKIE, auth_context, secret_hash
 from broker.errors import AuthError, BrokerError, IdpUnavailable
 from broker.oidc import new_code_verifier, new_state
 from broker.services import Services, services
 from broker.web import check_csrf, current_principal, render, require
+from sessions.credentials import Revoked
 from sessions.db import session_scope
 from sessions.identity import map_roles, upsert_user
 from sessions.models import LoginFlow
@@ -153,12 +154,15 @@ async def callback(request: Request) -> Response:
         raise
     identity = svc.oidc.identity(claims)
     roles = map_roles(identity.groups, svc.settings.roles.as_mapping())
+    auth = auth_context(identity.amr, identity.acr, claims)
 
     def _sign_in() -> tuple[str, str]:
         with session_scope(svc.engine, write=True) as db:
             user = upsert_user(db, identity, roles, svc.clock)
             user_id = user.id
-        value, _ = svc.web_sessions.create(user_id, tokens.id_token)
+        # Tokens and certificates issued under a role the IdP no longer grants die now.
+        svc.credentials.revoke_lost_roles(user_id, roles)
+        value, _ = svc.web_sessions.create(user_id, tokens.id_token, auth)
         return user_id, value
 
     user_id, cookie = await run_in_threadpool(_sign_in)
@@ -172,6 +176,7 @@ async def callback(request: Request) -> Response:
             "roles": roles,
             "groups": list(identity.groups),
             "amr": list(identity.amr),
+            "acr": identity.acr,
             "no_roles": not roles,
         },
     )
@@ -190,13 +195,36 @@ async def callback(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """Sign out: the session ends, and so do the CLI tokens it approved and the SSH
+    certificates it or they minted; with ``everywhere`` every credential of the user."""
     svc = services(request)
     principal = await require(request)
-    await check_csrf(request, principal)
+    form = await check_csrf(request, principal)
+    everywhere = form.get("everywhere") in ("1", "on", "true")
+    session = principal.credential
+    revoked = Revoked()
+    if everywhere:
+        revoked = await run_in_threadpool(
+            lambda: svc.credentials.revoke_user(
+                principal.user_id, by=principal.user_id, reason="signed out everywhere"
+            )
+        )
+    elif session is not None and session.kind == "session":
+        revoked = await run_in_threadpool(
+            lambda: svc.credentials.revoke_minted_by_session(
+                session.key, by=principal.user_id, reason="signed out", user_id=principal.user_id
+            )
+        )
     hint = await run_in_threadpool(
         svc.web_sessions.destroy, request.cookies.get(SESSION_COOKIE, "")
     )
-    await svc.record(request, "auth.logout", actor=principal.user_id, outcome="ok")
+    await svc.record(
+        request,
+        "auth.logout",
+        actor=principal.user_id,
+        outcome="ok",
+        details={"everywhere": everywhere, **revoked.as_dict()},
+    )
     home = svc.settings.public_url.rstrip("/") + "/"
     target = await svc.oidc.end_session_url(id_token_hint=hint, post_logout=home) or "/"
     resp = RedirectResponse(target, status_code=303)

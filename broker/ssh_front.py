@@ -7,7 +7,10 @@ the first authorization binds it, every later channel and forward is authorized 
 grant only, and the session ends when the grant ends.
 
 Authentication (identity only): a certificate from the broker's user CA (``conduit ssh-cert``)
-whose principals include ``u:<user id>``; the vendor's key never needs registering.
+whose principals include ``u:<user id>`` and ``c:<serial>``; the vendor's key never needs
+registering. The certificate's record (or, clientless, the approving browser session) is
+looked up on every channel: a revoked credential is refused, and its amr/acr go to policy
+(:mod:`broker.front_credentials`).
 Authorization, at connect time and again for every channel (shell, exec, sftp/scp, port
 forward): :meth:`sessions.maintenance.MaintenanceService.authorize` (active grant + policy).
 A refusal reaches the vendor as one line on stderr (``conduit: ...``) or as the channel-open
@@ -42,15 +45,17 @@ from agents import ssh_transport
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
+from broker.front_credentials import CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSession, LiveSessions
 from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
-from broker.ssh_keys import USER_PRINCIPAL, SshKeys
+from broker.ssh_keys import SERIAL_PREFIX, USER_PRINCIPAL, SshKeys
 from broker.ssh_startups import PER_SOURCE, AuditThrottle, StartupListener
 from broker.tcp_forward import ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
+from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.modbus import ModbusInspector, TokenBucket
 from sessions.models import AssetEndpoint, EndpointProtocol
@@ -139,6 +144,8 @@ class FrontDeps:
     clientless: ClientlessApprovals
     approve_url: str  # e.g. https://broker/ssh/approve
     alert: Callable[[str, str, dict[str, Any]], None]  # (kind, subject, details): audit + webhook
+    credentials: FrontCredentials
+    watch: CredentialWatch
 
     def audit_async(
         self, kind: str, *, actor: str, outcome: str, subject: str | None, details: dict[str, Any]
@@ -270,6 +277,8 @@ class _Vendor(asyncssh.SSHServer):
         self.target: Target | None = None
         self.username = ""
         self.user_id: str | None = None
+        self.cert_serial: int | None = None
+        self.approval: Pending | None = None  # clientless: the approved code
         self.capture = _PrincipalCapture(door.user_ca_line)
         self.session: LiveSession | None = None
         self.auth: Authorization | None = None
@@ -359,6 +368,7 @@ class _Vendor(asyncssh.SSHServer):
         except ClientlessRefused as exc:
             self._auth_banner(exc.message)
             return False
+        self.approval = pending  # clientless: its amr comes from the approving browser session
         return True
 
     def _still_connected(self) -> bool:
@@ -374,6 +384,28 @@ class _Vendor(asyncssh.SSHServer):
             return  # clientless: the approving user
         ids = [p[2:] for p in self.capture.principals if p.startswith("u:")]
         self.user_id = ids[0] if len(ids) == 1 else None
+        serials = [
+            p[len(SERIAL_PREFIX) :] for p in self.capture.principals if p.startswith(SERIAL_PREFIX)
+        ]
+        self.cert_serial = int(serials[0]) if len(serials) == 1 and serials[0].isdigit() else None
+
+    async def _credential(self, user_id: str, kind: str) -> tuple[AuthContext, CredentialRef]:
+        """The credential this connection signed in with, checked now; refusals audited."""
+        creds = self.deps.credentials
+        try:
+            if self.approval is not None:
+                return await asyncio.to_thread(creds.approval, self.approval)
+            return await asyncio.to_thread(creds.certificate, self.cert_serial, user_id)
+        except CredentialRefused as exc:
+            reason = f"credential refused: {exc.message}"
+            self.deps.audit_async(
+                "session.denied",
+                actor=user_id,
+                outcome="deny",
+                subject=f"asset:{self.target.asset}" if self.target else None,
+                details={"kind": kind, "reasons": [reason], "serial": self.cert_serial},
+            )
+            raise AccessDenied(reason, (reason,)) from None
 
     # ---- channels -----------------------------------------------------------------------
 
@@ -511,6 +543,7 @@ class _Vendor(asyncssh.SSHServer):
         if self.user_id is None:
             raise AccessDenied("unknown user certificate", ("unknown user certificate",))
         target, user_id = self.target, self.user_id
+        signed_in, credential = await self._credential(user_id, kind)
         gateway = self.deps.gateway()
         live = gateway.live() if gateway is not None else {}
         async with self._lock:
@@ -524,6 +557,8 @@ class _Vendor(asyncssh.SSHServer):
                 port=port,
                 source_ip=self.peer,
                 agent_online=lambda agent_id: agent_id is not None and agent_id in live,
+                auth=signed_in,
+                credential=credential.label,
                 bound=session is not None,
                 grant_id=session.grant_id if session is not None else None,
                 grant_prefix=target.grant_prefix,
@@ -532,6 +567,8 @@ class _Vendor(asyncssh.SSHServer):
                 raise AccessDenied(f"session ended: {self.ended}", (self.ended,))
             if self.session is None:
                 await self._open(auth, kind)
+                assert self.session is not None
+                self.deps.watch.track(self.session.id, credential)
             if kind != "tcp" and self.asset_conn is None:
                 assert self.session is not None
                 await self._connect_asset(auth, target.login, self.session.id)

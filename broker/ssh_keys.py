@@ -2,7 +2,10 @@
 
 * ``ssh_host_ed25519``: the front door's host key (``conduit ssh-config`` pins it).
 * ``ssh_user_ca``: signs short-lived vendor certificates (``conduit ssh-cert``): principals
-  ``conduit-user`` and ``u:<user id>``, valid no longer than the vendor's broker token.
+  ``conduit-user``, ``u:<user id>`` and ``c:<serial>``, valid no longer than the credential
+  that asked for it. Every certificate has its own serial (also the certificate's serial
+  field), recorded with the token or web session that minted it (``ssh_certificates``), so
+  the front door can refuse it once that credential or its user is revoked.
 * ``ssh_asset_ca``: signs a fresh per-session certificate for the login on the asset; assets
   trust it with ``TrustedUserCAKeys``. The vendor never sees either credential.
 
@@ -21,6 +24,16 @@ from broker.agent_keys import load_or_create_key
 from broker.errors import BadRequest
 
 USER_PRINCIPAL = "conduit-user"
+SERIAL_PREFIX = "c:"  # principal naming the certificate's serial (ssh_certificates row)
+
+
+def _import(public_key: str) -> asyncssh.SSHKey:
+    try:
+        return asyncssh.import_public_key(public_key)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise BadRequest("public_key is not an OpenSSH public key") from exc
+
+
 ASSET_CERT_VALIDITY_S = 120  # only has to outlive the login on the asset
 
 
@@ -34,16 +47,21 @@ class SshKeys:
     def public(key: asyncssh.SSHKey) -> str:
         return key.export_public_key().decode().strip()
 
-    def sign_user(self, public_key: str, *, user_id: str, key_id: str, valid_before: int) -> str:
+    @staticmethod
+    def fingerprint(public_key: str) -> str:
+        """``SHA256:...`` of a vendor's public key; raises :class:`BadRequest` for a bad key."""
+        return _import(public_key).get_fingerprint("sha256")
+
+    def sign_user(
+        self, public_key: str, *, user_id: str, key_id: str, valid_before: int, serial: int
+    ) -> str:
         """A user certificate for a vendor's key; raises :class:`BadRequest` for a bad key."""
-        try:
-            key = asyncssh.import_public_key(public_key)
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            raise BadRequest("public_key is not an OpenSSH public key") from exc
+        key = _import(public_key)
         cert = self.user_ca.generate_user_certificate(
             key,
             key_id,
-            principals=[USER_PRINCIPAL, f"u:{user_id}"],
+            serial=serial,
+            principals=[USER_PRINCIPAL, f"u:{user_id}", f"{SERIAL_PREFIX}{serial}"],
             valid_after=int(time.time()) - 60,
             valid_before=valid_before,
             permit_x11_forwarding=False,

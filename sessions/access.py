@@ -33,6 +33,7 @@ from policies.decision import Decision
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer, build_input, iso, user_document
 from sessions.clock import Clock
+from sessions.credentials import NO_AUTH, AuthContext
 from sessions.db import is_sqlite, session_scope
 from sessions.endpoints import describe, endpoints_of, logins_for
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
@@ -198,9 +199,14 @@ class AccessService:
 
     # ---- request ------------------------------------------------------------------------
 
-    async def request(self, user_id: str, spec: RequestSpec) -> AccessRequest:
+    async def request(
+        self, user_id: str, spec: RequestSpec, *, auth: AuthContext = NO_AUTH
+    ) -> AccessRequest:
         """File a request. Raises ValidationError (bad window, no reason, duplicate),
-        NotFoundError (unknown asset) or AccessDenied (policy)."""
+        NotFoundError (unknown asset) or AccessDenied (policy).
+
+        ``auth``: how the credential filing it was authenticated (policy's ``user.amr``/``acr``),
+        kept on the request for the check at the window start."""
         now = self._clock.now()
         if not spec.reason.strip():
             raise ValidationError("a reason is required for every access request")
@@ -219,7 +225,7 @@ class AccessService:
                 scope = _scope(spec, asset, endpoints_of(db, asset.id))
                 doc = build_input(
                     db,
-                    user=user_document(db, user),
+                    user=user_document(db, user, auth),
                     asset=asset,
                     grant=None,
                     action={
@@ -286,6 +292,8 @@ class AccessService:
                     maintenance_window_only=spec.maintenance_window_only,
                     decision_reasons=list(decision.reasons),
                     created_at=now,
+                    auth_amr=list(auth.amr),
+                    auth_acr=auth.acr,
                 )
                 db.add(row)
                 db.flush()
@@ -337,8 +345,12 @@ class AccessService:
             "login": req.login,
         }
 
-    async def approve(self, request_id: str, approver_id: str) -> Grant | None:
+    async def approve(
+        self, request_id: str, approver_id: str, *, auth: AuthContext = NO_AUTH
+    ) -> Grant | None:
         """Record an approval; returns the grant once enough distinct approvers agreed.
+
+        ``auth``: how the approver's credential in use was authenticated.
 
         Raises NotFoundError, AccessDenied (policy: own request, not an owner, ...) or
         ConflictError (request no longer pending). Safe under concurrency: one grant at most.
@@ -354,7 +366,7 @@ class AccessService:
                 assert asset is not None
                 return build_input(
                     db,
-                    user=user_document(db, approver),
+                    user=user_document(db, approver, auth),
                     asset=asset,
                     grant=self._pending_grant_doc(db, req),
                     now=now,
@@ -540,9 +552,14 @@ class AccessService:
                     grant_req = db.get(AccessRequest, grant.request_id)
                     assert user is not None
                     assert asset is not None
+                    # The request's own credential context: how the requester signed in then.
+                    filed = AuthContext(
+                        tuple(grant_req.auth_amr) if grant_req else (),
+                        grant_req.auth_acr if grant_req else None,
+                    )
                     doc = build_input(
                         db,
-                        user=user_document(db, user),
+                        user=user_document(db, user, filed),
                         asset=asset,
                         grant=None,
                         action={

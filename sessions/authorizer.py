@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from policies.decision import Decision
 from policies.engine import Engine
 from sessions.audit import AuditLog
+from sessions.credentials import NO_AUTH, AuthContext
 from sessions.endpoints import endpoint_document, endpoints_of
 from sessions.models import (
     AccessRequest,
@@ -37,7 +38,10 @@ def iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def user_document(db: Session, user: User, *, acr: str | None = None) -> dict[str, Any]:
+def user_document(db: Session, user: User, auth: AuthContext = NO_AUTH) -> dict[str, Any]:
+    """The user as policy sees it. ``amr``/``acr``/``auth_time`` come from ``auth``, the
+    credential actually used (web session, CLI token, SSH certificate), never from the user's
+    latest sign-in: an old password-only credential gets no MFA credit from a newer sign-in."""
     org = db.get(VendorOrg, user.vendor_org_id) if user.vendor_org_id else None
     return {
         "sub": user.sub,
@@ -45,8 +49,9 @@ def user_document(db: Session, user: User, *, acr: str | None = None) -> dict[st
         "name": user.name,
         "groups": list(user.groups),
         "roles": list(user.roles),
-        "amr": list(user.amr),
-        "acr": acr,
+        "amr": list(auth.amr),
+        "acr": auth.acr,
+        "auth_time": iso(auth.auth_time) if auth.auth_time else None,
         "idp": user.issuer,
         "vendor_org": org.slug if org else None,
     }

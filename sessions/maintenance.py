@@ -27,6 +27,7 @@ from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer, build_input, grant_document, user_document
 from sessions.clock import Clock
+from sessions.credentials import NO_AUTH, AuthContext
 from sessions.db import session_scope
 from sessions.endpoints import describe, endpoints_of, ssh_endpoint
 from sessions.errors import NotFoundError
@@ -60,6 +61,8 @@ class Authorization:
     grant: Grant | None
     deadline: datetime  # grant end or max duration, whichever is first
     endpoint: AssetEndpoint
+    auth: AuthContext = NO_AUTH  # how the credential in use was authenticated
+    credential: str | None = None  # which credential (``cert:<serial>``, ``session:<hash>``)
 
     @property
     def obligations(self) -> dict[str, object]:
@@ -99,6 +102,8 @@ class MaintenanceService:
         port: int | None,
         source_ip: str | None,
         agent_online: Callable[[str | None], bool],
+        auth: AuthContext,
+        credential: str | None = None,
         host: str | None = None,
         bound: bool = False,
         grant_id: str | None = None,
@@ -113,7 +118,9 @@ class MaintenanceService:
         ``bound``, the session's ``grant_id`` (None: an admin's standing access, no grant);
         else the grant whose id starts with ``grant_prefix``; else the user's current grant
         on the asset that covers this endpoint and login (the least privileged when several
-        do). Raises :class:`AccessDenied` (audited) with human-readable reasons when not.
+        do). ``auth`` is how the credential in use (``credential``, for the record) was
+        authenticated: policy sees its ``amr``/``acr``/``auth_time``. Raises
+        :class:`AccessDenied` (audited) with human-readable reasons when not.
         """
         now = self._clock.now()
         document, user, asset, grant, endpoint = await asyncio.to_thread(
@@ -127,6 +134,7 @@ class MaintenanceService:
             agent_online,
             (bound, grant_id, grant_prefix),
             now,
+            auth,
         )
         decision = await self._authorizer.decide(
             document, actor=user_id, purpose=f"connect:{kind}", source_ip=source_ip
@@ -137,7 +145,7 @@ class MaintenanceService:
         max_s = decision.obligations.max_duration_s
         if max_s:
             deadline = min(deadline, now + timedelta(seconds=max_s))
-        return Authorization(decision, user, asset, grant, deadline, endpoint)
+        return Authorization(decision, user, asset, grant, deadline, endpoint, auth, credential)
 
     def _endpoint(
         self,
@@ -253,6 +261,7 @@ class MaintenanceService:
         agent_online: Callable[[str | None], bool],
         binding: tuple[bool, str | None, str | None],
         now: datetime,
+        auth: AuthContext,
     ) -> tuple[dict[str, Any], User, Asset, Grant | None, AssetEndpoint]:
         with session_scope(self._engine) as db:
             user = db.get(User, user_id)
@@ -265,7 +274,7 @@ class MaintenanceService:
             grant = self._grant(db, user_id, asset, kind, login, endpoint.port, binding, now)
             document = build_input(
                 db,
-                user=user_document(db, user),
+                user=user_document(db, user, auth),
                 asset=asset,
                 action={
                     "kind": kind,
@@ -331,6 +340,8 @@ class MaintenanceService:
                 "operation_class": auth.grant.operation_class if auth.grant else None,
                 "endpoint": describe(auth.endpoint),
                 "deadline": auth.deadline.isoformat(),
+                "credential": auth.credential,
+                "amr": list(auth.auth.amr),
             },
         )
         return session_id

@@ -10,7 +10,8 @@ Contracts shared by every table:
   and are enforced by CHECK constraints; each class has an ``ALL`` tuple.
 * Foreign keys to history (requests, approvals, grants, sessions, recordings) are ``RESTRICT``:
   deleting a user, asset or grant that has history fails instead of erasing it.  Only
-  credentials (web sessions, API tokens, CLI authorizations) cascade with their user.
+  credentials (web sessions, API tokens, SSH certificates, CLI authorizations) cascade with
+  their user.
   The audit log has no foreign keys at all: it must outlive everything it mentions.
 * JSON columns are replaced, not mutated in place (in-place changes are not tracked).
 * Table models are not validated by pydantic on construction (SQLModel behaviour); the database
@@ -31,7 +32,7 @@ from sqlalchemy.orm import registry, validates
 from sqlmodel import Field, SQLModel
 
 from sessions.errors import ValidationError
-from sessions.types import UTCDateTime, json_field
+from sessions.types import JSONDocument, UTCDateTime, json_field
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -97,6 +98,16 @@ def _maybe_when() -> Any:
 
 def _optional_fk(target: str, *, ondelete: OnDelete = RESTRICT) -> Any:
     return Field(default=None, foreign_key=target, ondelete=ondelete, index=True)
+
+
+def _added_list() -> Any:
+    """A non-null JSON list column added to an existing table (existing rows get ``[]``)."""
+    return Field(
+        default_factory=list,
+        sa_type=JSONDocument,
+        nullable=False,
+        sa_column_kwargs={"server_default": "[]"},
+    )
 
 
 # --------------------------------------------------------------------------- enumerations
@@ -522,6 +533,10 @@ class AccessRequest(TableModel, table=True):
     decision_reasons: list[str] = json_field(list)
     created_at: datetime = _created()
     decided_at: datetime | None = _maybe_when()
+    # How the credential that filed the request was authenticated (policy asks again at the
+    # window start with these, not with whatever the requester signed in with since).
+    auth_amr: list[str] = _added_list()
+    auth_acr: str | None = None
 
 
 class Approval(TableModel, table=True):
@@ -673,6 +688,10 @@ class WebSession(TableModel, table=True):
     created_at: datetime = _created()
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     last_seen_at: datetime = Field(sa_type=UTCDateTime)
+    # How the IdP authenticated this sign-in (ID token amr, acr, auth_time).
+    amr: list[str] = _added_list()
+    acr: str | None = None
+    auth_time: datetime | None = _maybe_when()
 
 
 class ApiToken(TableModel, table=True):
@@ -689,6 +708,16 @@ class ApiToken(TableModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = _maybe_when()
     last_used_at: datetime | None = _maybe_when()
+    # The sign-in the token came from: its amr/acr/auth_time, the roles held when it was
+    # issued (losing one kills the token) and the web session that approved it (signing that
+    # session out revokes the token).
+    amr: list[str] = _added_list()
+    acr: str | None = None
+    auth_time: datetime | None = _maybe_when()
+    roles: list[str] = _added_list()
+    parent_session: str | None = Field(default=None, index=True)
+    revoked_by: str | None = None
+    revoke_reason: str | None = None
 
 
 class CliAuthorization(TableModel, table=True):
@@ -712,3 +741,40 @@ class CliAuthorization(TableModel, table=True):
     client_name: str
     created_at: datetime = _created()
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    # Who asked (shown to the approver) and how the approving web session was authenticated.
+    source_ip: str | None = Field(default=None, index=True)
+    amr: list[str] = _added_list()
+    acr: str | None = None
+    auth_time: datetime | None = _maybe_when()
+    session_hash: str | None = None
+
+
+class SshCertificate(TableModel, table=True):
+    """An SSH user certificate the broker issued (``conduit ssh-cert``), by its serial.
+
+    The certificate names its serial as principal ``c:<serial>``; the front door looks the row
+    up on every channel: revoked, expired, its token or web session gone, its user disabled or
+    without a role it was issued under means refused. ``amr``/``acr``/``auth_time`` are those
+    of the credential that minted it and go into every policy decision made for it.
+    """
+
+    __tablename__ = "ssh_certificates"
+    __table_args__ = (sa.CheckConstraint("serial > 0", name="serial"),)
+
+    serial: int = Field(
+        primary_key=True, sa_type=sa.BigInteger, sa_column_kwargs={"autoincrement": False}
+    )
+    user_id: str = Field(foreign_key="users.id", ondelete=CASCADE, index=True)
+    token_id: str | None = _optional_fk("api_tokens.id", ondelete=CASCADE)
+    session_hash: str | None = Field(default=None, index=True)
+    key_id: str
+    key_sha256: str
+    amr: list[str] = json_field(list)
+    acr: str | None = None
+    auth_time: datetime | None = _maybe_when()
+    roles: list[str] = json_field(list)
+    issued_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    revoked_at: datetime | None = _maybe_when()
+    revoked_by: str | None = None
+    revoke_reason: str | None = None

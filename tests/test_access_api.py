@@ -13,7 +13,7 @@ from sqlmodel import select
 from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import User
-from tests.harness.broker import RunningBroker, web_login
+from tests.harness.broker import RunningBroker, same_origin_api, web_login
 from tests.harness.cli import cli_env, run_conduit
 
 
@@ -77,11 +77,12 @@ def test_refusals_are_clear(plant: RunningBroker, tmp_path: Path) -> None:
 
 def test_self_approval_refused_by_api(plant: RunningBroker, http: httpx2.Client) -> None:
     web_login(http, plant.url, "adam", "adam-demo-pw")
+    same_origin_api(http, plant.url)  # the session cookie alone no longer changes anything
     made = http.post(
         f"{plant.url}/api/requests", json={"asset": "hist-01", "duration": "1h", "reason": "patch"}
     )
     assert made.status_code == 201, made.text
-    answer = http.post(f"{plant.url}/api/requests/{made.json()['id']}/approve")
+    answer = http.post(f"{plant.url}/api/requests/{made.json()['id']}/approve", json={})
     assert (
         answer.status_code == 403 and "cannot approve your own request" in answer.json()["reasons"]
     )
@@ -112,6 +113,7 @@ def test_lockout_via_cli_revokes_and_blocks(plant: RunningBroker, tmp_path: Path
 
 def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> None:
     web_login(http, plant.url, "alice", "alice-demo-pw")
+    same_origin_api(http, plant.url)
     made = http.post(
         f"{plant.url}/api/requests", json={"asset": "hist-01", "duration": "1h30m", "reason": "x"}
     ).json()
@@ -233,6 +235,8 @@ def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:
     with httpx2.Client() as alice, httpx2.Client() as olga:
         web_login(alice, plant.url, "alice", "alice-demo-pw")
         web_login(olga, plant.url, "olga", "olga-demo-pw")
+        same_origin_api(alice, plant.url)
+        same_origin_api(olga, plant.url)
         body = {"duration": "1h", "reason": "diag"}
         first = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
         assert olga.post(f"{plant.url}/api/requests/{first['id']}/deny", json={}).status_code == 400
@@ -242,12 +246,16 @@ def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:
         assert denied.json() == {"id": first["id"], "state": "denied"}
         second = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
         assert (
-            alice.post(f"{plant.url}/api/requests/{second['id']}/cancel").json()["state"]
+            alice.post(f"{plant.url}/api/requests/{second['id']}/cancel", json={}).json()["state"]
             == "cancelled"
         )
-        assert olga.post(f"{plant.url}/api/requests/{second['id']}/cancel").status_code == 404
+        assert (
+            olga.post(f"{plant.url}/api/requests/{second['id']}/cancel", json={}).status_code == 404
+        )
         third = alice.post(f"{plant.url}/api/requests", json={"asset": "hist-01", **body}).json()
-        grant_id = olga.post(f"{plant.url}/api/requests/{third['id']}/approve").json()["grant_id"]
+        grant_id = olga.post(f"{plant.url}/api/requests/{third['id']}/approve", json={}).json()[
+            "grant_id"
+        ]
         assert (
             alice.post(
                 f"{plant.url}/api/grants/{grant_id}/revoke", json={"reason": "x"}

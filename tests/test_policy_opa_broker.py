@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx2
 
 from broker.demo import seed
-from tests.harness.broker import RunningBroker, audit_events, web_login
+from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 from tests.harness.opa_server import start_opa_server
 from tests.harness.ports import free_port
 from tests.rego_fixtures import write_bundle
@@ -36,6 +36,7 @@ def test_opa_configured_broker_fails_closed_then_allows(
     seed(broker.services.settings.database_url)
     broker.refresh_policy_data()
     web_login(http, broker.url, "adam", "adam-demo-pw")
+    same_origin_api(http, broker.url)
     status = http.get(f"{broker.url}/api/policy/status").json()
     assert status["engine"] == "opa"
 

@@ -12,7 +12,7 @@ from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import PlantFlag
 from sessions.policy_data import LOCKOUT_FLAG
-from tests.harness.broker import RunningBroker, audit_events, web_login
+from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 from tests.harness.wait import wait_until
 
 NO_MFA = {
@@ -34,6 +34,8 @@ def plant(broker: RunningBroker) -> RunningBroker:
 
 
 def _whatif(http: httpx2.Client, broker: RunningBroker, **body: object) -> dict[str, object]:
+    if "X-CSRF-Token" not in http.headers:  # a same-origin caller on the session cookie
+        same_origin_api(http, broker.url)
     resp = http.post(f"{broker.url}/api/policy/whatif", json=body)
     assert resp.status_code == 200, resp.text
     result: dict[str, object] = resp.json()["decision"]
@@ -71,6 +73,7 @@ def test_api_level1_plc_needs_mfa_and_grant(plant: RunningBroker, http: httpx2.C
 
 def test_api_refuses_bad_questions(plant: RunningBroker, http: httpx2.Client) -> None:
     web_login(http, plant.url, "adam", "adam-demo-pw")
+    same_origin_api(http, plant.url)
     url = f"{plant.url}/api/policy/whatif"
     assert (
         http.post(
@@ -98,6 +101,7 @@ def test_api_refuses_bad_questions(plant: RunningBroker, http: httpx2.Client) ->
 
 def test_only_admins_simulate(plant: RunningBroker, http: httpx2.Client) -> None:
     web_login(http, plant.url, "alice", "alice-demo-pw")
+    same_origin_api(http, plant.url)
     assert http.post(f"{plant.url}/api/policy/whatif", json={}).status_code == 403
     assert http.get(f"{plant.url}/admin/whatif").status_code == 403
 

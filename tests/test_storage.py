@@ -45,6 +45,7 @@ from sessions.models import (
     RecordingFormat,
     SessionKind,
     Site,
+    SshCertificate,
     User,
     VendorContract,
     VendorOrg,
@@ -196,7 +197,24 @@ def build_world(t: datetime = T0) -> dict[str, Any]:
         last_seen_at=t,
     )
     token = ApiToken(
-        token_hash="d" * 64, user_id=vendor.id, created_at=t, expires_at=t + timedelta(days=1)
+        token_hash="d" * 64,
+        user_id=vendor.id,
+        created_at=t,
+        expires_at=t + timedelta(days=1),
+        amr=["pwd", "otp"],
+        roles=["vendor"],
+        parent_session="c" * 64,
+    )
+    cert = SshCertificate(
+        serial=2**63 - 1,
+        user_id=vendor.id,
+        token_id=token.id,
+        key_id="alice@example",
+        key_sha256="SHA256:x",
+        amr=["pwd", "otp"],
+        roles=["vendor"],
+        issued_at=t,
+        expires_at=t + timedelta(hours=1),
     )
     cli = CliAuthorization(
         kind=CliAuthorizationKind.DEVICE,
@@ -224,6 +242,7 @@ def build_world(t: datetime = T0) -> dict[str, Any]:
         "flow": flow,
         "web": web,
         "token": token,
+        "cert": cert,
         "cli": cli,
     }
 
@@ -246,7 +265,7 @@ def save_world(engine: sa.Engine) -> dict[str, Any]:
 
 def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
     assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
-    assert current_revision(engine) == head_revision() == "0006_asset_endpoints"
+    assert current_revision(engine) == head_revision() == "0007_credentials"
     migrate(engine)  # already at head: no-op
     assert current_revision(engine) == head_revision()
 
@@ -551,7 +570,16 @@ def test_credentials_cascade_and_agent_deletion_unlinks_assets(engine: sa.Engine
     token = ApiToken(
         token_hash="f" * 64, user_id=approver.id, created_at=T0, expires_at=T0 + timedelta(days=1)
     )
-    save(engine, token)
+    cert = SshCertificate(
+        serial=7,
+        user_id=approver.id,
+        token_id=token.id,
+        key_id="k",
+        key_sha256="SHA256:k",
+        issued_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+    )
+    save(engine, token, cert)
     with engine.begin() as conn:  # raw SQL: exercise the database's ON DELETE, not the ORM's
         conn.execute(sa.text("DELETE FROM users WHERE id = :id"), {"id": approver.id})
     world = save_world(engine)
@@ -559,6 +587,7 @@ def test_credentials_cascade_and_agent_deletion_unlinks_assets(engine: sa.Engine
         conn.execute(sa.text("DELETE FROM agents WHERE id = :id"), {"id": world["agent"].id})
     with session_scope(engine) as db:
         assert db.get(ApiToken, token.id) is None
+        assert db.get(SshCertificate, 7) is None
         asset = db.get(Asset, world["asset"].id)
         assert asset is not None
         assert asset.agent_id is None
@@ -674,3 +703,57 @@ def test_migration_turns_each_assets_endpoint_into_its_first_declared_endpoint(
         "a2": ("ssh", "10.0.0.1", 22, "ssh", {}),
         "a3": ("tcp", "10.0.0.1", 5900, "tcp", {}),
     }
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migration_gives_existing_credentials_no_authentication_methods(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """0007: sessions and tokens from before it carry no amr (no MFA credit until the next
+    sign-in), no roles snapshot and no parent; the down-migration restores the old schema."""
+    from alembic import command
+
+    if backend == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        server = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"m_{uuid4().hex[:16]}"))
+    cfg = alembic_config()
+    t = T0.replace(tzinfo=None)
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006_asset_endpoints")
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (id, issuer, sub, email, name, groups, roles, amr, disabled, "
+                "created_at) VALUES ('u1', 'i', 's', '', '', '[]', '[]', '[\"mfa\"]', false, :t)"
+            ),
+            {"t": t},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO web_sessions (id_hash, user_id, csrf_token, created_at, expires_at, "
+                "last_seen_at) VALUES ('h', 'u1', 'c', :t, :t, :t)"
+            ),
+            {"t": t},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_tokens (id, token_hash, user_id, kind, created_at, expires_at) "
+                "VALUES ('t1', 'th', 'u1', 'cli', :t, :t)"
+            ),
+            {"t": t},
+        )
+    migrate(eng)
+    with session_scope(eng) as db:
+        web, token = db.get(WebSession, "h"), db.get(ApiToken, "t1")
+        assert web is not None and token is not None
+        assert (web.amr, web.acr, web.auth_time) == ([], None, None)
+        assert (token.amr, token.roles, token.parent_session) == ([], [], None)
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006_asset_endpoints")
+    assert "ssh_certificates" not in sa.inspect(eng).get_table_names()
+    eng.dispose()

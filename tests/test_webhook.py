@@ -13,7 +13,7 @@ import httpx2
 import pytest
 
 from broker.demo import seed
-from tests.harness.broker import RunningBroker, web_login
+from tests.harness.broker import RunningBroker, same_origin_api, web_login
 from tests.harness.wait import wait_until
 
 SECRET = "webhook-secret-0123456789"
@@ -50,6 +50,7 @@ def test_state_changes_are_signed_and_delivered(
     seed(broker.services.settings.database_url)
     broker.refresh_policy_data()
     web_login(http, broker.url, "adam", "adam-demo-pw")
+    same_origin_api(http, broker.url)
     made = http.post(
         f"{broker.url}/api/requests", json={"asset": "hist-01", "duration": "1h", "reason": "x"}
     )

@@ -20,6 +20,7 @@ from broker.cli import (
     policy_cmd,
     serve_cmd,
     ssh_cmd,
+    users_cmd,
     verify_cmd,
 )
 from broker.errors import BrokerError
@@ -35,6 +36,7 @@ COMMANDS = (
     demo_cmd,
     verify_cmd,
     ssh_cmd,
+    users_cmd,
 )
 
 

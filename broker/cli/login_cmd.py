@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
 
-from broker.cli import credentials
+from broker.cli import credentials, ssh_cmd
 from broker.errors import BrokerError
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -40,7 +40,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=float, default=LOGIN_TIMEOUT_S, help=argparse.SUPPRESS)
     p.set_defaults(func=login)
-    o = sub.add_parser("logout", help="forget the stored broker token")
+    o = sub.add_parser(
+        "logout", help="revoke the broker token (and its SSH certificates), then forget it"
+    )
     o.add_argument("--broker")
     o.set_defaults(func=logout)
     w = sub.add_parser("whoami", help="show the signed-in identity, roles and token expiry")
@@ -102,14 +104,19 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
         raise BrokerError(
             f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable"
         ) from exc
+    if resp.status_code == 429:
+        raise BrokerError(
+            f"broker refused to start a sign-in: {resp.json().get('error_description', '')}",
+            code="login_failed",
+        )
     if resp.status_code != 200:
         raise BrokerError(
             f"broker refused to start a sign-in ({resp.status_code})", code="login_failed"
         )
     start = resp.json()
     print("To sign in, open this URL in any browser:")
-    print(f"  {start['verification_uri_complete']}")
-    print(f"and confirm the code {start['user_code']}")
+    print(f"  {start['verification_uri']}")
+    print(f"and type the code {start['user_code']}")
     print("Waiting for approval...", flush=True)
     interval = max(1.0, float(start.get("interval", 2)))
     deadline = time.monotonic() + min(timeout, float(start.get("expires_in", timeout)))
@@ -237,9 +244,40 @@ def login(args: argparse.Namespace) -> int:
         return _browser_login(client, broker, args.timeout)
 
 
+def _revoke(stored: credentials.StoredToken) -> str | None:
+    """Revoke the token at the broker; None on success, else why it could not be done."""
+    try:
+        with _client() as client:
+            resp = client.post(
+                f"{stored.broker}/api/cli/logout",
+                headers={"Authorization": f"Bearer {stored.access_token}"},
+            )
+    except httpx2.HTTPError as exc:
+        return f"broker unreachable ({type(exc).__name__})"
+    if resp.status_code in (200, 401):  # 401: already revoked or expired
+        return None
+    return f"broker answered {resp.status_code}"
+
+
 def logout(args: argparse.Namespace) -> int:
-    gone = credentials.forget(args.broker)
-    print(f"Forgot the token for {gone.broker}." if gone else "Not signed in.")
+    """Revoke the token at the broker (its SSH certificates die with it), then forget it and
+    the SSH certificate made with it. The local copy is removed even if the broker cannot be
+    reached; the exit code is then 1 and the token stays valid until it expires."""
+    stored = credentials.load(args.broker)
+    if stored is None:
+        print("Not signed in.")
+        return 0
+    problem = None if stored.expired() else _revoke(stored)
+    credentials.forget(stored.broker)
+    ssh_cmd.forget_certificate(stored.broker)
+    if problem is not None:
+        print(
+            f"Forgot the token for {stored.broker}, but could not revoke it: {problem}; "
+            "it stays valid until it expires.",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Signed out of {stored.broker}: token revoked and forgotten.")
     return 0
 
 

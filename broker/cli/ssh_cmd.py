@@ -185,6 +185,14 @@ def _ensure_key() -> str:
     return public
 
 
+def forget_certificate(broker: str) -> None:
+    """Delete the stored certificate if ``broker`` issued it (``conduit logout``)."""
+    info = _load_info()
+    if info is not None and info.broker == broker:
+        _paths()["cert"].unlink(missing_ok=True)
+        _paths()["info"].unlink(missing_ok=True)
+
+
 def _load_info() -> CertInfo | None:
     try:
         return CertInfo(**json.loads(_paths()["info"].read_text(encoding="utf-8")))

@@ -72,6 +72,9 @@ function loadUsers(path) {
     if (user.email_verified !== undefined && typeof user.email_verified !== 'boolean') {
       throw new ConfigError(`${where}: "email_verified" must be a boolean`);
     }
+    if (user.otp_optional !== undefined && (typeof user.otp_optional !== 'boolean' || user.otp === undefined)) {
+      throw new ConfigError(`${where}: "otp_optional" must be a boolean and needs "otp"`);
+    }
     if (bySub.has(user.sub)) throw new ConfigError(`${where}: duplicate sub ${user.sub}`);
     if (byUsername.has(user.username)) throw new ConfigError(`${where}: duplicate username ${user.username}`);
     bySub.set(user.sub, user);
@@ -435,7 +438,8 @@ ${out.error_description ? `<p id="idp-error-description">${esc(out.error_descrip
     }
     let amr = ['pwd'];
     let acr = ACR_PWD;
-    if (user.otp !== undefined) {
+    // otp_optional: signing in without a code is allowed (amr pwd); a code, if typed, must be right.
+    if (user.otp !== undefined && !(user.otp_optional === true && !otp)) {
       if (!otp || !digestEquals(otp, user.otp)) {
         ctx.status = 200;
         ctx.type = 'html';

@@ -141,6 +141,41 @@ def audit_events(broker: RunningBroker, kind: str | None = None) -> list[dict[st
     ]
 
 
+def same_origin_api(client: httpx2.Client, broker_url: str) -> httpx2.Client:
+    """Let ``client`` (signed in with the session cookie) call state-changing JSON APIs the way
+    a same-origin script does: the session's ``X-CSRF-Token`` (from ``/api/whoami``) and the
+    broker's ``Origin`` on every request. Requests must still send JSON (``json=...``)."""
+    me = client.get(f"{broker_url}/api/whoami")
+    assert me.status_code == 200, me.text
+    client.headers.update({"X-CSRF-Token": me.json()["csrf_token"], "Origin": broker_url})
+    return client
+
+
+def device_token(client: httpx2.Client, broker_url: str) -> tuple[str, str]:
+    """A CLI token through the real device flow, approved by ``client``'s browser session
+    (the person types the code and allows it); returns ``(token, expires_at)``."""
+    start = httpx2.post(f"{broker_url}/api/cli/device", json={"client_name": "conduit CLI"})
+    assert start.status_code == 200, start.text
+    body = start.json()
+    page = client.get(f"{broker_url}/cli/activate")
+    typed = {**form_values(page.text), "user_code": body["user_code"]}
+    confirm = client.post(f"{broker_url}/cli/activate", data=typed)
+    assert confirm.status_code == 200 and 'id="approve"' in confirm.text, confirm.text
+    done = client.post(
+        f"{broker_url}/cli/activate", data={**form_values(confirm.text), "decision": "approve"}
+    )
+    assert "CLI signed in" in done.text, done.text
+    token = httpx2.post(
+        f"{broker_url}/api/cli/token",
+        json={
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": body["device_code"],
+        },
+    )
+    assert token.status_code == 200, token.text
+    return token.json()["access_token"], token.json()["expires_at"]
+
+
 def same_origin(url: str, other: str) -> bool:
     a, b = urlsplit(url), urlsplit(other)
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)

@@ -1,0 +1,64 @@
+"""``conduit users list|revoke``: users' live credentials, and revoking all of them (admin).
+
+Both call the broker's admin API (:mod:`broker.users_admin`) with the stored CLI token. A user
+is named by id, email, IdP subject or exact name; an ambiguous or unknown name is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from broker.cli.api_client import call
+from broker.errors import BrokerError
+
+
+def add_parser(sub: Any) -> None:
+    users = sub.add_parser("users", help="users' credentials; revoke all of a user's (admin)")
+    usub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    ls = usub.add_parser("list", help="users with their live tokens, certificates and sessions")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=listing)
+    r = usub.add_parser(
+        "revoke", help="revoke every CLI token, SSH certificate and browser session of a user"
+    )
+    r.add_argument("user", help="user id, email, IdP subject or name")
+    r.add_argument("--reason", required=True)
+    r.set_defaults(func=revoke)
+
+
+def listing(args: argparse.Namespace) -> int:
+    users = call("GET", "/api/users")
+    if args.json:
+        print(json.dumps(users, indent=2))
+        return 0
+    for u in users:
+        roles = ",".join(u["roles"]) or "-"
+        print(
+            f"{u['id']}  {u['email'] or u['sub']:<36} {roles:<16} tokens {u['tokens']}  "
+            f"certificates {u['certificates']}  sessions {u['sessions']}"
+        )
+    return 0
+
+
+def _resolve(name: str) -> dict[str, Any]:
+    users = call("GET", "/api/users")
+    found = [u for u in users if name in (u["id"], u["email"], u["sub"], u["name"])]
+    if len(found) != 1:
+        why = "no user" if not found else f"{len(found)} users"
+        raise BrokerError(f"{why} named {name!r}: use the id from `conduit users list`")
+    user: dict[str, Any] = found[0]
+    return user
+
+
+def revoke(args: argparse.Namespace) -> int:
+    user = _resolve(args.user)
+    out = call("POST", f"/api/users/{user['id']}/revoke", body={"reason": args.reason})
+    done = out["revoked"]
+    print(
+        f"Revoked {len(done['cli_credentials'])} token(s) and {len(done['certificates'])} SSH "
+        f"certificate(s) of {user['email'] or user['sub']}; ended {done['sessions']} browser "
+        "session(s)."
+    )
+    return 0
