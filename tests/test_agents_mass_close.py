@@ -24,7 +24,7 @@ from tests.harness.agent import EchoAsset, gateway, on_broker_loop
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 pytestmark = needs("sshd")
 
@@ -123,7 +123,7 @@ def _mass_close(rig: SshRig, echo: EchoAsset, ssh: subprocess.Popen[str]) -> Non
         closed = _since(broker, "agent.channel.closed", since)
         return refs <= {e["details"]["ref"] for e in closed}
 
-    wait_for(reported, 25, f"{MASS} agent.channel.closed events")
+    wait_until(reported, f"{MASS} agent.channel.closed events", timeout=25)
 
     # The flood guard did not fire and the tunnel is the same one: no drop, no reconnect.
     assert not _since(broker, "agent.protocol_error", since)

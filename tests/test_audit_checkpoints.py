@@ -31,7 +31,7 @@ from sessions.checkpoints import (
 from sessions.recording import Ed25519Signer, public_key_openssh
 from sessions.testing import ManualClock
 from tests.harness.cli import run_conduit
-from tests.harness.waits import wait_for
+from tests.harness.wait import async_wait_until
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -146,12 +146,12 @@ def test_the_task_wakes_on_appends(
         cps = _checkpointer(log, signer, clock, path, poll_s=30)
         await cps.start()
         try:
-            await asyncio.to_thread(
-                wait_for, lambda: path.exists() and path.read_text().count("\n") == 1, 10, "first"
+            await async_wait_until(
+                lambda: path.exists() and path.read_text().count("\n") == 1, "the first checkpoint"
             )
             await asyncio.to_thread(_fill, log, 10)
-            await asyncio.to_thread(
-                wait_for, lambda: path.read_text().count("\n") == 2, 10, "the 10-event checkpoint"
+            await async_wait_until(
+                lambda: path.read_text().count("\n") == 2, "the 10-event checkpoint"
             )
             await asyncio.to_thread(_fill, log, 2)
         finally:

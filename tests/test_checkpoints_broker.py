@@ -23,7 +23,7 @@ from sessions.recording import load_public_key
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 SECRET = "webhook-secret-0123456789"
 
@@ -102,21 +102,23 @@ def test_broker_ships_checkpoints_and_notices_a_truncated_log(
     def seqs() -> list[int]:
         return [cp.seq for cp in read_checkpoints(path, key)[0]] if path.exists() else []
 
-    wait_for(lambda: bool(seqs()), 15, "the start-up checkpoint")
+    wait_until(lambda: bool(seqs()), "the start-up checkpoint", timeout=15)
     start = seqs()[-1]
     _append(broker, 12)  # the 5th and 10th events after it are checkpointed without delay
-    wait_for(lambda: seqs()[-2:] == [start + 5, start + 10], 15, "the every-5-events checkpoints")
+    wait_until(
+        lambda: seqs()[-2:] == [start + 5, start + 10], "the every-5-events checkpoints", timeout=15
+    )
     clock.advance(30)  # the two left over are now 30 s old: the head is checkpointed
     head = broker.services.audit.head()
     assert head is not None
-    wait_for(lambda: seqs()[-1] >= head[0], 15, "the every-30-seconds checkpoint")
+    wait_until(lambda: seqs()[-1] >= head[0], "the every-30-seconds checkpoint", timeout=15)
 
     # The same checkpoints went to syslog and the webhook, verifiable with the public key.
-    wait_for(lambda: len(datagrams) >= 4, 15, "syslog messages")
+    wait_until(lambda: len(datagrams) >= 4, "syslog messages", timeout=15)
     from_syslog = [parse_checkpoint(d[d.index("{") :], key).seq for d in datagrams]
     assert from_syslog[:4] == seqs()[:4]
     assert all(d.startswith("<85>1 ") and " conduit " in d for d in datagrams)
-    wait_for(lambda: any(p["event"] == "audit.checkpoint" for p in posts), 15, "webhook")
+    wait_until(lambda: any(p["event"] == "audit.checkpoint" for p in posts), "webhook", timeout=15)
     shipped = [p for p in posts if p["event"] == "audit.checkpoint"]
     assert parse_checkpoint(json.dumps(shipped[0]["details"]), key).seq == seqs()[0]
     # Captures of syslog and of the webhook work as checkpoint files for `audit verify`.

@@ -22,7 +22,7 @@ from tests.harness.broker import (
     web_login,
 )
 from tests.harness.cli import run_conduit
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 CONDUIT = [sys.executable, "-m", "broker"]
@@ -104,7 +104,9 @@ def test_device_login_then_whoami(
         and "Roles:    vendor" in who.stdout
         and "Expires:" in who.stdout
     )
-    wait_for(lambda: audit_events(broker, "cli.device_started"), 10, "aggregated start event")
+    wait_until(
+        lambda: audit_events(broker, "cli.device_started"), "aggregated start event", timeout=10
+    )
     kinds = [
         (e["kind"], e["outcome"]) for e in audit_events(broker) if e["kind"].startswith("cli.")
     ]

@@ -44,7 +44,7 @@ from tests.harness.components import needs
 from tests.harness.idp import DEFAULT_USERS_PATH, RunningIdP, start_dev_idp
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import ASSET, SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 EVIL = "http://evil.example"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -277,7 +277,11 @@ def test_device_sign_in_cannot_be_phished(
     assert _poll(broker, offer["device_code"])["error"] == "authorization_pending"
     clock.advance(301)  # short expiry: the attacker's code dies unused
     assert _poll(broker, offer["device_code"])["error"] in ("expired_token", "invalid_grant")
-    wait_for(lambda: _device_rows(broker) == 0, 10, "expired sign-in requests purged by the broker")
+    wait_until(
+        lambda: _device_rows(broker) == 0,
+        "expired sign-in requests purged by the broker",
+        timeout=10,
+    )
     [aggregate] = audit_events(broker, "cli.device_started")
     assert aggregate["details"]["count"] == 1 and aggregate["source_ip"] == "127.0.0.1"
 
@@ -310,7 +314,7 @@ def test_anonymous_device_starts_are_limited_per_address_and_audited_in_aggregat
         refused = sum(e["details"]["count"] for e in audit_events(broker, "cli.device_refused"))
         return (started, refused) == (3, 2)
 
-    wait_for(tallied, 10, "aggregated device start events")
+    wait_until(tallied, "aggregated device start events", timeout=10)
     events = audit_events(broker, "cli.device_started") + audit_events(broker, "cli.device_refused")
     assert len(events) <= 4  # one per interval and outcome, not one per start
     assert {e["outcome"] for e in audit_events(broker, "cli.device_refused")} == {"rejected"}
@@ -537,7 +541,7 @@ def test_conduit_logout_revokes_the_token_and_the_certificates_it_minted(
         text=True,
     )
     try:
-        wait_for(lambda: bool(broker.services.live.list()), 15, "the session to start")
+        wait_until(lambda: bool(broker.services.live.list()), "the session to start", timeout=15)
         out = run_conduit("logout", env=env)
         assert out.returncode == 0 and "token revoked" in out.stdout, out.stdout + out.stderr
         assert not (ssh_dir / "id_ed25519-cert.pub").exists()
@@ -565,17 +569,17 @@ def test_conduit_logout_revokes_the_token_and_the_certificates_it_minted(
             if any("credential refused" in r for r in e["details"]["reasons"])
         ]
 
-    wait_for(lambda: bool(refusals()), 10, "the refusal's audit event")
+    wait_until(lambda: bool(refusals()), "the refusal's audit event", timeout=10)
     assert refusals()[-1]["actor"] == rig.users["alice"]
     [revoked] = audit_events(broker, "credentials.revoked")
     assert revoked["details"]["certificates"] == [row.serial]
-    wait_for(
+    wait_until(
         lambda: any(
             e["details"]["reason"].startswith("credential revoked")
             for e in audit_events(broker, "session.ended")
         ),
-        10,
         "session.ended with the revocation as its reason",
+        timeout=10,
     )
 
 

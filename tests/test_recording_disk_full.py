@@ -35,7 +35,7 @@ from tests.harness.components import component_missing, needs
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import ASSET, PLC_SETTINGS, SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 TMPFS_SIZE = "8m"
 
@@ -151,7 +151,9 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
         "starting",
     ]
     assert all(e["outcome"] == "error" and e["details"]["strict"] for e in failed)
-    wait_for(lambda: len(audit_events(rig.broker, "session.ended")) == 4, 15, "4 session ends")
+    wait_until(
+        lambda: len(audit_events(rig.broker, "session.ended")) == 4, "4 session ends", timeout=15
+    )
     ended = audit_events(rig.broker, "session.ended")
     assert all("strict recording is required" in e["details"]["reason"] for e in ended)
     assert [e["subject"] for e in failed] == [e["subject"] for e in ended]  # one per session
@@ -160,7 +162,9 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
     assert any("failed while writing" in m for m in logged)
 
     # The broker raised the alert and is not ready.
-    wait_for(lambda: bool(audit_events(rig.broker, "recording.storage.failing")), 15, "alert")
+    wait_until(
+        lambda: bool(audit_events(rig.broker, "recording.storage.failing")), "alert", timeout=15
+    )
     [alert] = audit_events(rig.broker, "recording.storage.failing")
     assert alert["outcome"] == "error"
     health = _health(rig)
@@ -171,11 +175,17 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
 
     # Space freed: the probe notices, and a strict session runs and is recorded.
     filler.unlink()
-    wait_for(lambda: _health(rig).status_code == 200, 15, "storage healthy again")
-    wait_for(lambda: bool(audit_events(rig.broker, "recording.storage.recovered")), 15, "recovered")
+    wait_until(lambda: _health(rig).status_code == 200, "storage healthy again", timeout=15)
+    wait_until(
+        lambda: bool(audit_events(rig.broker, "recording.storage.recovered")),
+        "recovered",
+        timeout=15,
+    )
     done = rig.ssh("echo recorded-again")
     assert done.returncode == 0 and "recorded-again" in done.stdout, done.stderr
-    wait_for(lambda: bool(audit_events(rig.broker, "recording.closed")), 15, "a clean end")
+    wait_until(
+        lambda: bool(audit_events(rig.broker, "recording.closed")), "a clean end", timeout=15
+    )
     [closed] = audit_events(rig.broker, "recording.closed")
     recording = small_disk / "recordings" / str(closed["details"]["recording"])
     pub = small_disk / "keys" / "recording_ed25519.pub"
@@ -201,7 +211,9 @@ def test_a_strict_recording_that_cannot_be_completed_ends_the_session(
     assert proc.stdin is not None and proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     # "ready" is on disk (its chunk flushed within a second); then the disk fills.
-    wait_for(lambda: any(recordings.glob("*/chunk-000002.cast")), 15, "the first output chunk")
+    wait_until(
+        lambda: any(recordings.glob("*/chunk-000002.cast")), "the first output chunk", timeout=15
+    )
     fill(small_disk)
     proc.stdin.write("go\n")
     proc.stdin.flush()
@@ -211,7 +223,9 @@ def test_a_strict_recording_that_cannot_be_completed_ends_the_session(
         proc.kill()
     assert proc.returncode != 0
     assert "conduit: session ended: recording failed (No space left on device); " in err
-    wait_for(lambda: bool(audit_events(rig.broker, "recording.failed")), 15, "recording.failed")
+    wait_until(
+        lambda: bool(audit_events(rig.broker, "recording.failed")), "recording.failed", timeout=15
+    )
     [failed] = audit_events(rig.broker, "recording.failed")
     assert failed["details"]["strict"] and failed["details"]["while"] in ("writing", "closing")
     assert not audit_events(rig.broker, "recording.closed")  # no clean end is claimed
@@ -224,7 +238,9 @@ def test_best_effort_goes_on_unrecorded_and_audited(rig: SshRig, small_disk: Pat
     fill(small_disk)
     done = rig.ssh("echo unrecorded-but-allowed")
     assert done.returncode == 0 and "unrecorded-but-allowed" in done.stdout, done.stderr
-    wait_for(lambda: bool(audit_events(rig.broker, "recording.failed")), 15, "recording.failed")
+    wait_until(
+        lambda: bool(audit_events(rig.broker, "recording.failed")), "recording.failed", timeout=15
+    )
     [failed] = audit_events(rig.broker, "recording.failed")
     assert failed["details"]["strict"] is False and failed["outcome"] == "error"
 
@@ -252,7 +268,7 @@ def test_a_strict_forward_on_a_full_disk_never_reaches_the_plc(
             )
             return bool(ss.stdout.strip())
 
-        wait_for(listening, 15, "ssh -L listening")
+        wait_until(listening, "ssh -L listening", timeout=15)
         with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
             conn.sendall(bytes.fromhex("000100000006010300000001"))  # FC3 read, 1 register
             conn.settimeout(10)
@@ -264,7 +280,7 @@ def test_a_strict_forward_on_a_full_disk_never_reaches_the_plc(
     assert "conduit: recording could not start (" in err
     assert "strict recording is required" in err
     assert plc.arrivals == []
-    wait_for(lambda: bool(audit_events(rig.broker, "session.ended")), 15, "session.ended")
+    wait_until(lambda: bool(audit_events(rig.broker, "session.ended")), "session.ended", timeout=15)
     [ended] = audit_events(rig.broker, "session.ended")
     assert "strict recording is required" in str(ended["details"]["reason"])
     [failed] = audit_events(rig.broker, "recording.failed")

@@ -42,7 +42,7 @@ from tests.harness.broker import RunningBroker, audit_events, form_values, web_l
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 T0 = datetime(2026, 5, 4, 10, tzinfo=UTC)
 
@@ -160,7 +160,7 @@ def test_a_real_session_end_is_audited_and_truncation_is_broken(
         closed[:] = audit_events(rig.broker, RECORDING_CLOSED)
         return bool(closed)
 
-    wait_for(clean_end, 15, "the recording.closed event")
+    wait_until(clean_end, "the recording.closed event", timeout=15)
     [event] = closed
     with session_scope(services.engine) as db:
         row = db.exec(select(Recording)).one()

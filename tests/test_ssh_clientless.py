@@ -27,7 +27,7 @@ from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.clientless import Approver, ClientlessSsh
 from tests.harness.components import needs
 from tests.harness.ssh_session import ASSET, SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 pytestmark = needs("sshd")
 
@@ -264,7 +264,9 @@ def test_pending_codes_are_capped_per_address_and_overall(
     assert b"conduit: too many clientless sign-ins are pending on this broker" in c1.refused()
 
     a1.close()  # a client that gives up frees its slot
-    wait_for(lambda: broker.services.clientless.pending_count() == 2, 10, "a1's code cancelled")
+    wait_until(
+        lambda: broker.services.clientless.pending_count() == 2, "a1's code cancelled", timeout=10
+    )
     clients(broker, target, source="127.0.0.3").prompt()
 
     refused = audit_events(broker, "ssh.clientless.refused")

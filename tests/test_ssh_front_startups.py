@@ -22,7 +22,7 @@ from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.clientless import Approver, ClientlessSsh
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
-from tests.harness.waits import wait_for
+from tests.harness.wait import wait_until
 
 LOGIN_S = 4.0
 ATTACKER = "127.0.0.2"  # all of 127/8 is loopback: a second source address on this machine
@@ -126,7 +126,9 @@ def test_300_banner_only_connections_are_capped_per_source_and_timed_out(rig: Ss
     done = rig.ssh("echo still-open")
     assert done.returncode == 0 and "still-open" in done.stdout, done.stderr
 
-    wait_for(all_closed(conns), LOGIN_S + 15, "the door to close every banner-only connection")
+    wait_until(
+        all_closed(conns), "the door to close every banner-only connection", timeout=LOGIN_S + 15
+    )
     refused = [c for c in conns if c.said(PER_SOURCE)]
     timed_out = [c for c in conns if c.said(TIMED_OUT)]
     assert all(c.data.startswith(b"SSH-2.0-") for c in conns)
@@ -137,7 +139,9 @@ def test_300_banner_only_connections_are_capped_per_source_and_timed_out(rig: Ss
     assert not broker.services.front or broker.services.front.listener.gate.unauthenticated == 0
 
     # Audited once per source and kind (a flood of refusals is not a flood of audit events).
-    wait_for(lambda: bool(events_since(broker, "ssh.login.timeout", since)), 10, "the audit")
+    wait_until(
+        lambda: bool(events_since(broker, "ssh.login.timeout", since)), "the audit", timeout=10
+    )
     (refusal,) = events_since(broker, "ssh.connect.refused", since)
     assert refusal["source_ip"] == ATTACKER and refusal["outcome"] == "refused"
     assert refusal["details"]["reason"] == "max_startups_per_source"
@@ -165,7 +169,9 @@ def test_the_overall_cap_holds_across_sources_and_the_stock_client_says_why(
     first = flood(port, "127.0.0.2", 4)  # 3 held, the 4th over the per-source cap
     second = flood(port, "127.0.0.3", 3)  # 2 held, then the door is full
     third = flood(port, "127.0.0.4", 1)  # a new source: the door is full for everybody
-    wait_for(lambda: first[3].poll() and second[2].poll() and third[0].poll(), 10, "refusals")
+    wait_until(
+        lambda: first[3].poll() and second[2].poll() and third[0].poll(), "refusals", timeout=10
+    )
     assert first[3].said(f"{PER_SOURCE} 127.0.0.2 (limit 3)")
     assert second[2].said(OVERALL) and third[0].said(OVERALL)
     assert not any(c.poll() for c in first[:3] + second[:2])  # those are held, for now
@@ -183,7 +189,7 @@ def test_the_overall_cap_holds_across_sources_and_the_stock_client_says_why(
         refusals = events_since(broker, "ssh.connect.refused", since)
         return {e["source_ip"]: e["details"]["reason"] for e in refusals}
 
-    wait_for(lambda: len(by_source()) == 4, 10, "a refusal event per source")
+    wait_until(lambda: len(by_source()) == 4, "a refusal event per source", timeout=10)
     assert by_source() == {
         "127.0.0.2": "max_startups_per_source",
         "127.0.0.3": "max_startups",
@@ -191,7 +197,7 @@ def test_the_overall_cap_holds_across_sources_and_the_stock_client_says_why(
         "127.0.0.1": "max_startups",
     }
     # After the login timeout the held ones are gone and the door takes connections again.
-    wait_for(all_closed(first + second), LOGIN_S + 10, "the held connections to time out")
+    wait_until(all_closed(first + second), "the held connections to time out", timeout=LOGIN_S + 10)
     assert all(c.said(TIMED_OUT) for c in first[:3] + second[:2])
     fresh = flood(port, "127.0.0.4", 1)[0]
     assert not fresh.poll() and not fresh.said("too many")
@@ -211,7 +217,7 @@ def test_a_clientless_sign_in_awaiting_approval_outlives_the_login_timeout(
         vendor.press_enter()  # Enter before approving: the broker waits for the browser
         # A connection opened after it is cut by the login timeout; the clientless one is not.
         idle = BannerOnly(rig.front_port, ATTACKER)
-        wait_for(idle.poll, LOGIN_S + 10, "the idle connection's login timeout")
+        wait_until(idle.poll, "the idle connection's login timeout", timeout=LOGIN_S + 10)
         assert idle.said(TIMED_OUT)
         assert vendor.proc.poll() is None
         assert approver.approve(code).status_code == 200
