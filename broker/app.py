@@ -54,6 +54,7 @@ from broker.errors import BrokerError, NotAuthenticated
 from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
+from broker.policy_data_sync import PolicyDataSync
 from broker.recording_keys import load_recording_signer, recording_key_dir
 from broker.recording_storage import RecordingStorage
 from broker.services import Services
@@ -73,12 +74,16 @@ from sessions.authorizer import Authorizer
 from sessions.clientless import clientless_switch
 from sessions.clock import Clock, SystemClock
 from sessions.credentials import CredentialService
-from sessions.db import create_db_engine, migrate
+from sessions.db import create_db_engine, migrate, session_scope
 from sessions.maintenance import MaintenanceService
 from sessions.models import AuditOutcome
+from sessions.policy_data import build_plant_data
 
 log = logging.getLogger("conduit.broker")
 HERE = Path(__file__).parent
+# Access events that change data.plant (the vendor lockout): pushed to the engine at once,
+# whoever made the change. Other plant changes call Services.plant_changed() themselves.
+PLANT_KINDS = frozenset({"lockout.on", "lockout.off"})
 
 # Forms post to the broker itself, and sign-out redirects to the IdP ({idp}).
 CSP = (
@@ -144,16 +149,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _refresh_policy_data(svc: Services) -> None:
-    """Keep ``data.plant`` in step with the database (changes apply without a restart)."""
-    while True:
-        await asyncio.sleep(svc.settings.policy.data_refresh_s)
-        try:
-            await svc.refresh_policy_data()
-        except Exception:  # keep the last good data; the next round retries
-            log.exception("refreshing policy data failed")
-
-
 async def _grant_clock(svc: Services) -> None:
     """Open and close grants on time: one tick per second (windows are minute-grained)."""
     while True:
@@ -162,6 +157,18 @@ async def _grant_clock(svc: Services) -> None:
             await svc.access.tick()
         except Exception:  # the next tick retries; a failure must not stop the clock
             log.exception("grant tick failed")
+
+
+async def _policy_data_status(svc: Services, problem: str | None) -> None:
+    """A failed push of ``data.plant`` (an OPA server down or refusing it), and its recovery."""
+    if problem is None:
+        kind, outcome, details = "policy.data_push_recovered", "ok", {}
+    else:
+        kind, outcome, details = "policy.data_push_failed", "error", {"problem": problem}
+    details["engine"] = svc.policy.name
+    await svc.record(
+        None, kind, actor="system", outcome=outcome, subject="policy:data", details=details
+    )
 
 
 def _alert(
@@ -292,7 +299,15 @@ def build_services(
         ),
         storage=storage,
         signer=signer,
+        policy_data=PolicyDataSync(
+            lambda: _plant_data(engine), policy, interval_s=settings.policy.data_refresh_s
+        ),
     )
+
+
+def _plant_data(engine: Engine) -> dict[str, Any]:
+    with session_scope(engine) as db:
+        return build_plant_data(db)
 
 
 def build_policy_engine(settings: Settings, audit: AuditLog) -> PolicyEngine:
@@ -348,7 +363,11 @@ def create_app(
             except BundleError as exc:  # audited by the manager; every decision denies
                 log.error("no valid policy bundle: %s", exc.message)
             manager.start_watching(settings.policy.watch_interval_s)
-        await svc.refresh_policy_data()
+        svc.policy_data.on_status = lambda problem: _policy_data_status(svc, problem)
+        await svc.policy_data.start()  # pushes now; then on changes and periodically
+        svc.access.listeners.append(
+            lambda kind, _subject, _details: svc.plant_changed() if kind in PLANT_KINDS else None
+        )
         notifier = None
         if settings.webhook_url:
             secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -409,7 +428,6 @@ def create_app(
             await front.start()
             svc.front = front
         tasks = [
-            asyncio.create_task(_refresh_policy_data(svc)),
             asyncio.create_task(_grant_clock(svc)),
         ]
         try:
@@ -434,6 +452,7 @@ def create_app(
             svc.checkpoints = None
             if notifier is not None:
                 await notifier.aclose()
+            await svc.policy_data.aclose()
             await svc.policy.aclose()
             await svc.oidc.aclose()
 

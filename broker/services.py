@@ -17,6 +17,7 @@ from broker.forwarded import client_address
 from broker.front_credentials import ApprovingSessions
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
+from broker.policy_data_sync import PolicyDataSync
 from broker.recording_storage import RecordingStorage
 from broker.session_recorder import RecorderFactory
 from broker.settings import Settings
@@ -29,9 +30,7 @@ from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.clock import Clock
 from sessions.credentials import CredentialService
-from sessions.db import session_scope
 from sessions.maintenance import MaintenanceService
-from sessions.policy_data import build_plant_data
 from sessions.recording import Ed25519Signer
 
 if TYPE_CHECKING:
@@ -64,6 +63,7 @@ class Services:
     clientless: ApprovingSessions
     storage: RecordingStorage
     signer: Ed25519Signer  # the recording key; also signs audit checkpoints
+    policy_data: PolicyDataSync  # data.plant to the engine: at start, on change, periodically
     # Set by the app's lifespan when the agent gateway runs (None when disabled or stopped).
     gateway: AgentGateway | None = None
     front: FrontDoor | None = None
@@ -78,17 +78,17 @@ class Services:
         version = getattr(self.policy, "version", None)
         return version if isinstance(version, str) else None
 
-    async def refresh_policy_data(self) -> None:
-        """Rebuild ``data.plant`` from the database and push it to the engine."""
+    async def refresh_policy_data(self) -> bool:
+        """Rebuild ``data.plant`` from the database and push it to the engine now.
 
-        def _build() -> dict[str, Any]:
-            with session_scope(self.engine) as db:
-                return build_plant_data(db)
+        False when the engine refused it (an OPA server down: logged and audited as
+        ``policy.data_push_failed``; the periodic refresh retries).
+        """
+        return await self.policy_data.refresh()
 
-        data = await run_in_threadpool(_build)
-        set_data = getattr(self.policy, "set_data", None)
-        if callable(set_data):
-            set_data(data)
+    def plant_changed(self) -> None:
+        """Something in ``data.plant`` changed: push it within ~0.05 s (any thread)."""
+        self.policy_data.changed()
 
     async def record(
         self,

@@ -209,6 +209,10 @@ class EmbeddedEngine:
         if self._rvm:
             self._schedule_check()
 
+    async def push_data(self, data: Mapping[str, Any]) -> None:
+        """:meth:`set_data` for the :class:`~policies.engine.Engine` protocol; never fails."""
+        self.set_data(data)
+
     # ---- evaluator status -----------------------------------------------------------------
 
     @property

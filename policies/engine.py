@@ -21,4 +21,12 @@ class Engine(Protocol):
 
     async def decide(self, document: Mapping[str, Any]) -> Decision: ...
 
+    async def push_data(self, data: Mapping[str, Any]) -> None:
+        """Replace the data documents policies read (``{"plant": {...}}`` → ``data.plant``).
+
+        Raises :class:`policies.errors.PolicyError` when the data could not be delivered (an
+        OPA server down or refusing it); decisions then go on with the data last delivered.
+        """
+        ...
+
     async def aclose(self) -> None: ...

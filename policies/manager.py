@@ -151,6 +151,10 @@ class PolicyManager:
         if self._active is not None:
             self._active.set_data(self._data)
 
+    async def push_data(self, data: Mapping[str, Any]) -> None:
+        """:meth:`set_data` for the :class:`~policies.engine.Engine` protocol; never fails."""
+        self.set_data(data)
+
     @property
     def data(self) -> dict[str, Any]:
         return self._data

@@ -12,6 +12,14 @@ problem becomes a deny whose single reason names it, never an exception:
 - no ``result``: ``policy returned no decision (undefined)``; a result that breaks the contract:
   :func:`policies.decision.parse_decision`'s ``policy returned a malformed decision: ...``.
 
+Data: :meth:`OpaEngine.push_data` writes each top-level document with OPA's Data API, ``PUT
+{url}/v1/data/<name>`` whose body is the document's JSON value (``{"plant": {...}}`` becomes
+``data.plant``), with the same token, CA, timeout and retries as decisions (2xx is success,
+connection problems, timeouts and 5xx are retried, 4xx/3xx are not). A failed push raises
+:class:`PolicyError` (code ``opa_data_push``) naming the document and the failure; OPA keeps
+the data it had, so a bundle that needs ``data.plant`` (the default one assumes a lockout
+without it) denies until a push succeeded.
+
 ``timeout_s`` bounds each attempt as a whole (connect + send + read), so a decision takes at
 most ``(retries + 1) * timeout_s`` plus the backoff. Decisions are stamped ``engine="opa"``,
 ``input_hash`` (of the document exactly as sent), ``elapsed_ms`` (the whole call, retries
@@ -59,6 +67,7 @@ BACKOFF_S = 0.05
 STATUS_TTL_S = 60.0
 _MAX_MESSAGE = 200
 _QUERY = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class OpaEngine:
@@ -153,6 +162,33 @@ class OpaEngine:
             elapsed_ms=(time.perf_counter_ns() - start) / 1e6,
         )
 
+    async def push_data(self, data: Mapping[str, Any]) -> None:
+        """PUT each top-level document of ``data`` to ``/v1/data/<name>``; raises PolicyError."""
+        if self._closed:
+            raise PolicyError("pushing policy data: policy engine is closed", code="opa_data_push")
+        for name, value in data.items():
+            if not isinstance(name, str) or not _IDENT.match(name):
+                raise PolicyError(
+                    f"pushing policy data: document name {name!r} is not an identifier",
+                    code="opa_data_push",
+                )
+            try:
+                body = json.dumps(
+                    value,
+                    sort_keys=True,
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                    default=str,
+                    allow_nan=False,
+                )
+            except (TypeError, ValueError) as exc:
+                raise PolicyError(
+                    f"pushing data.{name}: not a JSON document: {exc}", code="opa_data_push"
+                ) from exc
+            problem = await self._put(f"{self.url}/v1/data/{name}", body.encode())
+            if problem is not None:
+                raise PolicyError(f"pushing data.{name} failed: {problem}", code="opa_data_push")
+
     async def healthy(self) -> bool:
         """True when ``GET /health`` answers 200 within ``timeout_s``; never raises."""
         if self._closed:
@@ -196,6 +232,33 @@ class OpaEngine:
             return await self._answer(response)
         note = f" ({self.url}, {attempts} attempts)" if attempts > 1 else f" ({self.url})"
         return failure.stamped(reasons=(failure.reasons[0] + note,)), None
+
+    async def _put(self, url: str, body: bytes) -> str | None:
+        """One document to OPA with the decision retry schedule; None, or what went wrong."""
+        problem = "policy server was not asked"
+        attempts = self._retries + 1
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._client.put(url, content=body)
+            except (TimeoutError, httpx2.TimeoutException):
+                problem = f"policy server timed out after {self._timeout_text}"
+                continue
+            except httpx2.TransportError as exc:
+                problem = f"policy server unreachable: {self._describe(exc)}"
+                continue
+            except Exception as exc:  # anything unexpected from the client is a failed push
+                return f"policy server request failed: {self._describe(exc)}"
+            if response.status_code >= 500:
+                problem = f"policy server error: {self._server_error(response)}"
+                continue
+            if not 200 <= response.status_code < 300:
+                return f"policy server rejected the data: {self._server_error(response)}"
+            return None
+        note = f" ({self.url}, {attempts} attempts)" if attempts > 1 else f" ({self.url})"
+        return problem + note
 
     async def _answer(self, response: httpx2.Response) -> tuple[Decision, str | None]:
         if response.status_code != 200:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,6 @@ from broker.app import create_app
 from broker.services import Services
 from broker.settings import Settings
 from sessions.clock import Clock
-from sessions.db import session_scope
-from sessions.policy_data import build_plant_data
 from tests.harness.idp import idp_login
 
 
@@ -35,13 +34,14 @@ class RunningBroker:
         svc: Services = self.app.state.services
         return svc
 
-    def refresh_policy_data(self) -> None:
-        """Push the database's current plant data to the engine now (as the periodic task does)."""
-        with session_scope(self.services.engine) as db:
-            data = build_plant_data(db)
-        set_data = getattr(self.services.policy, "set_data", None)
-        if callable(set_data):
-            set_data(data)
+    def refresh_policy_data(self) -> bool:
+        """Push the database's current plant data to the engine now, on the broker's event
+        loop (as a change or the periodic task does); False when the engine refused it."""
+        loop = self.services.policy_data.loop
+        if loop is None:
+            raise RuntimeError("the broker's policy data sync has not started")
+        future = asyncio.run_coroutine_threadsafe(self.services.refresh_policy_data(), loop)
+        return future.result(timeout=30)
 
     def stop(self) -> None:
         self.server.should_exit = True

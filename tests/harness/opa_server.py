@@ -14,6 +14,8 @@ It serves the parts of OPA's REST API the broker uses, with OPA's shapes:
   JSON gives ``400 {"code": "invalid_parameter", "message"}``; an evaluation error (e.g. a
   complete rule with conflicting values) gives ``500 {"code": "internal_error", "message"}``.
   ``--delay-ms`` delays these answers (a slow server).
+- ``GET /v1/data/<path>`` reads ``data.<path>`` without an input: ``200 {"result": value}``,
+  or ``200 {}`` when undefined.
 - ``PUT /v1/data/<path>`` replaces the document at ``data.<path>`` (the broker pushes
   ``data.plant``): ``204``. Unlike real OPA it does not refuse paths owned by the bundle.
 - ``GET /health`` → ``200 {}``; ``GET /v1/status`` → ``{"result": {"bundles": {"conduit":
@@ -211,6 +213,13 @@ class OpaHandler(BaseHTTPRequestHandler):
             self._reply(
                 200, {"result": {"bundles": bundles, "labels": {"version": SERVER_VERSION}}}
             )
+        elif (path := self._data_path()) is not None:
+            try:
+                defined, value = self.server.state.evaluate(path, None, False)
+            except (RuntimeError, ValueError, TypeError) as exc:
+                self._error(500, "internal_error", f"1 error occurred: {engine_error(exc)}")
+                return
+            self._reply(200, {"result": value} if defined else {})
         else:
             self._error(404, "resource_not_found", f"{route} not found")
 
