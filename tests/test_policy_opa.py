@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,95 @@ async def test_pushed_data_is_used(bundle: Path) -> None:
             assert (await opa.decide(ALICE_READ)).allow is False
         finally:
             await opa.aclose()
+
+
+async def test_push_data_writes_the_document_with_the_token(bundle: Path) -> None:
+    right, wrong = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    with start_opa_server(bundle, token=right) as running:
+        good, bad = OpaEngine(running.url, token=right), OpaEngine(running.url, token=wrong)
+        try:
+            assert (await good.decide(BOB_READ)).allow is False
+            await good.push_data({"plant": {"vendors": ["bob"]}})
+            async with httpx2.AsyncClient() as client:
+                stored = await client.get(
+                    f"{running.url}/v1/data/plant", headers={"Authorization": f"Bearer {right}"}
+                )
+            assert stored.json() == {"result": {"vendors": ["bob"]}}
+            assert (await good.decide(BOB_READ)).allow is True
+            with pytest.raises(PolicyError) as refused:
+                await bad.push_data({"plant": {"vendors": []}})
+        finally:
+            await good.aclose()
+            await bad.aclose()
+    assert refused.value.code == "opa_data_push"
+    assert refused.value.message.startswith(
+        "pushing data.plant failed: policy server rejected the data: HTTP 401 unauthorized"
+    )
+    assert right not in refused.value.message and wrong not in refused.value.message
+
+
+class _FlakyDataApi(ThreadingHTTPServer):
+    """Answers the first ``failures`` PUTs with 503, then 204; keeps what it was sent."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.seen: list[tuple[str, str | None, bytes]] = []
+        super().__init__(("127.0.0.1", 0), _FlakyHandler)
+
+
+class _FlakyHandler(BaseHTTPRequestHandler):
+    server: _FlakyDataApi
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen.append((self.path, self.headers.get("Authorization"), body))
+        failing = len(self.server.seen) <= self.server.failures
+        payload = b'{"code": "internal_error", "message": "storage busy"}' if failing else b""
+        self.send_response(503 if failing else 204)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.mark.parametrize(("failures", "ok"), [(1, True), (2, False)])
+async def test_push_data_retries_server_errors(failures: int, ok: bool) -> None:
+    api = _FlakyDataApi(failures)
+    thread = threading.Thread(target=api.serve_forever, daemon=True)
+    thread.start()
+    opa = OpaEngine(f"http://127.0.0.1:{api.server_address[1]}", token="t0k", retries=1)
+    try:
+        if ok:
+            await opa.push_data({"plant": {"lockout": {"vendors": True}}})
+        else:
+            with pytest.raises(PolicyError) as failed:
+                await opa.push_data({"plant": {"lockout": {"vendors": True}}})
+            assert "HTTP 503 internal_error: storage busy" in failed.value.message
+            assert "2 attempts" in failed.value.message
+    finally:
+        await opa.aclose()
+        api.shutdown()
+        api.server_close()
+    body = b'{"lockout":{"vendors":true}}'
+    assert api.seen == [("/v1/data/plant", "Bearer t0k", body)] * 2  # retried once, no more
+
+
+async def test_push_data_to_a_down_server_fails() -> None:
+    opa = OpaEngine(f"http://127.0.0.1:{free_port()}", retries=1)
+    try:
+        with pytest.raises(PolicyError) as failed:
+            await opa.push_data({"plant": {}})
+        with pytest.raises(PolicyError, match="not an identifier"):
+            await opa.push_data({"../x": {}})
+    finally:
+        await opa.aclose()
+    assert failed.value.message.startswith("pushing data.plant failed: policy server unreachable")
+    assert "2 attempts" in failed.value.message
+    with pytest.raises(PolicyError, match="closed"):
+        await opa.push_data({"plant": {}})
 
 
 async def test_server_never_started_is_a_deny() -> None:
