@@ -160,15 +160,14 @@ async def _grant_clock(svc: Services) -> None:
 
 
 async def _policy_data_status(svc: Services, problem: str | None) -> None:
-    """A failed push of ``data.plant`` (an OPA server down or refusing it), and its recovery."""
+    """A failed push of ``data.plant`` (an OPA server down or refusing it), and its recovery:
+    audited and sent to the webhook (done in a worker thread, awaited)."""
+    details: dict[str, Any] = {"engine": svc.policy.name}
     if problem is None:
-        kind, outcome, details = "policy.data_push_recovered", "ok", {}
+        kind, outcome = "policy.data_push_recovered", "ok"
     else:
-        kind, outcome, details = "policy.data_push_failed", "error", {"problem": problem}
-    details["engine"] = svc.policy.name
-    await svc.record(
-        None, kind, actor="system", outcome=outcome, subject="policy:data", details=details
-    )
+        kind, outcome, details["problem"] = "policy.data_push_failed", "error", problem
+    await asyncio.to_thread(_alert, svc, kind, "policy:data", details, outcome)
 
 
 def _alert(

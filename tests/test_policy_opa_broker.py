@@ -61,6 +61,10 @@ def test_opa_configured_broker_fails_closed_then_allows(
         write_bundle(tmp_path / "bundle"), token="opa-test-token", port=port, data=data
     ):
         up = http.post(f"{broker.url}/api/policy/whatif", json=QUESTION).json()["decision"]
+        assert broker.refresh_policy_data() is True  # the server is back: pushed, recovered
+    recovered = audit_events(broker, "policy.data_push_recovered")
+    assert [e["details"] for e in recovered] == [{"engine": "opa"}]
+    assert len(audit_events(broker, "policy.data_push_failed")) == 1
     assert up["allow"] is True and up["reasons"] == ["u-1 may read"]
     outcomes = [e["outcome"] for e in audit_events(broker, "policy.decision")]
     assert outcomes == ["deny", "allow"]
