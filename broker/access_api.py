@@ -379,7 +379,7 @@ async def windows(request: Request) -> Response:
         actor=principal.user_id,
         outcome="ok",
         subject=created["id"],
-        details=created,
+        details={"before": None, "after": created},
     )
     await svc.refresh_policy_data()
     return JSONResponse(created, status_code=201)
@@ -389,12 +389,17 @@ async def remove_window_route(request: Request) -> Response:
     principal = await require(request, ADMIN)
     svc = services(request)
 
-    def _remove() -> None:
+    def _remove() -> dict[str, Any] | None:
         with session_scope(svc.engine) as db:
-            remove_window(db, request.path_params["id"])
+            window_id = request.path_params["id"]
+            before = next(
+                (_window_json(w, s) for w, s in list_windows(db) if w.id == window_id), None
+            )
+            remove_window(db, window_id)
+            return before
 
     try:
-        await run_in_threadpool(_remove)
+        before = await run_in_threadpool(_remove)
     except SessionsError as exc:
         return domain_error(exc)
     await svc.record(
@@ -403,6 +408,7 @@ async def remove_window_route(request: Request) -> Response:
         actor=principal.user_id,
         outcome="ok",
         subject=request.path_params["id"],
+        details={"before": before, "after": None},
     )
     await svc.refresh_policy_data()
     return JSONResponse({"removed": request.path_params["id"]})

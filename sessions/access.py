@@ -640,11 +640,21 @@ class AccessService:
         revoked: list[str] = []
         with self._tx() as db:
             flag = db.get(PlantFlag, LOCKOUT_FLAG) or PlantFlag(key=LOCKOUT_FLAG)
+            before = {
+                "vendors": bool((flag.value or {}).get("vendors", False)),
+                "reason": str((flag.value or {}).get("reason", "")),
+            }
             flag.value = {"vendors": on, "reason": reason.strip()}
             flag.updated_at, flag.updated_by = now, by
             db.add(flag)
             self._record(
-                "lockout.on" if on else "lockout.off", by, "ok", LOCKOUT_FLAG, reason=reason.strip()
+                "lockout.on" if on else "lockout.off",
+                by,
+                "ok",
+                LOCKOUT_FLAG,
+                reason=reason.strip(),
+                before=before,
+                after=dict(flag.value),
             )
             if on:
                 for grant in db.exec(

@@ -474,7 +474,23 @@ class AgentService:
             actor=actor,
             outcome="ok",
             subject=f"asset:{asset.name}",
-            details={"agent": agent.id, "endpoint": f"{ep.host}:{ep.port}"},
+            details={
+                "agent": agent.id,
+                "endpoint": f"{ep.host}:{ep.port}",
+                "before": None,
+                "after": {
+                    "asset": asset.name,
+                    "zone_id": asset.zone_id,
+                    "criticality": asset.criticality,
+                    "owner_group": asset.owner_group,
+                    "endpoint": {
+                        "name": endpoint.name,
+                        "host": endpoint.host,
+                        "port": endpoint.port,
+                        "protocol": endpoint.protocol,
+                    },
+                },
+            },
         )
         return asset, endpoint
 

@@ -92,6 +92,12 @@ def test_token_join_list_adopt_revoke(
         assert f"Asset echo-01 created for endpoint 127.0.0.1:{echo.port}" in adopted.stdout
         [row] = _agents(adam)
         assert row["endpoints"][0]["asset"] == "echo-01" and row["unmatched"] == []
+        [event] = audit_events(plant, "agent.endpoint.adopted")  # the change, before and after
+        assert event["details"]["before"] is None
+        assert event["details"]["after"]["asset"] == "echo-01"
+        assert event["details"]["after"]["endpoint"]["port"] == echo.port
+        manager = plant.services.policy_manager
+        assert manager is not None and "echo-01" in manager.data["plant"]["assets"]  # pushed
         again = run_conduit(
             "agents", "adopt", ep["id"], "--name", "echo-02", "--owner-group", "x", env=adam
         )

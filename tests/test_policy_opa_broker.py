@@ -134,6 +134,44 @@ def test_default_bundle_through_opa_decides_with_the_plant_data(
         off = http.post(f"{broker.url}/api/lockout", json={"on": False, "reason": "drill over"})
         assert off.status_code == 200, off.text
         wait_until(lambda: whatif()["allow"] is True, "vendor access back after the lockout")
+        changes = [e["details"] for e in audit_events(broker) if e["kind"].startswith("lockout.")]
+        assert [(c["before"], c["after"]) for c in changes] == [
+            ({"vendors": False, "reason": ""}, {"vendors": True, "reason": "drill"}),
+            ({"vendors": True, "reason": "drill"}, {"vendors": False, "reason": "drill over"}),
+        ]
+
+        # Maintenance windows: audited with before/after, and in OPA's data.plant.
+        def opa_windows() -> list[dict[str, object]]:
+            reply = httpx2.get(
+                f"{opa.url}/v1/data/plant/sites",
+                headers={"Authorization": "Bearer opa-test-token"},
+            )
+            windows: list[dict[str, object]] = reply.json()["result"]["Riverside Plant"][
+                "maintenance_windows"
+            ]
+            return windows
+
+        window = {"site": "Riverside Plant", "days": ["sat"], "start": "06:00", "end": "10:00"}
+        added = http.post(f"{broker.url}/api/windows", json=window)
+        assert added.status_code == 201, added.text
+        wait_until(
+            lambda: {"days": ["sat"], "start": "06:00", "end": "10:00"} in opa_windows(),
+            "the new window in OPA",
+        )
+        removed = http.delete(  # a same-origin script's DELETE: JSON content type for CSRF
+            f"{broker.url}/api/windows/{added.json()['id']}",
+            headers={"Content-Type": "application/json"},
+        )
+        assert removed.status_code == 200, removed.text
+        wait_until(
+            lambda: {"days": ["sat"], "start": "06:00", "end": "10:00"} not in opa_windows(),
+            "the window gone from OPA",
+        )
+        [add_event] = audit_events(broker, "plant.window_added")
+        [remove_event] = audit_events(broker, "plant.window_removed")
+        assert add_event["details"]["before"] is None
+        assert add_event["details"]["after"] == added.json()
+        assert remove_event["details"] == {"before": added.json(), "after": None}
 
         # A change made off the event loop (as the CLI's service calls are) reaches OPA too.
         svc.access.set_lockout(True, "system", "second drill")
