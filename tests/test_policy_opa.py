@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 
+import policies
 from policies.bundle import load_bundle
 from policies.decision import input_hash
 from policies.embedded import EmbeddedEngine
@@ -25,6 +26,8 @@ from policies.errors import PolicyError
 from policies.opa import OpaEngine
 from tests.harness.opa_server import RunningOpaServer, start_opa_server
 from tests.harness.ports import free_port
+
+DEFAULT_BUNDLE = Path(policies.__file__).parent / "bundle"
 
 POLICY = """\
 package conduit.access
@@ -168,6 +171,20 @@ async def test_push_data_writes_the_document_with_the_token(bundle: Path) -> Non
         "pushing data.plant failed: policy server rejected the data: HTTP 401 unauthorized"
     )
     assert right not in refused.value.message and wrong not in refused.value.message
+
+
+async def test_default_bundle_owns_only_its_root() -> None:
+    """The default bundle's .manifest claims ``conduit``: OPA in bundle mode accepts the plant
+    data next to it and refuses writes into the policy."""
+    with start_opa_server(DEFAULT_BUNDLE) as running:
+        opa = OpaEngine(running.url)
+        try:
+            await opa.push_data({"plant": {"lockout": {"vendors": False, "reason": ""}}})
+            with pytest.raises(PolicyError) as owned:
+                await opa.push_data({"conduit": {}})
+        finally:
+            await opa.aclose()
+    assert 'path "/conduit" is owned by bundle "conduit"' in owned.value.message
 
 
 class _FlakyDataApi(ThreadingHTTPServer):

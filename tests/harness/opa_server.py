@@ -17,7 +17,10 @@ It serves the parts of OPA's REST API the broker uses, with OPA's shapes:
 - ``GET /v1/data/<path>`` reads ``data.<path>`` without an input: ``200 {"result": value}``,
   or ``200 {}`` when undefined.
 - ``PUT /v1/data/<path>`` replaces the document at ``data.<path>`` (the broker pushes
-  ``data.plant``): ``204``. Unlike real OPA it does not refuse paths owned by the bundle.
+  ``data.plant``): ``204``. As with OPA's ``--bundle``, a path under one of the ``roots`` the
+  bundle's ``.manifest`` declares is the bundle's: ``400 {"code": "invalid_parameter",
+  "message": "path ... is owned by bundle ..."}``. Without a ``.manifest`` nothing is refused
+  (as with ``opa run --server DIR``; real OPA in bundle mode would own every path).
 - ``GET /health`` → ``200 {}``; ``GET /v1/status`` → ``{"result": {"bundles": {"conduit":
   {"name", "active_revision"}}}}``.
 - With ``--token T`` every request (``/health`` too, as with OPA's basic authorizer and a
@@ -84,6 +87,9 @@ class PolicyState:
         bundle = load_bundle(bundle_dir)
         self.revision = bundle.version
         self.activated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = bundle_dir / ".manifest"
+        roots = json.loads(manifest.read_text()).get("roots", [""]) if manifest.is_file() else []
+        self.roots: list[list[str]] = [[p for p in str(r).split("/") if p] for r in roots]
         self._data: dict[str, Any] = copy.deepcopy(bundle.data)
         self._data.update(extra_data or {})
         self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regorus")
@@ -275,6 +281,12 @@ class OpaHandler(BaseHTTPRequestHandler):
         if not present:
             self._error(400, "invalid_parameter", "body is empty")
             return
+        for root in self.server.state.roots:
+            if path[: len(root)] == root or root[: len(path)] == path:
+                owned = "/".join(path)
+                message = f'path "/{owned}" is owned by bundle "{BUNDLE_NAME}"'
+                self._error(400, "invalid_parameter", message)
+                return
         try:
             self.server.state.put(path, body)
         except (RuntimeError, ValueError, TypeError) as exc:
