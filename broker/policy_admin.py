@@ -204,7 +204,12 @@ async def whatif_api(request: Request) -> Response:
 
 def _status(svc: Services) -> dict[str, Any]:
     manager = svc.policy_manager
-    status: dict[str, Any] = {"engine": svc.settings.policy.engine, "version": svc.policy_version()}
+    status: dict[str, Any] = {
+        "engine": svc.settings.policy.engine,
+        "version": svc.policy_version(),
+        # data.plant delivery: successful pushes so far, the last push's failure (None if ok)
+        "data_push": {"pushes": svc.policy_data.pushes, "problem": svc.policy_data.problem},
+    }
     if manager is not None:
         st = manager.status()
         status.update(

@@ -50,6 +50,8 @@ def test_opa_configured_broker_fails_closed_then_allows(
     same_origin_api(http, broker.url)
     status = http.get(f"{broker.url}/api/policy/status").json()
     assert status["engine"] == "opa"
+    assert status["data_push"]["pushes"] == 0
+    assert "unreachable" in status["data_push"]["problem"]
 
     down = http.post(f"{broker.url}/api/policy/whatif", json=QUESTION).json()["decision"]
     assert down["allow"] is False and "unreachable" in " ".join(down["reasons"])
@@ -62,6 +64,10 @@ def test_opa_configured_broker_fails_closed_then_allows(
     ):
         up = http.post(f"{broker.url}/api/policy/whatif", json=QUESTION).json()["decision"]
         assert broker.refresh_policy_data() is True  # the server is back: pushed, recovered
+    assert http.get(f"{broker.url}/api/policy/status").json()["data_push"] == {
+        "pushes": 1,
+        "problem": None,
+    }
     recovered = audit_events(broker, "policy.data_push_recovered")
     assert [e["details"] for e in recovered] == [{"engine": "opa"}]
     assert len(audit_events(broker, "policy.data_push_failed")) == 1
