@@ -339,8 +339,8 @@ def test_cli_apply_dry_run_then_apply_changes_the_next_modbus_decision(
 def test_only_admins_apply_and_the_broker_validates_again(
     broker: RunningBroker, tmp_path: Path
 ) -> None:
-    vendor = cli_env(broker, tmp_path, "victor")
-    assert "needs the role" in run_conduit("plant", "export", env=vendor).stderr
+    approver = cli_env(broker, tmp_path, "olga")
+    assert "needs the role" in run_conduit("plant", "export", env=approver).stderr
     with httpx2.Client() as http:
         web_login(http, broker.url, "adam", "adam-demo-pw")
         same_origin_api(http, broker.url)
