@@ -352,3 +352,33 @@ def test_only_admins_apply_and_the_broker_validates_again(
             "assets[0].endpoints[0].port: must be a port 1-65535, got 70000"
         )
         assert http.get(f"{broker.url}/api/plant").json()["assets"] == []
+
+
+def test_archiving_through_the_api_hides_the_asset_from_vendors(broker: RunningBroker) -> None:
+    with httpx2.Client() as adam, httpx2.Client() as alice:
+        web_login(adam, broker.url, "adam", "adam-demo-pw")
+        same_origin_api(adam, broker.url)
+        assert adam.post(f"{broker.url}/api/plant/apply", json={"document": demo_data()}).is_success
+        web_login(alice, broker.url, "alice", "alice-demo-pw")
+        same_origin_api(alice, broker.url)
+        ask = {"asset": "hmi-press-3", "duration": "1h", "reason": "diagnostics"}
+        assert alice.post(f"{broker.url}/api/requests", json=ask).status_code < 500
+        assert '<option value="hmi-press-3"' in alice.get(f"{broker.url}/vendor").text
+        data = demo_data()
+        data["assets"] = [a for a in data["assets"] if a["name"] != "hmi-press-3"]
+        refused = adam.post(f"{broker.url}/api/plant/apply", json={"document": data})
+        assert refused.status_code == 409, refused.text
+        assert "has history (1 requests); use --archive" in refused.json()["message"]
+        done = adam.post(
+            f"{broker.url}/api/plant/apply", json={"document": data, "archive": True}
+        ).json()
+        assert done["summary"]["archived"] == 1
+        [event] = audit_events(broker, "plant.asset.archived")
+        assert event["details"]["after"] is None
+        assert event["details"]["before"]["name"] == "hmi-press-3"
+        assert '<option value="hmi-press-3"' not in alice.get(f"{broker.url}/vendor").text
+        again = alice.post(f"{broker.url}/api/requests", json=ask)
+        assert again.status_code == 400
+        assert again.json()["message"] == (
+            "asset 'hmi-press-3' is archived: it takes no new access requests"
+        )
