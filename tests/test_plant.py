@@ -16,10 +16,12 @@ from sqlmodel import select
 from broker.demo import DEMO_PLANT_PATH
 from sessions.db import session_scope
 from sessions.errors import ConflictError, ValidationError
-from sessions.models import AccessRequest, Asset, User
+from sessions.identity import Identity, upsert_user
+from sessions.models import AccessRequest, Asset, User, VendorOrg
 from sessions.plant import PlantError, apply, diff, export, line_of, load_yaml, parse
 from sessions.plant.document import DOCUMENT_CLASSES
 from sessions.policy_data import build_plant_data
+from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 from tests.harness.cli import cli_env, run_conduit
 
@@ -139,6 +141,19 @@ def test_removing_an_asset_with_history_needs_archive(engine: sa.Engine) -> None
     # An asset without history is simply removed.
     data["assets"] = [a for a in data["assets"] if a["name"] != "drive-press-3"]
     assert apply_data(engine, data)["removed"] == 1
+
+
+def test_idp_values_map_org_claims_to_the_vendor_org(engine: sa.Engine) -> None:
+    data = demo_data()
+    data["vendor_orgs"][0] |= {"idp_values": ["ACME GmbH"], "contacts": ["svc@acme.example"]}
+    apply_data(engine, data)
+    with session_scope(engine) as db:
+        identity = Identity("https://idp", "u-1", None, None, vendor_org="ACME GmbH")
+        user = upsert_user(db, identity, ["vendor"], ManualClock(NOW))
+        org = db.get(VendorOrg, user.vendor_org_id)
+        assert org is not None and org.slug == "acme-automation"
+        assert org.contacts == ["svc@acme.example"]
+        assert len(db.exec(select(VendorOrg)).all()) == 1
 
 
 def _swap(old: str, new: str) -> str:
