@@ -127,6 +127,7 @@ def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
         assets = db.exec(
             select(Asset.name, Zone.name, Zone.purdue_level)
             .join(Zone, col(Zone.id) == col(Asset.zone_id))
+            .where(col(Asset.archived_at).is_(None))  # archived: no new requests
             .order_by(col(Asset.name))
         ).all()
         names = {a.id: a.name for a in db.exec(select(Asset)).all()}

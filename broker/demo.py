@@ -11,9 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from sqlalchemy import Engine, update
@@ -25,70 +24,24 @@ from broker.devidp import DEFAULT_USERS_PATH, start_dev_idp
 from broker.errors import BrokerError
 from broker.services import Services
 from broker.settings import load_settings
+from sessions import plant
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate, session_scope
-from sessions.endpoints import validate_settings
 from sessions.errors import SessionsError
-from sessions.models import (
-    AgentState,
-    Asset,
-    AssetEndpoint,
-    Site,
-    VendorContract,
-    VendorOrg,
-    Zone,
-)
+from sessions.models import AgentState, Asset, AssetEndpoint, Site
+from sessions.plant import PlantDoc, load_yaml, parse
 
-DEMO_ZONES = (  # (name, Purdue level)
-    ("enterprise-dmz", 3),
-    ("supervisory", 2),
-    ("press-line-control", 1),
-    ("field-devices", 0),
-)
+DEMO_PLANT_PATH = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "plant.yaml"
 DEMO_SITE = "Riverside Plant"
 DEMO_AGENT_NAME = "demo-agent"
 DEMO_AGENT_ZONE = "supervisory"
 DEMO_UNMATCHED = ("opcua-gateway", 4841, "opcua")  # declared by the demo agent, no asset yet
-# Maintenance logins for reading and tuning, the engineering login for program and firmware.
-_SSH_LOGINS: dict[str, Any] = {
-    "logins": {"read_only": ["maint"], "tune": ["maint"], "program": ["eng"], "firmware": ["eng"]}
-}
-_PLC: dict[str, Any] = {
-    "unit_ids": [1],
-    "write_ranges": {
-        "tune": [
-            {"table": "coils", "first": 0, "last": 15},
-            {"table": "holding_registers", "first": 0, "last": 99},
-        ]
-    },
-}
-DemoEndpoint = tuple[str, str, int, dict[str, Any]]  # (name, protocol, port, settings)
-DEMO_ASSETS: tuple[tuple[str, str, str, str, tuple[DemoEndpoint, ...]], ...] = (
-    # (name, zone, criticality, owner group, declared endpoints on 127.0.0.1)
-    ("hist-01", "enterprise-dmz", "medium", "ot-approvers", (("ssh", "ssh", 22, _SSH_LOGINS),)),
-    (
-        "scada-01",
-        "supervisory",
-        "high",
-        "ot-approvers",
-        (("ssh", "ssh", 22, _SSH_LOGINS), ("opcua", "opcua", 4840, {})),
-    ),
-    ("hmi-press-3", "supervisory", "high", "ot-press-line", (("vnc", "vnc", 5900, {}),)),
-    (
-        "plc-press-3",
-        "press-line-control",
-        "critical",
-        "ot-press-line",
-        (("modbus", "modbus", 502, _PLC),),
-    ),
-    (
-        "drive-press-3",
-        "field-devices",
-        "critical",
-        "ot-press-line",
-        (("modbus", "modbus", 502, {}),),
-    ),
-)
+
+
+def demo_plant(now: datetime) -> PlantDoc:
+    """The demo plant, :data:`DEMO_PLANT_PATH` (relative contract times counted from ``now``)."""
+    data, _ = load_yaml(DEMO_PLANT_PATH.read_text(encoding="utf-8"))
+    return parse(data, now)
 
 
 def seed(database_url: str) -> None:
@@ -100,57 +53,14 @@ def seed(database_url: str) -> None:
 
 
 def seed_plant(engine: Engine, clock: Clock) -> None:
-    """Insert the demo site, zones, assets and vendor contract unless already there."""
+    """Apply the demo plant file unless its site is already there (the first run only: later
+    runs keep what the admin changed since, e.g. adopted endpoints)."""
     now = clock.now()
+    doc = demo_plant(now)
     with session_scope(engine, write=True) as db:  # reads, then writes: take the lock first
-        if db.exec(select(Site).where(Site.name == "Riverside Plant")).first() is not None:
+        if db.exec(select(Site).where(Site.name == DEMO_SITE)).first() is not None:
             return
-        site = Site(name="Riverside Plant", timezone="Europe/Berlin", description="Demo plant")
-        db.add(site)
-        db.flush()
-        zones = {}
-        for name, level in DEMO_ZONES:
-            zone = Zone(site_id=site.id, name=name, purdue_level=level)
-            db.add(zone)
-            db.flush()
-            zones[name] = zone.id
-        for name, zone_name, crit, owner, endpoints in DEMO_ASSETS:
-            asset = Asset(
-                name=name,
-                site_id=site.id,
-                zone_id=zones[zone_name],
-                criticality=crit,
-                owner_group=owner,
-                labels={"line": "press"},
-                created_at=now,
-            )
-            db.add(asset)
-            db.flush()
-            for ep_name, protocol, port, settings in endpoints:
-                db.add(
-                    AssetEndpoint(
-                        asset_id=asset.id,
-                        name=ep_name,
-                        host="127.0.0.1",
-                        port=port,
-                        protocol=protocol,
-                        settings=validate_settings(protocol, settings),
-                        created_at=now,
-                    )
-                )
-        org = VendorOrg(slug="acme-automation", name="ACME Automation", created_at=now)
-        db.add(org)
-        db.flush()
-        db.add(
-            VendorContract(
-                vendor_org_id=org.id,
-                site_id=site.id,
-                reference="SVC-2026-001",
-                valid_from=now - timedelta(days=30),
-                valid_until=now + timedelta(days=365),
-                created_at=now,
-            )
-        )
+        plant.apply(db, plant.diff(db, doc), now)
 
 
 class DemoAgent:
@@ -173,15 +83,15 @@ class DemoAgent:
 def demo_endpoints(moved: dict[str, int] | None = None) -> list[tuple[str, int, str, str]]:
     """(name, port, protocol, matched asset or "") the demo agent declares on 127.0.0.1.
 
-    One endpoint per distinct port of :data:`DEMO_ASSETS` (assets sharing a port share it),
+    One endpoint per distinct port of the demo plant's assets (assets sharing a port share it),
     plus :data:`DEMO_UNMATCHED`, which no asset uses, so the admin can try "adopt".
     ``moved`` maps asset names to the port they really listen on (the simulated PLC).
     """
     seen: dict[int, tuple[str, int, str, str]] = {}
-    for name, _zone, _crit, _owner, endpoints in DEMO_ASSETS:
-        for _ep, protocol, port, _settings in endpoints:
-            port = (moved or {}).get(name, port)
-            seen.setdefault(port, (f"{protocol}-{port}", port, protocol, name))
+    for asset in demo_plant(datetime.now(UTC)).assets:
+        for ep in asset.endpoints:
+            port = (moved or {}).get(asset.name, ep.port)
+            seen.setdefault(port, (f"{ep.protocol}-{port}", port, ep.protocol, asset.name))
     return [*seen.values(), (*DEMO_UNMATCHED, "")]
 
 
@@ -254,7 +164,7 @@ def start_demo_agent(
     with session_scope(svc.engine, write=True) as db:
         db.execute(
             update(Asset)
-            .where(col(Asset.name).in_([a[0] for a in DEMO_ASSETS]))
+            .where(col(Asset.name).in_([a.name for a in demo_plant(svc.clock.now()).assets]))
             .values(agent_id=agent_id)
         )
     log_file = (directory / "agent.log").open("ab")

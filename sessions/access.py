@@ -222,6 +222,11 @@ class AccessService:
                 user, asset = db.get(User, user_id), self._asset(db, spec.asset)
                 if user is None:
                     raise NotFoundError("unknown user")
+                if asset.archived_at is not None:
+                    raise ValidationError(
+                        f"asset {asset.name!r} is archived: it takes no new access requests",
+                        code="asset_archived",
+                    )
                 scope = _scope(spec, asset, endpoints_of(db, asset.id))
                 doc = build_input(
                     db,

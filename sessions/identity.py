@@ -45,8 +45,9 @@ class Identity:
 def upsert_user(db: Session, identity: Identity, roles: Sequence[str], clock: Clock) -> User:
     """Create or refresh the user for ``identity``; groups, roles and amr follow the IdP.
 
-    A ``vendor_org`` claim links the user to the vendor organisation with that slug,
-    creating it (with no contracts, hence no access) when it is new.
+    A ``vendor_org`` claim links the user to the vendor organisation with that slug, or with
+    that value among its ``idp_values`` (set by the plant file), creating one (with no
+    contracts, hence no access) when none matches.
     """
     now = clock.now()
     user = db.exec(
@@ -55,6 +56,11 @@ def upsert_user(db: Session, identity: Identity, roles: Sequence[str], clock: Cl
     org_id = None
     if identity.vendor_org:
         org = db.exec(select(VendorOrg).where(VendorOrg.slug == identity.vendor_org)).first()
+        if org is None:  # another claim value the plant maps to an organisation (idp_values)
+            org = next(
+                (o for o in db.exec(select(VendorOrg)) if identity.vendor_org in o.idp_values),
+                None,
+            )
         if org is None:
             org = VendorOrg(slug=identity.vendor_org, name=identity.vendor_org, created_at=now)
             db.add(org)

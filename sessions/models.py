@@ -270,6 +270,9 @@ class VendorOrg(TableModel, table=True):
     id: str = _id()
     slug: str = Field(unique=True)
     name: str
+    # Further values of the IdP's org claim that map to this organisation (besides ``slug``).
+    idp_values: list[str] = _added_list()
+    contacts: list[str] = _added_list()
     created_at: datetime = _created()
 
 
@@ -352,6 +355,7 @@ class Zone(TableModel, table=True):
     name: str
     purdue_level: int
     description: str = ""
+    notes: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class Agent(TableModel, table=True):
@@ -436,6 +440,10 @@ class Asset(TableModel, table=True):
     # Why SET NULL: deleting an agent must leave the asset unreachable, not delete it.
     agent_id: str | None = _optional_fk("agents.id", ondelete=SET_NULL)
     created_at: datetime = _created()
+    description: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    vendor_notes: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    # Set when the plant file removed an asset that has history: it takes no new requests.
+    archived_at: datetime | None = _maybe_when()
 
 
 class EndpointProtocol:
@@ -497,6 +505,8 @@ class VendorContract(TableModel, table=True):
     reference: str
     valid_from: datetime = Field(sa_type=UTCDateTime)
     valid_until: datetime = Field(sa_type=UTCDateTime)
+    # Operation classes the contract allows; empty means all of them.
+    operation_classes: list[str] = _added_list()
     created_at: datetime = _created()
 
 

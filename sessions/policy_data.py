@@ -35,7 +35,8 @@ def build_plant_data(db: Session) -> dict[str, Any]:
     """``{"plant": {...}}`` for the current database state (read-only)."""
     sites = {s.id: s for s in db.exec(select(Site)).all()}
     zones = {z.id: z for z in db.exec(select(Zone)).all()}
-    assets = db.exec(select(Asset)).all()
+    # Archived assets (removed by the plant file, kept for their history) are not in the plant.
+    assets = db.exec(select(Asset).where(col(Asset.archived_at).is_(None))).all()
     endpoints: dict[str, list[dict[str, Any]]] = {}
     for ep in db.exec(select(AssetEndpoint).order_by(col(AssetEndpoint.port))).all():
         endpoints.setdefault(ep.asset_id, []).append(endpoint_document(ep))
@@ -57,6 +58,7 @@ def build_plant_data(db: Session) -> dict[str, Any]:
                 "valid_from": _iso(c.valid_from),
                 "valid_until": _iso(c.valid_until),
                 "reference": c.reference,
+                "operation_classes": list(c.operation_classes),
             }
         )
     lockout = db.get(PlantFlag, LOCKOUT_FLAG)

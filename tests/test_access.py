@@ -18,6 +18,7 @@ from sessions.authorizer import Authorizer
 from sessions.db import session_scope
 from sessions.errors import ConflictError, ValidationError
 from sessions.models import Grant, GrantState, User, VendorOrg
+from sessions.plant import PlantDoc, apply, diff, export
 from sessions.policy_data import build_plant_data
 from sessions.testing import ManualClock
 
@@ -227,3 +228,20 @@ async def test_fifty_concurrent_approvers_make_exactly_one_grant(world: World) -
     )
     with session_scope(world.engine) as db:
         assert len(db.exec(select(Grant)).all()) == 1
+
+
+async def test_an_archived_asset_takes_no_new_requests(world: World) -> None:
+    await world.svc.request(world.alice, world.spec("hist-01"))  # history: archive, not delete
+    with session_scope(world.engine, write=True) as db:
+        doc = export(db)
+        kept = tuple(a for a in doc.assets if a.name != "hist-01")
+        plan = diff(
+            db, PlantDoc(sites=doc.sites, assets=kept, vendor_orgs=doc.vendor_orgs), archive=True
+        )
+        assert [(c.key, c.action) for c in plan.changes] == [("hist-01", "archived")]
+        apply(db, plan, world.clock.now())
+    world.refresh()
+    with pytest.raises(ValidationError) as refused:
+        await world.svc.request(world.alice, world.spec("hist-01"))
+    assert refused.value.message == "asset 'hist-01' is archived: it takes no new access requests"
+    assert world.kinds()[-1] == ("access.request", "rejected")

@@ -160,6 +160,7 @@ contract_basis(user, asset, kind, now) := basis if {
 	valid := [ref |
 		some c in data.plant.vendor_orgs[user.vendor_org].contracts
 		covers(c, asset)
+		class_allowed(c)
 		contract_current(c, now)
 		ref = c.reference
 	]
@@ -174,6 +175,11 @@ covers(c, asset) if {
 	c.site in [asset.site, null]
 	[c.asset, c.site] != [null, null]
 }
+
+# A contract's "operation_classes" lists the classes it allows; absent or empty: all.
+class_allowed(c) if count(object.get(c, "operation_classes", [])) == 0
+
+class_allowed(c) if input.action.operation_class in c.operation_classes
 
 contract_current(c, now) if {
 	calendar.ns(c.valid_from) <= now
@@ -199,11 +205,25 @@ deny contains sprintf("no contract of vendor org %s covers %s", [input.user.vend
 	count(covering_contracts) == 0
 }
 
-deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s is not valid at %s", [input.user.vendor_org, asset_name, now])]) if {
+class_contracts contains ref if {
+	some c in data.plant.vendor_orgs[input.user.vendor_org].contracts
+	covers(c, input.asset)
+	class_allowed(c)
+	ref = c.reference
+}
+
+deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s does not allow operation class %v", [input.user.vendor_org, asset_name, input.action.operation_class])]) if {
 	contract_needed
 	count(covering_contracts) > 0
-	not contract_basis(input.user, input.asset, input.action.kind, checked_now)
+	count(class_contracts) == 0
 	refs := concat(", ", sort(covering_contracts))
+}
+
+deny contains concat("", ["contract ", refs, sprintf(" of vendor org %s for %s is not valid at %s", [input.user.vendor_org, asset_name, now])]) if {
+	contract_needed
+	count(class_contracts) > 0
+	not contract_basis(input.user, input.asset, input.action.kind, checked_now)
+	refs := concat(", ", sort(class_contracts))
 	now = input.context.now
 }
 

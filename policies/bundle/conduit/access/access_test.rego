@@ -271,6 +271,17 @@ test_contract_validity_at_now if {
 	denied_with_contracts([contract({"valid_from": "2025-03-04T21:30:01Z"})], "contract SVC-2 of vendor org acme-automation for plc-press-3 is not valid at 2025-03-04T21:30:00Z")
 }
 
+test_contract_operation_classes if {
+	allowed_with_contracts([contract({"valid_from": now, "operation_classes": []})])
+	allowed_with_contracts([contract({"valid_from": now, "operation_classes": ["read_only", "tune"]})])
+	denied_with_contracts([contract({"valid_from": now, "operation_classes": ["firmware"]})], "contract SVC-2 of vendor org acme-automation for plc-press-3 does not allow operation class read_only")
+	d := decide_plant(base, with_contracts([
+		contract({"valid_from": now, "operation_classes": ["firmware"]}),
+		contract({"reference": "SVC-3", "valid_from": now, "operation_classes": ["read_only"]}),
+	]))
+	"vendor contract SVC-3 covers plc-press-3" in d.reasons
+}
+
 test_contract_reasons_name_every_valid_contract if {
 	d := decide_plant(base, with_contracts([contract({}), contract({"reference": "SVC-3", "asset": "plc-press-3"})]))
 	"vendor contract SVC-2, SVC-3 covers plc-press-3" in d.reasons
