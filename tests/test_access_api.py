@@ -15,6 +15,7 @@ from sessions.db import session_scope
 from sessions.models import User
 from tests.harness.broker import RunningBroker, web_login
 from tests.harness.cli import clean_env, run_conduit
+from tests.harness.wait import TIMEOUT_S
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def plant(broker: RunningBroker) -> RunningBroker:
 
 def _cli_env(broker: RunningBroker, tmp_path: Path, username: str) -> dict[str, str]:
     """A config dir holding a broker token for ``username`` (who signs in once, for real)."""
-    with httpx2.Client() as client:
+    with httpx2.Client(timeout=TIMEOUT_S) as client:
         web_login(client, broker.url, username, f"{username}-demo-pw")
     with session_scope(broker.services.engine) as db:
         user = db.exec(select(User).where(User.sub.endswith(username))).one()  # type: ignore[attr-defined]
@@ -252,7 +253,7 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
 
 
 def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:
-    with httpx2.Client() as alice, httpx2.Client() as olga:
+    with httpx2.Client(timeout=TIMEOUT_S) as alice, httpx2.Client(timeout=TIMEOUT_S) as olga:
         web_login(alice, plant.url, "alice", "alice-demo-pw")
         web_login(olga, plant.url, "olga", "olga-demo-pw")
         body = {"duration": "1h", "reason": "diag"}

@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
+from tests.harness.wait import TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 CONDUIT = [sys.executable, "-m", "broker"]
@@ -237,7 +238,7 @@ def test_revoked_or_expired_token_is_refused_by_the_api(
         user_id = next(iter(db.exec(__import__("sqlmodel").select(User)).all())).id
     token, _ = broker.services.tokens.issue(user_id)
     bearer = {"Authorization": f"Bearer {token}"}
-    with httpx2.Client() as fresh:
+    with httpx2.Client(timeout=TIMEOUT_S) as fresh:
         assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 200
         assert broker.services.tokens.revoke(token)
         assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 401

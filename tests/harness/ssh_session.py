@@ -35,6 +35,7 @@ from sessions.models import (
 from tests.harness.agent import AgentProcess, join, make_token, wait_connected, write_config
 from tests.harness.broker import RunningBroker, web_login
 from tests.harness.sshd import RunningSshd, start_sshd
+from tests.harness.wait import TIMEOUT_S
 
 ASSET = "lab-ssh"
 
@@ -91,7 +92,7 @@ class SshRig:
 
     def vendor(self, name: str = "alice") -> Path:
         """Sign ``name`` in for real, get an SSH certificate; returns the private key path."""
-        with httpx2.Client() as client:
+        with httpx2.Client(timeout=TIMEOUT_S) as client:
             web_login(client, self.broker.url, name, f"{name}-demo-pw")
         with session_scope(self.broker.services.engine) as db:
             user = db.exec(select(User).where(User.sub.endswith(name))).one()  # type: ignore[attr-defined]
@@ -106,6 +107,7 @@ class SshRig:
             )
         resp = httpx2.post(
             f"{self.broker.url}/api/ssh/cert",
+            timeout=TIMEOUT_S,
             json={"public_key": key.with_suffix(".pub").read_text()},
             headers={"Authorization": f"Bearer {token}"},
         )
