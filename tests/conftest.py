@@ -145,7 +145,7 @@ def broker(make_broker: Callable[..., RunningBroker]) -> RunningBroker:
 
 @pytest.fixture
 def http() -> Iterator[httpx2.Client]:
-    with httpx2.Client(timeout=10.0, follow_redirects=False) as client:
+    with httpx2.Client(timeout=30.0, follow_redirects=False) as client:  # generous under load
         yield client
 
 

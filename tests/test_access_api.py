@@ -15,6 +15,7 @@ from sessions.db import session_scope
 from sessions.models import User
 from tests.harness.broker import RunningBroker, same_origin_api, web_login
 from tests.harness.cli import cli_env, run_conduit
+from tests.harness.wait import TIMEOUT_S
 
 
 @pytest.fixture
@@ -232,7 +233,7 @@ def test_maintenance_windows_limit_a_grant(plant: RunningBroker, tmp_path: Path)
 
 
 def test_deny_cancel_revoke_via_api(plant: RunningBroker) -> None:
-    with httpx2.Client() as alice, httpx2.Client() as olga:
+    with httpx2.Client(timeout=TIMEOUT_S) as alice, httpx2.Client(timeout=TIMEOUT_S) as olga:
         web_login(alice, plant.url, "alice", "alice-demo-pw")
         web_login(olga, plant.url, "olga", "olga-demo-pw")
         same_origin_api(alice, plant.url)

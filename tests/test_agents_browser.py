@@ -110,12 +110,12 @@ def test_token_join_health_adopt_revoke(
 
 
 def test_roles_csrf_and_form_errors(plant: RunningBroker) -> None:
-    with httpx2.Client(timeout=10.0, follow_redirects=False) as alice:
+    with httpx2.Client(timeout=30.0, follow_redirects=False) as alice:
         assert web_login(alice, plant.url, "alice", "alice-demo-pw").status_code == 303
         assert alice.get(plant.url + "/admin/agents").status_code == 403
         refused = alice.post(plant.url + "/admin/agents/tokens", data={"site": "Riverside Plant"})
         assert refused.status_code == 403
-    with httpx2.Client(timeout=10.0, follow_redirects=False) as adam:
+    with httpx2.Client(timeout=30.0, follow_redirects=False) as adam:
         assert web_login(adam, plant.url, "adam", "adam-demo-pw").status_code == 303
         page = adam.get(plant.url + "/admin/agents")
         assert page.status_code == 200 and 'href="/admin/agents"' in page.text

@@ -62,8 +62,10 @@ from tests.harness.wait import wait_until
 
 T = TypeVar("T")
 
-HANDSHAKE_S = 1.0
-OPEN_S = 1.0
+# The broker's timeouts under test. The good agent must beat them on a loaded machine too
+# (its re-dial in assert_healthy, its answers in assert_relays): 1 s was too tight there.
+HANDSHAKE_S = 3.0
+OPEN_S = 3.0
 # The deadline for the broker to drop a misbehaving agent: generous (a loaded machine is slow,
 # not wrong) yet below the gateway's 60 s keep-alive, so only the check under test can drop it.
 # How fast it happens is not asserted here; lower bounds (not dropped too early) are.
@@ -126,7 +128,7 @@ class Plant:
 
     def assert_healthy(self) -> None:
         """The broker answers; the good agent's tunnel survived, relays, and it can re-dial."""
-        resp = httpx2.get(f"{self.broker.url}/healthz", timeout=5)
+        resp = httpx2.get(f"{self.broker.url}/healthz", timeout=DROP_S)
         assert resp.status_code == 200, resp.text
         live = gateway(self.broker).live().get(self.good_id)
         assert live is not None and live is self._before, "the good agent's tunnel was disturbed"

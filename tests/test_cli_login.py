@@ -22,7 +22,7 @@ from tests.harness.broker import (
     web_login,
 )
 from tests.harness.cli import run_conduit
-from tests.harness.wait import wait_until
+from tests.harness.wait import TIMEOUT_S, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 CONDUIT = [sys.executable, "-m", "broker"]
@@ -268,7 +268,7 @@ def test_revoked_or_forged_token_is_refused_by_the_api(
     )
     creds.chmod(0o600)
     bearer = {"Authorization": f"Bearer {token}"}
-    with httpx2.Client() as fresh:
+    with httpx2.Client(timeout=TIMEOUT_S) as fresh:
         assert fresh.get(f"{broker.url}/api/whoami", headers=bearer).status_code == 200
         out = run_conduit("logout", env=cli_env)
         assert out.returncode == 0 and "token revoked" in out.stdout, out.stdout + out.stderr

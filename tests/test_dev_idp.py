@@ -58,7 +58,7 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIdP]:
 
 @pytest.fixture(scope="module")
 def discovery(idp: RunningIdP) -> dict[str, Any]:
-    with httpx2.Client(trust_env=False, timeout=10) as client:
+    with httpx2.Client(trust_env=False, timeout=30) as client:
         response = client.get(idp.discovery_url)
     response.raise_for_status()
     doc: dict[str, Any] = response.json()
@@ -68,7 +68,7 @@ def discovery(idp: RunningIdP) -> dict[str, Any]:
 @pytest.fixture
 def browser() -> Iterator[httpx2.Client]:
     """A fresh user agent with its own cookie jar (never follows redirects on its own)."""
-    with httpx2.Client(trust_env=False, timeout=10, follow_redirects=False) as client:
+    with httpx2.Client(trust_env=False, timeout=30, follow_redirects=False) as client:
         yield client
 
 

@@ -64,7 +64,9 @@ def test_served_broker_logs_no_codes(tmp_path: Path) -> None:
             except httpx2.HTTPError:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        resp = httpx2.get(f"http://127.0.0.1:{port}/auth/callback?code=TOPSECRETCODE&state=STATE42")
+        resp = httpx2.get(
+            f"http://127.0.0.1:{port}/auth/callback?code=TOPSECRETCODE&state=STATE42", timeout=30
+        )
         assert resp.status_code == 400
     finally:
         proc.terminate()

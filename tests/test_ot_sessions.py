@@ -25,12 +25,12 @@ from pymodbus.exceptions import ConnectionException
 
 from sessions.recording import assemble, load_public_key, verify_recording
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.components import needs, require
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import PLC_SETTINGS, SshRig
-from tests.harness.sshd import sshd_available
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 TSHARK = shutil.which("tshark")
 
 
@@ -152,8 +152,7 @@ def test_tune_grant_writes_inside_ranges_only_and_everything_is_recorded(
     ]
     assert ops[1]["values"] == [1, 2, 3, 4, 5] and ops[-1]["response_values"] == [1234]
 
-    if TSHARK is None:
-        pytest.skip("tshark is not installed: the pcap was verified but not decoded")
+    require("tshark")  # the pcap was verified; decoding it needs tshark
     pcap = tmp_path / "session.pcap"
     pcap.write_bytes(assemble(pcap_dir))
     out = subprocess.run(
@@ -230,17 +229,21 @@ class SlowPlc:
     def stop(self) -> None:
         async def shutdown() -> None:
             self._server.close()
-            # A connection accepted while closing starts another handler: repeat until none.
-            while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            await self._server.wait_closed()
+            # A connection accepted while closing starts another handler, and its callbacks
+            # may still be queued: drain the loop until no task is left for two passes.
+            idle = 0
+            while idle < 2:
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.sleep(0)
+                idle = 0 if tasks else idle + 1
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
-        self.loop.close()
-        self._thread.join(5)
         self.loop.close()
 
 
@@ -317,8 +320,7 @@ def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
     assert [(o["transaction_id"], o["result"]) for o in ops] == [(2, "refused"), (1, "ok")]
     assert ops[0]["reason"] == reason and ops[0]["raw"] == (bad + after).hex()
 
-    if TSHARK is None:
-        pytest.skip("tshark is not installed: the pcap was recorded but not decoded")
+    require("tshark")  # the pcap was recorded; decoding it needs tshark
     pcap = tmp_path / "malformed.pcap"
     pcap.write_bytes(assemble(pcap_dir))
     out = subprocess.run(

@@ -23,6 +23,7 @@ from tests.harness.broker import RunningBroker, audit_events, web_login
 from tests.harness.components import needs
 from tests.harness.plc import PlcServer
 from tests.harness.ssh_session import PLC_SETTINGS, SshRig
+from tests.harness.wait import TIMEOUT_S
 from tests.test_ot_sessions import _client, _forward, _recordings, _until, _wait_closed
 
 pytestmark = needs("sshd")
@@ -173,4 +174,6 @@ def test_vendors_see_only_their_own_operations(rig: SshRig, connection: Connecti
     assert all(e["details"]["path"].endswith("/operations") for e in denied)
     with _login(broker, "olga") as olga:  # approver: no recordings at all
         assert olga.get(broker.url + path).status_code == 403
-    assert httpx2.get(broker.url + "/recordings/nope/operations").status_code in (303, 404)
+    assert httpx2.get(
+        broker.url + "/recordings/nope/operations", timeout=TIMEOUT_S
+    ).status_code in (303, 404)

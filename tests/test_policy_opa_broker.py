@@ -37,7 +37,7 @@ def test_opa_configured_broker_fails_closed_then_allows(
             "engine": "opa",
             "opa_url": f"http://127.0.0.1:{port}",
             "opa_token": "opa-test-token",
-            "opa_timeout_ms": 300,
+            "opa_timeout_ms": 5000,  # "down" is refused at once; "up" may be slow under load
             "data_refresh_s": 3600,  # the test bundle reads its own data.plant: no push here
         }
     )

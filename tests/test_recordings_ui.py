@@ -35,6 +35,7 @@ from sessions.models import (
 from sessions.recording import LocalStore, RecordingWriter
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.wait import TIMEOUT_S
 
 Login = Callable[[str], httpx2.Client]
 OTPS = {"victor": "246810"}
@@ -58,7 +59,7 @@ def login(plant: RunningBroker) -> Iterator[Login]:
     clients: list[httpx2.Client] = []
 
     def factory(username: str) -> httpx2.Client:
-        client = httpx2.Client(timeout=10.0, follow_redirects=False)
+        client = httpx2.Client(timeout=30.0, follow_redirects=False)
         clients.append(client)
         answer = web_login(
             client, plant.url, username, f"{username}-demo-pw", otp=OTPS.get(username)
@@ -212,7 +213,7 @@ def test_roles_without_recordings_are_refused(
     assert olga.get(f"{plant.url}/recordings/{recordings['alice'].id}").status_code == 403
     assert olga.get(f"{plant.url}/sessions").status_code == 403
     assert login("alice").get(f"{plant.url}/sessions").status_code == 403
-    anonymous = httpx2.get(f"{plant.url}/recordings", follow_redirects=False)
+    anonymous = httpx2.get(f"{plant.url}/recordings", follow_redirects=False, timeout=TIMEOUT_S)
     assert anonymous.status_code == 303 and "/signin" in anonymous.headers["location"]
 
 

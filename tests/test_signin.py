@@ -13,6 +13,7 @@ from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, begin_login, form_values, web_login
 from tests.harness.idp import RunningIdP, idp_login, idp_logout
 from tests.harness.tamper import TamperTransport, claims_of, resign, unsigned
+from tests.harness.wait import TIMEOUT_S
 
 
 def _rejections(broker: RunningBroker) -> list[dict[str, Any]]:
@@ -169,7 +170,7 @@ def test_callback_in_another_browser_is_rejected(
 ) -> None:
     authorize = begin_login(http, broker.url)
     callback = idp_login(http, authorize, "alice", "alice-demo-pw").headers["location"]
-    with httpx2.Client() as attacker:  # has the link, not the binding cookie
+    with httpx2.Client(timeout=TIMEOUT_S) as attacker:  # has the link, not the binding cookie
         resp = attacker.get(callback)
     _assert_rejected(broker, resp, "state_not_bound")
 

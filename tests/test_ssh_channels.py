@@ -19,11 +19,11 @@ from playwright.sync_api import Browser, expect
 from sessions.testing import ManualClock
 from tests.harness.agent import EchoAsset
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.components import needs
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
-from tests.harness.sshd import sshd_available
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=sshd_available() or "")
+pytestmark = needs("sshd")
 
 
 @pytest.fixture

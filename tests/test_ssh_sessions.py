@@ -107,12 +107,14 @@ def test_admin_kill_ends_the_session(rig: SshRig) -> None:
     resp = httpx2.post(
         f"{rig.broker.url}/api/sessions/{live.id}/kill",
         headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=TIMEOUT_S,
     )
     assert resp.status_code == 200, resp.text
     _ended(rig, proc, "terminated by an administrator")
     vendor = httpx2.post(
         f"{rig.broker.url}/api/sessions/{live.id}/kill",
         headers={"Authorization": f"Bearer {_token(rig, 'alice')}"},
+        timeout=TIMEOUT_S,
     )
     assert vendor.status_code == 403
 

@@ -14,6 +14,7 @@ from sqlmodel import select
 from sessions.db import session_scope
 from sessions.models import User
 from tests.harness.broker import RunningBroker, web_login
+from tests.harness.wait import TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def run_conduit(
 
 def cli_env(broker: RunningBroker, tmp_path: Path, username: str) -> dict[str, str]:
     """A config dir holding a broker token for ``username`` (who signs in once, for real)."""
-    with httpx2.Client() as client:
+    with httpx2.Client(timeout=TIMEOUT_S) as client:
         web_login(client, broker.url, username, f"{username}-demo-pw")
     with session_scope(broker.services.engine) as db:
         user = db.exec(select(User).where(User.sub.endswith(username))).one()  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from tests.harness.idp import idp_login
 
 
 def main(url: str) -> int:
-    with httpx2.Client(timeout=10.0) as client:
+    with httpx2.Client(timeout=30.0) as client:
         to_login = client.get(url)  # not signed in at the broker yet: 303 to /login
         to_idp = client.get(httpx2.URL(url).join(to_login.headers["location"]))
         answer = idp_login(

@@ -37,7 +37,7 @@ from sessions.models import (
 from tests.harness.agent import AgentProcess, join, make_token, wait_connected, write_config
 from tests.harness.broker import RunningBroker, web_login
 from tests.harness.sshd import RunningSshd, start_sshd
-from tests.harness.wait import wait_until
+from tests.harness.wait import TIMEOUT_S, wait_until
 
 ASSET = "lab-ssh"
 # A test PLC's endpoint settings: tune may write holding registers 0-99 (and no coils).
@@ -86,7 +86,7 @@ class SshRig:
         """Sign ``name`` in through the real IdP once; returns an API bearer token."""
         if name in self.tokens:
             return self.tokens[name]
-        with httpx2.Client() as client:
+        with httpx2.Client(timeout=TIMEOUT_S) as client:
             web_login(client, self.broker.url, name, f"{name}-demo-pw")
         with session_scope(self.broker.services.engine) as db:
             user = db.exec(select(User).where(User.sub.endswith(name))).one()  # type: ignore[attr-defined]
@@ -106,6 +106,7 @@ class SshRig:
             )
         resp = httpx2.post(
             f"{self.broker.url}/api/ssh/cert",
+            timeout=TIMEOUT_S,
             json={"public_key": key.with_suffix(".pub").read_text()},
             headers={"Authorization": f"Bearer {token}"},
         )
