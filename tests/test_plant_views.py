@@ -128,3 +128,20 @@ def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker
         assert "ssh (ssh 127.0.0.1:22): SSH as maint" in row
         assert re.search(r"<li>until \d{4}-\d\d-\d\d \d\d:\d\d UTC</li>", row)
         assert "True" not in row and "False" not in row
+
+    with _signed_in(broker, "adam") as adam:
+        mapping = adam.get(f"{broker.url}/admin/identity")
+        assert mapping.status_code == 200, mapping.text
+        roles = broker.services.settings.roles
+        vendor_row = mapping.text.split('id="role-vendor"')[1].split("</tr>")[0]
+        assert all(f"<code>{g}</code>" in vendor_row for g in roles.vendor)
+        assert "CONDUIT_ROLES__VENDOR" in vendor_row
+        claim = broker.services.settings.oidc.vendor_org_claim
+        assert f"from the <code>{claim}</code> claim" in mapping.text
+        org = mapping.text.split('id="org-acme-automation"')[1].split("</tr>")[0]
+        assert "<code>acme-automation</code>, <code>ACME Automation GmbH</code>" in org
+        assert (
+            "conduit plant apply" in mapping.text and "<form" not in mapping.text.split("<main")[-1]
+        )
+    with _signed_in(broker, "alice") as alice:
+        assert alice.get(f"{broker.url}/admin/identity").status_code == 403
