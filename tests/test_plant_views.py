@@ -37,6 +37,8 @@ CONTRACTS = [
 
 def _plant() -> Any:
     data = copy.deepcopy(load_yaml(DEMO_PLANT_PATH.read_text(encoding="utf-8"))[0])
+    for asset in data["assets"]:  # olga (ot-approvers) approves for the PLC too
+        asset["owner_group"] = "ot-approvers"
     data["vendor_orgs"][0]["contracts"] = CONTRACTS
     data["vendor_orgs"][0]["idp_values"] = ["ACME Automation GmbH"]
     return data
@@ -70,11 +72,26 @@ def _error(html: str) -> str:
     return found[1].replace("&#39;", "'")
 
 
-def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker) -> None:
+def _apply(broker: RunningBroker) -> None:
     with _signed_in(broker, "adam") as adam:
         same_origin_api(adam, broker.url)
         applied = adam.post(f"{broker.url}/api/plant/apply", json={"document": _plant()})
         assert applied.is_success, applied.text
+
+
+def _approve_all(broker: RunningBroker) -> None:
+    with _signed_in(broker, "olga") as olga:
+        queue = olga.get(f"{broker.url}/approvals").text
+        for request_id in re.findall(r'id="pending-([0-9a-f-]+)"', queue):
+            done = olga.post(
+                f"{broker.url}/approvals/{request_id}/approve",
+                data={"csrf": form_values(queue)["csrf"]},
+            )
+            assert done.status_code == 303, done.text
+
+
+def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker) -> None:
+    _apply(broker)
 
     with _signed_in(broker, "alice") as alice:
         form = alice.get(f"{broker.url}/vendor").text
@@ -145,3 +162,21 @@ def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker
         )
     with _signed_in(broker, "alice") as alice:
         assert alice.get(f"{broker.url}/admin/identity").status_code == 403
+
+
+def test_a_modbus_grant_says_forward_and_its_write_ranges(broker: RunningBroker) -> None:
+    _apply(broker)
+    with _signed_in(broker, "alice") as alice:
+        filed = _post(alice, broker, asset="plc-press-3", operation_class="tune", ports="502")
+        assert filed.status_code == 303, filed.text
+    _approve_all(broker)
+    with _signed_in(broker, "alice") as alice:
+        page = alice.get(f"{broker.url}/vendor").text
+        [grant_id] = re.findall(r'id="grant-([0-9a-f-]+)"', page)
+        row = page.split(f'id="grant-{grant_id}"')[1].split("</tr>")[0]
+        forward = f"conduit forward plc-press-3 502 --grant {grant_id[:8]} --local-port 1502"
+        assert f"<code>{forward}</code>" in row
+        assert "modbus (modbus 127.0.0.1:502): function codes 1, 2, 3, 4" in row
+        assert (
+            "writes to coils 0\u201315 (unit 1); holding registers 0\u201399 (unit 1)</li>" in row
+        )
