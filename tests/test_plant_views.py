@@ -146,7 +146,10 @@ def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker
         assert re.search(r"<li>until \d{4}-\d\d-\d\d \d\d:\d\d UTC</li>", row)
         assert "True" not in row and "False" not in row
 
-    with _signed_in(broker, "adam") as adam:
+    with _signed_in(broker, "adam") as adam:  # admins: every asset above level 0
+        offered = re.findall(r'<option value="([^"]+)"', adam.get(f"{broker.url}/vendor").text)
+        assert {"hist-01", "scada-01", "hmi-press-3", "plc-press-3"} <= set(offered)
+        assert "drive-press-3" not in offered  # field devices (level 0) are never offered
         mapping = adam.get(f"{broker.url}/admin/identity")
         assert mapping.status_code == 200, mapping.text
         roles = broker.services.settings.roles
