@@ -18,10 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 import httpx2
+import pytest
+from playwright.sync_api import Browser, expect
 
 from broker.demo import DEMO_PLANT_PATH
 from sessions.plant import load_yaml
 from tests.harness.broker import RunningBroker, form_values, same_origin_api, web_login
+from tests.test_access_browser import _sign_in
 
 CONTRACTS = [
     {
@@ -183,3 +186,28 @@ def test_a_modbus_grant_says_forward_and_its_write_ranges(broker: RunningBroker)
         assert (
             "writes to coils 0\u201315 (unit 1); holding registers 0\u201399 (unit 1)</li>" in row
         )
+
+
+@pytest.mark.browser
+def test_the_form_shows_the_selected_assets_endpoints_in_chromium(
+    chromium: Browser, broker: RunningBroker
+) -> None:
+    """The CSP-safe script swaps the fieldset: only the selected asset's endpoints are sent."""
+    _apply(broker)
+    page = _sign_in(chromium, broker, "alice", "alice-demo-pw")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(broker.url + "/vendor")
+    expect(page.locator("#scope-hist-01")).to_be_visible()
+    expect(page.locator("#scope-plc-press-3")).to_be_hidden()
+    page.select_option("#asset", "plc-press-3")
+    expect(page.locator("#scope-plc-press-3")).to_be_visible()
+    expect(page.locator("#scope-hist-01")).to_be_hidden()
+    page.select_option("#operation_class", "tune")
+    page.check("#scope-plc-press-3 input[name=ports][value='502']")
+    page.fill("#reason", "tune the press PLC")
+    page.click("#request-submit")
+    expect(page.locator("#access-message")).to_contain_text("request for tune on plc-press-3")
+    expect(page.locator("#my-requests ul.reaches")).to_have_text("modbus 127.0.0.1:502")
+    assert [e for e in errors if "script" in e] == [], errors  # no script refused by the CSP
+    page.context.close()
