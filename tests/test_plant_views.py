@@ -106,7 +106,7 @@ def test_vendor_form_queue_grant_page_and_identity_mapping(broker: RunningBroker
         ]
         hist = form.split('id="scope-hist-01"')[1].split("</fieldset>")[0]
         assert 'value="22"' in hist and "ssh: ssh 127.0.0.1:22" in hist
-        classes = re.findall(r'<option value="(\w+)"', hist.split('class="op-class"')[1])
+        classes = re.findall(r'<option value="(\w+)"', hist.split('name="operation_class"')[1])
         assert classes[:2] == ["read_only", "tune"] and "program" not in hist.split("SSH login")[0]
         assert '<option value="maint" >maint (read_only, tune)</option>' in hist
         assert "eng" not in hist  # program/firmware logins: the contract does not allow them

@@ -12,9 +12,15 @@
       var here = set.getAttribute("data-asset") === pick.value;
       set.hidden = !here;
       set.disabled = !here;
+      // The selected asset's class select is #operation_class (label follows it).
+      var id = here ? "operation_class" : "operation_class-" + set.getAttribute("data-asset");
       var op = set.querySelector("select.op-class");
+      var label = set.querySelector("label.op-class");
       if (op) {
-        op.id = here ? "operation_class" : "operation_class-" + set.getAttribute("data-asset");
+        op.id = id;
+      }
+      if (label) {
+        label.htmlFor = id;
       }
     });
   }
