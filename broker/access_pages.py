@@ -21,9 +21,18 @@ from starlette.routing import Route
 
 from broker.auth import Principal
 from broker.services import services
+from broker.vendor_scope import (
+    GrantView,
+    allowances,
+    connect_lines,
+    covered_assets,
+    covering,
+    describe_contract,
+)
 from broker.web import check_csrf, render, require
 from sessions.access import LIVE_GRANT_STATES, AccessDenied, RequestSpec
 from sessions.db import session_scope
+from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.identity import ADMIN, APPROVER, VENDOR
 from sessions.models import (
@@ -38,6 +47,8 @@ from sessions.models import (
     OperationClass,
     PlantFlag,
     User,
+    VendorContract,
+    VendorOrg,
     Zone,
 )
 from sessions.policy_data import LOCKOUT_FLAG
@@ -99,7 +110,15 @@ def _parse_spec(form: dict[str, Any]) -> RequestSpec:
         ticket=str(form.get("ticket", "")).strip() or None,
         maintenance_window_only=bool(form.get("maintenance_window_only")),
         login=str(form.get("login", "")).strip() or None,
+        ports=_ports(form.get("ports", [])),
     )
+
+
+def _ports(values: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise ValidationError("ports must be port numbers") from None
 
 
 def _reaches(db: Session, rows: list[AccessRequest]) -> dict[str, list[str]]:
@@ -122,14 +141,13 @@ def _reaches(db: Session, rows: list[AccessRequest]) -> dict[str, list[str]]:
     return out
 
 
-def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
+def _vendor_data(engine: Any, principal: Principal, now: datetime, front: Any) -> dict[str, Any]:
+    user_id = principal.user_id
     with session_scope(engine) as db:
-        assets = db.exec(
-            select(Asset.name, Zone.name, Zone.purdue_level)
-            .join(Zone, col(Zone.id) == col(Asset.zone_id))
-            .where(col(Asset.archived_at).is_(None))  # archived: no new requests
-            .order_by(col(Asset.name))
-        ).all()
+        user = db.get(User, user_id)
+        offers = covered_assets(
+            db, user.vendor_org_id if user else None, now, everything=principal.has(ADMIN)
+        )
         names = {a.id: a.name for a in db.exec(select(Asset)).all()}
         requests = db.exec(
             select(AccessRequest)
@@ -149,8 +167,28 @@ def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
             select(Grant).where(Grant.user_id == user_id).order_by(col(Grant.starts_at).desc())
         ).all()
         reaches = _reaches(db, list(requests))
+        by_id = {r.id: r for r in requests}
+        ssh_host, ssh_port = front if front else ("", None)
+        grant_rows = []
+        for g in grants:
+            req = by_id.get(g.request_id)
+            ports, login = (list(req.ports), req.login) if req else ([], None)
+            view = GrantView(g, names.get(g.asset_id, "?"), ports, login)
+            eps = endpoints_of(db, g.asset_id)
+            grant_rows.append(
+                {
+                    "grant": g,
+                    "asset": view.asset,
+                    "reaches": reaches.get(g.request_id, []),
+                    "connect": connect_lines(view, eps, ssh_host, ssh_port)
+                    if g.state in LIVE_GRANT_STATES
+                    else [],
+                    "allows": allowances(view, eps),
+                    "obligations": [(k, g.obligations.get(k)) for k in KEY_OBLIGATIONS],
+                }
+            )
         return {
-            "assets": [(n, f"{n} ({z}, level {lvl})") for n, z, lvl in assets],
+            "offers": offers,
             "requests": [
                 {
                     "req": r,
@@ -160,15 +198,7 @@ def _vendor_data(engine: Any, user_id: str) -> dict[str, Any]:
                 }
                 for r in requests
             ],
-            "grants": [
-                {
-                    "grant": g,
-                    "asset": names.get(g.asset_id, "?"),
-                    "reaches": reaches.get(g.request_id, []),
-                    "obligations": [(k, g.obligations.get(k)) for k in KEY_OBLIGATIONS],
-                }
-                for g in grants
-            ],
+            "grants": grant_rows,
         }
 
 
@@ -180,15 +210,22 @@ async def _vendor_page(
     status: int = 200,
 ) -> Response:
     svc = services(request)
-    ctx = await run_in_threadpool(_vendor_data, svc.engine, principal.user_id)
+    host = svc.settings.ssh.public_host or svc.settings.ssh.listen_host
+    front = (host, svc.front.port) if svc.front is not None else None
+    ctx = await run_in_threadpool(_vendor_data, svc.engine, principal, svc.clock.now(), front)
     defaults = {
         "operation_class": OperationClass.READ_ONLY,
         "starts_at": svc.clock.now().strftime("%Y-%m-%dT%H:%M"),
         "duration": "60",
     }
+    form = {**defaults, **(form or {})}
+    offers = ctx["offers"]
+    wanted = str(form.get("asset") or request.query_params.get("asset", ""))
+    chosen = next((o for o in offers if o.name == wanted), offers[0] if offers else None)
     ctx.update(
-        form={**defaults, **(form or {})},
-        classes=OperationClass.ALL,
+        form=form,
+        chosen=chosen,
+        ports=set(form.get("ports", [])),
         durations=DURATIONS,
         message=request.query_params.get("message"),
         **(failure or {}),
@@ -204,6 +241,7 @@ async def vendor_home(request: Request) -> Response:
 async def create_request(request: Request) -> Response:
     principal = await require(request, VENDOR, ADMIN)
     form = await check_csrf(request, principal)
+    form["ports"] = [str(p) for p in (await request.form()).getlist("ports")]  # cached by starlette
     try:
         spec = _parse_spec(form)
         created = await services(request).access.request(
@@ -228,7 +266,18 @@ async def cancel_request(request: Request) -> Response:
 # ---- approver queue -------------------------------------------------------------------------
 
 
-def _queue(engine: Any, principal: Principal) -> Rows:
+def _vendor_of(db: Session, requester: str, asset_id: str, now: datetime) -> dict[str, Any]:
+    """The requester's vendor organisation and its contracts covering the asset now."""
+    user, asset = db.get(User, requester), db.get(Asset, asset_id)
+    org = db.get(VendorOrg, user.vendor_org_id) if user and user.vendor_org_id else None
+    if org is None or asset is None:
+        return {"org": None, "contracts": []}
+    contracts = db.exec(select(VendorContract).where(VendorContract.vendor_org_id == org.id)).all()
+    cover = covering(list(contracts), asset, now)
+    return {"org": f"{org.name} ({org.slug})", "contracts": [describe_contract(c) for c in cover]}
+
+
+def _queue(engine: Any, principal: Principal, now: datetime) -> Rows:
     with session_scope(engine) as db:
         rows = db.exec(
             select(AccessRequest, Asset.name, Zone.name, Zone.purdue_level)
@@ -258,6 +307,7 @@ def _queue(engine: Any, principal: Principal) -> Rows:
                     "approved": sum(1 for a in approvals if a == req.id),
                     "required": needed[0] if needed else None,
                     "reaches": reaches.get(req.id, []),
+                    **_vendor_of(db, req.requester_id, req.asset_id, now),
                 }
             )
         return out
@@ -266,7 +316,8 @@ def _queue(engine: Any, principal: Principal) -> Rows:
 async def _approvals_page(
     request: Request, principal: Principal, failure: dict[str, Any] | None = None, status: int = 200
 ) -> Response:
-    rows = await run_in_threadpool(_queue, services(request).engine, principal)
+    svc = services(request)
+    rows = await run_in_threadpool(_queue, svc.engine, principal, svc.clock.now())
     ctx = {"rows": rows, "message": request.query_params.get("message"), **(failure or {})}
     return render(request, "approvals.html", ctx, status=status)
 

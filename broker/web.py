@@ -36,6 +36,7 @@ NAV = (
     ("admin", "Assets", "/admin/assets"),
     ("admin", "Agents", "/admin/agents"),
     ("admin", "Users", "/admin/users"),
+    ("admin", "Identity", "/admin/identity"),
     ("admin", "Policy", "/admin/policy"),
     ("admin", "What-if", "/admin/whatif"),
     ("security", "Audit log", "/security/audit"),
