@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx2
+from sqlmodel import select
 
 from broker.demo import DEMO_PLANT_PATH
+from broker.plant_pages import settings_summary
+from sessions.db import session_scope
+from sessions.models import Agent, AgentEndpoint, Asset
 from sessions.plant import load_yaml
 from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 
@@ -90,3 +95,139 @@ def test_the_asset_api_is_for_admins_and_cookie_calls_need_the_csrf_proof(
     with httpx2.Client() as olga:
         web_login(olga, broker.url, "olga", "olga-demo-pw")
         assert olga.get(f"{broker.url}/api/plant/assets").status_code == 403
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _csrf(page: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', page)
+    assert match, "the page carries the session's CSRF token"
+    return match[1]
+
+
+def test_settings_are_summarized_for_people() -> None:
+    modbus = {
+        "unit_ids": [1],
+        "write_ranges": {
+            "tune": [
+                {"table": "coils", "first": 0, "last": 15},
+                {"table": "holding_registers", "first": 0, "last": 99},
+            ]
+        },
+    }
+    assert settings_summary("modbus", modbus) == (
+        "Modbus: tune may write coils 0\u201315, holding registers 0\u201399; unit ids 1"
+    )
+    ssh = {"logins": {"read_only": ["maint"], "program": ["eng"]}}
+    assert settings_summary("ssh", ssh) == "SSH logins: read_only maint; program eng"
+    assert settings_summary("vnc", {}) == ""
+
+
+def _agent_declares(broker: RunningBroker, asset: str, host: str, port: int) -> None:
+    with session_scope(broker.services.engine, write=True) as db:
+        row = db.exec(select(Asset).where(Asset.name == asset)).one()
+        agent = Agent(name="edge-1", site_id=row.site_id, state="active")
+        db.add(agent)
+        db.flush()
+        db.add(AgentEndpoint(agent_id=agent.id, host=host, port=port, protocol="tcp"))
+        row.agent_id = agent.id
+        db.add(row)
+
+
+def test_the_plant_page_shows_the_plant_and_its_forms_change_it_through_apply(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
+    adam = _adam(http, broker)
+    _agent_declares(broker, "hmi-press-3", "127.0.0.1", 5900)
+    page = adam.get(f"{broker.url}/admin/plant")
+    assert page.status_code == 200 and 'href="/admin/plant"' in page.text
+    assert 'Riverside Plant <span class="muted">(Europe/Berlin)</span>' in page.text
+    assert "<td>press-line-control</td><td>L1</td>" in page.text
+    assert "SSH logins: read_only maint; tune maint; program eng; firmware eng" in page.text
+    assert "declared by edge-1" in page.text
+    assert "no agent declares 127.0.0.1:502" in page.text
+    csrf = _csrf(page.text)
+
+    def post(kind: str, **fields: Any) -> httpx2.Response:
+        return adam.post(f"{broker.url}/admin/plant/{kind}", data={"csrf": csrf, **fields})
+
+    before = exported_plant(adam, broker)
+    bad_zone = post("zone", site="Riverside Plant", name="cell-9", purdue_level="7")
+    assert bad_zone.status_code == 400
+    assert re.search(
+        r'id="error-zone">sites\[0\]\.zones\[\d\]\.purdue_level: must be a Purdue level 0-5, '
+        r"got 7<",
+        bad_zone.text,
+    )
+    assert 'value="cell-9"' in bad_zone.text  # the form keeps what was typed
+    assert exported_plant(adam, broker) == before
+
+    assert post("zone", site="Riverside Plant", name="cell-9", purdue_level="1").status_code == 303
+    asset = {"site": "Riverside Plant", "zone": "cell-9", "criticality": "high"}
+    assert post("asset", name="plc-9", owner_group="ot-press-line", **asset).status_code == 303
+    bad_port = post(
+        "endpoint", asset="plc-9", name="modbus", protocol="modbus", host="127.0.0.1", port="70000"
+    )
+    assert "endpoints[0].port: must be a port 1-65535, got 70000" in bad_port.text
+    settings = "{unit_ids: [1], write_ranges: {tune: [{table: coils, first: 0, last: 15}]}}"
+    ok = post(
+        "endpoint",
+        asset="plc-9",
+        name="modbus",
+        protocol="modbus",
+        host="127.0.0.1",
+        port="5020",
+        settings=settings,
+    )
+    assert ok.status_code == 303, ok.text
+    page = adam.get(f"{broker.url}/admin/plant").text
+    assert "Modbus: tune may write coils 0\u201315; unit ids 1" in page
+    assert "no agent declares 127.0.0.1:5020" in page
+
+    assert post("vendor_org", slug="beta", name="Beta Controls").status_code == 303
+    late = post(
+        "contract",
+        org="beta",
+        reference="B-1",
+        site="Riverside Plant",
+        valid_from="2027-01-01T00:00:00Z",
+        valid_until="2026-01-01T00:00:00Z",
+    )
+    assert late.status_code == 400
+    assert "valid_until: the contract ends (2026-01-01T00:00:00Z) before it starts" in late.text
+    fine = adam.post(
+        f"{broker.url}/admin/plant/contract",
+        data={
+            "csrf": csrf,
+            "org": "beta",
+            "reference": "B-1",
+            "asset": "plc-9",
+            "valid_from": "-1d",
+            "valid_until": "+30d",
+            "operation_classes": ["read_only", "tune"],
+        },
+    )
+    assert fine.status_code == 303, fine.text
+    [org] = [o for o in exported_plant(adam, broker)["vendor_orgs"] if o["slug"] == "beta"]
+    assert org["contracts"][0]["operation_classes"] == ["read_only", "tune"]
+
+    assert post("archive", asset="plc-9").status_code == 400  # the contract still names it
+    [created] = [e for e in audit_events(broker, "plant.asset.created") if e["subject"] == "plc-9"]
+    assert created["details"]["after"]["zone"] == "cell-9"
+    [changed] = audit_events(broker, "plant.asset.changed")
+    assert changed["details"]["before"]["endpoints"] == []
+    assert changed["details"]["after"]["endpoints"][0]["port"] == 5020
+    assert audit_events(broker, "plant.zone.created")[-1]["subject"].endswith("cell-9")
+
+    assert adam.post(f"{broker.url}/admin/plant/zone", data={"name": "x"}).status_code == 400
+
+
+def exported_plant(http: httpx2.Client, broker: RunningBroker) -> Any:
+    return http.get(f"{broker.url}/api/plant").json()
+
+
+def test_the_plant_page_is_for_admins(broker: RunningBroker, http: httpx2.Client) -> None:
+    web_login(http, broker.url, "olga", "olga-demo-pw")
+    assert http.get(f"{broker.url}/admin/plant").status_code == 403
+    assert 'href="/admin/plant"' not in http.get(f"{broker.url}/").text
