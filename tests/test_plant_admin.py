@@ -181,9 +181,9 @@ def test_the_plant_page_shows_the_plant_and_its_forms_change_it_through_apply(
         settings=settings,
     )
     assert ok.status_code == 303, ok.text
-    page = adam.get(f"{broker.url}/admin/plant").text
-    assert "Modbus: tune may write coils 0\u201315; unit ids 1" in page
-    assert "no agent declares 127.0.0.1:5020" in page
+    text = adam.get(f"{broker.url}/admin/plant").text
+    assert "Modbus: tune may write coils 0\u201315; unit ids 1" in text
+    assert "no agent declares 127.0.0.1:5020" in text
 
     assert post("vendor_org", slug="beta", name="Beta Controls").status_code == 303
     late = post(
