@@ -6,6 +6,8 @@ import re
 from typing import Any
 
 import httpx2
+import pytest
+from playwright.sync_api import Browser, expect
 from sqlmodel import select
 
 from broker.demo import DEMO_PLANT_PATH
@@ -231,3 +233,98 @@ def test_the_plant_page_is_for_admins(broker: RunningBroker, http: httpx2.Client
     web_login(http, broker.url, "olga", "olga-demo-pw")
     assert http.get(f"{broker.url}/admin/plant").status_code == 403
     assert 'href="/admin/plant"' not in http.get(f"{broker.url}/").text
+
+
+# --------------------------------------------------------------------------- in Chromium
+
+
+@pytest.mark.browser
+def test_adam_builds_part_of_the_plant_in_the_browser(
+    broker: RunningBroker, http: httpx2.Client, chromium: Browser
+) -> None:
+    _adam(http, broker)
+    page = chromium.new_context().new_page()
+    page.goto(broker.url + "/")
+    page.click("#signin-main")
+    page.fill("#username", "adam")
+    page.fill("#password", "adam-demo-pw")
+    page.click("#login-submit")
+    page.wait_for_url(broker.url + "/")
+    page.click('nav a[href="/admin/plant"]')
+    expect(page.locator("h1")).to_have_text("Plant")
+
+    zone = page.locator("#form-zone")
+    zone.locator('[name="name"]').fill("cell-9")
+    zone.locator('[name="purdue_level"]').fill("7")
+    zone.locator("button").click()
+    expect(page.locator("#error-zone")).to_contain_text("must be a Purdue level 0-5, got 7")
+    expect(page.locator("table.zones")).not_to_contain_text("cell-9")
+    page.locator('#form-zone [name="purdue_level"]').fill("1")
+    page.locator("#form-zone button").click()
+    expect(page.locator("table.zones").first).to_contain_text("cell-9")
+
+    for name, protocol, port, settings, summary in (
+        (
+            "ws-9",
+            "ssh",
+            "2222",
+            "logins: {read_only: [maint], program: [eng]}",
+            "SSH logins: read_only maint; program eng",
+        ),
+        (
+            "plc-9",
+            "modbus",
+            "5020",
+            '{"write_ranges": {"tune": '
+            '[{"table": "holding_registers", "first": 0, "last": 99}]}, "unit_ids": [1]}',
+            "Modbus: tune may write holding registers 0\u201399; unit ids 1",
+        ),
+    ):
+        form = page.locator("#form-asset")
+        form.locator('[name="name"]').fill(name)
+        form.locator('[name="zone"]').fill("cell-9")
+        form.locator('[name="owner_group"]').fill("ot-press-line")
+        form.locator("button").click()
+        expect(page.locator(f"#asset-{name}")).to_contain_text("none declared")
+        form = page.locator("#form-endpoint")
+        form.locator('[name="asset"]').select_option(name)
+        form.locator('[name="name"]').fill(protocol)
+        form.locator('[name="protocol"]').select_option(protocol)
+        form.locator('[name="host"]').fill("127.0.0.1")
+        form.locator('[name="port"]').fill("70000")
+        form.locator('[name="settings"]').fill(settings)
+        form.locator("button").click()
+        expect(page.locator("#error-endpoint")).to_contain_text(
+            "endpoints[0].port: must be a port 1-65535, got 70000"
+        )
+        page.locator('#form-endpoint [name="port"]').fill(port)
+        page.locator("#form-endpoint button").click()
+        row = page.locator(f"#asset-{name}")
+        expect(row).to_contain_text(summary)
+        expect(row).to_contain_text(f"no agent declares 127.0.0.1:{port}")
+
+    org = page.locator("#form-vendor_org")
+    org.locator('[name="slug"]').fill("beta")
+    org.locator('[name="name"]').fill("Beta Controls")
+    org.locator("button").click()
+    contract = page.locator("#form-contract")
+    contract.locator('[name="org"]').select_option("beta")
+    contract.locator('[name="reference"]').fill("B-1")
+    contract.locator('[name="asset"]').select_option("plc-9")
+    contract.locator('[name="valid_from"]').fill("2027-01-01T00:00:00Z")
+    contract.locator('[name="valid_until"]').fill("2026-06-01T00:00:00Z")
+    contract.locator('[value="tune"]').check()
+    contract.locator("button").click()
+    expect(page.locator("#error-contract")).to_contain_text("before it starts")
+    page.locator('#form-contract [name="valid_from"]').fill("-1d")
+    page.locator('#form-contract [name="valid_until"]').fill("+30d")
+    page.locator("#form-contract button").click()
+    expect(page.locator("#plant-vendors")).to_contain_text("B-1")
+    page.context.close()
+
+    kinds = {e["kind"] for e in audit_events(broker) if e["kind"].startswith("plant.")}
+    assert {"plant.zone.created", "plant.asset.created", "plant.asset.changed"} <= kinds
+    assert {"plant.vendor_org.created", "plant.contract.created"} <= kinds
+    [contract_event] = audit_events(broker, "plant.contract.created")[-1:]
+    assert contract_event["details"]["before"] is None
+    assert contract_event["details"]["after"]["operation_classes"] == ["tune"]
