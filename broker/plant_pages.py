@@ -28,13 +28,14 @@ from sessions.models import (
     Agent,
     AgentEndpoint,
     Asset,
+    AssetEndpoint,
     Criticality,
     EndpointProtocol,
     OperationClass,
 )
 
 DASH = "\u2013"  # en dash, as in "0\u201399"
-FORMS = ("zone", "asset", "endpoint", "archive", "vendor_org", "contract")
+FORMS = ("zone", "asset", "endpoint", "detach", "archive", "vendor_org", "contract")
 
 
 def _ranges(items: list[dict[str, Any]]) -> str:
@@ -62,29 +63,58 @@ def settings_summary(protocol: str, settings: dict[str, Any]) -> str:
     return ""
 
 
-def _declared(request: Request) -> dict[str, tuple[str | None, set[tuple[str, int]]]]:
-    """Asset name -> (its agent's name, the host:port pairs that agent declares)."""
+Declared = dict[str, tuple[str | None, set[tuple[str, int]]]]
+
+
+def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
+    """Asset name -> (its agent's name, the host:port pairs that agent declares); and the
+    endpoints agents declare that no asset routed through them has (to adopt)."""
     svc = services(request)
     with session_scope(svc.engine) as db:
         agents = {a.id: a for a in db.exec(select(Agent)).all()}
         declared: dict[str, set[tuple[str, int]]] = {}
-        for ep in db.exec(select(AgentEndpoint).where(col(AgentEndpoint.declared))).all():
+        rows = db.exec(select(AgentEndpoint).where(col(AgentEndpoint.declared))).all()
+        for ep in rows:
             declared.setdefault(ep.agent_id, set()).add((ep.host, ep.port))
-        out: dict[str, tuple[str | None, set[tuple[str, int]]]] = {}
-        for asset in db.exec(select(Asset)).all():
+        used: set[tuple[str, str, int]] = set()
+        for asset, aep in db.exec(
+            select(Asset, AssetEndpoint).join(
+                AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id)
+            )
+        ).all():
+            if asset.agent_id:
+                used.add((asset.agent_id, aep.host, aep.port))
+        out: Declared = {}
+        routed: dict[str, list[str]] = {}
+        for asset in db.exec(select(Asset).where(col(Asset.archived_at).is_(None))).all():
             agent = agents.get(asset.agent_id or "")
             out[asset.name] = (
                 agent.name if agent else None,
                 declared.get(agent.id, set()) if agent else set(),
             )
-        return out
+            if agent:
+                routed.setdefault(agent.id, []).append(asset.name)
+        unmatched = [
+            {
+                "id": ep.id,
+                "agent": agents[ep.agent_id].name,
+                "host": ep.host,
+                "port": ep.port,
+                "protocol": ep.protocol if ep.protocol in EndpointProtocol.ALL else "tcp",
+                "name": ep.name or ep.protocol,
+                "assets": sorted(routed.get(ep.agent_id, [])),
+            }
+            for ep in rows
+            if (ep.agent_id, ep.host, ep.port) not in used and ep.agent_id in agents
+        ]
+        return out, sorted(unmatched, key=lambda e: (e["agent"], e["host"], e["port"]))
 
 
 async def _page(
     request: Request, errors: dict[str, str] | None = None, values: dict[str, Any] | None = None
 ) -> Response:
     data = await exported(request)
-    declared = await run_in_threadpool(_declared, request)
+    declared, unmatched = await run_in_threadpool(_declared, request)
     assets = []
     for a in data["assets"]:
         agent, reached = declared.get(a["name"], (None, set()))
@@ -103,6 +133,7 @@ async def _page(
         {
             "plant": data,
             "assets": assets,
+            "unmatched": unmatched,
             "errors": errors or {},
             "values": values or {},
             "protocols": EndpointProtocol.ALL,
@@ -195,6 +226,15 @@ def _edit(
             "settings": settings if settings is not None else {},
         }
         _replace(data["assets"][index].setdefault("endpoints", []), "name", endpoint)
+    elif kind == "detach":
+        index = asset_index(data, _text(form, "asset"))
+        if index is None:
+            raise ValidationError(f"unknown asset {_text(form, 'asset')!r}")
+        endpoints = data["assets"][index].get("endpoints", [])
+        kept = [e for e in endpoints if e["name"] != _text(form, "endpoint")]
+        if len(kept) == len(endpoints):
+            raise ValidationError(f"asset has no endpoint {_text(form, 'endpoint')!r}")
+        data["assets"][index]["endpoints"] = kept
     elif kind == "archive":
         index = asset_index(data, _text(form, "asset"))
         if index is None:

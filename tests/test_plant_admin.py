@@ -328,3 +328,37 @@ def test_adam_builds_part_of_the_plant_in_the_browser(
     [contract_event] = audit_events(broker, "plant.contract.created")[-1:]
     assert contract_event["details"]["before"] is None
     assert contract_event["details"]["after"]["operation_classes"] == ["tune"]
+
+
+def test_an_agents_undeclared_endpoint_is_adopted_into_an_asset_and_detached_again(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
+    adam = _adam(http, broker)
+    _agent_declares(broker, "hmi-press-3", "127.0.0.1", 5900)
+    with session_scope(broker.services.engine, write=True) as db:
+        agent = db.exec(select(Agent).where(Agent.name == "edge-1")).one()
+        db.add(AgentEndpoint(agent_id=agent.id, host="127.0.0.1", port=5901, protocol="vnc"))
+    page = adam.get(f"{broker.url}/admin/plant").text
+    unmatched = page.split('<table class="unmatched">')[1].split("</table>")[0]
+    assert "vnc 127.0.0.1:5901" in unmatched and "127.0.0.1:5900" not in unmatched
+    assert "<option>hmi-press-3</option>" in unmatched  # assets routed through edge-1
+    csrf = _csrf(page)
+    adopt = {"asset": "hmi-press-3", "name": "vnc-2", "host": "127.0.0.1", "port": "5901"}
+    done = adam.post(
+        f"{broker.url}/admin/plant/endpoint", data={"csrf": csrf, "protocol": "vnc", **adopt}
+    )
+    assert done.status_code == 303, done.text
+    page = adam.get(f"{broker.url}/admin/plant").text
+    assert "5901" not in page.split('<table class="unmatched">')[1].split("</table>")[0]
+    row = page.split('id="asset-hmi-press-3"')[1].split("</tr>")[0]
+    assert row.count("declared by edge-1") == 2 and "no agent declares" not in row
+    [adopted] = audit_events(broker, "plant.asset.changed")
+    assert [e["port"] for e in adopted["details"]["after"]["endpoints"]] == [5900, 5901]
+
+    detach = {"csrf": csrf, "asset": "hmi-press-3", "endpoint": "vnc-2"}
+    assert adam.post(f"{broker.url}/admin/plant/detach", data=detach).status_code == 303
+    assert adam.post(f"{broker.url}/admin/plant/detach", data=detach).status_code == 400
+    detached = audit_events(broker, "plant.asset.changed")[-1]
+    assert [e["port"] for e in detached["details"]["after"]["endpoints"]] == [5900]
+    page = adam.get(f"{broker.url}/admin/plant").text
+    assert "vnc 127.0.0.1:5901" in page.split('<table class="unmatched">')[1]
