@@ -33,9 +33,21 @@ from sessions.models import (
     EndpointProtocol,
     OperationClass,
 )
+from sessions.windows import DAYS
 
 DASH = "\u2013"  # en dash, as in "0\u201399"
-FORMS = ("zone", "asset", "endpoint", "detach", "archive", "vendor_org", "contract")
+FORMS = (
+    "site",
+    "window",
+    "window_remove",
+    "zone",
+    "asset",
+    "endpoint",
+    "detach",
+    "archive",
+    "vendor_org",
+    "contract",
+)
 
 
 def _ranges(items: list[dict[str, Any]]) -> str:
@@ -139,6 +151,7 @@ async def _page(
             "protocols": EndpointProtocol.ALL,
             "criticalities": Criticality.ALL,
             "classes": OperationClass.ALL,
+            "days": DAYS,
         },
         status=400 if errors else 200,
     )
@@ -188,7 +201,26 @@ def _edit(
     kind: str, data: dict[str, Any], form: dict[str, Any], multi: dict[str, list[str]]
 ) -> bool:
     """Change ``data`` as the ``kind`` form asks; returns whether to archive removed assets."""
-    if kind == "zone":
+    if kind == "site":
+        name = _text(form, "name")
+        old_site: dict[str, Any] = next((x for x in data["sites"] if x["name"] == name), {})
+        site = {**old_site, "name": name, "timezone": _text(form, "timezone")}
+        _replace(data["sites"], "name", site | {"description": _text(form, "description")})
+    elif kind == "window":
+        window = {
+            "days": multi.get("days", []),
+            "start": _text(form, "start"),
+            "end": _text(form, "end"),
+            "description": _text(form, "description"),
+        }
+        _site(data, _text(form, "site")).setdefault("maintenance_windows", []).append(window)
+    elif kind == "window_remove":
+        windows = _site(data, _text(form, "site")).get("maintenance_windows", [])
+        number = _number(_text(form, "index"))
+        if not isinstance(number, int) or not 0 <= number < len(windows):
+            raise ValidationError(f"no maintenance window {number!r} in that site")
+        del windows[number]
+    elif kind == "zone":
         zone = {
             "name": _text(form, "name"),
             "purdue_level": _number(_text(form, "purdue_level")),
@@ -270,9 +302,8 @@ async def plant_form(request: Request) -> Response:
     if kind not in FORMS:
         return Response("no such form", status_code=404)
     form = await check_csrf(request, principal)
-    multi = {
-        "operation_classes": [str(v) for v in (await request.form()).getlist("operation_classes")]
-    }
+    posted = await request.form()
+    multi = {key: [str(v) for v in posted.getlist(key)] for key in ("operation_classes", "days")}
     data = await exported(request)
     try:
         archive = _edit(kind, data, form, multi)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -362,3 +363,38 @@ def test_an_agents_undeclared_endpoint_is_adopted_into_an_asset_and_detached_aga
     assert [e["port"] for e in detached["details"]["after"]["endpoints"]] == [5900]
     page = adam.get(f"{broker.url}/admin/plant").text
     assert "vnc 127.0.0.1:5901" in page.split('<table class="unmatched">')[1]
+
+
+def test_sites_and_maintenance_windows_from_the_page(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
+    adam = _adam(http, broker)
+    csrf = _csrf(adam.get(f"{broker.url}/admin/plant").text)
+
+    def post(kind: str, **fields: Any) -> httpx2.Response:
+        return adam.post(f"{broker.url}/admin/plant/{kind}", data={"csrf": csrf, **fields})
+
+    bad = post("site", name="Hilltop", timezone="Europe/Springfield")
+    assert bad.status_code == 400
+    assert "sites[1].timezone: 'Europe/Springfield' is not an IANA time zone name" in html.unescape(
+        bad.text
+    )
+    assert post("site", name="Hilltop", timezone="America/Chicago").status_code == 303
+    [site] = audit_events(broker, "plant.site.created")[-1:]
+    assert (
+        site["subject"] == "Hilltop" and site["details"]["after"]["timezone"] == "America/Chicago"
+    )
+
+    same = post("window", site="Hilltop", days=["sat"], start="06:00", end="06:00")
+    assert "a window cannot start and end at the same time" in same.text
+    window = {"site": "Hilltop", "days": ["sat", "sun"], "start": "06:00", "end": "14:00"}
+    assert post("window", **window).status_code == 303
+    page = adam.get(f"{broker.url}/admin/plant").text
+    assert "sat, sun 06:00\u201314:00" in page
+    [changed] = audit_events(broker, "plant.site.changed")
+    assert changed["details"]["before"]["maintenance_windows"] == []
+    assert changed["details"]["after"]["maintenance_windows"][0]["days"] == ["sat", "sun"]
+    assert post("window_remove", site="Hilltop", index="3").status_code == 400
+    assert post("window_remove", site="Hilltop", index="0").status_code == 303
+    hilltop = [s for s in exported_plant(adam, broker)["sites"] if s["name"] == "Hilltop"]
+    assert hilltop[0]["maintenance_windows"] == []
