@@ -33,6 +33,7 @@ NAV = (
     ("approver", "Approvals", "/approvals"),
     ("approver", "Grants", "/admin/grants"),
     ("admin", "Grants", "/admin/grants"),
+    ("admin", "Plant", "/admin/plant"),
     ("admin", "Assets", "/admin/assets"),
     ("admin", "Agents", "/admin/agents"),
     ("admin", "Users", "/admin/users"),
