@@ -58,7 +58,7 @@ from tests.harness.agent import (
 )
 from tests.harness.broker import RunningBroker, audit_events, start_broker
 from tests.harness.idp import RunningIdP
-from tests.harness.wait import wait_until
+from tests.harness.wait import async_wait_until, wait_until
 
 T = TypeVar("T")
 
@@ -554,30 +554,34 @@ def test_one_report_per_channel_asked_for_is_never_a_flood_but_replaying_them_is
 
     async def scenario() -> tuple[bool, bool]:
         conn = await dial(plant.port, identity(e), server)
-        await wait_hello(plant, e.agent_id)
+        try:
+            await wait_hello(plant, e.agent_id)
 
-        async def open_many() -> list[AgentChannel]:
-            return list(
-                await asyncio.gather(*(open_channel(plant, e.agent_id) for _ in range(count)))
+            async def open_many() -> list[AgentChannel]:
+                return list(
+                    await asyncio.gather(*(open_channel(plant, e.agent_id) for _ in range(count)))
+                )
+
+            await on_loop_async(plant.broker, open_many())
+            refs = [OpenRequest.parse_command(c).ref for c in server.commands]
+            reports = b"".join(
+                ChannelEvent(
+                    "closed", ref, "127.0.0.1", plant.echo.port, "asset side closed"
+                ).encode()
+                for ref in refs
             )
-
-        await on_loop_async(plant.broker, open_many())
-        refs = [OpenRequest.parse_command(c).ref for c in server.commands]
-        reports = b"".join(
-            ChannelEvent("closed", ref, "127.0.0.1", plant.echo.port, "asset side closed").encode()
-            for ref in refs
-        )
-        control[0].write(reports)  # all at once, one frame per channel
-        deadline = time.monotonic() + 10
-        while (
-            len(plant.events("agent.channel.closed", since, subject=f"agent:{e.agent_id}")) < count
-        ):
-            assert time.monotonic() < deadline, "the reports were not all audited"
-            await asyncio.sleep(0.05)
-        survived = not conn.is_closed()
-        control[0].write(reports)  # the same reports again: nobody asked for these
-        await dropped(conn)
-        return survived, conn.is_closed()
+            control[0].write(reports)  # all at once, one frame per channel
+            subject = f"agent:{e.agent_id}"
+            await async_wait_until(
+                lambda: len(plant.events("agent.channel.closed", since, subject=subject)) >= count,
+                "every report audited",
+            )
+            survived = not conn.is_closed()
+            control[0].write(reports)  # the same reports again: nobody asked for these
+            await dropped(conn)
+            return survived, conn.is_closed()
+        finally:
+            conn.close()  # on a failure too: no transport left for a later test to trip over
 
     survived, dropped_after_replay = run(scenario())
     assert survived and dropped_after_replay

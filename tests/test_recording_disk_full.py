@@ -132,8 +132,9 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
         _, err = running.communicate(timeout=20)
     finally:
         running.kill()
-    assert "conduit: session ended: recording failed (No space left on device); " in err
-    assert "strict recording is required" in err
+    # The reason names the cause; where it surfaced (a flush or the writer) may differ.
+    assert "conduit: session ended: recording failed (" in err
+    assert "No space left on device" in err and "strict recording is required" in err
 
     # Three NEW strict sessions: each refused before any output, with the reason.
     for n in range(3):
@@ -222,7 +223,8 @@ def test_a_strict_recording_that_cannot_be_completed_ends_the_session(
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert "conduit: session ended: recording failed (No space left on device); " in err
+    assert "conduit: session ended: recording failed (" in err
+    assert "No space left on device" in err
     wait_until(
         lambda: bool(audit_events(rig.broker, "recording.failed")), "recording.failed", timeout=15
     )
