@@ -15,7 +15,6 @@ writes what is still tallied).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import threading
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, delete, func
 from sqlmodel import col, select
 
+from broker.periodic import Periodic
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.db import session_scope
@@ -56,10 +56,12 @@ class DeviceStarts:
         interval_s: float,
     ) -> None:
         self._engine, self._audit, self._clock = engine, audit, clock
-        self._limit, self._interval = pending_per_ip, interval_s
+        self._limit = pending_per_ip
         self._tallies: dict[str, _Tally] = {}
         self._lock = threading.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self._flush_round, interval_s, "writing device sign-in audit events", log
+        )
 
     def retry_after(self, ip: str | None) -> int | None:
         """None if ``ip`` may start another device sign-in, else seconds until it may.
@@ -131,23 +133,15 @@ class DeviceStarts:
                 )
             )
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await asyncio.to_thread(self.flush)
-            except Exception:  # the tallies of a failed round are lost; the next one runs
-                log.exception("writing device sign-in audit events failed")
+    async def _flush_round(self) -> None:
+        # The tallies of a failed round are lost; the next one runs.
+        await asyncio.to_thread(self.flush)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._periodic.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.aclose()
         await asyncio.to_thread(self.flush)
 
 

@@ -15,7 +15,6 @@ Owner: the app's lifespan (``start``/``aclose``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from broker.auth import CURRENT_PRINCIPAL
 from broker.clientless import ClientlessApprovals, Pending
 from broker.live_sessions import LiveSessions
+from broker.periodic import Periodic
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused, CredentialService
 
 log = logging.getLogger("conduit.credentials")
@@ -84,9 +84,9 @@ class CredentialWatch:
     def __init__(
         self, live: LiveSessions, credentials: FrontCredentials, interval_s: float = 0.5
     ) -> None:
-        self._live, self._credentials, self._interval = live, credentials, interval_s
+        self._live, self._credentials = live, credentials
         self._tracked: dict[str, CredentialRef] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.check, interval_s, "credential watch round", log)
 
     def track(self, session_id: str, credential: CredentialRef) -> None:
         self._tracked[session_id] = credential
@@ -102,20 +102,8 @@ class CredentialWatch:
             self._tracked.pop(session_id, None)
             self._live.kill(session_id, f"credential revoked: {why}")
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except Exception:  # the next round retries; the watch must not stop
-                log.exception("credential watch round failed")
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._periodic.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.aclose()

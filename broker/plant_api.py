@@ -140,13 +140,17 @@ async def assets_api(request: Request) -> Response:
     return await _applied(request, principal, data)
 
 
+def _no_asset(name: str) -> Response:
+    return domain_error(NotFoundError(f"no asset {name!r} (archived assets are not listed)"))
+
+
 async def asset_api(request: Request) -> Response:
     principal = await require(request, ADMIN)
     name = request.path_params["name"]
     data = await exported(request)
     index = asset_index(data, name)
     if index is None:
-        return domain_error(NotFoundError(f"no asset {name!r} (archived assets are not listed)"))
+        return _no_asset(name)
     if request.method == "GET":
         return JSONResponse(data["assets"][index])
     body = await _json(request)
@@ -163,7 +167,7 @@ async def archive_api(request: Request) -> Response:
     data = await exported(request)
     index = asset_index(data, name)
     if index is None:
-        return domain_error(NotFoundError(f"no asset {name!r} (archived assets are not listed)"))
+        return _no_asset(name)
     del data["assets"][index]
     return await _applied(request, principal, data, archive=True)
 
