@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, cast
@@ -72,6 +72,8 @@ MAX_PENDING_INPUT = 1 << 20
 # The agent's own cut-off trails the broker's deadline by this much, so the broker (which can
 # tell the vendor why) normally ends the session first; the agent's expiry is the backstop.
 GRACE = timedelta(seconds=1)
+# TERM, then KILL this much later: well inside GRACE, after which the agent cuts the channel.
+SIGNAL_GRACE_S = 0.5
 
 
 class Recorder(Protocol):
@@ -284,6 +286,7 @@ class _Vendor(asyncssh.SSHServer):
         self.auth: Authorization | None = None
         self.asset_conn: asyncssh.SSHClientConnection | None = None
         self.channels: set[_Channel] = set()
+        self.stopping: set[asyncio.Task[None]] = set()  # channels ending what they ran
         self._lock = asyncio.Lock()
         self._channel_no = 0
         self.ended: str | None = None
@@ -679,7 +682,10 @@ class _Vendor(asyncssh.SSHServer):
         for channel in list(self.channels):
             channel.terminate(reason)
         if self.asset_conn is not None:
-            self.asset_conn.close()
+            if self.stopping:  # the asset connection closes once what the channels ran has ended
+                self.own(self._close_asset_after(list(self.stopping), self.asset_conn))
+            else:
+                self.asset_conn.close()
         for relay in list(self.relays):
             relay.stop(reason)  # Modbus: answers to requests already sent are still delivered
         if self.conn is not None:
@@ -700,6 +706,20 @@ class _Vendor(asyncssh.SSHServer):
                 )
             )
 
+    def own(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task this connection holds until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.stopping.add(task)
+        task.add_done_callback(self.stopping.discard)
+        return task
+
+    @staticmethod
+    async def _close_asset_after(
+        stops: list[asyncio.Task[None]], conn: asyncssh.SSHClientConnection
+    ) -> None:
+        await asyncio.gather(*stops, return_exceptions=True)
+        conn.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._login_timer is not None:
             self._login_timer.cancel()
@@ -715,6 +735,12 @@ class _AssetSide(asyncssh.SSHClientSession[bytes]):
         self._channel = channel
         self.exit_status: int | None = None
         self.exit_signal: tuple[str, bool, str, str] | None = None
+        self.closed = asyncio.Event()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the asset's command has ended (exit status or signal) or its channel closed."""
+        return self.exit_status is not None or self.exit_signal is not None or self.closed.is_set()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._channel.from_asset(data, datatype)
@@ -742,6 +768,7 @@ class _AssetSide(asyncssh.SSHClientSession[bytes]):
             self._channel.chan.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
         self._channel.asset_closed(self, exc)
 
 
@@ -752,6 +779,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
         self.vendor, self.number = vendor, number
         self.chan: asyncssh.SSHServerChannel[bytes] | None = None
         self.asset_chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.asset_side: _AssetSide | None = None
         self.pty: tuple[str, tuple[int, int, int, int], Any] | None = None
         self.command: str | None = None
         self.subsystem: str | None = None
@@ -847,7 +875,8 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
                 kwargs["subsystem"] = self.subsystem
             elif self.command is not None:
                 kwargs["command"] = self.command
-            chan, _ = await v.asset_conn.create_session(lambda: _AssetSide(self), **kwargs)
+            chan, side = await v.asset_conn.create_session(lambda: _AssetSide(self), **kwargs)
+            self.asset_side = cast(_AssetSide, side)
         except AccessDenied as exc:
             self.refuse(f"access denied: {'; '.join(exc.reasons) or exc.message}")
             return
@@ -877,16 +906,63 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
             self.chan.exit(1)
 
     def terminate(self, reason: str) -> None:
-        """The session ended: one line to the vendor, then close this channel and its twin."""
+        """The session ended: one line to the vendor, close this channel, end its twin (what it
+        runs on the asset is signalled first, see :meth:`_stop_asset`)."""
         if self.transfers is not None:
             self.transfers.finish()
         if self.recorder is not None:
             self.recorder.close(reason)
             self.recorder = None
-        if self.asset_chan is not None:
-            self.asset_chan.close()
+        self._stop_asset(reason)
         if not self.done:
             self.refuse(f"session ended: {reason}")
+
+    def _stop_asset(self, reason: str) -> None:
+        """Close the asset channel; if its command still runs, signal it first.
+
+        OpenSSH leaves a command without a PTY running when its channel closes (a ``while true``
+        loop would outlive the session by hours), so the broker sends the SSH ``signal`` request
+        TERM, then KILL after :data:`SIGNAL_GRACE_S` if the channel is still open, audits each
+        as ``session.signal``, and closes the channel. sftp (a subsystem) is closed at once:
+        sshd refuses to signal subsystems and sftp-server ends with its channel.
+        """
+        chan, self.asset_chan = self.asset_chan, None
+        side = self.asset_side
+        if chan is None:
+            return
+        if self.subsystem or side is None or side.finished:
+            chan.close()
+            return
+        self.vendor.own(self._signal_then_close(chan, side, reason))
+
+    async def _signal_then_close(
+        self, chan: asyncssh.SSHClientChannel[bytes], side: _AssetSide, reason: str
+    ) -> None:
+        v, s = self.vendor, self.vendor.session
+        try:
+            for sig in ("TERM", "KILL"):
+                if side.finished:
+                    break
+                try:
+                    chan.send_signal(sig)
+                except (asyncssh.Error, OSError):
+                    break  # the channel is already going away
+                v.deps.audit_async(
+                    "session.signal",
+                    actor="system",
+                    outcome="ok",
+                    subject=f"session:{s.id}" if s else None,
+                    details={
+                        "asset": s.asset if s else None,
+                        "channel": self.number,
+                        "signal": sig,
+                        "reason": reason,
+                    },
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(side.closed.wait(), SIGNAL_GRACE_S)
+        finally:
+            chan.close()
 
     # -- data
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -988,8 +1064,7 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
         self.vendor.channels.discard(self)
         if self.transfers is not None:
             self.transfers.finish()
-        if self.asset_chan is not None:
-            self.asset_chan.close()
+        self._stop_asset("the vendor closed the channel")
         if self.recorder is not None:
             self.recorder.close("channel closed")
             self.recorder = None

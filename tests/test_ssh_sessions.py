@@ -250,3 +250,53 @@ def test_binary_exec_output_is_recorded_exactly(rig: SshRig, tmp_path: Path) -> 
     cast.write_bytes(cast_bytes)
     played = asciinema_cat(cast, tmp_path)  # the text parts play; "b" events are skipped
     assert b"before-binary" in played and b"after-binary" in played
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone): read from the asset's side, /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+LOOP = "echo $$; echo ready; while true; do sleep 0.2; done"
+STUBBORN = "trap '' TERM; echo $$; echo ready; while true; do sleep 0.2; done"
+
+
+@pytest.mark.parametrize(
+    ("command", "signals"), [(LOOP, ["TERM"]), (STUBBORN, ["TERM", "KILL"])], ids=["term", "kill"]
+)
+@pytest.mark.parametrize("how", ["revoke", "lockout", "expiry", "disconnect"])
+def test_ending_a_session_ends_the_commands_it_started_on_the_asset(
+    rig: SshRig, how: str, command: str, signals: list[str]
+) -> None:
+    """A command without a PTY (a ``while true`` loop) outlives a closed channel on OpenSSH; the
+    broker signals it (TERM, then KILL after a grace period) before closing, and audits that."""
+    grant_id = rig.grant(minutes=10 / 60) if how == "expiry" else rig.grant()
+    proc = subprocess.Popen(
+        [*rig.ssh_argv(), command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "ready"
+    assert _alive(pid)
+    _token(rig, "adam")
+    if how == "revoke":
+        rig.broker.services.access.revoke(grant_id, rig.users["adam"], "vendor done")
+    elif how == "lockout":
+        rig.broker.services.access.set_lockout(True, rig.users["adam"], "incident")
+    if how == "disconnect":  # the vendor's ssh is killed: nobody is told, the asset is cleaned
+        proc.kill()
+        proc.communicate()
+    else:
+        reason = {"revoke": "grant revoked", "lockout": "emergency lockout"}.get(how, "grant")
+        _ended(rig, proc, reason)
+    wait_until(lambda: not _alive(pid), "the command on the asset to end")
+    wait_until(
+        lambda: (
+            [e["details"]["signal"] for e in audit_events(rig.broker, "session.signal")] == signals
+        ),
+        f"the audit events of the signals {signals}",
+    )
