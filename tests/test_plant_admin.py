@@ -215,7 +215,9 @@ def test_the_plant_page_shows_the_plant_and_its_forms_change_it_through_apply(
     [org] = [o for o in exported_plant(adam, broker)["vendor_orgs"] if o["slug"] == "beta"]
     assert org["contracts"][0]["operation_classes"] == ["read_only", "tune"]
 
-    assert post("archive", asset="plc-9").status_code == 400  # the contract still names it
+    in_use = post("archive", asset="plc-9")
+    assert in_use.status_code == 409
+    assert "asset &#39;plc-9&#39; is still used by contract beta/B-1" in in_use.text
     [created] = [e for e in audit_events(broker, "plant.asset.created") if e["subject"] == "plc-9"]
     assert created["details"]["after"]["zone"] == "cell-9"
     [changed] = audit_events(broker, "plant.asset.changed")
