@@ -6,7 +6,7 @@ Removing an asset that has history (requests, grants, sessions) is refused unles
 ``archive``: then it is archived (``archived_at``; no new requests, out of policy data, out of
 the export). Zones, sites and vendor orgs still used by anything outside the file (agents,
 join tokens, archived assets, users) are never removed. Nor is a contract with history
-(requests its organisation's users made, while it was valid, for assets it covers): it is
+(requests its organisation's users made, since it started, for assets it covers): it is
 the record of why they were allowed; end it by moving ``valid_until`` instead.
 """
 
@@ -224,8 +224,8 @@ def _contract_history(db: Session, key: str) -> str:
         .where(
             User.vendor_org_id == contract.vendor_org_id,
             covered,
+            # No upper bound: ending a contract early must not make its history vanish.
             col(AccessRequest.created_at) >= contract.valid_from,
-            col(AccessRequest.created_at) < contract.valid_until,
         )
     ).one()
     if not requests:
