@@ -50,18 +50,19 @@ def _before(_v: Any, pair: list[str], obj: Any, _s: Any) -> Iterator[ValidationE
         yield ValidationError(f"{pair[1]} is not after {pair[0]}", path=[pair[1]])
 
 
-def _meet(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ranges of one table share an address for some unit id."""
     units = a.get("unit_ids"), b.get("unit_ids")
-    return None in units or bool(set(units[0] or ()) & set(units[1] or ()))
+    meet = None in units or bool(set(units[0] or ()) & set(units[1] or ()))
+    return meet and a.get("first", 0) <= b.get("last", 0) and b.get("first", 0) <= a.get("last", 0)
 
 
 def _disjoint(_v: Any, field: str, ranges: Any, _s: Any) -> Iterator[ValidationError]:
     items = [r for r in ranges if isinstance(r, dict)] if isinstance(ranges, list) else []
     for i, a in enumerate(items):
         for b in items[i + 1 :]:
-            if a.get(field) == b.get(field) and _meet(a, b):
-                if a.get("first", 0) <= b.get("last", 0) and b.get("first", 0) <= a.get("last", 0):
-                    yield ValidationError(f"{a.get(field)} ranges overlap")
+            if a.get(field) == b.get(field) and _overlap(a, b):
+                yield ValidationError(f"{a.get(field)} ranges overlap")
 
 
 PlantSchema = validators.extend(
