@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlmodel import select
 
 from broker.demo import DEMO_PLANT_PATH
@@ -241,11 +241,8 @@ def test_the_plant_page_is_for_admins(broker: RunningBroker, http: httpx2.Client
 # --------------------------------------------------------------------------- in Chromium
 
 
-@pytest.mark.browser
-def test_adam_builds_part_of_the_plant_in_the_browser(
-    broker: RunningBroker, http: httpx2.Client, chromium: Browser
-) -> None:
-    _adam(http, broker)
+def plant_page_as_adam(chromium: Browser, broker: RunningBroker) -> Page:
+    """A new browser context signed in as adam (through the real sign-in), on the plant page."""
     page = chromium.new_context().new_page()
     page.goto(broker.url + "/")
     page.click("#signin-main")
@@ -255,6 +252,15 @@ def test_adam_builds_part_of_the_plant_in_the_browser(
     page.wait_for_url(broker.url + "/")
     page.click('nav a[href="/admin/plant"]')
     expect(page.locator("h1")).to_have_text("Plant")
+    return page
+
+
+@pytest.mark.browser
+def test_adam_builds_part_of_the_plant_in_the_browser(
+    broker: RunningBroker, http: httpx2.Client, chromium: Browser
+) -> None:
+    _adam(http, broker)
+    page = plant_page_as_adam(chromium, broker)
 
     zone = page.locator("#form-zone")
     zone.locator('[name="name"]').fill("cell-9")

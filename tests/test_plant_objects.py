@@ -7,10 +7,12 @@ import html
 from typing import Any
 
 import httpx2
+import pytest
+from playwright.sync_api import Browser, expect
 
 from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 from tests.test_plant import WITH_MFA
-from tests.test_plant_admin import SSH_ASSET, _adam, _csrf, exported_plant
+from tests.test_plant_admin import SSH_ASSET, _adam, _csrf, exported_plant, plant_page_as_adam
 
 HILLTOP = {"name": "Hilltop", "timezone": "America/Chicago", "description": "second plant"}
 WINDOW = {"days": ["sun", "sat"], "start": "06:00", "end": "14:00"}
@@ -271,3 +273,33 @@ def test_removal_forms_confirm_and_refuse_inline(
     users = html.unescape(post("vendor_org_remove", slug="acme-automation").text)
     assert "vendor_org acme-automation: still used by 1 user(s)" in users
     assert [o["slug"] for o in exported_plant(adam, broker)["vendor_orgs"]] == ["acme-automation"]
+
+
+@pytest.mark.browser
+def test_removing_a_zone_in_the_browser_asks_first_and_a_refusal_shows_in_place(
+    broker: RunningBroker, http: httpx2.Client, chromium: Browser
+) -> None:
+    adam = _adam(http, broker)
+    sites = f"{broker.url}/api/plant/sites"
+    cell = {"name": "cell", "purdue_level": 2}
+    assert adam.post(f"{sites}/Riverside Plant/zones", json=cell).is_success
+    page = plant_page_as_adam(chromium, broker)
+    zones = page.locator("table.zones").first
+
+    used = zones.locator("tr", has_text="field-devices")
+    confirm = used.get_by_role("button", name="Yes, remove zone field-devices")
+    expect(confirm).to_be_hidden()  # behind the "Remove…" step
+    used.locator("summary").click()
+    confirm.click()
+    expect(page.locator("#error-zone_remove")).to_have_text(
+        "zone 'field-devices' is still used by asset drive-press-3"
+    )
+    expect(zones.locator("tr", has_text="field-devices")).to_have_count(1)
+
+    unused = page.locator("table.zones").first.locator("tr", has_text="cell")
+    unused.locator("summary").click()
+    unused.get_by_role("button", name="Yes, remove zone cell").click()
+    expect(page.locator("table.zones").first).not_to_contain_text("cell")
+    page.context.close()
+    [removed] = audit_events(broker, "plant.zone.removed")
+    assert removed["subject"] == "Riverside Plant/cell"
