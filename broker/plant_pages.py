@@ -33,6 +33,7 @@ from broker.plant_objects import (
     create,
     find,
     items_of,
+    listed,
     remove,
 )
 from broker.services import services
@@ -127,6 +128,11 @@ def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
         return out, sorted(unmatched, key=lambda e: (e["agent"], e["host"], e["port"]))
 
 
+def _keyed(site: Data) -> Data:
+    """The site with each maintenance window's stable ``key`` (the removal form names it)."""
+    return site | {"maintenance_windows": [listed(WINDOW, w) for w in site["maintenance_windows"]]}
+
+
 async def _page(
     request: Request,
     errors: dict[str, str] | None = None,
@@ -151,7 +157,7 @@ async def _page(
         request,
         "plant.html",
         {
-            "plant": data,
+            "plant": data | {"sites": [_keyed(site) for site in data["sites"]]},
             "assets": assets,
             "unmatched": unmatched,
             "errors": errors or {},
@@ -209,14 +215,6 @@ def _window_form(data: Data, form: Form, multi: Multi) -> None:
         "description": _text(form, "description"),
     }
     create(data, WINDOW, _text(form, "site"), window)
-
-
-def _window_remove_form(data: Data, form: Form, multi: Multi) -> None:
-    windows = items_of(data, WINDOW, _text(form, "site"))
-    number = _number(_text(form, "index"))
-    if not isinstance(number, int) or not 0 <= number < len(windows):
-        raise ValidationError(f"no maintenance window {number!r} in that site")
-    del windows[number]
 
 
 def _zone_form(data: Data, form: Form, multi: Multi) -> None:
@@ -280,7 +278,6 @@ def _contract_form(data: Data, form: Form, multi: Multi) -> None:
 EDITS: dict[str, Callable[[Data, Form, Multi], None]] = {
     "site": _site_form,
     "window": _window_form,
-    "window_remove": _window_remove_form,
     "zone": _zone_form,
     "asset": _asset_form,
     "endpoint": _endpoint_form,
@@ -292,6 +289,7 @@ EDITS: dict[str, Callable[[Data, Form, Multi], None]] = {
 REMOVALS: dict[str, tuple[Kind, str, str]] = {
     "archive": (ASSET, "", "asset"),
     "site_remove": (SITE, "", "name"),
+    "window_remove": (WINDOW, "site", "key"),
     "zone_remove": (ZONE, "site", "name"),
     "vendor_org_remove": (ORG, "", "slug"),
     "contract_remove": (CONTRACT, "org", "reference"),

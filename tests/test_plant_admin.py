@@ -402,7 +402,8 @@ def test_sites_and_maintenance_windows_from_the_page(
     [changed] = audit_events(broker, "plant.site.changed")
     assert changed["details"]["before"]["maintenance_windows"] == []
     assert changed["details"]["after"]["maintenance_windows"][0]["days"] == ["sat", "sun"]
-    assert post("window_remove", site="Hilltop", index="3").status_code == 400
-    assert post("window_remove", site="Hilltop", index="0").status_code == 303
+    assert 'name="key" value="sat,sun_06:00-14:00"' in page  # a stable name, not a place
+    assert post("window_remove", site="Hilltop", key="sun_06:00-14:00").status_code == 400
+    assert post("window_remove", site="Hilltop", key="sat,sun_06:00-14:00").status_code == 303
     hilltop = [s for s in exported_plant(adam, broker)["sites"] if s["name"] == "Hilltop"]
     assert hilltop[0]["maintenance_windows"] == []
