@@ -4,11 +4,12 @@
 document (path-named errors, 400), plans the changes (:func:`sessions.plant.diff`) and, unless
 ``dry_run``, applies them in one transaction (409 when a removal is refused), audits each as
 ``plant.<kind>.<action>`` with ``before``/``after`` and refreshes the policy data.
-docs/plant.md.
+One object at a time: :mod:`broker.plant_objects`. docs/plant.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +23,7 @@ from broker.errors import BadRequest
 from broker.services import services
 from broker.web import require
 from sessions.db import session_scope
-from sessions.errors import ConflictError, NotFoundError, SessionsError
+from sessions.errors import SessionsError
 from sessions.identity import ADMIN
 from sessions.plant import Plan, apply, diff, export, parse
 
@@ -43,7 +44,8 @@ async def apply_document(
     """Validate ``data``, plan and (unless ``dry_run``) apply it, audit each change as
     ``plant.<kind>.<action>`` with before/after and refresh the policy data. What
     ``conduit plant apply``, the JSON API and the admin plant page all use.
-    Raises :class:`sessions.errors.SessionsError` (nothing changed)."""
+    Raises :class:`sessions.errors.SessionsError` (nothing changed; audited as
+    ``plant.refused`` unless ``dry_run``)."""
     svc = services(request)
     now = svc.clock.now()
 
@@ -55,7 +57,12 @@ async def apply_document(
                 apply(db, plan, now)
             return plan
 
-    plan = await run_in_threadpool(_run)
+    try:
+        plan = await run_in_threadpool(_run)
+    except SessionsError as exc:
+        if not dry_run:
+            await refused(request, principal, exc)
+        raise
     if not dry_run:
         for change in plan.changes:
             await svc.record(
@@ -69,6 +76,32 @@ async def apply_document(
         if plan.changes:
             await svc.refresh_policy_data()
     return plan
+
+
+async def refused(request: Request, principal: Principal, exc: SessionsError) -> None:
+    """Audit a refused plant change (``plant.refused``: bad input, or still in use)."""
+    await services(request).record(
+        request,
+        "plant.refused",
+        actor=principal.user_id,
+        outcome="refused",
+        details={"error": exc.code, "message": str(exc)},
+    )
+
+
+async def edit_plant(
+    request: Request, principal: Principal, edit: Callable[[dict[str, Any]], bool]
+) -> Plan:
+    """Export the plant, let ``edit`` change the document in place (it returns whether
+    removed assets with history are archived) and apply it with :func:`apply_document`.
+    A refusal of either step is audited and raised (:class:`SessionsError`); nothing changed."""
+    data = await exported(request)
+    try:
+        archive = edit(data)
+    except SessionsError as exc:
+        await refused(request, principal, exc)
+        raise
+    return await apply_document(request, principal, data, archive=archive)
 
 
 async def exported(request: Request) -> dict[str, Any]:
@@ -108,74 +141,7 @@ async def apply_api(request: Request) -> Response:
     )
 
 
-# ----------------------------------------------------------------- one asset at a time
-# Each call edits the exported document and applies it: the same validation (paths name the
-# asset's place in the whole document, e.g. ``assets[2].endpoints[0].port``), audit and
-# policy-data refresh as ``conduit plant apply``.
-
-
-def asset_index(data: dict[str, Any], name: str) -> int | None:
-    """Where the asset ``name`` is in the document's ``assets`` (None if absent)."""
-    return next((i for i, a in enumerate(data["assets"]) if a.get("name") == name), None)
-
-
-async def _applied(request: Request, principal: Principal, data: Any, **flags: bool) -> Response:
-    try:
-        plan = await apply_document(request, principal, data, **flags)
-    except SessionsError as exc:
-        return domain_error(exc)
-    return JSONResponse({"summary": plan.summary(), "changes": [c.to_data() for c in plan.changes]})
-
-
-async def assets_api(request: Request) -> Response:
-    principal = await require(request, ADMIN)
-    data = await exported(request)
-    if request.method == "GET":
-        return JSONResponse({"assets": data["assets"]})
-    body = await _json(request)
-    name = body.get("name")
-    if isinstance(name, str) and asset_index(data, name) is not None:
-        return domain_error(ConflictError(f"asset {name!r} already exists; PUT to replace it"))
-    data["assets"].append(body)
-    return await _applied(request, principal, data)
-
-
-def _no_asset(name: str) -> Response:
-    return domain_error(NotFoundError(f"no asset {name!r} (archived assets are not listed)"))
-
-
-async def asset_api(request: Request) -> Response:
-    principal = await require(request, ADMIN)
-    name = request.path_params["name"]
-    data = await exported(request)
-    index = asset_index(data, name)
-    if index is None:
-        return _no_asset(name)
-    if request.method == "GET":
-        return JSONResponse(data["assets"][index])
-    body = await _json(request)
-    if body.setdefault("name", name) != name:
-        raise BadRequest(f"the body names asset {body['name']!r}, the path {name!r}")
-    data["assets"][index] = body
-    return await _applied(request, principal, data)
-
-
-async def archive_api(request: Request) -> Response:
-    """Remove the asset; one with history is archived (``archived_at``), else deleted."""
-    principal = await require(request, ADMIN)
-    name = request.path_params["name"]
-    data = await exported(request)
-    index = asset_index(data, name)
-    if index is None:
-        return _no_asset(name)
-    del data["assets"][index]
-    return await _applied(request, principal, data, archive=True)
-
-
 routes = [
     Route("/api/plant", export_api, methods=["GET"]),
     Route("/api/plant/apply", apply_api, methods=["POST"]),
-    Route("/api/plant/assets", assets_api, methods=["GET", "POST"]),
-    Route("/api/plant/assets/{name}", asset_api, methods=["GET", "PUT"]),
-    Route("/api/plant/assets/{name}/archive", archive_api, methods=["POST"]),
 ]

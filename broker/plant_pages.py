@@ -1,14 +1,17 @@
 """The plant page for admins: ``/admin/plant`` shows the whole plant, its forms change it.
 
-Every form edits the exported plant document (one zone, asset, endpoint, vendor org or
-contract) and applies the result with :func:`broker.plant_api.apply_document`: the same
-validation, audit (``plant.*`` with before/after) and policy-data refresh as
-``conduit plant apply``. A refused form is shown again with the exact message next to it and
-nothing changed. Per asset endpoint the page says whether the asset's agent declares it.
+Every form edits the exported plant document (a site, maintenance window, zone, asset,
+endpoint, vendor org or contract, or removes one) with :func:`broker.plant_api.edit_plant`:
+the same validation, audit (``plant.*`` with before/after; ``plant.refused``) and policy-data
+refresh as ``conduit plant apply`` and the per-object API (:mod:`broker.plant_objects`, whose
+rules for what may be removed the removal forms share). A refused form is shown again with
+the exact message next to it and nothing changed. Per asset endpoint the page says whether the
+asset's agent declares it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -18,11 +21,25 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.plant_api import apply_document, asset_index, exported
+from broker.plant_api import edit_plant, exported
+from broker.plant_objects import (
+    ASSET,
+    CONTRACT,
+    ORG,
+    SITE,
+    WINDOW,
+    ZONE,
+    Kind,
+    create,
+    find,
+    items_of,
+    listed,
+    remove,
+)
 from broker.services import services
 from broker.web import check_csrf, render, require
 from sessions.db import session_scope
-from sessions.errors import SessionsError, ValidationError
+from sessions.errors import ConflictError, SessionsError, ValidationError
 from sessions.identity import ADMIN
 from sessions.models import (
     Agent,
@@ -36,18 +53,7 @@ from sessions.models import (
 from sessions.windows import DAYS
 
 DASH = "\u2013"  # en dash, as in "0\u201399"
-FORMS = (
-    "site",
-    "window",
-    "window_remove",
-    "zone",
-    "asset",
-    "endpoint",
-    "detach",
-    "archive",
-    "vendor_org",
-    "contract",
-)
+Data = dict[str, Any]
 
 
 def _ranges(items: list[dict[str, Any]]) -> str:
@@ -122,8 +128,16 @@ def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
         return out, sorted(unmatched, key=lambda e: (e["agent"], e["host"], e["port"]))
 
 
+def _keyed(site: Data) -> Data:
+    """The site with each maintenance window's stable ``key`` (the removal form names it)."""
+    return site | {"maintenance_windows": [listed(WINDOW, w) for w in site["maintenance_windows"]]}
+
+
 async def _page(
-    request: Request, errors: dict[str, str] | None = None, values: dict[str, Any] | None = None
+    request: Request,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 400,
 ) -> Response:
     data = await exported(request)
     declared, unmatched = await run_in_threadpool(_declared, request)
@@ -143,7 +157,7 @@ async def _page(
         request,
         "plant.html",
         {
-            "plant": data,
+            "plant": data | {"sites": [_keyed(site) for site in data["sites"]]},
             "assets": assets,
             "unmatched": unmatched,
             "errors": errors or {},
@@ -153,7 +167,7 @@ async def _page(
             "classes": OperationClass.ALL,
             "days": DAYS,
         },
-        status=400 if errors else 200,
+        status=status if errors else 200,
     )
 
 
@@ -174,125 +188,122 @@ def _number(text: str) -> int | str:
         return text
 
 
-def _site(data: dict[str, Any], name: str) -> dict[str, Any]:
-    site: dict[str, Any] | None = next((s for s in data["sites"] if s["name"] == name), None)
-    if site is None:
-        raise ValidationError(f"unknown site {name!r}")
-    return site
-
-
-def _org(data: dict[str, Any], slug: str) -> dict[str, Any]:
-    org: dict[str, Any] | None = next((o for o in data["vendor_orgs"] if o["slug"] == slug), None)
-    if org is None:
-        raise ValidationError(f"unknown vendor org {slug!r}")
-    return org
-
-
-def _replace(items: list[dict[str, Any]], key: str, item: dict[str, Any]) -> None:
-    """Replace the item with the same ``key`` value, else append it."""
+def _replace(items: list[Data], key: str, item: Data, *, merge: bool = False) -> None:
+    """Replace the item with the same ``key`` value (``merge``: keep the fields the form has
+    not got, e.g. a site's zones), else append it."""
     for i, old in enumerate(items):
         if old.get(key) == item[key]:
-            items[i] = item
+            items[i] = {**old, **item} if merge else item
             return
     items.append(item)
 
 
-def _edit(
-    kind: str, data: dict[str, Any], form: dict[str, Any], multi: dict[str, list[str]]
-) -> bool:
+Form = dict[str, Any]
+Multi = dict[str, list[str]]
+
+
+def _site_form(data: Data, form: Form, multi: Multi) -> None:
+    site = {name: _text(form, name) for name in ("name", "timezone", "description")}
+    _replace(data["sites"], "name", site, merge=True)
+
+
+def _window_form(data: Data, form: Form, multi: Multi) -> None:
+    window = {
+        "days": multi.get("days", []),
+        "start": _text(form, "start"),
+        "end": _text(form, "end"),
+        "description": _text(form, "description"),
+    }
+    create(data, WINDOW, _text(form, "site"), window)
+
+
+def _zone_form(data: Data, form: Form, multi: Multi) -> None:
+    zone = {
+        "name": _text(form, "name"),
+        "purdue_level": _number(_text(form, "purdue_level")),
+        "description": _text(form, "description"),
+    }
+    _replace(items_of(data, ZONE, _text(form, "site")), "name", zone, merge=True)
+
+
+def _asset_form(data: Data, form: Form, multi: Multi) -> None:
+    fields = ("name", "site", "zone", "criticality", "owner_group", "description")
+    _replace(data["assets"], "name", {f: _text(form, f) for f in fields}, merge=True)
+
+
+def _endpoint_form(data: Data, form: Form, multi: Multi) -> None:
+    asset = find(data, ASSET, None, _text(form, "asset"))
+    try:
+        settings = yaml.safe_load(_text(form, "settings") or "{}")
+    except yaml.YAMLError as exc:
+        raise ValidationError(f"settings: not YAML or JSON ({exc.__class__.__name__})") from None
+    endpoint = {
+        "name": _text(form, "name"),
+        "host": _text(form, "host"),
+        "port": _number(_text(form, "port")),
+        "protocol": _text(form, "protocol"),
+        "settings": settings if settings is not None else {},
+    }
+    _replace(asset.setdefault("endpoints", []), "name", endpoint)
+
+
+def _detach_form(data: Data, form: Form, multi: Multi) -> None:
+    asset = find(data, ASSET, None, _text(form, "asset"))
+    endpoints = asset.get("endpoints", [])
+    kept = [e for e in endpoints if e["name"] != _text(form, "endpoint")]
+    if len(kept) == len(endpoints):
+        raise ValidationError(f"asset has no endpoint {_text(form, 'endpoint')!r}")
+    asset["endpoints"] = kept
+
+
+def _org_form(data: Data, form: Form, multi: Multi) -> None:
+    idp = [v.strip() for v in _text(form, "idp_values").split(",") if v.strip()]
+    org = {"slug": _text(form, "slug"), "name": _text(form, "name"), "idp_values": idp}
+    _replace(data["vendor_orgs"], "slug", org, merge=True)
+
+
+def _contract_form(data: Data, form: Form, multi: Multi) -> None:
+    contract: Data = {
+        "reference": _text(form, "reference"),
+        "valid_from": _text(form, "valid_from"),
+        "valid_until": _text(form, "valid_until"),
+        "operation_classes": multi.get("operation_classes", []),
+    }
+    for key in ("site", "asset"):
+        if _text(form, key):
+            contract[key] = _text(form, key)
+    _replace(items_of(data, CONTRACT, _text(form, "org")), "reference", contract)
+
+
+EDITS: dict[str, Callable[[Data, Form, Multi], None]] = {
+    "site": _site_form,
+    "window": _window_form,
+    "zone": _zone_form,
+    "asset": _asset_form,
+    "endpoint": _endpoint_form,
+    "detach": _detach_form,
+    "vendor_org": _org_form,
+    "contract": _contract_form,
+}
+# Removal forms: the kind, the form field naming its parent ("" for none) and its own name.
+REMOVALS: dict[str, tuple[Kind, str, str]] = {
+    "archive": (ASSET, "", "asset"),
+    "site_remove": (SITE, "", "name"),
+    "window_remove": (WINDOW, "site", "key"),
+    "zone_remove": (ZONE, "site", "name"),
+    "vendor_org_remove": (ORG, "", "slug"),
+    "contract_remove": (CONTRACT, "org", "reference"),
+}
+FORMS = (*EDITS, *REMOVALS)
+
+
+def _edit(kind: str, data: Data, form: Form, multi: Multi) -> bool:
     """Change ``data`` as the ``kind`` form asks; returns whether to archive removed assets."""
-    if kind == "site":
-        name = _text(form, "name")
-        old_site: dict[str, Any] = next((x for x in data["sites"] if x["name"] == name), {})
-        site = {**old_site, "name": name, "timezone": _text(form, "timezone")}
-        _replace(data["sites"], "name", site | {"description": _text(form, "description")})
-    elif kind == "window":
-        window = {
-            "days": multi.get("days", []),
-            "start": _text(form, "start"),
-            "end": _text(form, "end"),
-            "description": _text(form, "description"),
-        }
-        _site(data, _text(form, "site")).setdefault("maintenance_windows", []).append(window)
-    elif kind == "window_remove":
-        windows = _site(data, _text(form, "site")).get("maintenance_windows", [])
-        number = _number(_text(form, "index"))
-        if not isinstance(number, int) or not 0 <= number < len(windows):
-            raise ValidationError(f"no maintenance window {number!r} in that site")
-        del windows[number]
-    elif kind == "zone":
-        zone = {
-            "name": _text(form, "name"),
-            "purdue_level": _number(_text(form, "purdue_level")),
-            "description": _text(form, "description"),
-        }
-        _replace(_site(data, _text(form, "site")).setdefault("zones", []), "name", zone)
-    elif kind == "asset":
-        name = _text(form, "name")
-        index = asset_index(data, name)
-        asset = {
-            **(data["assets"][index] if index is not None else {}),
-            "name": name,
-            "site": _text(form, "site"),
-            "zone": _text(form, "zone"),
-            "criticality": _text(form, "criticality"),
-            "owner_group": _text(form, "owner_group"),
-            "description": _text(form, "description"),
-        }
-        _replace(data["assets"], "name", asset)
-    elif kind == "endpoint":
-        index = asset_index(data, _text(form, "asset"))
-        if index is None:
-            raise ValidationError(f"unknown asset {_text(form, 'asset')!r}")
-        try:
-            settings = yaml.safe_load(_text(form, "settings") or "{}")
-        except yaml.YAMLError as exc:
-            raise ValidationError(
-                f"settings: not YAML or JSON ({exc.__class__.__name__})"
-            ) from None
-        endpoint = {
-            "name": _text(form, "name"),
-            "host": _text(form, "host"),
-            "port": _number(_text(form, "port")),
-            "protocol": _text(form, "protocol"),
-            "settings": settings if settings is not None else {},
-        }
-        _replace(data["assets"][index].setdefault("endpoints", []), "name", endpoint)
-    elif kind == "detach":
-        index = asset_index(data, _text(form, "asset"))
-        if index is None:
-            raise ValidationError(f"unknown asset {_text(form, 'asset')!r}")
-        endpoints = data["assets"][index].get("endpoints", [])
-        kept = [e for e in endpoints if e["name"] != _text(form, "endpoint")]
-        if len(kept) == len(endpoints):
-            raise ValidationError(f"asset has no endpoint {_text(form, 'endpoint')!r}")
-        data["assets"][index]["endpoints"] = kept
-    elif kind == "archive":
-        index = asset_index(data, _text(form, "asset"))
-        if index is None:
-            raise ValidationError(f"unknown asset {_text(form, 'asset')!r}")
-        del data["assets"][index]
-        return True
-    elif kind == "vendor_org":
-        slug = _text(form, "slug")
-        old_org: dict[str, Any] = next((o for o in data["vendor_orgs"] if o["slug"] == slug), {})
-        idp = [v.strip() for v in _text(form, "idp_values").split(",") if v.strip()]
-        _replace(
-            data["vendor_orgs"],
-            "slug",
-            {**old_org, "slug": slug, "name": _text(form, "name"), "idp_values": idp},
-        )
-    elif kind == "contract":
-        contract: dict[str, Any] = {
-            "reference": _text(form, "reference"),
-            "valid_from": _text(form, "valid_from"),
-            "valid_until": _text(form, "valid_until"),
-            "operation_classes": multi.get("operation_classes", []),
-        }
-        for key in ("site", "asset"):
-            if _text(form, key):
-                contract[key] = _text(form, key)
-        _replace(_org(data, _text(form, "org")).setdefault("contracts", []), "reference", contract)
+    if kind in REMOVALS:
+        target, parent, name = REMOVALS[kind]
+        remove(data, target, _text(form, parent) if parent else None, _text(form, name))
+        return target is ASSET
+    EDITS[kind](data, form, multi)
     return False
 
 
@@ -304,13 +315,12 @@ async def plant_form(request: Request) -> Response:
     form = await check_csrf(request, principal)
     posted = await request.form()
     multi = {key: [str(v) for v in posted.getlist(key)] for key in ("operation_classes", "days")}
-    data = await exported(request)
     try:
-        archive = _edit(kind, data, form, multi)
-        await apply_document(request, principal, data, archive=archive)
+        await edit_plant(request, principal, lambda data: _edit(kind, data, form, multi))
     except SessionsError as exc:
         values = {k: v for k, v in form.items() if k != "csrf"} | multi
-        return await _page(request, {kind: str(exc)}, {kind: values})
+        status = 409 if isinstance(exc, ConflictError) else 400
+        return await _page(request, {kind: str(exc)}, {kind: values}, status)
     return RedirectResponse(f"/admin/plant#plant-{kind}", status_code=303)
 
 

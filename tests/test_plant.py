@@ -18,7 +18,7 @@ from sessions.db import session_scope
 from sessions.errors import ConflictError, ValidationError
 from sessions.identity import Identity, upsert_user
 from sessions.models import AccessRequest, Asset, User, VendorOrg
-from sessions.plant import PlantError, apply, diff, export, line_of, load_yaml, parse
+from sessions.plant import Change, PlantError, apply, diff, export, line_of, load_yaml, parse
 from sessions.plant.document import DOCUMENT_CLASSES
 from sessions.policy_data import build_plant_data
 from sessions.testing import ManualClock
@@ -100,9 +100,10 @@ def test_dry_run_shows_a_changed_write_range_and_changes_nothing(engine: sa.Engi
     assert exported(engine) == before
 
 
-def _history(engine: sa.Engine, asset: str) -> None:
+def _history(engine: sa.Engine, asset: str, org: str | None = None) -> None:
     with session_scope(engine) as db:
-        user = User(issuer="https://idp", sub="v1")
+        org_id = db.exec(select(VendorOrg.id).where(VendorOrg.slug == org)).first()
+        user = User(issuer="https://idp", sub="v1", vendor_org_id=org_id)
         db.add(user)
         db.flush()
         asset_id = db.exec(select(Asset.id).where(Asset.name == asset)).one()
@@ -141,6 +142,31 @@ def test_removing_an_asset_with_history_needs_archive(engine: sa.Engine) -> None
     # An asset without history is simply removed.
     data["assets"] = [a for a in data["assets"] if a["name"] != "drive-press-3"]
     assert apply_data(engine, data)["removed"] == 1
+
+
+def test_a_contract_with_history_is_kept_and_ending_it_keeps_it(engine: sa.Engine) -> None:
+    apply_data(engine, demo_data())
+    data = demo_data()
+    data["vendor_orgs"][0]["contracts"] = []
+    assert diff_of(engine, data)[0].blocked == ""  # no requests yet: it could go
+    _history(engine, "hmi-press-3", org="acme-automation")  # under the site contract
+    before = exported(engine)
+    with pytest.raises(ConflictError) as refused:
+        apply_data(engine, data)
+    assert refused.value.message == (
+        "plant apply refused: contract acme-automation/SVC-2026-001: has history (1 requests "
+        "under it); end it by moving valid_until instead"
+    )
+    assert exported(engine) == before
+    ended = demo_data()
+    ended["vendor_orgs"][0]["contracts"][0]["valid_until"] = "+1d"
+    assert apply_data(engine, ended)["changed"] == 1
+    assert diff_of(engine, data)[0].blocked.startswith("has history (1 requests")
+
+
+def diff_of(engine: sa.Engine, data: Any) -> tuple[Change, ...]:
+    with session_scope(engine) as db:
+        return diff(db, parse(data, NOW)).changes
 
 
 def test_idp_values_map_org_claims_to_the_vendor_org(engine: sa.Engine) -> None:

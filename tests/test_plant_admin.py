@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 from sqlmodel import select
 
 from broker.demo import DEMO_PLANT_PATH
@@ -215,7 +215,9 @@ def test_the_plant_page_shows_the_plant_and_its_forms_change_it_through_apply(
     [org] = [o for o in exported_plant(adam, broker)["vendor_orgs"] if o["slug"] == "beta"]
     assert org["contracts"][0]["operation_classes"] == ["read_only", "tune"]
 
-    assert post("archive", asset="plc-9").status_code == 400  # the contract still names it
+    in_use = post("archive", asset="plc-9")
+    assert in_use.status_code == 409
+    assert "asset &#39;plc-9&#39; is still used by contract beta/B-1" in in_use.text
     [created] = [e for e in audit_events(broker, "plant.asset.created") if e["subject"] == "plc-9"]
     assert created["details"]["after"]["zone"] == "cell-9"
     [changed] = audit_events(broker, "plant.asset.changed")
@@ -239,11 +241,8 @@ def test_the_plant_page_is_for_admins(broker: RunningBroker, http: httpx2.Client
 # --------------------------------------------------------------------------- in Chromium
 
 
-@pytest.mark.browser
-def test_adam_builds_part_of_the_plant_in_the_browser(
-    broker: RunningBroker, http: httpx2.Client, chromium: Browser
-) -> None:
-    _adam(http, broker)
+def plant_page_as_adam(chromium: Browser, broker: RunningBroker) -> Page:
+    """A new browser context signed in as adam (through the real sign-in), on the plant page."""
     page = chromium.new_context().new_page()
     page.goto(broker.url + "/")
     page.click("#signin-main")
@@ -253,6 +252,15 @@ def test_adam_builds_part_of_the_plant_in_the_browser(
     page.wait_for_url(broker.url + "/")
     page.click('nav a[href="/admin/plant"]')
     expect(page.locator("h1")).to_have_text("Plant")
+    return page
+
+
+@pytest.mark.browser
+def test_adam_builds_part_of_the_plant_in_the_browser(
+    broker: RunningBroker, http: httpx2.Client, chromium: Browser
+) -> None:
+    _adam(http, broker)
+    page = plant_page_as_adam(chromium, broker)
 
     zone = page.locator("#form-zone")
     zone.locator('[name="name"]').fill("cell-9")
@@ -394,7 +402,8 @@ def test_sites_and_maintenance_windows_from_the_page(
     [changed] = audit_events(broker, "plant.site.changed")
     assert changed["details"]["before"]["maintenance_windows"] == []
     assert changed["details"]["after"]["maintenance_windows"][0]["days"] == ["sat", "sun"]
-    assert post("window_remove", site="Hilltop", index="3").status_code == 400
-    assert post("window_remove", site="Hilltop", index="0").status_code == 303
+    assert 'name="key" value="sat,sun_06:00-14:00"' in page  # a stable name, not a place
+    assert post("window_remove", site="Hilltop", key="sun_06:00-14:00").status_code == 400
+    assert post("window_remove", site="Hilltop", key="sat,sun_06:00-14:00").status_code == 303
     hilltop = [s for s in exported_plant(adam, broker)["sites"] if s["name"] == "Hilltop"]
     assert hilltop[0]["maintenance_windows"] == []

@@ -305,22 +305,30 @@ def _asset(raw: Any, path: str) -> AssetDoc:
     )
 
 
+def resolve_time(value: Any, now: datetime) -> datetime | None:
+    """A contract time: ISO 8601 with a zone, or relative (``-30d``, ``+12h``, ``+90m``) to
+    today 00:00 UTC; None when ``value`` is neither."""
+    if not isinstance(value, str):
+        return None
+    rel = _RELATIVE.match(value.strip())
+    if rel:
+        sign, amount, unit = rel.groups()
+        delta = timedelta(**{_UNITS[unit]: int(amount)})
+        # Why midnight: the same file applied twice on one day changes nothing.
+        day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return day + delta if sign == "+" else day - delta
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
+
+
 def _when(raw: dict[str, Any], key: str, path: str, now: datetime) -> datetime:
     value = raw.get(key)
-    if isinstance(value, str):
-        rel = _RELATIVE.match(value.strip())
-        if rel:
-            sign, amount, unit = rel.groups()
-            delta = timedelta(**{_UNITS[unit]: int(amount)})
-            # Why midnight: the same file applied twice on one day changes nothing.
-            day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            return day + delta if sign == "+" else day - delta
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return parsed.astimezone(UTC)
+    resolved = resolve_time(value, now)
+    if resolved is not None:
+        return resolved
     raise PlantError(
         f"{path}.{key}",
         f"must be an ISO 8601 time with a zone (2026-01-01T00:00:00Z) or relative (-30d, +365d), "

@@ -5,7 +5,9 @@ org and reference. Agents are not part of the file (they enrol); an asset keeps 
 Removing an asset that has history (requests, grants, sessions) is refused unless
 ``archive``: then it is archived (``archived_at``; no new requests, out of policy data, out of
 the export). Zones, sites and vendor orgs still used by anything outside the file (agents,
-join tokens, archived assets, users) are never removed.
+join tokens, archived assets, users) are never removed. Nor is a contract with history
+(requests its organisation's users made, since it started, for assets it covers): it is
+the record of why they were allowed; end it by moving ``valid_until`` instead.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy import or_ as sa_or
 from sqlmodel import Session, col, delete, select
 
 from sessions.errors import ConflictError
@@ -201,6 +204,35 @@ def _asset_history(db: Session, name: str) -> str:
     return f"has history ({', '.join(found)})" if found else ""
 
 
+def _contract_history(db: Session, key: str) -> str:
+    """Why the contract ``org/reference`` cannot be removed ("" if it can)."""
+    slug, _, reference = key.partition("/")
+    contract = db.exec(
+        select(VendorContract)
+        .join(VendorOrg, col(VendorOrg.id) == col(VendorContract.vendor_org_id))
+        .where(VendorOrg.slug == slug, VendorContract.reference == reference)
+    ).first()
+    if contract is None:
+        return ""
+    # A NULL scope compares as IS NULL, which no asset matches.
+    covered = sa_or(col(Asset.id) == contract.asset_id, col(Asset.site_id) == contract.site_id)
+    requests = db.exec(
+        select(func.count())
+        .select_from(AccessRequest)
+        .join(User, col(User.id) == col(AccessRequest.requester_id))
+        .join(Asset, col(Asset.id) == col(AccessRequest.asset_id))
+        .where(
+            User.vendor_org_id == contract.vendor_org_id,
+            covered,
+            # No upper bound: ending a contract early must not make its history vanish.
+            col(AccessRequest.created_at) >= contract.valid_from,
+        )
+    ).one()
+    if not requests:
+        return ""
+    return f"has history ({requests} requests under it); end it by moving valid_until instead"
+
+
 def _placed(where: tuple[str, str] | None, kind: str, site: str, zone: str) -> bool:
     """Whether the document places an asset (``(site, zone)``) in this site or zone."""
     return where is not None and where[0] == site and (kind == "site" or where[1] == zone)
@@ -277,10 +309,12 @@ def diff(db: Session, doc: PlantDoc, *, archive: bool = False) -> Plan:
                 else:
                     blocked = f"{history}; use --archive" if history else ""
                     changes.append(Change(kind, key, "removed", before, None, blocked))
-            elif kind == "contract":
-                changes.append(Change(kind, key, "removed", before, None))
             else:
-                blocked = _in_use(db, kind, key, removed_assets, placement)
+                blocked = (
+                    _contract_history(db, key)
+                    if kind == "contract"
+                    else _in_use(db, kind, key, removed_assets, placement)
+                )
                 changes.append(Change(kind, key, "removed", before, None, blocked))
     return Plan(doc, tuple(changes), archive)
 
