@@ -156,7 +156,9 @@ async def _page(
             via, declared = routing.endpoints.get((a["name"], ep["name"]), (None, False))
             summary = settings_summary(ep["protocol"], ep.get("settings", {}))
             endpoints.append({**ep, "summary": summary, "via": via, "declared": declared})
-        assets.append({**a, "agent": routing.asset_agents.get(a["name"]), "endpoints": endpoints})
+        fallback = routing.asset_agents.get(a["name"])
+        via = {ep["via"] for ep in endpoints if ep["via"]} | ({fallback} if fallback else set())
+        assets.append({**a, "agents": sorted(via), "endpoints": endpoints})
     return render(
         request,
         "plant.html",

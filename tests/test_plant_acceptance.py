@@ -164,6 +164,8 @@ def _assets(page: Page, stage: Stage) -> None:
     expect(page.locator(f"#asset-{WS}")).to_contain_text(f"declared by {AGENT}")
     expect(page.locator(f"#asset-{PLC}")).to_contain_text(f"declared by {AGENT}")
     expect(page.locator(f"#asset-{HMI}")).to_contain_text("no agent declares 127.0.0.1:5900")
+    for name, agent in ((WS, AGENT), (PLC, AGENT), (HMI, "none")):  # the Agent column
+        expect(page.locator(f"#asset-{name} td").nth(4)).to_have_text(agent)
     expect(unmatched).to_contain_text("none")
 
 
