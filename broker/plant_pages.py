@@ -157,8 +157,8 @@ async def _page(
             summary = settings_summary(ep["protocol"], ep.get("settings", {}))
             endpoints.append({**ep, "summary": summary, "via": via, "declared": declared})
         fallback = routing.asset_agents.get(a["name"])
-        via = {ep["via"] for ep in endpoints if ep["via"]} | ({fallback} if fallback else set())
-        assets.append({**a, "agents": sorted(via), "endpoints": endpoints})
+        reached_by = {e["via"] for e in endpoints if e["via"]} | ({fallback} if fallback else set())
+        assets.append({**a, "agents": sorted(reached_by), "endpoints": endpoints})
     return render(
         request,
         "plant.html",
