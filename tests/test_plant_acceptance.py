@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -64,10 +65,16 @@ class Stage:
         return self.tmp / "screenshots"
 
 
-@pytest.fixture
-def stage(make_broker: Callable[..., RunningBroker], tmp_path: Path) -> Iterator[Stage]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stage(
+    request: pytest.FixtureRequest, make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> Iterator[Stage]:
+    database: dict[str, str] = {}
+    if request.param == "postgres":
+        server = request.getfixturevalue("pg_server")
+        database["database_url"] = server.create_database(f"a_{uuid4().hex[:16]}")
     # A loaded machine must not turn a slow policy decision into a failed login here.
-    broker = make_broker(policy={"budget_ms": 2000})
+    broker = make_broker(policy={"budget_ms": 2000}, **database)
     ca = SshKeys.public(broker.services.ssh_keys.asset_ca)
     sshd = start_sshd(tmp_path / "sshd", trusted_user_ca_keys=[ca])
     # The plant network is 127.0.0.2, so the vendor's forward can listen on 127.0.0.1 with the
