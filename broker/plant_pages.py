@@ -5,13 +5,14 @@ endpoint, vendor org or contract, or removes one) with :func:`broker.plant_api.e
 the same validation, audit (``plant.*`` with before/after; ``plant.refused``) and policy-data
 refresh as ``conduit plant apply`` and the per-object API (:mod:`broker.plant_objects`, whose
 rules for what may be removed the removal forms share). A refused form is shown again with
-the exact message next to it and nothing changed. Per asset endpoint the page says whether the
-asset's agent declares it.
+the exact message next to it and nothing changed. Per asset endpoint the page says which agent
+reaches it (the endpoint's own, else the asset's) and warns when that agent does not declare it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -49,6 +50,7 @@ from sessions.models import (
     Criticality,
     EndpointProtocol,
     OperationClass,
+    route_agent,
 )
 from sessions.windows import DAYS
 
@@ -81,12 +83,22 @@ def settings_summary(protocol: str, settings: dict[str, Any]) -> str:
     return ""
 
 
-Declared = dict[str, tuple[str | None, set[tuple[str, int]]]]
+@dataclass(frozen=True)
+class Routing:
+    """Which agent reaches each asset endpoint and whether that agent declares it."""
+
+    agents: list[str]  # names of the agents an endpoint may name (not revoked)
+    asset_agents: dict[str, str | None]  # asset name -> its own (fallback) agent's name
+    endpoints: dict[
+        tuple[str, str], tuple[str | None, bool]
+    ]  # (asset, endpoint) -> (agent, declared)
+    unmatched: list[dict[str, Any]]  # declared by an agent, in no asset endpoint it routes
 
 
-def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
-    """Asset name -> (its agent's name, the host:port pairs that agent declares); and the
-    endpoints agents declare that no asset routed through them has (to adopt)."""
+def _routing(request: Request) -> Routing:
+    """Per asset endpoint: the agent that reaches it (its own, else the asset's) and whether
+    that agent declares its host:port; and the endpoints agents declare that no asset
+    endpoint routed through them has (to adopt)."""
     svc = services(request)
     with session_scope(svc.engine) as db:
         agents = {a.id: a for a in db.exec(select(Agent)).all()}
@@ -95,23 +107,25 @@ def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
         for ep in rows:
             declared.setdefault(ep.agent_id, set()).add((ep.host, ep.port))
         used: set[tuple[str, str, int]] = set()
+        routed: dict[str, set[str]] = {}
+        endpoints: dict[tuple[str, str], tuple[str | None, bool]] = {}
         for asset, aep in db.exec(
             select(Asset, AssetEndpoint).join(
                 AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id)
             )
         ).all():
-            if asset.agent_id:
-                used.add((asset.agent_id, aep.host, aep.port))
-        out: Declared = {}
-        routed: dict[str, list[str]] = {}
-        for asset in db.exec(select(Asset).where(col(Asset.archived_at).is_(None))).all():
-            agent = agents.get(asset.agent_id or "")
-            out[asset.name] = (
+            agent = agents.get(route_agent(asset, aep) or "")
+            if agent is not None:
+                used.add((agent.id, aep.host, aep.port))
+                routed.setdefault(agent.id, set()).add(asset.name)
+            endpoints[(asset.name, aep.name)] = (
                 agent.name if agent else None,
-                declared.get(agent.id, set()) if agent else set(),
+                agent is not None and (aep.host, aep.port) in declared.get(agent.id, set()),
             )
-            if agent:
-                routed.setdefault(agent.id, []).append(asset.name)
+        assets = db.exec(select(Asset).where(col(Asset.archived_at).is_(None))).all()
+        for asset in assets:
+            if asset.agent_id in agents:
+                routed.setdefault(asset.agent_id, set()).add(asset.name)
         unmatched = [
             {
                 "id": ep.id,
@@ -125,7 +139,14 @@ def _declared(request: Request) -> tuple[Declared, list[dict[str, Any]]]:
             for ep in rows
             if (ep.agent_id, ep.host, ep.port) not in used and ep.agent_id in agents
         ]
-        return out, sorted(unmatched, key=lambda e: (e["agent"], e["host"], e["port"]))
+        return Routing(
+            agents=sorted({a.name for a in agents.values() if a.revoked_at is None}),
+            asset_agents={
+                a.name: agents[a.agent_id].name if a.agent_id in agents else None for a in assets
+            },
+            endpoints=endpoints,
+            unmatched=sorted(unmatched, key=lambda e: (e["agent"], e["host"], e["port"])),
+        )
 
 
 def _keyed(site: Data) -> Data:
@@ -140,26 +161,25 @@ async def _page(
     status: int = 400,
 ) -> Response:
     data = await exported(request)
-    declared, unmatched = await run_in_threadpool(_declared, request)
+    routing = await run_in_threadpool(_routing, request)
     assets = []
     for a in data["assets"]:
-        agent, reached = declared.get(a["name"], (None, set()))
-        endpoints = [
-            {
-                **ep,
-                "summary": settings_summary(ep["protocol"], ep.get("settings", {})),
-                "declared": (ep["host"], ep["port"]) in reached,
-            }
-            for ep in a.get("endpoints", [])
-        ]
-        assets.append({**a, "agent": agent, "endpoints": endpoints})
+        endpoints = []
+        for ep in a.get("endpoints", []):
+            via, declared = routing.endpoints.get((a["name"], ep["name"]), (None, False))
+            summary = settings_summary(ep["protocol"], ep.get("settings", {}))
+            endpoints.append({**ep, "summary": summary, "via": via, "declared": declared})
+        fallback = routing.asset_agents.get(a["name"])
+        reached_by = {e["via"] for e in endpoints if e["via"]} | ({fallback} if fallback else set())
+        assets.append({**a, "agents": sorted(reached_by), "endpoints": endpoints})
     return render(
         request,
         "plant.html",
         {
             "plant": data | {"sites": [_keyed(site) for site in data["sites"]]},
             "assets": assets,
-            "unmatched": unmatched,
+            "unmatched": routing.unmatched,
+            "agents": routing.agents,
             "errors": errors or {},
             "values": values or {},
             "protocols": EndpointProtocol.ALL,
@@ -244,6 +264,8 @@ def _endpoint_form(data: Data, form: Form, multi: Multi) -> None:
         "protocol": _text(form, "protocol"),
         "settings": settings if settings is not None else {},
     }
+    if _text(form, "agent"):  # none chosen: reached through the asset's agent
+        endpoint["agent"] = _text(form, "agent")
     _replace(asset.setdefault("endpoints", []), "name", endpoint)
 
 

@@ -58,7 +58,7 @@ from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.modbus import ModbusInspector, TokenBucket
-from sessions.models import AssetEndpoint, EndpointProtocol
+from sessions.models import AssetEndpoint, EndpointProtocol, route_agent
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
@@ -441,12 +441,12 @@ class _Vendor(asyncssh.SSHServer):
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
         asset, endpoint = auth.asset, auth.endpoint
-        gateway = self.deps.gateway()
-        if gateway is None or asset.agent_id is None:
+        gateway, agent_id = self.deps.gateway(), route_agent(asset, endpoint)
+        if gateway is None or agent_id is None:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "conduit: no agent")
         try:
             channel = await gateway.open_channel(
-                asset.agent_id, endpoint.host, endpoint.port, expires_at=auth.deadline + GRACE
+                agent_id, endpoint.host, endpoint.port, expires_at=auth.deadline + GRACE
             )
         except (ChannelRefused, AgentUnavailable) as exc:
             raise asyncssh.ChannelOpenError(
@@ -611,8 +611,8 @@ class _Vendor(asyncssh.SSHServer):
 
     async def _connect_asset(self, auth: Authorization, login: str, session_id: str) -> None:
         d, asset = self.deps, auth.asset
-        gateway = d.gateway()
-        if gateway is None or asset.agent_id is None:
+        gateway, agent_id = d.gateway(), route_agent(asset, auth.endpoint)
+        if gateway is None or agent_id is None:
             raise AgentUnavailable(f"{asset.name} has no agent connected to this broker")
         key, cert = d.keys.asset_login(login, key_id=f"conduit:{session_id}:{auth.user.sub}")
         pinned = asset.labels.get("ssh_host_key")
@@ -620,7 +620,7 @@ class _Vendor(asyncssh.SSHServer):
         if pinned:
             known_hosts = ([asyncssh.import_public_key(pinned)], [], [])
         tunnel = AgentTunnel(
-            gateway, asset.agent_id, expires_at=auth.deadline + GRACE, ref=f"s-{session_id[:24]}"
+            gateway, agent_id, expires_at=auth.deadline + GRACE, ref=f"s-{session_id[:24]}"
         )
 
         def refused(reason: str, outcome: str) -> AccessDenied:

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, col, select
 
 from agents.wire import Endpoint, JoinToken, WireError, key_pin
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.db import session_scope
-from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
 from sessions.models import (
     Agent,
@@ -463,6 +462,7 @@ class AgentService:
                 host=ep.host,
                 port=ep.port,
                 protocol=protocol,
+                agent_id=agent.id,
                 created_at=self._clock.now(),
             )
             db.add(endpoint)
@@ -509,15 +509,13 @@ class AgentService:
                         .order_by(col(AgentEndpoint.host), col(AgentEndpoint.port))
                     )
                 )
-                assets = list(db.exec(select(Asset).where(Asset.agent_id == agent.id)))
                 by_ep: dict[tuple[str, int], list[str]] = {}
                 missing: set[str] = set()
                 declared = {(e.host, e.port) for e in eps if e.declared}
-                for a in sorted(assets, key=lambda a: a.name):
-                    for aep in endpoints_of(db, a.id):
-                        by_ep.setdefault((aep.host, aep.port), []).append(a.name)
-                        if (aep.host, aep.port) not in declared:
-                            missing.add(a.name)
+                for a, aep in _routed_through(db, agent.id):
+                    by_ep.setdefault((aep.host, aep.port), []).append(a.name)
+                    if (aep.host, aep.port) not in declared:
+                        missing.add(a.name)
                 views.append(
                     AgentView(
                         agent=agent,
@@ -557,13 +555,25 @@ def _zone(db: Session, site: Site, name: str) -> Zone:
     return zone
 
 
-def _matching_asset(db: Session, agent_id: str, ep: AgentEndpoint) -> Asset | None:
-    return db.exec(
-        select(Asset)
+def _routed_through(db: Session, agent_id: str) -> list[tuple[Asset, AssetEndpoint]]:
+    """Every asset endpoint reached through ``agent_id`` (its own agent, else its asset's),
+    by asset name."""
+    rows = db.exec(
+        select(Asset, AssetEndpoint)
         .join(AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id))
         .where(
-            Asset.agent_id == agent_id,
-            AssetEndpoint.host == ep.host,
-            AssetEndpoint.port == ep.port,
+            or_(
+                col(AssetEndpoint.agent_id) == agent_id,
+                and_(col(AssetEndpoint.agent_id).is_(None), col(Asset.agent_id) == agent_id),
+            )
         )
-    ).first()
+        .order_by(col(Asset.name), col(AssetEndpoint.name))
+    ).all()
+    return [(a, e) for a, e in rows]
+
+
+def _matching_asset(db: Session, agent_id: str, ep: AgentEndpoint) -> Asset | None:
+    return next(
+        (a for a, e in _routed_through(db, agent_id) if (e.host, e.port) == (ep.host, ep.port)),
+        None,
+    )

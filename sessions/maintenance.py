@@ -43,6 +43,7 @@ from sessions.models import (
     RecordingIntegrity,
     SessionState,
     User,
+    route_agent,
 )
 
 
@@ -286,7 +287,7 @@ class MaintenanceService:
                 grant=grant_document(db, grant) if grant else None,
                 now=now,
                 source_ip=source_ip,
-                agent_online=agent_online(asset.agent_id),
+                agent_online=agent_online(route_agent(asset, endpoint)),
             )
             for obj in (user, asset, endpoint, *([grant] if grant else [])):
                 db.expunge(obj)

@@ -467,7 +467,8 @@ class AssetEndpoint(TableModel, table=True):
 
     ``settings`` is validated by :func:`sessions.endpoints.validate_settings` (SSH logins per
     operation class, Modbus unit ids and write ranges per operation class and table).
-    The endpoint is reached through the asset's agent.
+    It is reached through ``agent_id`` (the agent that declares it), else through the asset's
+    agent (:func:`route_agent`).
     """
 
     __tablename__ = "asset_endpoints"
@@ -487,6 +488,13 @@ class AssetEndpoint(TableModel, table=True):
     protocol: str
     settings: dict[str, Any] = json_field(dict)
     created_at: datetime = _created()
+    # Why SET NULL: deleting an agent must leave the endpoint unreachable, not delete it.
+    agent_id: str | None = _optional_fk("agents.id", ondelete=SET_NULL)
+
+
+def route_agent(asset: Asset, endpoint: AssetEndpoint) -> str | None:
+    """The agent that reaches ``endpoint``: its own, else its asset's (None: unreachable)."""
+    return endpoint.agent_id or asset.agent_id
 
 
 class VendorContract(TableModel, table=True):

@@ -20,7 +20,7 @@ from pymodbus.exceptions import ModbusException
 from sqlmodel import select
 
 from sessions.db import session_scope
-from sessions.models import Asset, AssetEndpoint, MaintenanceSession
+from sessions.models import Agent, Asset, AssetEndpoint, MaintenanceSession
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs
 from tests.harness.plc import PlcServer
@@ -309,3 +309,55 @@ def test_register_ranges_do_not_open_coils(rig: SshRig, plc: PlcServer) -> None:
         ),
         "the refused coil write in the audit log",
     )
+
+
+# --------------------------------------------------------------------------- 6. agents
+
+
+def _route(rig: SshRig, asset_agent: str, endpoint_agent: str) -> None:
+    """An admin routes plc-lab's endpoint through ``endpoint_agent``, the asset through
+    ``asset_agent`` (its fallback)."""
+    with session_scope(rig.broker.services.engine, write=True) as db:
+        asset = db.exec(select(Asset).where(Asset.name == "plc-lab")).one()
+        endpoint = db.exec(select(AssetEndpoint).where(AssetEndpoint.asset_id == asset.id)).one()
+        asset.agent_id, endpoint.agent_id = asset_agent, endpoint_agent
+        db.add_all([asset, endpoint])
+    rig.broker.refresh_policy_data()
+
+
+def test_an_endpoint_is_reached_through_its_own_agent_not_its_assets(
+    rig: SshRig, plc: PlcServer
+) -> None:
+    """The endpoint's agent wins over the asset's: with it connected the write lands; with
+    the endpoint on an agent that is not connected, the asset's live agent is not used."""
+    with session_scope(rig.broker.services.engine, write=True) as db:
+        site_id = db.exec(select(Asset).where(Asset.name == "plc-lab")).one().site_id
+        offline = Agent(name="edge-offline", site_id=site_id, state="active")
+        db.add(offline)
+        db.flush()
+        offline_id = offline.id
+    _route(rig, asset_agent=offline_id, endpoint_agent=rig.agent_id)
+    rig.grant(asset="plc-lab", operation_class="tune")
+    proc, local = _forward(rig, "plc-lab", f"localhost:{plc.port}")
+    try:
+        answer = _write(local, 10, 1111)
+        assert hasattr(answer, "isError") and not answer.isError(), answer
+    finally:
+        _stop(proc)
+    assert plc.holding(10) == [1111]
+
+    _route(rig, asset_agent=rig.agent_id, endpoint_agent=offline_id)
+    proc, local = _forward(rig, "plc-lab", f"localhost:{plc.port}")
+    try:
+        answer = _write(local, 11, 2222)
+        assert not hasattr(answer, "registers") or answer.isError()
+        wait_until(
+            lambda: (
+                "agent for plc-lab is offline"
+                in _refused_reasons(rig, "policy.decision") + _refused_reasons(rig)
+            ),
+            "the refusal to be audited",
+        )
+    finally:
+        _stop(proc)
+    assert plc.holding(11) == [7]  # the PLC's own registers: nothing landed

@@ -14,10 +14,22 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from broker.demo import DEMO_PLANT_PATH
+from sessions.agents import AgentService
+from sessions.audit import AuditLog
 from sessions.db import session_scope
+from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, ValidationError
 from sessions.identity import Identity, upsert_user
-from sessions.models import AccessRequest, Asset, User, VendorOrg
+from sessions.models import (
+    AccessRequest,
+    Agent,
+    AgentEndpoint,
+    Asset,
+    Site,
+    User,
+    VendorOrg,
+    route_agent,
+)
 from sessions.plant import Change, PlantError, apply, diff, export, line_of, load_yaml, parse
 from sessions.plant.document import DOCUMENT_CLASSES
 from sessions.policy_data import build_plant_data
@@ -248,6 +260,50 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def _no_signer(public_key: str, agent_id: str) -> tuple[str, int]:
+    raise AssertionError("no agent joins here")
+
+
+def test_an_endpoint_names_the_agent_that_reaches_it(engine: sa.Engine) -> None:
+    """``agent`` (by name) routes one endpoint; others fall back to the asset's agent; an
+    unknown name is refused naming the path, with nothing changed; export/apply round-trips."""
+    apply_data(engine, demo_data())
+    with session_scope(engine, write=True) as db:
+        site = db.exec(select(Site)).one()
+        edge, other = (Agent(name=n, site_id=site.id, state="active") for n in ("edge-1", "edge-2"))
+        db.add_all([edge, other])
+        db.flush()
+        scada = db.exec(select(Asset).where(Asset.name == "scada-01")).one()
+        scada.agent_id = other.id  # the fallback for scada-01's other endpoint
+        db.add(scada)
+        db.add(AgentEndpoint(agent_id=edge.id, host="127.0.0.1", port=4840, protocol="opcua"))
+        edge_id, other_id = edge.id, other.id
+    data = demo_data()
+    place = [a["name"] for a in data["assets"]].index("scada-01")
+    opcua = next(e for e in data["assets"][place]["endpoints"] if e["name"] == "opcua")
+    opcua["agent"] = "edge-9"
+    with pytest.raises(PlantError) as refused:
+        apply_data(engine, data)
+    assert refused.value.path == f"assets[{place}].endpoints[0].agent"
+    assert "unknown agent 'edge-9'" in str(refused.value)
+    opcua["agent"] = "edge-1"
+    assert apply_data(engine, data)["changed"] == 1
+    with session_scope(engine) as db:
+        asset = db.exec(select(Asset).where(Asset.name == "scada-01")).one()
+        routes = {e.name: route_agent(asset, e) for e in endpoints_of(db, asset.id)}
+    assert routes == {"opcua": edge_id, "ssh": other_id}
+    again = exported(engine)
+    scada = next(a for a in again["assets"] if a["name"] == "scada-01")
+    assert [e.get("agent") for e in scada["endpoints"]] == ["edge-1", None]
+    assert apply_data(engine, again)["changed"] == 0
+    clock = ManualClock(NOW)
+    agents = AgentService(engine, AuditLog(engine, clock), clock, _no_signer, broker_pin="p" * 43)
+    views = {v.agent.name: v for v in agents.list()}
+    assert list(views["edge-1"].assets.values()) == [["scada-01"]]  # its 4840 is adopted
+    assert views["edge-1"].undeclared_assets == []
+    assert views["edge-2"].undeclared_assets == ["scada-01"]  # the ssh endpoint: undeclared
+
+
 def test_bad_input_is_refused_with_a_clear_message_and_nothing_changes(
     engine: sa.Engine, case: str
 ) -> None:

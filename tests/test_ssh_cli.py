@@ -185,3 +185,21 @@ def test_key_files_are_not_world_readable_even_with_a_loose_umask(rig: SshRig) -
     ssh_dir = Path(env["XDG_CONFIG_HOME"]) / "conduit" / "ssh"
     assert _mode(ssh_dir / "id_ed25519") == 0o600
     assert _mode(ssh_dir / "conduit.json") == 0o600
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ssh", "maint@hist-01", "--grant", "4caaf586", "--", "uptime", "-p"],  # the grant page
+        ["ssh", "maint@hist-01", "--grant=4caaf586", "uptime", "-p"],
+        ["ssh", "--grant", "4caaf586", "maint@hist-01", "--", "uptime", "-p"],
+    ],
+)
+def test_grant_may_follow_the_target_as_the_grant_page_writes_it(argv: list[str]) -> None:
+    """``conduit ssh L@A --grant ID`` binds the grant; it is never part of the remote command."""
+    from broker.cli import build_parser
+    from broker.cli.ssh_cmd import _split_rest
+
+    args = build_parser().parse_args(argv)
+    assert _split_rest(args) == ["uptime", "-p"]
+    assert args.grant == "4caaf586"

@@ -265,7 +265,7 @@ def save_world(engine: sa.Engine) -> dict[str, Any]:
 
 def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
     assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
-    assert current_revision(engine) == head_revision() == "0008_plant_model"
+    assert current_revision(engine) == head_revision() == "0009_endpoint_agents"
     migrate(engine)  # already at head: no-op
     assert current_revision(engine) == head_revision()
 
@@ -756,4 +756,77 @@ def test_migration_gives_existing_credentials_no_authentication_methods(
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0006_asset_endpoints")
     assert "ssh_certificates" not in sa.inspect(eng).get_table_names()
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migration_gives_existing_endpoints_their_assets_agent(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """0009: every existing endpoint is reached through its asset's agent (none if the asset
+    has none); assets and endpoints are otherwise kept; the down-migration drops the column."""
+    from alembic import command
+
+    if backend == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        server = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"m_{uuid4().hex[:16]}"))
+    cfg = alembic_config()
+    t = T0.replace(tzinfo=None)
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008_plant_model")
+        conn.execute(
+            sa.text(
+                "INSERT INTO sites (id, name, timezone, description) "
+                "VALUES ('s1', 'plant', 'Europe/Berlin', '')"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO zones (id, site_id, name, purdue_level, description) "
+                    "VALUES ('z1', 's1', 'cell', 1, '')")
+        )  # fmt: skip
+        conn.execute(
+            sa.text(
+                "INSERT INTO agents (id, name, site_id, state, created_at) "
+                "VALUES ('g1', 'edge-1', 's1', 'active', :t)"
+            ),
+            {"t": t},
+        )
+        for asset_id, agent_id in (("a1", "g1"), ("a2", None)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assets (id, name, site_id, zone_id, criticality, owner_group, "
+                    "labels, agent_id, created_at) VALUES "
+                    "(:id, :id, 's1', 'z1', 'high', 'ot', '{}', :agent, :t)"
+                ),
+                {"id": asset_id, "agent": agent_id, "t": t},
+            )
+        for ep_id, asset_id, port in (("e1", "a1", 502), ("e2", "a1", 22), ("e3", "a2", 22)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO asset_endpoints (id, asset_id, name, host, port, protocol, "
+                    "settings, created_at) VALUES (:id, :a, :id, '10.0.0.1', :port, 'tcp', "
+                    "'{}', :t)"
+                ),
+                {"id": ep_id, "a": asset_id, "port": port, "t": t},
+            )
+    migrate(eng)
+    with session_scope(eng) as db:
+        routes = {e.id: (e.asset_id, e.port, e.agent_id) for e in db.exec(select(AssetEndpoint))}
+        kept = {a.id: a.agent_id for a in db.exec(select(Asset))}
+    assert routes == {
+        "e1": ("a1", 502, "g1"),
+        "e2": ("a1", 22, "g1"),
+        "e3": ("a2", 22, None),
+    }
+    assert kept == {"a1": "g1", "a2": None}
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008_plant_model")
+    columns = {c["name"] for c in sa.inspect(eng).get_columns("asset_endpoints")}
+    assert "agent_id" not in columns and {"host", "port"} <= columns
     eng.dispose()

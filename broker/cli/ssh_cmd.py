@@ -293,7 +293,7 @@ def _split_rest(args: argparse.Namespace) -> list[str]:
             i += 1
             break
         name, eq, value = word.partition("=")
-        if name not in {"--login", "--ssh-arg"}:
+        if name not in {"--login", "--ssh-arg", "--grant"}:
             break
         if not eq:
             if i + 1 >= len(rest):
@@ -302,6 +302,8 @@ def _split_rest(args: argparse.Namespace) -> list[str]:
             i += 1
         if name == "--login":
             args.login = value
+        elif name == "--grant":  # as the grant page writes it: `conduit ssh L@A --grant ID`
+            args.grant = value
         else:
             extra.append(value)
         i += 1

@@ -67,6 +67,7 @@ class EndpointDoc:
     port: int
     protocol: str
     settings: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None  # the name of the agent that reaches it (else the asset's agent)
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,9 @@ def _endpoint(raw: Any, path: str) -> EndpointDoc:
     except ValidationError as exc:
         where, _, message = exc.message.partition(": ")
         raise PlantError(f"{path}.{where}", message) from None
+    agent = _str(raw, "agent", path) if "agent" in raw else None
     return EndpointDoc(
-        _str(raw, "name", path), _str(raw, "host", path), port, str(protocol), settings
+        _str(raw, "name", path), _str(raw, "host", path), port, str(protocol), settings, agent
     )
 
 

@@ -1,7 +1,8 @@
 """Export the plant from the database, diff a plant document against it, apply the diff.
 
 Keys: sites by name, zones by site and name, assets by name, vendor orgs by slug, contracts by
-org and reference. Agents are not part of the file (they enrol); an asset keeps its agent.
+org and reference. Agents are not part of the file (they enrol); an endpoint names the agent
+that reaches it (by name), and an asset keeps its own agent as the fallback.
 Removing an asset that has history (requests, grants, sessions) is refused unless
 ``archive``: then it is archived (``archived_at``; no new requests, out of policy data, out of
 the export). Zones, sites and vendor orgs still used by anything outside the file (agents,
@@ -20,7 +21,7 @@ from sqlalchemy import func
 from sqlalchemy import or_ as sa_or
 from sqlmodel import Session, col, delete, select
 
-from sessions.errors import ConflictError
+from sessions.errors import ConflictError, ValidationError
 from sessions.models import (
     AccessRequest,
     Agent,
@@ -41,6 +42,7 @@ from sessions.plant.document import (
     ContractDoc,
     EndpointDoc,
     PlantDoc,
+    PlantError,
     SiteDoc,
     VendorOrgDoc,
     WindowDoc,
@@ -115,10 +117,12 @@ def export(db: Session) -> PlantDoc:
         )
         for s in sites
     )
+    agent_names = {a.id: a.name for a in db.exec(select(Agent)).all()}
     endpoints: dict[str, list[EndpointDoc]] = {}
     for ep in db.exec(select(AssetEndpoint).order_by(col(AssetEndpoint.name))).all():
+        agent = agent_names.get(ep.agent_id) if ep.agent_id else None
         endpoints.setdefault(ep.asset_id, []).append(
-            EndpointDoc(ep.name, ep.host, ep.port, ep.protocol, dict(ep.settings))
+            EndpointDoc(ep.name, ep.host, ep.port, ep.protocol, dict(ep.settings), agent)
         )
     assets = db.exec(
         select(Asset).where(col(Asset.archived_at).is_(None)).order_by(col(Asset.name))
@@ -284,8 +288,45 @@ def _in_use(
     return f"still used by {'; '.join(uses)}" if uses else ""
 
 
+def _agent_id(db: Session, name: str, current: str | None) -> str:
+    """The agent named ``name``: the endpoint's current one if it has that name, else the one
+    unrevoked agent with it. Raises :class:`ValidationError` (unknown or ambiguous)."""
+    agents = db.exec(select(Agent).where(Agent.name == name)).all()
+    if current is not None and any(a.id == current for a in agents):
+        return current
+    live = [a for a in agents if a.revoked_at is None]
+    if len(live) != 1:
+        problem = "unknown agent" if not live else f"{len(live)} agents are named"
+        raise ValidationError(f"{problem} {name!r} (conduit agents list shows names)")
+    return live[0].id
+
+
+def _check_agents(db: Session, doc: PlantDoc) -> None:
+    """Every endpoint's ``agent`` names one agent, else :class:`PlantError` naming the path."""
+    current = {
+        (a.name, e.name): e.agent_id
+        for a, e in db.exec(
+            select(Asset, AssetEndpoint).join(
+                AssetEndpoint, col(AssetEndpoint.asset_id) == col(Asset.id)
+            )
+        ).all()
+    }
+    for i, asset in enumerate(doc.assets):
+        for j, ep in enumerate(asset.endpoints):
+            if ep.agent is None:
+                continue
+            try:
+                _agent_id(db, ep.agent, current.get((asset.name, ep.name)))
+            except ValidationError as exc:
+                raise PlantError(f"assets[{i}].endpoints[{j}].agent", exc.message) from None
+
+
 def diff(db: Session, doc: PlantDoc, *, archive: bool = False) -> Plan:
-    """What applying ``doc`` would change; removals that cannot happen carry ``blocked``."""
+    """What applying ``doc`` would change; removals that cannot happen carry ``blocked``.
+
+    Raises :class:`PlantError` when an endpoint names an unknown agent.
+    """
+    _check_agents(db, doc)
     have, want = _items(export(db)), _items(doc)
     archived = {a.name for a in db.exec(select(Asset).where(col(Asset.archived_at).is_not(None)))}
     removed_assets = set(have["asset"]) - set(want["asset"])
@@ -447,6 +488,7 @@ def _apply_asset(
             ed.protocol,
             dict(ed.settings),
         )
+        row.agent_id = _agent_id(db, ed.agent, row.agent_id) if ed.agent else None
         db.add(row)
     db.flush()
 

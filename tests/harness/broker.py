@@ -46,6 +46,8 @@ class RunningBroker:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        # Close the pool's connections now (PostgreSQL warns about ones left to the GC).
+        self.services.engine.dispose()
 
 
 def start_broker(

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 from playwright.async_api import Browser, async_playwright
 from playwright.sync_api import Browser as SyncBrowser
+from playwright.sync_api import Page as SyncPage
 from playwright.sync_api import sync_playwright
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -105,3 +107,16 @@ def launch_browser_sync() -> Iterator[SyncBrowser]:
             yield browser
         finally:
             browser.close()
+
+
+ARTIFACTS_ENV = "CONDUIT_TEST_ARTIFACTS"
+
+
+def screenshot(page: SyncPage, directory: Path, name: str) -> Path:
+    """Save a full-page PNG of ``page`` as ``NAME.png`` in ``$CONDUIT_TEST_ARTIFACTS`` if set
+    (kept after the run, e.g. by CI), else in ``directory`` (the test's tmp dir)."""
+    target = Path(os.environ.get(ARTIFACTS_ENV) or directory)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

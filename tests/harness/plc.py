@@ -2,7 +2,9 @@
 
 ``PlcServer.start()`` serves device 1 with 300 coils, discrete inputs, holding registers (7)
 and input registers (3); it records when each request frame arrives (``arrivals``) and can
-read its own registers directly (the PLC-side truth).
+read its own registers directly (the PLC-side truth). ``host`` (default 127.0.0.1) puts it on
+another loopback address, e.g. so a vendor's forward can listen on 127.0.0.1 with the PLC's
+own port number, as ``conduit forward`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from sessions.modbus import MbapFramer
 
 
 class PlcServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.arrivals: list[float] = []
         self._framer = MbapFramer()
         self.loop = asyncio.new_event_loop()
@@ -47,7 +50,7 @@ class PlcServer:
         device = SimDevice(
             1, simdata=(block(bits, False), block(bits, False), block(regs, 7), block(regs, 3))
         )
-        self._server = ModbusTcpServer(device, address=("127.0.0.1", 0), trace_packet=self._trace)
+        self._server = ModbusTcpServer(device, address=(self.host, 0), trace_packet=self._trace)
         await self._server.serve_forever(background=True)
         assert self._server.transport is not None
         port: int = self._server.transport.sockets[0].getsockname()[1]
@@ -57,7 +60,7 @@ class PlcServer:
         """Read holding registers directly from the PLC (not through Conduit)."""
 
         async def read() -> list[int]:
-            client = AsyncModbusTcpClient("127.0.0.1", port=self.port, timeout=2, retries=0)
+            client = AsyncModbusTcpClient(self.host, port=self.port, timeout=2, retries=0)
             await client.connect()
             try:
                 rr = await client.read_holding_registers(address, count=count, device_id=1)
@@ -73,7 +76,7 @@ class PlcServer:
         """Read coils directly from the PLC (not through Conduit)."""
 
         async def read() -> list[bool]:
-            client = AsyncModbusTcpClient("127.0.0.1", port=self.port, timeout=2, retries=0)
+            client = AsyncModbusTcpClient(self.host, port=self.port, timeout=2, retries=0)
             await client.connect()
             try:
                 rr = await client.read_coils(address, count=count, device_id=1)
