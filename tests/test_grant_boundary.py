@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import yaml
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from sqlmodel import select
@@ -22,6 +23,7 @@ from sqlmodel import select
 from sessions.db import session_scope
 from sessions.models import Agent, Asset, AssetEndpoint, MaintenanceSession
 from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.cli import cli_env, run_conduit
 from tests.harness.components import needs
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
@@ -309,6 +311,57 @@ def test_register_ranges_do_not_open_coils(rig: SshRig, plc: PlcServer) -> None:
         ),
         "the refused coil write in the audit log",
     )
+
+
+def test_a_write_range_changed_by_plant_apply_binds_the_next_modbus_session(
+    rig: SshRig, plc: PlcServer, tmp_path: Path
+) -> None:
+    """Issue 14: an admin widens plc-lab's tune range with ``conduit plant apply`` (the dry
+    run shows it first); the session open before keeps its obligations, the next one writes
+    where it was refused before. Checked at the PLC's registers."""
+    rig.declare("plc-lab", {"write_ranges": {"tune": [{"table": "holding_registers",
+                                                       "first": 10, "last": 30}]}})  # fmt: skip
+    rig.grant(asset="plc-lab", operation_class="tune")
+    dest = f"localhost:{plc.port}"
+    before_proc, before_port = _forward(rig, "plc-lab", dest)
+    client = ModbusTcpClient("127.0.0.1", port=before_port, timeout=3, retries=0)
+    try:
+        assert client.connect()
+        refused = client.write_register(40, 4040, device_id=1)
+        assert refused.isError() and refused.exception_code == 2
+        assert plc.holding(40) == [7]
+
+        env = cli_env(rig.broker, tmp_path, "adam")
+        exported = run_conduit("plant", "export", env=env)
+        assert exported.returncode == 0, exported.stderr
+        plant = yaml.safe_load(exported.stdout)
+        [asset] = [a for a in plant["assets"] if a["name"] == "plc-lab"]
+        asset["endpoints"][0]["settings"]["write_ranges"]["tune"][0]["last"] = 50
+        plant_file = tmp_path / "plant.yaml"
+        plant_file.write_text(yaml.safe_dump(plant, sort_keys=False))
+        dry = run_conduit("plant", "apply", str(plant_file), "--dry-run", env=env)
+        assert dry.returncode == 0, dry.stderr
+        assert "~ asset plc-lab (changed)" in dry.stdout
+        assert client.write_register(40, 4040, device_id=1).isError()  # a dry run changes nothing
+        done = run_conduit("plant", "apply", str(plant_file), env=env)
+        assert done.returncode == 0 and "1 changed" in done.stdout, done.stdout + done.stderr
+
+        # The session open before the change keeps the obligations it started with.
+        assert client.write_register(40, 4040, device_id=1).isError()
+        assert plc.holding(40) == [7]
+    finally:
+        client.close()
+        _stop(before_proc)
+
+    after_proc, after_port = _forward(rig, "plc-lab", dest)
+    try:
+        assert not isinstance(_write(after_port, 40, 4040), Exception)
+        assert plc.holding(40) == [4040]
+        outside = _write(after_port, 51, 1)
+        assert outside.isError() and outside.exception_code == 2
+        assert plc.holding(51) == [7]
+    finally:
+        _stop(after_proc)
 
 
 # --------------------------------------------------------------------------- 6. agents
