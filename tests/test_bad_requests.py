@@ -60,8 +60,20 @@ def test_cli_authorize_needs_pkce_and_state(broker: RunningBroker, http: httpx2.
 
 
 def test_unknown_paths_and_methods(broker: RunningBroker, http: httpx2.Client) -> None:
-    assert http.get(f"{broker.url}/no/such/page").status_code == 404
-    assert http.delete(f"{broker.url}/login").status_code == 405
+    page = http.get(f"{broker.url}/no/such/page", headers={"accept": "text/html"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert 'id="error-code">not_found<' in page.text and "<title>Page not found" in page.text
+    assert 'class="topbar"' in page.text  # the layout, not a bare "Not Found"
+    wrong = http.delete(f"{broker.url}/login")
+    assert wrong.status_code == 405 and set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert 'id="error-code">method_not_allowed<' in wrong.text
+    for api in (http.get(f"{broker.url}/api/no/such"), http.delete(f"{broker.url}/api/whoami")):
+        assert api.status_code in (404, 405)  # /api/ paths keep JSON errors
+        assert api.json()["error"] in ("not_found", "method_not_allowed")
+    assert http.get(f"{broker.url}/x", headers={"accept": "application/json"}).json() == {
+        "error": "not_found",
+        "message": "there is no page at this address",
+    }
     security = http.get(f"{broker.url}/")
     assert security.headers["x-frame-options"] == "DENY"
     assert "default-src 'self'" in security.headers["content-security-policy"]

@@ -17,13 +17,14 @@ A screenshot of each page at desktop and phone width is kept in ``test-artifacts
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from broker.demo import seed
 from tests.harness.broker import RunningBroker, web_login
@@ -63,17 +64,19 @@ class PageWatch:
 
     def _console(self, message: ConsoleMessage) -> None:
         where = message.location.get("url", "")
-        if where == self.error_document and message.text.startswith("Failed to load resource"):
-            return  # Chromium logs an error page's own status as an error
         if message.type == "error" or CSP_RE.search(message.text):
             self.problems.append(f"console {message.type} at {where}: {message.text}")
 
     def _csp(self, text: str) -> None:
         self.problems.append(f"CSP violation: {text}")
 
-    def reset(self, error_document: str | None = None) -> None:
-        self.problems.clear()
-        self.error_document = error_document
+    def own_status(self, problem: str) -> bool:
+        """Chromium logs an error page's own HTTP status as a console error: no problem."""
+        return problem.startswith(f"console error at {self.error_document}: Failed to load")
+
+    def reset(self) -> None:
+        self.problems = []
+        self.error_document = None
 
 
 @pytest.fixture
@@ -102,7 +105,9 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     return out
 
 
+@contextmanager
 def _signed_in(chromium: Browser, broker: RunningBroker, username: str) -> Iterator[Page]:
+    """A fresh browser context signed in as ``username`` through the real IdP."""
     context = chromium.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.goto(broker.url + "/")
@@ -111,8 +116,10 @@ def _signed_in(chromium: Browser, broker: RunningBroker, username: str) -> Itera
     page.fill("#password", f"{username}-demo-pw")
     page.click("#login-submit")
     page.wait_for_url(broker.url + "/")
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def _nav_paths(page: Page) -> list[str]:
@@ -151,13 +158,20 @@ def _settled(page: Page) -> None:
 
 
 def check_page(
-    page: Page, watch: PageWatch, url: str, name: str, out: Path, status: int = 200
+    page: Page,
+    watch: PageWatch,
+    name: str,
+    out: Path,
+    visit: Callable[[], Response | None],
+    status: int = 200,
 ) -> list[str]:
-    """Visit ``url`` (answered with ``status``) at desktop and phone width; the problems found,
-    each prefixed by ``name``."""
-    watch.reset(error_document=url if status >= 400 else None)
+    """Load a page with ``visit`` (answered with ``status``), then check it at desktop and phone
+    width; the problems found, each prefixed by ``name``."""
+    watch.reset()
     page.set_viewport_size(DESKTOP)
-    response = page.goto(url)
+    response = visit()
+    if status >= 400:
+        watch.error_document = page.url
     page.wait_for_load_state("networkidle")
     _settled(page)
     problems = (
@@ -167,34 +181,75 @@ def check_page(
     page.screenshot(path=str(out / f"{name}-desktop.png"), full_page=True)
     page.set_viewport_size(PHONE)
     _settled(page)
-    problems += _axe_problems(page)  # the phone layout (a collapsed nav) must pass too
+    problems += _axe_problems(page)  # the phone layout (a wrapped nav) must pass too
     overflow = _overflow(page)
     if overflow:
         problems.append(overflow)
     page.screenshot(path=str(out / f"{name}-phone.png"), full_page=True)
-    problems += watch.problems
-    return [f"{name} ({url}): {p}" for p in dict.fromkeys(problems)]
+    problems += [p for p in watch.problems if not watch.own_status(p)]
+    return [f"{name} ({page.url}): {p}" for p in dict.fromkeys(problems)]
+
+
+def check_url(
+    page: Page, watch: PageWatch, url: str, name: str, out: Path, status: int = 200
+) -> list[str]:
+    return check_page(page, watch, name, out, lambda: page.goto(url), status)
+
+
+def _reddish(page: Page, selector: str) -> bool:
+    """The element's text and background are both red-toned (an error, not a success box)."""
+    colours = page.eval_on_selector(
+        selector,
+        "e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]"
+        ".map(c => c.match(/\\d+/g).slice(0, 3).map(Number))",
+    )
+    return all(r > g and r > b for r, g, b in colours)
 
 
 @pytest.mark.parametrize("username", list(ROLES))
 def test_every_page_is_accessible_quiet_and_fits_a_phone(
     chromium: Browser, plant: RunningBroker, recording: str, artifacts: Path, username: str
 ) -> None:
-    signed_in = _signed_in(chromium, plant, username)
-    page = next(signed_in)
-    watch = PageWatch(page)
-    pages = {"home": "/", "whoami": "/whoami"}
-    for path in _nav_paths(page):
-        pages[path.strip("/").replace("/", "-")] = path
-    assert len(pages) > 3, pages  # the nav offered the role's pages
-    if "/recordings" in pages.values():
-        pages["recording"] = f"/recordings/{recording}"
+    with _signed_in(chromium, plant, username) as page:
+        watch = PageWatch(page)
+        pages = {"home": "/", "whoami": "/whoami"}
+        for path in _nav_paths(page):
+            pages[path.strip("/").replace("/", "-")] = path
+        assert len(pages) > 3, pages  # the nav offered the role's pages
+        if "/recordings" in pages.values():
+            pages["recording"] = f"/recordings/{recording}"
 
-    problems: list[str] = []
-    for name, path in pages.items():
-        problems += check_page(page, watch, plant.url + path, name, artifacts)
-    problems += check_page(page, watch, plant.url + "/no/such/page", "not-found", artifacts, 404)
-    next(signed_in, None)
+        problems: list[str] = []
+        for name, path in pages.items():
+            problems += check_url(page, watch, plant.url + path, name, artifacts)
+        problems += check_url(page, watch, plant.url + "/no/such/page", "not-found", artifacts, 404)
+        assert page.locator("#error-code").text_content() == "not_found"
+        assert page.locator("header nav a").count() == len(pages) - 2 - ("recording" in pages)
+    assert not problems, "\n".join(problems)
+
+
+def test_refusals_and_method_errors_are_pages_in_the_layout(
+    chromium: Browser, plant: RunningBroker, artifacts: Path
+) -> None:
+    """A form sent with a stale CSRF token and a GET of a POST-only address: both answered with
+    the layout's error page (navigation kept), the refusal in red on red, accessible."""
+    with _signed_in(chromium, plant, "alice") as page:
+        watch = PageWatch(page)
+        page.goto(plant.url + "/vendor")
+        page.fill("#reason", "replace the HMI's disk")
+        page.eval_on_selector("#request-form input[name=csrf]", "e => { e.value = 'stale'; }")
+
+        def send_stale_form() -> Response | None:
+            with page.expect_navigation() as navigation:
+                page.click("#request-submit")
+            return navigation.value
+
+        problems = check_page(page, watch, "csrf-refused", artifacts, send_stale_form, 400)
+        assert page.locator("#error-code").text_content() == "bad_request"
+        assert page.locator("header nav a[href='/vendor']").count() == 1  # still in the layout
+        assert _reddish(page, "#error-message")
+        problems += check_url(page, watch, plant.url + "/logout", "get-logout", artifacts, 405)
+        assert page.locator("#error-code").text_content() == "method_not_allowed"
     assert not problems, "\n".join(problems)
 
 
@@ -204,8 +259,9 @@ def test_signed_out_pages_are_accessible(
     context = chromium.new_context(viewport=DESKTOP)
     page = context.new_page()
     watch = PageWatch(page)
-    problems: list[str] = []
-    problems += check_page(page, watch, plant.url + "/", "start", artifacts)
-    problems += check_page(page, watch, plant.url + "/no/such/page", "not-found", artifacts, 404)
+    problems = check_url(page, watch, plant.url + "/", "start", artifacts)
+    button = page.locator("#signin")  # the header's sign-in button: dark text on white
+    assert button.evaluate("e => getComputedStyle(e).color") == "rgb(20, 32, 46)"
+    problems += check_url(page, watch, plant.url + "/no/such/page", "not-found", artifacts, 404)
     context.close()
     assert not problems, "\n".join(problems)
