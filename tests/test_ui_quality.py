@@ -27,7 +27,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 
 from broker.demo import seed
-from tests.harness.broker import RunningBroker, web_login
+from tests.harness.broker import RunningBroker, form_values, web_login
 from tests.test_recordings_ui import make_recording
 
 pytestmark = pytest.mark.browser
@@ -86,12 +86,41 @@ def plant(broker: RunningBroker) -> RunningBroker:
     return broker
 
 
+def _file_request(client: httpx2.Client, broker: RunningBroker, reason: str) -> None:
+    """Alice files a read-only request for hist-01 (the form's default asset) through the form."""
+    page = client.get(f"{broker.url}/vendor")
+    start = broker.services.clock.now() + timedelta(minutes=5)
+    body = {
+        "csrf": form_values(page.text)["csrf"],
+        "asset": "hist-01",
+        "operation_class": "read_only",
+        "starts_at": start.strftime("%Y-%m-%dT%H:%M"),
+        "duration": "60",
+        "reason": reason,
+    }
+    answer = client.post(f"{broker.url}/vendor/requests", data=body)
+    assert answer.status_code == 303, answer.text
+
+
 @pytest.fixture
 def recording(plant: RunningBroker) -> str:
-    """The id of a finished, signed SSH recording of alice's on hist-01, started yesterday."""
-    with httpx2.Client(timeout=30.0, follow_redirects=False) as client:
-        answer = web_login(client, plant.url, "alice", "alice-demo-pw")  # creates her user row
-        assert answer.status_code == 303, answer.text
+    """Pages with content: alice's two requests (olga approved one, so a grant exists) and a
+    finished, signed SSH recording of alice's on hist-01 started yesterday; its id."""
+    with (
+        httpx2.Client(timeout=30.0, follow_redirects=False) as alice,
+        httpx2.Client(timeout=30.0, follow_redirects=False) as olga,
+    ):
+        for who, client in (("alice", alice), ("olga", olga)):  # creates their user rows
+            answer = web_login(client, plant.url, who, f"{who}-demo-pw")
+            assert answer.status_code == 303, answer.text
+        _file_request(alice, plant, "historian health check")
+        queue = olga.get(f"{plant.url}/approvals").text
+        first = re.findall(r'id="pending-([0-9a-f-]+)"', queue)[0]
+        done = olga.post(
+            f"{plant.url}/approvals/{first}/approve", data={"csrf": form_values(queue)["csrf"]}
+        )
+        assert done.status_code == 303, done.text
+        _file_request(alice, plant, "read the alarm history")  # stays pending
     started = plant.services.clock.now() - timedelta(days=1)
     return make_recording(plant, "alice", "hist-01", started=started).id
 
@@ -231,8 +260,9 @@ def test_every_page_is_accessible_quiet_and_fits_a_phone(
 def test_refusals_and_method_errors_are_pages_in_the_layout(
     chromium: Browser, plant: RunningBroker, artifacts: Path
 ) -> None:
-    """A form sent with a stale CSRF token and a GET of a POST-only address: both answered with
-    the layout's error page (navigation kept), the refusal in red on red, accessible."""
+    """A form sent with a stale CSRF token, a GET of a POST-only address and a page of another
+    role: each answered with the layout's error page (navigation kept), the refusal in red on
+    red, accessible."""
     with _signed_in(chromium, plant, "alice") as page:
         watch = PageWatch(page)
         page.goto(plant.url + "/vendor")
@@ -250,6 +280,9 @@ def test_refusals_and_method_errors_are_pages_in_the_layout(
         assert _reddish(page, "#error-message")
         problems += check_url(page, watch, plant.url + "/logout", "get-logout", artifacts, 405)
         assert page.locator("#error-code").text_content() == "method_not_allowed"
+        problems += check_url(page, watch, plant.url + "/admin/plant", "forbidden", artifacts, 403)
+        assert page.locator("#error-code").text_content() == "forbidden"
+        assert _reddish(page, "#error-message")
     assert not problems, "\n".join(problems)
 
 
