@@ -219,6 +219,12 @@ def check_page(
     return [f"{name} ({page.url}): {p}" for p in dict.fromkeys(problems)]
 
 
+def _submit(page: Page, button: str = "#evaluate") -> Response | None:
+    with page.expect_navigation() as navigation:
+        page.click(button)
+    return navigation.value
+
+
 def check_url(
     page: Page, watch: PageWatch, url: str, name: str, out: Path, status: int = 200
 ) -> list[str]:
@@ -241,19 +247,31 @@ def test_every_page_is_accessible_quiet_and_fits_a_phone(
 ) -> None:
     with _signed_in(chromium, plant, username) as page:
         watch = PageWatch(page)
-        pages = {"home": "/", "whoami": "/whoami"}
-        for path in _nav_paths(page):
-            pages[path.strip("/").replace("/", "-")] = path
-        assert len(pages) > 3, pages  # the nav offered the role's pages
-        if "/recordings" in pages.values():
+        nav = _nav_paths(page)
+        assert len(nav) >= 2, nav  # the nav offered the role's pages
+        # pages every signed-in user reaches (the CLI's sign-in approval too)
+        pages = {"home": "/", "whoami": "/whoami", "cli-activate": "/cli/activate"}
+        if ROLES[username] in ("vendor", "admin"):  # who may sign in an SSH client
+            pages["ssh-approve"] = "/ssh/approve"
+        pages.update({path.strip("/").replace("/", "-"): path for path in nav})
+        if "/recordings" in nav:
             pages["recording"] = f"/recordings/{recording}"
 
         problems: list[str] = []
         for name, path in pages.items():
             problems += check_url(page, watch, plant.url + path, name, artifacts)
+        if "/admin/whatif" in nav:  # the simulator's answer: decision, reasons, input document
+
+            def simulate() -> Response | None:
+                page.goto(plant.url + "/admin/whatif")
+                page.select_option("#user_id", index=1)
+                return _submit(page)
+
+            problems += check_page(page, watch, "whatif-result", artifacts, simulate)
+            assert page.locator("#whatif-result").count() == 1
         problems += check_url(page, watch, plant.url + "/no/such/page", "not-found", artifacts, 404)
         assert page.locator("#error-code").text_content() == "not_found"
-        assert page.locator("header nav a").count() == len(pages) - 2 - ("recording" in pages)
+        assert _nav_paths(page) == nav  # the error page keeps the layout and its navigation
     assert not problems, "\n".join(problems)
 
 
@@ -269,12 +287,9 @@ def test_refusals_and_method_errors_are_pages_in_the_layout(
         page.fill("#reason", "replace the HMI's disk")
         page.eval_on_selector("#request-form input[name=csrf]", "e => { e.value = 'stale'; }")
 
-        def send_stale_form() -> Response | None:
-            with page.expect_navigation() as navigation:
-                page.click("#request-submit")
-            return navigation.value
-
-        problems = check_page(page, watch, "csrf-refused", artifacts, send_stale_form, 400)
+        problems = check_page(
+            page, watch, "csrf-refused", artifacts, lambda: _submit(page, "#request-submit"), 400
+        )
         assert page.locator("#error-code").text_content() == "bad_request"
         assert page.locator("header nav a[href='/vendor']").count() == 1  # still in the layout
         assert _reddish(page, "#error-message")
