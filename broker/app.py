@@ -17,6 +17,8 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -451,6 +453,13 @@ def create_app(
             await svc.policy.aclose()
             await svc.oidc.aclose()
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette answers a 500 outside every middleware: SecurityHeaders never sees it.
+        response = await on_unexpected(request, exc)
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
+
     app = Starlette(
         debug=False,
         routes=[
@@ -475,7 +484,7 @@ def create_app(
         exception_handlers={
             BrokerError: on_broker_error,
             HTTPException: on_http_exception,
-            Exception: on_unexpected,
+            Exception: unexpected,
         },
         lifespan=lifespan,
         middleware=[Middleware(SecurityHeaders, headers=headers, per_path=per_path)],

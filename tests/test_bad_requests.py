@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx2
+import sqlalchemy as sa
 
 from tests.harness.broker import RunningBroker, audit_events, web_login
 
@@ -78,3 +79,24 @@ def test_unknown_paths_and_methods(broker: RunningBroker, http: httpx2.Client) -
     assert security.headers["x-frame-options"] == "DENY"
     assert "default-src 'self'" in security.headers["content-security-policy"]
     assert security.headers["referrer-policy"] == "no-referrer"
+
+
+def test_an_internal_error_is_a_page_in_the_layout_with_the_security_headers(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
+    """The session store fails under a signed-in user: a 500 page (or JSON on /api/) with a
+    reference, no internals, and the same security headers as every other answer."""
+    assert web_login(http, broker.url, "alice", "alice-demo-pw").status_code == 303
+    with broker.services.engine.begin() as db:
+        db.execute(sa.text("DROP TABLE web_sessions"))
+    page = http.get(f"{broker.url}/whoami", headers={"accept": "text/html"})
+    assert page.status_code == 500 and 'id="error-code">internal_error<' in page.text
+    assert "<title>Something went wrong" in page.text and 'id="signin"' in page.text
+    assert "web_sessions" not in page.text and "Traceback" not in page.text
+    assert "style-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    # uvicorn closes the connection after a 500: the next call comes on a new one
+    with httpx2.Client(timeout=30.0, cookies=http.cookies) as again:
+        api = again.get(f"{broker.url}/api/whoami")
+    assert api.status_code == 500 and api.json()["error"] == "internal_error"
+    assert "reference" in api.json()["message"] and "web_sessions" not in api.text
