@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx2
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -54,7 +54,8 @@ from broker.audit_checkpoints import (
 )
 from broker.auth import ApiTokens, WebSessions
 from broker.device_starts import DeviceStarts
-from broker.errors import BrokerError, NotAuthenticated
+from broker.error_pages import on_broker_error, on_http_exception, on_unexpected
+from broker.errors import BrokerError
 from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
 from broker.oidc import OidcClient
@@ -226,12 +227,6 @@ def _checkpoint_targets(svc: Services, notify: Any) -> list[CheckpointTarget]:
     if notify is not None and audit.checkpoint_webhook:
         targets.append(WebhookTarget(notify))
     return targets
-
-
-def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
-        "accept", ""
-    )
 
 
 def build_services(
@@ -459,29 +454,12 @@ def create_app(
             await svc.policy.aclose()
             await svc.oidc.aclose()
 
-    async def on_broker_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BrokerError)
-        if (
-            isinstance(exc, NotAuthenticated)
-            and not _wants_json(request)
-            and request.method == "GET"
-        ):
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"/signin?{urlencode({'next': target})}", status_code=303)
-        if _wants_json(request):
-            return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status)
-        return svc.templates.TemplateResponse(
-            request,
-            "error.html",
-            {"principal": request.scope.get("principal"), "nav": [], "error": exc},
-            status_code=exc.status,
-        )
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        ref = secrets.token_hex(6)
-        log.exception("unhandled error %s on %s %s", ref, request.method, request.url.path)
-        err = BrokerError(f"internal error; reference {ref}", code="internal_error")
-        return await on_broker_error(request, err)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette answers a 500 outside every middleware: SecurityHeaders never sees it.
+        response = await on_unexpected(request, exc)
+        for name, value in headers.items():
+            response.headers.setdefault(name, value)
+        return response
 
     app = Starlette(
         debug=False,
@@ -505,7 +483,11 @@ def create_app(
             *plant_pages.routes,
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
-        exception_handlers={BrokerError: on_broker_error, Exception: on_unexpected},
+        exception_handlers={
+            BrokerError: on_broker_error,
+            HTTPException: on_http_exception,
+            Exception: unexpected,
+        },
         lifespan=lifespan,
         middleware=[Middleware(SecurityHeaders, headers=headers, per_path=per_path)],
     )

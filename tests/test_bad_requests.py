@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx2
+import sqlalchemy as sa
 
 from tests.harness.broker import RunningBroker, audit_events, web_login
 
@@ -60,9 +61,42 @@ def test_cli_authorize_needs_pkce_and_state(broker: RunningBroker, http: httpx2.
 
 
 def test_unknown_paths_and_methods(broker: RunningBroker, http: httpx2.Client) -> None:
-    assert http.get(f"{broker.url}/no/such/page").status_code == 404
-    assert http.delete(f"{broker.url}/login").status_code == 405
+    page = http.get(f"{broker.url}/no/such/page", headers={"accept": "text/html"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert 'id="error-code">not_found<' in page.text and "<title>Page not found" in page.text
+    assert 'class="topbar"' in page.text  # the layout, not a bare "Not Found"
+    wrong = http.delete(f"{broker.url}/login")
+    assert wrong.status_code == 405 and set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert 'id="error-code">method_not_allowed<' in wrong.text
+    for api in (http.get(f"{broker.url}/api/no/such"), http.delete(f"{broker.url}/api/whoami")):
+        assert api.status_code in (404, 405)  # /api/ paths keep JSON errors
+        assert api.json()["error"] in ("not_found", "method_not_allowed")
+    assert http.get(f"{broker.url}/x", headers={"accept": "application/json"}).json() == {
+        "error": "not_found",
+        "message": "there is no page at this address",
+    }
     security = http.get(f"{broker.url}/")
     assert security.headers["x-frame-options"] == "DENY"
     assert "default-src 'self'" in security.headers["content-security-policy"]
     assert security.headers["referrer-policy"] == "no-referrer"
+
+
+def test_an_internal_error_is_a_page_in_the_layout_with_the_security_headers(
+    broker: RunningBroker, http: httpx2.Client
+) -> None:
+    """The session store fails under a signed-in user: a 500 page (or JSON on /api/) with a
+    reference, no internals, and the same security headers as every other answer."""
+    assert web_login(http, broker.url, "alice", "alice-demo-pw").status_code == 303
+    with broker.services.engine.begin() as db:
+        db.execute(sa.text("DROP TABLE web_sessions"))
+    page = http.get(f"{broker.url}/whoami", headers={"accept": "text/html"})
+    assert page.status_code == 500 and 'id="error-code">internal_error<' in page.text
+    assert "<title>Something went wrong" in page.text and 'id="signin"' in page.text
+    assert "web_sessions" not in page.text and "Traceback" not in page.text
+    assert "style-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    # uvicorn closes the connection after a 500: the next call comes on a new one
+    with httpx2.Client(timeout=30.0, cookies=http.cookies) as again:
+        api = again.get(f"{broker.url}/api/whoami")
+    assert api.status_code == 500 and api.json()["error"] == "internal_error"
+    assert "reference" in api.json()["message"] and "web_sessions" not in api.text

@@ -347,10 +347,9 @@ def test_playback_page_runs_asciinema_player(
     problems: list[str] = []
 
     def on_console(message: ConsoleMessage) -> None:
-        # htmx's own indicator <style> is refused by the app-wide CSP on every page, and
-        # there is no favicon: neither is this page's business.
+        # there is no favicon: not this page's business
         where = message.location.get("url", "")
-        if message.type == "error" and not where.endswith(("/htmx.min.js", "/favicon.ico")):
+        if message.type == "error" and not where.endswith("/favicon.ico"):
             problems.append(f"{where}: {message.text}")
 
     page.on("console", on_console)
