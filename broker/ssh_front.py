@@ -57,8 +57,10 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
-from sessions.modbus import ModbusInspector, TokenBucket
-from sessions.models import AssetEndpoint, EndpointProtocol
+from sessions.models import AssetEndpoint
+from sessions.ot.base import ObligationsError
+from sessions.ot.pacing import TokenBucket
+from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
@@ -182,7 +184,7 @@ class FrontDoor:
         self._throttle = AuditThrottle(time.monotonic)
 
     def limiter(self, asset: str, rate: float | None) -> TokenBucket | None:
-        """The Modbus request-rate bucket of one asset, shared by all its connections."""
+        """The OT request-rate bucket of one asset endpoint, shared by all its connections."""
         if rate is None:
             return None
         bucket = self._limiters.get(asset)
@@ -424,7 +426,7 @@ class _Vendor(asyncssh.SSHServer):
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
         """``ssh -L``: only to a declared endpoint of the granted asset that the grant covers.
 
-        Inspection follows the endpoint's declared protocol (Modbus is always inspected,
+        Inspection follows the endpoint's declared protocol (:mod:`sessions.ot.registry`,
         whatever its port); policy decides whether an uninspected protocol may pass.
         """
         try:
@@ -449,7 +451,23 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
             ) from None
-        modbus = endpoint.protocol == EndpointProtocol.MODBUS
+        plugin = plugin_for(endpoint.protocol)
+        obligations = auth.decision.obligations
+        try:
+            inspector = (
+                None
+                if plugin is None
+                else plugin.inspector(
+                    obligations,
+                    self.deps.clock,
+                    self.door.limiter(f"{asset.name}/{endpoint.name}", obligations.rate_limit_rps),
+                )
+            )
+        except ObligationsError as exc:  # fail closed: the policy's block is unusable
+            channel.close()
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
+            ) from None
         session = self.session
         assert session is not None
         self._forward_no += 1
@@ -465,7 +483,8 @@ class _Vendor(asyncssh.SSHServer):
                 number,
                 client=(self.peer or "198.18.0.1", 40000 + number % 20000),
                 server=(endpoint.host, endpoint.port),
-                operations=modbus,
+                operations=inspector is not None,
+                well_known_port=None if plugin is None else plugin.well_known_port,
                 strict=strict,
                 on_failure=cut,
             )
@@ -476,17 +495,6 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
-        inspector = (
-            ModbusInspector(
-                auth.decision.obligations,
-                self.deps.clock,
-                limiter=self.door.limiter(
-                    f"{asset.name}/{endpoint.name}", auth.decision.obligations.rate_limit_rps
-                ),
-            )
-            if modbus
-            else None
-        )
 
         def alert(kind: str, details: dict[str, Any]) -> None:
             self.deps.alert(
@@ -681,7 +689,7 @@ class _Vendor(asyncssh.SSHServer):
         if self.asset_conn is not None:
             self.asset_conn.close()
         for relay in list(self.relays):
-            relay.stop(reason)  # Modbus: answers to requests already sent are still delivered
+            relay.stop(reason)  # OT: answers to requests already sent are still delivered
         if self.conn is not None:
             loop = asyncio.get_running_loop()
             conn = self.conn

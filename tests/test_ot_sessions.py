@@ -100,9 +100,9 @@ def test_read_only_grant_reads_pass_writes_never_reach_the_plc(rig: SshRig, plc:
         proc.kill()
         proc.communicate(5)
     assert plc.holding(10) == [7] and plc.holding(20, 3) == [7, 7, 7]  # PLC-side truth
-    refused = [e for e in audit_events(rig.broker, "modbus.refused")]
-    _until(lambda: len(audit_events(rig.broker, "modbus.refused")) >= 2, "refusal alerts")
-    refused = audit_events(rig.broker, "modbus.refused")
+    refused = [e for e in audit_events(rig.broker, "ot.refused")]
+    _until(lambda: len(audit_events(rig.broker, "ot.refused")) >= 2, "refusal alerts")
+    refused = audit_events(rig.broker, "ot.refused")
     assert {e["details"]["function"] for e in refused} == {6, 16}
 
 
@@ -306,8 +306,8 @@ def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
         proc.communicate(5)
     assert received == struct.pack(">HHHBBBHH", 1, 0, 7, 1, 3, 4, 7, 7)  # only the valid read
     reason = "malformed Modbus request: MBAP protocol id 26214 (must be 0)"
-    _until(lambda: audit_events(rig.broker, "modbus.malformed"), "the malformed-frame event")
-    [event] = audit_events(rig.broker, "modbus.malformed")
+    _until(lambda: audit_events(rig.broker, "ot.malformed"), "the malformed-frame event")
+    [event] = audit_events(rig.broker, "ot.malformed")
     assert event["outcome"] == "refused" and event["details"]["reason"] == reason
     assert event["details"]["raw"] == (bad + after).hex()
 

@@ -1,0 +1,108 @@
+"""Request pacing shared by the inspectors: a token bucket and a FIFO of allowed requests.
+
+Nothing here reads the wall clock: every call takes ``now`` from the inspector's injected clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sessions.clock import Clock
+
+
+class TokenBucket:
+    """Requests-per-second limiter on the injected clock; share one per asset across relays.
+
+    Holds at most ``burst`` tokens (default 1: requests are spaced by at least 1/rate) and starts
+    full.  A clock that steps backwards earns no tokens.
+    """
+
+    def __init__(self, rate: float, clock: Clock, burst: float = 1.0) -> None:
+        if not rate > 0 or not burst >= 1:
+            raise ValueError("TokenBucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = clock.now()
+
+    def _refill(self, now: datetime) -> None:
+        elapsed = (now - self._last).total_seconds()
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._last = now
+
+    def try_take(self, now: datetime) -> bool:
+        """Take one token if there is one at ``now``."""
+        self._refill(now)
+        if self._tokens >= 1 - 1e-9:
+            self._tokens = max(0.0, self._tokens - 1)
+            return True
+        return False
+
+    def available_at(self, now: datetime) -> datetime:
+        """The earliest time a token will be there (``now`` if one already is)."""
+        self._refill(now)
+        missing = 1 - self._tokens
+        if missing <= 1e-9:
+            return now
+        return max(now, self._last) + timedelta(seconds=math.ceil(missing / self.rate * 1e6) / 1e6)
+
+
+@dataclass(slots=True)
+class Queued:
+    """One allowed request waiting for a token: its wire bytes, its key and its ops record."""
+
+    wire: bytes
+    key: Any
+    record: dict[str, Any]
+
+
+class RequestQueue:
+    """Allowed requests in arrival order, released as the bucket allows (no bucket: at once).
+
+    :meth:`push` returns False when ``max_queued`` requests already wait (the caller refuses
+    the request as busy); :meth:`release` returns what may go to the server now, in order.
+    """
+
+    def __init__(self, limiter: TokenBucket | None, max_queued: int = 64) -> None:
+        if max_queued < 1:
+            raise ValueError("max_queued must be positive")
+        self._limiter = limiter
+        self._max = max_queued
+        self._queue: deque[Queued] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        return len(self._queue) >= self._max
+
+    def push(self, item: Queued) -> bool:
+        if self.full:
+            return False
+        self._queue.append(item)
+        return True
+
+    def release(self, now: datetime) -> list[Queued]:
+        out: list[Queued] = []
+        while self._queue:
+            if self._limiter is not None and not self._limiter.try_take(now):
+                break
+            out.append(self._queue.popleft())
+        return out
+
+    def next_at(self, now: datetime) -> datetime | None:
+        """When to poll to release the head of the queue (None: nothing waits)."""
+        if not self._queue or self._limiter is None:
+            return None
+        return self._limiter.available_at(now)
+
+    def discard(self) -> list[Queued]:
+        items = list(self._queue)
+        self._queue.clear()
+        return items

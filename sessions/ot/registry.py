@@ -1,0 +1,18 @@
+"""The inspector plug-ins, keyed by the protocol an endpoint declares (never by port).
+
+Adding a protocol: one module exporting a ``PLUGIN`` and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sessions.ot import modbus
+from sessions.ot.base import ProtocolPlugin
+
+PLUGINS: Mapping[str, ProtocolPlugin] = {plugin.name: plugin for plugin in (modbus.PLUGIN,)}
+
+
+def plugin_for(protocol: str) -> ProtocolPlugin | None:
+    """The plug-in that inspects ``protocol``, or None (relayed as plain TCP, if policy lets)."""
+    return PLUGINS.get(protocol)
