@@ -155,10 +155,13 @@ def test_tune_grant_writes_inside_ranges_only_and_everything_is_recorded(
     require("tshark")  # the pcap was verified; decoding it needs tshark
     pcap = tmp_path / "session.pcap"
     pcap.write_bytes(assemble(pcap_dir))
+    # The test PLC listens on a free port, not 502; the pcap says 502 (its real port is in
+    # the recording's metadata), so stock tshark decodes it with no options.
+    assert plc.port != 502
+    meta = json.loads((pcap_dir / "manifest.json").read_text())["meta"]
+    assert (meta["server_port"], meta["pcap_server_port"]) == (plc.port, 502)
     out = subprocess.run(
-        # The test PLC listens on a free port, not 502: tell tshark it is Modbus/TCP.
-        [TSHARK, "-n", "-r", str(pcap), "-d", f"tcp.port=={plc.port},mbtcp",
-         "-Y", "modbus", "-T", "fields", "-e", "modbus.func_code"],
+        [TSHARK, "-n", "-r", str(pcap), "-Y", "modbus", "-T", "fields", "-e", "modbus.func_code"],
         capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip
     codes = [line.split(",")[0] for line in out.stdout.split()]
@@ -324,7 +327,7 @@ def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
     pcap = tmp_path / "malformed.pcap"
     pcap.write_bytes(assemble(pcap_dir))
     out = subprocess.run(
-        [TSHARK, "-n", "-r", str(pcap), "-Y", f"tcp.dstport=={plc.port} && tcp.len > 0",
+        [TSHARK, "-n", "-r", str(pcap), "-Y", "tcp.dstport==502 && tcp.len > 0",
          "-T", "fields", "-e", "tcp.payload"],
         capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sessions.ot import modbus
+from sessions.ot import modbus, s7
 from sessions.ot.base import ProtocolPlugin
 
 PLUGINS: Mapping[str, ProtocolPlugin] = {plugin.name: plugin for plugin in (modbus.PLUGIN,)}
