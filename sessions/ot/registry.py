@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from sessions.ot import modbus, s7
 from sessions.ot.base import ProtocolPlugin
 
-PLUGINS: Mapping[str, ProtocolPlugin] = {plugin.name: plugin for plugin in (modbus.PLUGIN,)}
+# One line per protocol: the name endpoints declare -> its plug-in.
+PLUGINS: Mapping[str, ProtocolPlugin] = {
+    "modbus": modbus.PLUGIN,
+    "s7": s7.PLUGIN,
+}
 
 
 def plugin_for(protocol: str) -> ProtocolPlugin | None:

@@ -67,8 +67,10 @@ from sessions.ot.s7_wire import (
     AREA_CODES,
     AREAS,
     CR,
+    DC,
     DOWNLOAD_BLOCK,
     DOWNLOAD_ENDED,
+    DR,
     DT,
     JOB,
     PLC_CONTROL,
@@ -178,11 +180,11 @@ class S7Inspector:
             replies += reply
             if record is not None:
                 records.append(record)
+        forward += self._release(now)  # what came before a malformed frame still goes
         if error is not None:
             return self._malformed(
                 now, "request", error, rest, records, bytes(forward), bytes(replies)
             )
-        forward += self._release(now)
         return Verdicts(
             bytes(forward), bytes(replies), tuple(records), None, self._queue.next_at(now)
         )
@@ -227,6 +229,8 @@ class S7Inspector:
     def _client_frame(self, frame: Tpkt) -> tuple[bytes, bytes, Record | None]:
         if frame.cotp_type == CR and not self._connected:
             self._connected = True
+            return frame.raw, b"", None
+        if frame.cotp_type in (DR, DC) and self._connected:  # disconnect: passes as it is
             return frame.raw, b"", None
         if frame.cotp_type != DT or not self._connected:
             raise S7ProtocolError(

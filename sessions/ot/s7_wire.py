@@ -156,7 +156,10 @@ class S7Pdu:
 
     @property
     def function(self) -> int | None:
-        return self.params[0] if self.rosctr in (JOB, ACK_DATA, ACK) and self.params else None
+        """Jobs: the function code; userdata: ``0x4SUB`` style, group * 256 + sub-function."""
+        if self.rosctr == USERDATA:
+            return (self.params[5] & 0x0F) * 256 + self.params[6]
+        return self.params[0] if self.params else None
 
 
 def parse_pdu(pdu: bytes) -> S7Pdu:
