@@ -106,3 +106,91 @@ class RequestQueue:
         items = list(self._queue)
         self._queue.clear()
         return items
+
+
+class RequestFlow:
+    """The allowed requests of one connection: queued (paced), then pending until answered.
+
+    Shared by the inspectors whose requests are answered one by one under a key (S7: the PDU
+    reference; EtherNet/IP: the sender context or the connected sequence count). Records are
+    the ops-log dicts; ``result`` is set on them here (``not_sent``, ``no_response``).
+    """
+
+    def __init__(self, limiter: TokenBucket | None, max_queued: int = 64) -> None:
+        self.queue = RequestQueue(limiter, max_queued)
+        self.pending: dict[Any, dict[str, Any]] = {}
+        self.closed: str | None = None
+        self.closing = False
+        # Answers in request order: the broker's refusals wait behind earlier allowed requests
+        # (clients such as cpppo's match answers by order); entries are [key, refusal, done].
+        self._order: deque[list[Any]] = deque()
+        self._entries: dict[Any, list[Any]] = {}
+
+    def push(self, item: Queued) -> bool:
+        """Queue an allowed request (False: the queue is full)."""
+        if not self.queue.push(item):
+            return False
+        entry = [item.key, None, False]
+        self._order.append(entry)
+        self._entries[item.key] = entry
+        return True
+
+    def refuse(self, reply: bytes) -> bytes:
+        """The broker's answer to a refused request: now, or held until earlier ones are."""
+        if not self._order:
+            return reply
+        self._order.append([None, reply, True])
+        return b""
+
+    def ready(self) -> bytes:
+        """Refusals whose earlier requests have all been answered (or given up)."""
+        out = bytearray()
+        while self._order and self._order[0][2]:
+            out += self._order.popleft()[1] or b""
+        return bytes(out)
+
+    def _done(self, key: Any) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            entry[2] = True
+
+    @property
+    def accepting(self) -> bool:
+        return not self.queue.full and not self.closing
+
+    @property
+    def drained(self) -> bool:
+        return not self.pending
+
+    def release(self, now: datetime) -> bytes:
+        """Wire bytes of the requests due now (they become pending)."""
+        if self.closed is not None or self.closing:
+            return b""
+        out = bytearray()
+        for item in self.queue.release(now):
+            self.pending[item.key] = item.record
+            out += item.wire
+        return bytes(out)
+
+    def answered(self, key: Any) -> dict[str, Any] | None:
+        self._done(key)
+        return self.pending.pop(key, None)
+
+    def discard(self, reason: str) -> list[dict[str, Any]]:
+        records = []
+        for item in self.queue.discard():
+            self._done(item.key)
+            item.record.update(result="not_sent", reason=reason)
+            records.append(item.record)
+        return records
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.closing = True
+        records = self.discard("connection ended")
+        for record in self.pending.values():
+            record.update(result="no_response", reason="connection ended before answer")
+            records.append(record)
+        self.pending.clear()
+        self._order.clear()
+        self._entries.clear()
+        return records

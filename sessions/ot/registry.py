@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sessions.ot import modbus, s7
+from sessions.ot import enip, modbus, s7
 from sessions.ot.base import ProtocolPlugin
 
 # One line per protocol: the name endpoints declare -> its plug-in.
 PLUGINS: Mapping[str, ProtocolPlugin] = {
     "modbus": modbus.PLUGIN,
     "s7": s7.PLUGIN,
+    "enip": enip.PLUGIN,
 }
 
 

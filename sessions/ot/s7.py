@@ -60,7 +60,7 @@ from sessions.ot.base import (
     malformed_record,
     protocol_block,
 )
-from sessions.ot.pacing import Queued, RequestQueue, TokenBucket
+from sessions.ot.pacing import Queued, RequestFlow, TokenBucket
 from sessions.ot.s7_wire import (
     ACK,
     ACK_DATA,
@@ -147,27 +147,24 @@ class S7Inspector:
                  limiter: TokenBucket | None = None, max_queued: int = 64) -> None:  # fmt: skip
         self._clock = clock
         self._allowed, self._ranges = s7_obligations(obligations)
-        self._queue = RequestQueue(limiter, max_queued)
+        self._flow = RequestFlow(limiter, max_queued)
         self._client, self._server = TpktFramer(), TpktFramer()
         self._fragments: list[Tpkt] = []
-        self._pending: dict[int, Record] = {}
         self._server_jobs: set[int] = set()
         self._connected = False
-        self._closed: str | None = None
-        self._closing = False
 
     @property
     def accepting(self) -> bool:
-        return not self._queue.full and not self._closing
+        return self._flow.accepting
 
     @property
     def drained(self) -> bool:
-        return not self._pending
+        return self._flow.drained
 
     def from_client(self, data: bytes) -> Verdicts:
         now = self._clock.now()
-        if self._closed is not None or self._closing:
-            return Verdicts(close=self._closed)
+        if self._flow.closed is not None or self._flow.closing:
+            return Verdicts(close=self._flow.closed)
         frames, rest, error = self._client.feed(data)
         forward, replies, records = bytearray(), bytearray(), []
         for i, frame in enumerate(frames):
@@ -180,13 +177,13 @@ class S7Inspector:
             replies += reply
             if record is not None:
                 records.append(record)
-        forward += self._release(now)  # what came before a malformed frame still goes
+        forward += self._flow.release(now)  # what came before a malformed frame still goes
         if error is not None:
             return self._malformed(
                 now, "request", error, rest, records, bytes(forward), bytes(replies)
             )
         return Verdicts(
-            bytes(forward), bytes(replies), tuple(records), None, self._queue.next_at(now)
+            bytes(forward), bytes(replies), tuple(records), None, self._flow.queue.next_at(now)
         )
 
     def from_server(self, data: bytes) -> Verdicts:
@@ -199,30 +196,25 @@ class S7Inspector:
             except S7ProtocolError as exc:
                 error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
                 break
-            answers += frame.raw
+            answers += frame.raw + self._flow.ready()
             if record is not None:
                 records.append(record)
         if error is not None:
             return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
-        return Verdicts(self._release(now), bytes(answers), tuple(records), self._closed,
-                        self._queue.next_at(now))  # fmt: skip
+        return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
+                        self._flow.queue.next_at(now))  # fmt: skip
 
     def poll(self) -> Verdicts:
         now = self._clock.now()
-        return Verdicts(self._release(now), poll_at=self._queue.next_at(now))
+        return Verdicts(self._flow.release(now), poll_at=self._flow.queue.next_at(now))
 
     def begin_close(self, reason: str) -> Verdicts:
-        self._closing = True
-        return Verdicts(records=tuple(self._discard(f"session closing: {reason}")))
+        self._flow.closing = True
+        records = tuple(self._flow.discard(f"session closing: {reason}"))
+        return Verdicts(to_client=self._flow.ready(), records=records)
 
     def finish(self) -> list[Record]:
-        self._closing = True
-        records = self._discard("connection ended")
-        for record in self._pending.values():
-            record.update(result="no_response", reason="connection ended before answer")
-            records.append(record)
-        self._pending.clear()
-        return records
+        return self._flow.finish()
 
     # -- client side ----------------------------------------------------------------------
 
@@ -262,16 +254,16 @@ class S7Inspector:
                        addresses=[i.describe() for i in pdu.items] or None,
                        values=[v.hex() for v in pdu.values] or None)  # fmt: skip
         refusal = self._check(name, pdu)
-        if refusal is None and self._queue.full:
+        if refusal is None and self._flow.queue.full:
             refusal = "request queue full"
         record = op.as_record(pdu_ref=pdu.ref, error=None)
         if refusal is None:
             record.update(allowed=True, reason=f"{name} allowed")
-            self._queue.push(Queued(wire, pdu.ref, record))
+            self._flow.push(Queued(wire, pdu.ref, record))
             return b"", b"", None
         record.update(reason=refusal, result="refused")
         reply = job_refusal(pdu) if pdu.rosctr == JOB else userdata_refusal(pdu)
-        return b"", reply, record
+        return b"", self._flow.refuse(reply), record
 
     def _check(self, name: str, pdu: S7Pdu) -> str | None:
         if name not in self._allowed:
@@ -301,7 +293,7 @@ class S7Inspector:
         if pdu.rosctr == JOB and pdu.params[0] in (DOWNLOAD_BLOCK, DOWNLOAD_ENDED):
             self._server_jobs.add(pdu.ref)  # the PLC pulls a block the client may answer
             return None
-        record = self._pending.pop(pdu.ref, None)
+        record = self._flow.answered(pdu.ref)
         if record is None:
             return None
         error = pdu.error
@@ -313,22 +305,6 @@ class S7Inspector:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _release(self, now: Any) -> bytes:
-        if self._closed is not None or self._closing:
-            return b""
-        out = bytearray()
-        for item in self._queue.release(now):
-            self._pending[item.key] = item.record
-            out += item.wire
-        return bytes(out)
-
-    def _discard(self, reason: str) -> list[Record]:
-        records = []
-        for item in self._queue.discard():
-            item.record.update(result="not_sent", reason=reason)
-            records.append(item.record)
-        return records
-
     def _malformed(self, now: Any, what: str, error: S7ProtocolError, rest: bytes,
                    records: list[Record], forward: bytes, replies: bytes) -> Verdicts:  # fmt: skip
         framer = self._client if what == "request" else self._server
@@ -336,10 +312,10 @@ class S7Inspector:
         if what == "request":
             stopped = b"".join(f.raw for f in self._fragments) + stopped
             self._fragments = []
-        self._closed = self._closed or f"malformed S7 {what}: {error.message}"
-        records.append(malformed_record(now, "s7", stopped, self._closed))
-        records += self._discard(self._closed)
-        return Verdicts(forward, replies, tuple(records), self._closed, None, stopped)
+        closed = self._flow.closed = self._flow.closed or f"malformed S7 {what}: {error.message}"
+        records.append(malformed_record(now, "s7", stopped, closed))
+        records += self._flow.discard(closed)
+        return Verdicts(forward, replies, tuple(records), closed, None, stopped)
 
 
 def _describe(r: S7Range) -> str:

@@ -47,12 +47,17 @@ class EnipSimulator:
              *tags],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_until(self._answers, "the EtherNet/IP simulator to listen")
+        self._probe = tags[0].split("=")[0] + ("[0]" if "[" in tags[0] else "")
+        try:
+            wait_until(self._answers, "the EtherNet/IP simulator to listen")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         assert self.proc.poll() is None, self.proc.communicate()[1]
         with contextlib.suppress(Exception):
-            self.read("Ready")
+            self.read(self._probe)
             return True
         return False
 
@@ -67,6 +72,8 @@ class EnipSimulator:
 
     def stop(self) -> None:
         self.proc.terminate()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
