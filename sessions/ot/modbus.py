@@ -1,8 +1,7 @@
-"""Modbus/TCP inspection: MBAP framing, request/response decoding, policy enforcement (sans-IO).
+"""Modbus/TCP inspection: policy enforcement (sans-IO; framing and decoding: modbus_wire).
 
-The relay between a vendor's tool (the *client*) and the PLC (the *server*) hands every byte it
-reads to a :class:`ModbusInspector` and writes back only what the inspector returns.  Nothing
-here does I/O or reads the wall clock: time comes from the injected :class:`Clock`.
+The relay hands every byte to a :class:`ModbusInspector` and writes back only what it returns;
+no I/O here, time from the injected :class:`Clock`.
 
 Obligations (``obligations.protocols.modbus``, else the legacy ``obligations.modbus``;
 docs/policy.md "OT operation table")::
@@ -18,9 +17,8 @@ wholly inside the union of the ranges of *its own table* that apply to the reque
 (a range with ``unit_ids`` None applies to every unit); a table with no such range takes no
 writes.  Addresses are PDU addresses (0-based, as on the wire).  FC 21 (write file record) is
 confined by no range: only the function-code list admits it.  FC 43 passes only as MEI type 14
-(read device identification).  ``obligations=None`` means the read-only default: FC 1, 2, 3, 4
-and 43/14, no writes, any unit id, no rate limit.  Deny by default: a function code that is not
-listed is refused.
+(read device identification).  ``obligations=None``: FC 1-4 and 43/14, no writes, any unit id,
+no rate limit.  Deny by default: a function code that is not listed is refused.
 
 Outcomes per client request, in this order:
 
@@ -43,18 +41,7 @@ Outcomes per client request, in this order:
   concurrency cap allow it.  Exception responses go straight back to the client with the
   request's transaction and unit ids; the connection stays up.
 
-Driving it (the I/O relay, one inspector per client connection)::
-
-    v = inspector.from_client(data)   # or from_server(data), poll(), begin_close(reason)
-    plc.write(v.to_server); client.write(v.to_client); ops_log.extend(v.records)
-    pcap.record(v.malformed, same direction as data)   # stopped, never forwarded
-    if v.poll_at: arm a timer for v.poll_at (replacing the previous one) -> poll()
-    if v.close: audit it, stop reading the client, drain, close
-    read from the client only while inspector.accepting (TCP backpressure on a flood)
-
-Ending a session: ``begin_close(reason)``, keep relaying ``from_server`` until
-``inspector.drained`` or a short bound (a transaction already at the PLC gets its answer),
-then log ``finish()`` and close both sockets.
+Driving it and ending a session (OT-safe drain): :mod:`sessions.ot.base`.
 """
 
 from __future__ import annotations
@@ -73,7 +60,6 @@ from policies.decision import (
 from sessions.clock import Clock
 from sessions.ot.base import (
     ObligationsError,
-    OpClass,
     Operation,
     ProtocolPlugin,
     Record,
@@ -84,8 +70,6 @@ from sessions.ot.base import (
 )
 from sessions.ot.modbus_settings import validate_modbus_settings
 from sessions.ot.modbus_wire import (
-    DANGEROUS_FUNCTION_CODES,
-    FUNCTION_NAMES,
     MEI_READ_DEVICE_ID,
     READ_ONLY_FUNCTION_CODES,
     TABLE_NOUNS,
@@ -97,10 +81,13 @@ from sessions.ot.modbus_wire import (
     Request,
     Response,
     exception_response,
+    feed_frames,
     function_name,
+    operation_class,
     parse_request,
     parse_response,
     reference_range,
+    stopped_bytes,
 )
 from sessions.ot.pacing import TokenBucket
 
@@ -206,7 +193,7 @@ class ModbusInspector:
         records = self._expire(now)
         forward = bytearray()
         replies = bytearray()
-        frames, unparsed, error = _feed(self._client, data)
+        frames, unparsed, error = feed_frames(self._client, data)
         bad_at = len(frames)
         for i, frame in enumerate(frames):
             try:
@@ -230,7 +217,7 @@ class ModbusInspector:
         malformed = b""
         if error is not None:
             self._closed = f"malformed Modbus request: {error.message}"
-            malformed = _stopped(self._client, frames[bad_at:], unparsed, error)
+            malformed = stopped_bytes(self._client, frames[bad_at:], unparsed, error)
             records.append(_malformed_record(now, malformed, self._closed))
             records += self._discard_queue(self._closed)
         return self._verdicts(now, bytes(forward), bytes(replies), records, malformed)
@@ -242,7 +229,7 @@ class ModbusInspector:
             return Verdicts(close=self._closed)
         records = self._expire(now)
         answers = bytearray()
-        frames, unparsed, error = _feed(self._server, data)
+        frames, unparsed, error = feed_frames(self._server, data)
         bad_at = len(frames)
         for i, frame in enumerate(frames):
             pending = self._in_flight.get(frame.transaction_id)
@@ -261,7 +248,7 @@ class ModbusInspector:
             self._server_broken = True
             reason = f"malformed Modbus response: {error.message}"
             self._closed = self._closed or reason
-            malformed = _stopped(self._server, frames[bad_at:], unparsed, error)
+            malformed = stopped_bytes(self._server, frames[bad_at:], unparsed, error)
             records.append(_malformed_record(now, malformed, reason))
             records += self._discard_queue(self._closed)
         return self._verdicts(now, self._forward(now), bytes(answers), records, malformed)
@@ -452,21 +439,6 @@ class ModbusInspector:
         return Verdicts(to_server, to_client, tuple(records), self._closed, poll_at, malformed)
 
 
-def _feed(framer: MbapFramer, data: bytes) -> tuple[list[Frame], bytes, ModbusProtocolError | None]:
-    """The frames ``data`` completes, the bytes from a broken header on, and the error."""
-    try:
-        return framer.feed(data), b"", None
-    except ModbusProtocolError as exc:
-        return list(exc.frames), exc.unparsed, exc
-
-
-def _stopped(
-    framer: MbapFramer, frames: list[Frame], unparsed: bytes, error: ModbusProtocolError
-) -> bytes:
-    """Everything from the malformed frame on: its frames, unparsed bytes, what was held back."""
-    return b"".join(f.encode() for f in frames) + unparsed + framer.fail(error.message)
-
-
 def _malformed_record(now: datetime, raw: bytes, reason: str) -> Record:
     """The ops-log record of stopped bytes; ids and function code read from the MBAP header."""
     fc = raw[7] if len(raw) > 7 else None
@@ -502,15 +474,6 @@ def _merge(ranges: tuple[WriteRange, ...], table: str, unit: int) -> list[tuple[
         else:
             merged.append((first, last))
     return merged
-
-
-def operation_class(fc: int) -> str:
-    """The OT operation table's column of a function code (unknown codes are dangerous)."""
-    if fc in DANGEROUS_FUNCTION_CODES or fc not in FUNCTION_NAMES:
-        return OpClass.DANGEROUS
-    if fc in WRITE_TABLE or fc == 21:
-        return OpClass.WRITE
-    return OpClass.READ
 
 
 def modbus_obligations(obligations: Obligations | None) -> ModbusObligations:

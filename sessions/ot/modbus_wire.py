@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 from policies.decision import COILS, HOLDING_REGISTERS
 from sessions.errors import SessionsError
+from sessions.ot.base import OpClass
 
 MBAP_HEADER_LEN = 7
 MAX_PDU_LEN = 253
@@ -433,3 +434,29 @@ def reference_range(function_code: int, start: int, quantity: int) -> str | None
     width = 4 if last <= 9999 else 5
     first_ref = f"{prefix}{start + 1:0{width}d}"
     return first_ref if quantity == 1 else f"{first_ref}\u2013{prefix}{last:0{width}d}"
+
+
+def feed_frames(
+    framer: MbapFramer, data: bytes
+) -> tuple[list[Frame], bytes, ModbusProtocolError | None]:
+    """The frames ``data`` completes, the bytes from a broken header on, and the error."""
+    try:
+        return framer.feed(data), b"", None
+    except ModbusProtocolError as exc:
+        return list(exc.frames), exc.unparsed, exc
+
+
+def stopped_bytes(
+    framer: MbapFramer, frames: list[Frame], unparsed: bytes, error: ModbusProtocolError
+) -> bytes:
+    """Everything from the malformed frame on: its frames, unparsed bytes, what was held back."""
+    return b"".join(f.encode() for f in frames) + unparsed + framer.fail(error.message)
+
+
+def operation_class(fc: int) -> str:
+    """The OT operation table's column of a function code (unknown codes are dangerous)."""
+    if fc in DANGEROUS_FUNCTION_CODES or fc not in FUNCTION_NAMES:
+        return OpClass.DANGEROUS
+    if fc in WRITE_TABLE or fc == 21:
+        return OpClass.WRITE
+    return OpClass.READ
