@@ -277,7 +277,7 @@ def enip_obligations(obligations: Obligations | None) -> frozenset[str]:
     where = "obligations.protocols.enip"
     try:
         unknown_keys(block, {"allow"}, where, "key(s)")
-        allow = block.get("allow") or []
+        allow = block.get("allow", [])
         if not isinstance(allow, list) or not set(allow) <= set(OPERATIONS):
             raise fail(f"{where}.allow", f"must be a list of {', '.join(OPERATIONS)}")
     except ValidationError as exc:

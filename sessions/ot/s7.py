@@ -355,10 +355,10 @@ def s7_obligations(obligations: Obligations | None) -> tuple[frozenset[str], tup
     where = "obligations.protocols.s7"
     try:
         unknown_keys(block, {"allow", "write_ranges"}, where, "key(s)")
-        allow = block.get("allow") or []
+        allow = block.get("allow", [])
         if not isinstance(allow, list) or not set(allow) <= set(OPERATIONS):
             raise fail(f"{where}.allow", f"must be a list of {', '.join(OPERATIONS)}")
-        ranges = block.get("write_ranges") or []
+        ranges = block.get("write_ranges", [])
         if not isinstance(ranges, list):
             raise fail(f"{where}.write_ranges", "must be a list of ranges")
         parsed = tuple(
