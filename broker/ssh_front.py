@@ -465,6 +465,14 @@ class _Vendor(asyncssh.SSHServer):
             )
         except ObligationsError as exc:  # fail closed: the policy's block is unusable
             channel.close()
+            self.deps.audit_async(
+                "ot.obligations_refused",
+                actor=self.user_id or "unknown",
+                outcome="error",
+                subject=f"asset:{asset.name}",
+                details={"endpoint": endpoint.name, "protocol": endpoint.protocol,
+                         "reason": exc.message},
+            )  # fmt: skip
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
             ) from None
