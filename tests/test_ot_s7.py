@@ -20,9 +20,12 @@ import snap7
 from snap7.error import S7ProtocolError as ClientRefused
 from snap7.s7protocol import S7Protocol
 from snap7.type import Area, WordLen
+from sqlmodel import select
 
 from policies.decision import Obligations
+from sessions.db import session_scope
 from sessions.errors import ValidationError
+from sessions.models import Recording
 from sessions.ot.base import ObligationsError
 from sessions.ot.registry import plugin_for
 from sessions.ot.s7 import READ_ONLY, S7Inspector, operation_of, validate_s7_settings
@@ -34,6 +37,7 @@ from tests.harness.components import needs, require
 from tests.harness.ot_peers import S7Plc
 from tests.harness.ssh_session import SshRig
 from tests.test_ot_sessions import _forward, _recordings, _until, _wait_closed
+from tests.test_ot_ui import _login, _rows
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 COTP_CR = bytes.fromhex("0300001611e00000000100c0010ac1020100c2020102")
@@ -68,8 +72,6 @@ def pdu_of(frame: bytes) -> bytes:
 
 def test_read_only_default_reads_pass_writes_and_stop_are_refused_in_s7_terms() -> None:
     insp = connected(None)  # no obligations: the read-only default
-    read = read_db(0, 8)
-    assert insp.from_client(read).to_server == read
     for frame, name in ((write_db(0, b"\x01"), "write_var"),
                         (wrap(proto.build_plc_control_request("stop")), "plc_stop"),
                         (wrap(proto.build_plc_control_request("hot_start")), "plc_start")):  # fmt: skip
@@ -82,12 +84,21 @@ def test_read_only_default_reads_pass_writes_and_stop_are_refused_in_s7_terms() 
         assert (record["function_name"], record["allowed"], record["result"]) == (
             name, False, "refused")  # fmt: skip
         assert record["protocol"] == "s7" and record["reason"] == f"S7 {name} not allowed"
+    read = read_db(0, 8)
+    assert insp.from_client(read).to_server == read
+    # a refusal while a request is at the PLC waits for that answer: answers stay in order
+    v = insp.from_client(write_db(0, b"\x01"))
+    assert v.to_client == b"" and v.records[0]["result"] == "refused"
+    ref = parse_pdu(pdu_of(read)).ref
+    answer = wrap(struct.pack(">BBHHHHH", 0x32, ACK_DATA, 0, ref, 2, 12, 0) + b"\x04\x01"
+                  + b"\xff\x04\x00\x40" + bytes(8))  # fmt: skip
+    v = insp.from_server(answer)
+    assert v.to_client.startswith(answer) and v.records[0]["result"] == "ok"
+    assert parse_pdu(pdu_of(v.to_client[len(answer) :])).error == 0x8703
 
 
 def test_tune_writes_land_only_inside_the_declared_byte_ranges() -> None:
     insp = connected()
-    inside = write_db(10, b"\x01\x02\x03\x04\x05\x06")  # bytes 10..15
-    assert insp.from_client(inside).to_server == inside
     for frame, where in ((write_db(14, b"\x01\x02\x03"), "DB1.DBB 14\u201316"),
                          (write_db(0, b"\x01", db=2), "DB2.DBB 0")):  # fmt: skip
         v = insp.from_client(frame)
@@ -95,6 +106,8 @@ def test_tune_writes_land_only_inside_the_declared_byte_ranges() -> None:
         assert v.records[0]["reason"] == (
             f"S7 write to {where} outside the write ranges (DB1 0\u201315)"
         )
+    inside = write_db(10, b"\x01\x02\x03\x04\x05\x06")  # bytes 10..15
+    assert insp.from_client(inside).to_server == inside
     assert operation_of(parse_pdu(pdu_of(wrap(proto.build_plc_control_request("stop"))))) == (
         "plc_stop"
     )
@@ -280,6 +293,7 @@ def test_tune_writes_inside_land_outside_and_stop_are_refused_and_tshark_decodes
     assert [(o["function_name"], o["allowed"]) for o in ops] == [
         ("write_var", True), ("write_var", False), ("write_var", False), ("plc_stop", False),
     ]  # fmt: skip
+    _timeline_shows_s7(rig)
     require("tshark")
     tshark = shutil.which("tshark")
     assert tshark is not None and s7plc.port != 102
@@ -291,3 +305,23 @@ def test_tune_writes_inside_land_outside_and_stop_are_refused_and_tshark_decodes
     )  # fmt: skip
     funcs = out.stdout.split()
     assert "0x05" in funcs and "0x29" in funcs and "0xf0" in funcs, out.stdout
+
+
+def _timeline_shows_s7(rig: SshRig) -> None:
+    """The one operations timeline shows S7 records in S7 terms, refusals and stop marked."""
+    engine = rig.broker.services.engine
+
+    def ops_row() -> str | None:
+        with session_scope(engine) as db:
+            row = db.exec(select(Recording).where(Recording.format == "ops_jsonl")).first()
+            return row.id if row is not None and row.finalized_at is not None else None
+
+    _until(ops_row, "the ops-log row to be finalized")
+    with _login(rig.broker, "sam") as sam:  # security reviewer
+        page = sam.get(f"{rig.broker.url}/recordings/{ops_row()}/operations")
+    assert page.status_code == 200, page.text
+    written, outside, straddling, stop = _rows(page.text)
+    assert "s7 5" in written and "write_var" in written and "DB1.DBB 4\u20135" in written
+    assert "op-refused" not in written and "op-write" in written
+    assert "op-refused" in outside and "DB1.DBB 20" in outside and "op-refused" in straddling
+    assert "op-dangerous" in stop and "plc_stop" in stop and "S7 plc_stop not allowed" in stop
