@@ -42,7 +42,7 @@ import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
-from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
+from broker.agent_gateway import AgentChannel, AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.front_credentials import CredentialWatch, FrontCredentials
@@ -58,7 +58,7 @@ from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
 from sessions.models import AssetEndpoint
-from sessions.ot.base import ObligationsError
+from sessions.ot.base import Inspector, ObligationsError, ProtocolPlugin
 from sessions.ot.pacing import TokenBucket
 from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
@@ -452,30 +452,7 @@ class _Vendor(asyncssh.SSHServer):
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
             ) from None
         plugin = plugin_for(endpoint.protocol)
-        obligations = auth.decision.obligations
-        try:
-            inspector = (
-                None
-                if plugin is None
-                else plugin.inspector(
-                    obligations,
-                    self.deps.clock,
-                    self.door.limiter(f"{asset.name}/{endpoint.name}", obligations.rate_limit_rps),
-                )
-            )
-        except ObligationsError as exc:  # fail closed: the policy's block is unusable
-            channel.close()
-            self.deps.audit_async(
-                "ot.obligations_refused",
-                actor=self.user_id or "unknown",
-                outcome="error",
-                subject=f"asset:{asset.name}",
-                details={"endpoint": endpoint.name, "protocol": endpoint.protocol,
-                         "reason": exc.message},
-            )  # fmt: skip
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
-            ) from None
+        inspector = self._inspector(plugin, asset.name, endpoint, auth, channel)
         session = self.session
         assert session is not None
         self._forward_no += 1
@@ -539,6 +516,36 @@ class _Vendor(asyncssh.SSHServer):
                 self.relays.discard(relay)
 
         return SSHTCPStreamSession(pipe)
+
+    def _inspector(
+        self,
+        plugin: ProtocolPlugin | None,
+        asset: str,
+        endpoint: AssetEndpoint,
+        auth: Authorization,
+        channel: AgentChannel,
+    ) -> Inspector | None:
+        """The endpoint protocol's inspector (None: plain TCP); a policy block the protocol
+        module refuses closes the channel, is audited and refuses the forward (fail closed)."""
+        if plugin is None:
+            return None
+        obligations = auth.decision.obligations
+        limiter = self.door.limiter(f"{asset}/{endpoint.name}", obligations.rate_limit_rps)
+        try:
+            return plugin.inspector(obligations, self.deps.clock, limiter)
+        except ObligationsError as exc:
+            channel.close()
+            self.deps.audit_async(
+                "ot.obligations_refused",
+                actor=self.user_id or "unknown",
+                outcome="error",
+                subject=f"asset:{asset}",
+                details={"endpoint": endpoint.name, "protocol": endpoint.protocol,
+                         "reason": exc.message},
+            )  # fmt: skip
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
+            ) from None
 
     # ---- session set-up -----------------------------------------------------------------
 
