@@ -1,6 +1,6 @@
 """The Modbus/TCP inspector: framing, decoding, enforcement, ops log; then a real pymodbus PLC.
 
-Unit tests drive :class:`sessions.modbus.ModbusInspector` with a ManualClock.  The integration
+Unit tests drive :class:`sessions.ot.modbus.ModbusInspector` with a ManualClock.  The integration
 tests put a tiny asyncio relay (driving the inspector the way the broker's relay must) between
 a real pymodbus client and a real pymodbus ``ModbusTcpServer`` on 127.0.0.1.
 """

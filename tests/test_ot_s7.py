@@ -325,3 +325,14 @@ def _timeline_shows_s7(rig: SshRig) -> None:
     assert "op-refused" not in written and "op-write" in written
     assert "op-refused" in outside and "DB1.DBB 20" in outside and "op-refused" in straddling
     assert "op-dangerous" in stop and "plc_stop" in stop and "S7 plc_stop not allowed" in stop
+
+
+def test_write_data_longer_than_its_address_says_is_malformed_not_forwarded() -> None:
+    # params: one byte at DB1.DBB 15 (inside the range); data: 8 bytes that would spill over
+    honest = pdu_of(write_db(15, b"\x01"))
+    ref = parse_pdu(honest).ref
+    params = honest[10:24]
+    data = b"\x00\x04" + struct.pack(">H", 64) + bytes(8)
+    head = struct.pack(">BBHHHH", 0x32, 1, 0, ref, len(params), len(data))
+    v = connected().from_client(wrap(head + params + data))
+    assert v.to_server == b"" and v.close is not None and "8 bytes for an item of 1" in v.close

@@ -184,6 +184,11 @@ def parse_pdu(pdu: bytes) -> S7Pdu:
     if rosctr == JOB and params[0] in (READ_VAR, WRITE_VAR):
         items = _items(params)
         values = _values(data, len(items)) if params[0] == WRITE_VAR else ()
+        for item, value in zip(items, values, strict=False):
+            if len(value) != item.length:  # the data, not the address, is what gets written
+                raise S7ProtocolError(
+                    f"S7 write data of {len(value)} bytes for an item of {item.length}"
+                )
         return S7Pdu(rosctr, ref, params, data, error, items, values)
     return S7Pdu(rosctr, ref, params, data, error)
 
