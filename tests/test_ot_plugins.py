@@ -7,7 +7,7 @@ test_modbus_inspector.py, test_ot_s7.py and test_ot_enip.py.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from snap7.s7protocol import S7Protocol
@@ -110,3 +110,19 @@ def test_ending_drops_queued_requests_and_logs_unanswered_ones() -> None:
     assert not insp.accepting and insp.from_client(read_db(4)).to_server == b""
     [left] = insp.finish()
     assert left["result"] == "no_response" and left["addresses"] == ["DB1.DBB 0\u20131"]
+
+
+def test_an_unanswered_request_times_out_and_frees_the_refusals_behind_it() -> None:
+    clock = ManualClock(T0)
+    insp = S7Inspector(None, clock)
+    insp.from_client(COTP_CR)
+    assert insp.from_client(read_db(0)).poll_at == T0 + timedelta(seconds=5)
+    write = wrap(proto.build_write_request(Area.DB, 1, 0, WordLen.Byte, b"\x01"))
+    held = insp.from_client(write)
+    assert held.to_client == b"" and held.records[0]["result"] == "refused"
+    clock.advance(4.9)
+    assert insp.poll().to_client == b""
+    clock.advance(0.1)
+    v = insp.poll()
+    assert [r["result"] for r in v.records] == ["no_response"] and insp.drained
+    assert v.to_client[7:9] == b"\x32\x03"  # the held refusal: an S7 Ack-Data

@@ -143,7 +143,8 @@ class EnipInspector:
         if self._flow.closed is not None or self._flow.closing:
             return Verdicts(close=self._flow.closed)
         frames, rest, error = self._client.feed(data)
-        forward, replies, records = bytearray(), bytearray(), []
+        records = self._flow.expire(now)
+        forward, replies = bytearray(), bytearray(self._flow.ready())
         for i, frame in enumerate(frames):
             try:
                 out, reply, record = self._client_frame(now, frame)
@@ -160,13 +161,14 @@ class EnipInspector:
                 now, "request", error, rest, records, bytes(forward), bytes(replies)
             )
         return Verdicts(
-            bytes(forward), bytes(replies), tuple(records), None, self._flow.queue.next_at(now)
+            bytes(forward), bytes(replies), tuple(records), None, self._flow.next_at(now)
         )
 
     def from_server(self, data: bytes) -> Verdicts:
         now = self._clock.now()
         frames, rest, error = self._server.feed(data)
-        answers, records = bytearray(), []
+        records = self._flow.expire(now)
+        answers = bytearray(self._flow.ready())
         for i, frame in enumerate(frames):
             try:
                 record = self._server_frame(now, frame)
@@ -179,11 +181,15 @@ class EnipInspector:
         if error is not None:
             return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
         return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
-                        self._flow.queue.next_at(now))  # fmt: skip
+                        self._flow.next_at(now))  # fmt: skip
 
     def poll(self) -> Verdicts:
         now = self._clock.now()
-        return Verdicts(self._flow.release(now), poll_at=self._flow.queue.next_at(now))
+        records = tuple(self._flow.expire(now))
+        to_client = self._flow.ready()
+        return Verdicts(
+            self._flow.release(now), to_client, records, poll_at=self._flow.next_at(now)
+        )
 
     def begin_close(self, reason: str) -> Verdicts:
         self._flow.closing = True

@@ -116,9 +116,15 @@ class RequestFlow:
     the ops-log dicts; ``result`` is set on them here (``not_sent``, ``no_response``).
     """
 
-    def __init__(self, limiter: TokenBucket | None, max_queued: int = 64) -> None:
+    def __init__(
+        self, limiter: TokenBucket | None, max_queued: int = 64, timeout_s: float = 5.0
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
         self.queue = RequestQueue(limiter, max_queued)
         self.pending: dict[Any, dict[str, Any]] = {}
+        self._timeout = timedelta(seconds=timeout_s)
+        self._deadlines: dict[Any, datetime] = {}  # pending key -> when it is given up
         self.closed: str | None = None
         self.closing = False
         # Answers in request order: the broker's refusals wait behind earlier allowed requests
@@ -130,6 +136,7 @@ class RequestFlow:
         """Queue an allowed request (False: the queue is full)."""
         if not self.queue.push(item):
             return False
+        self._done(item.key)  # a reused key: the older request can no longer be told apart
         entry = [item.key, None, False]
         self._order.append(entry)
         self._entries[item.key] = entry
@@ -169,12 +176,32 @@ class RequestFlow:
         out = bytearray()
         for item in self.queue.release(now):
             self.pending[item.key] = item.record
+            self._deadlines[item.key] = now + self._timeout
             out += item.wire
         return bytes(out)
 
     def answered(self, key: Any) -> dict[str, Any] | None:
         self._done(key)
+        self._deadlines.pop(key, None)
         return self.pending.pop(key, None)
+
+    def expire(self, now: datetime) -> list[dict[str, Any]]:
+        """Give up on requests unanswered past their deadline (logged ``no_response``)."""
+        records = []
+        for key, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[key]
+                self._done(key)
+                record = self.pending.pop(key, None)
+                if record is not None:
+                    record.update(result="no_response", reason="no answer within timeout")
+                    records.append(record)
+        return records
+
+    def next_at(self, now: datetime) -> datetime | None:
+        """When to poll: the head of the queue is due, or a pending request times out."""
+        times = [t for t in (self.queue.next_at(now), *self._deadlines.values()) if t]
+        return min(times) if times else None
 
     def discard(self, reason: str) -> list[dict[str, Any]]:
         records = []
@@ -191,6 +218,7 @@ class RequestFlow:
             record.update(result="no_response", reason="connection ended before answer")
             records.append(record)
         self.pending.clear()
+        self._deadlines.clear()
         self._order.clear()
         self._entries.clear()
         return records

@@ -166,7 +166,8 @@ class S7Inspector:
         if self._flow.closed is not None or self._flow.closing:
             return Verdicts(close=self._flow.closed)
         frames, rest, error = self._client.feed(data)
-        forward, replies, records = bytearray(), bytearray(), []
+        records = self._flow.expire(now)
+        forward, replies = bytearray(), bytearray(self._flow.ready())
         for i, frame in enumerate(frames):
             try:
                 out, reply, record = self._client_frame(frame)
@@ -183,13 +184,14 @@ class S7Inspector:
                 now, "request", error, rest, records, bytes(forward), bytes(replies)
             )
         return Verdicts(
-            bytes(forward), bytes(replies), tuple(records), None, self._flow.queue.next_at(now)
+            bytes(forward), bytes(replies), tuple(records), None, self._flow.next_at(now)
         )
 
     def from_server(self, data: bytes) -> Verdicts:
         now = self._clock.now()
         frames, rest, error = self._server.feed(data)
-        answers, records = bytearray(), []
+        records = self._flow.expire(now)
+        answers = bytearray(self._flow.ready())
         for i, frame in enumerate(frames):
             try:
                 record = self._server_frame(frame)
@@ -202,11 +204,15 @@ class S7Inspector:
         if error is not None:
             return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
         return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
-                        self._flow.queue.next_at(now))  # fmt: skip
+                        self._flow.next_at(now))  # fmt: skip
 
     def poll(self) -> Verdicts:
         now = self._clock.now()
-        return Verdicts(self._flow.release(now), poll_at=self._flow.queue.next_at(now))
+        records = tuple(self._flow.expire(now))
+        to_client = self._flow.ready()
+        return Verdicts(
+            self._flow.release(now), to_client, records, poll_at=self._flow.next_at(now)
+        )
 
     def begin_close(self, reason: str) -> Verdicts:
         self._flow.closing = True
