@@ -336,3 +336,14 @@ def test_write_data_longer_than_its_address_says_is_malformed_not_forwarded() ->
     head = struct.pack(">BBHHHH", 0x32, 1, 0, ref, len(params), len(data))
     v = connected().from_client(wrap(head + params + data))
     assert v.to_server == b"" and v.close is not None and "8 bytes for an item of 1" in v.close
+
+
+def test_block_upload_and_download_need_the_program_class() -> None:
+    program = Obligations(protocols={"s7": {"allow": ["read_var", "upload", "download"]}})
+    upload = wrap(proto.build_start_upload_request(0x41, 1))
+    download = wrap(proto.build_download_request(0x41, 5, b"\x00" * 8))
+    for frame, name in ((upload, "upload"), (download, "download")):
+        refused = connected(TUNE).from_client(frame)
+        assert refused.to_server == b"" and refused.records[0]["function_name"] == name
+        assert refused.records[0]["class"] == "engineering"
+        assert connected(program).from_client(frame).to_server == frame
