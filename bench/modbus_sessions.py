@@ -325,7 +325,7 @@ def inspector_cost(
     """Replay the recorded payloads through a fresh unthrottled inspector, ``rounds`` times."""
     from policies.decision import ModbusObligations, Obligations
     from sessions.clock import SystemClock
-    from sessions.modbus import ModbusInspector
+    from sessions.ot.modbus import ModbusInspector
     from sessions.pcap import OpsLogRecorder, PcapRecorder
     from sessions.recording import Ed25519Signer, LocalStore, RecordingWriter
 

@@ -46,11 +46,9 @@ from broker.errors import BrokerError, Forbidden
 from broker.recording_keys import public_key_path, recording_key_dir
 from broker.services import Services, services
 from broker.session_api import end_live_session
-from broker.tcp_forward import DANGEROUS_FUNCTION_CODES
 from broker.web import check_csrf, render, require
 from sessions.db import session_scope
 from sessions.identity import ADMIN, SECURITY, VENDOR
-from sessions.modbus import REGISTER_WRITE_FUNCTION_CODES
 from sessions.models import (
     Asset,
     MaintenanceSession,
@@ -59,6 +57,8 @@ from sessions.models import (
     RecordingIntegrity,
     User,
 )
+from sessions.ot.base import OpClass
+from sessions.ot.modbus_wire import DANGEROUS_FUNCTION_CODES, REGISTER_WRITE_FUNCTION_CODES
 from sessions.recording import (
     KIND_EXTENSIONS,
     RecordingError,
@@ -357,7 +357,7 @@ async def verify(request: Request) -> Response:
     return _done(f"/recordings/{row.id}", summary)
 
 
-# ---- Modbus operations timeline ------------------------------------------------------------
+# ---- OT operations timeline (every protocol) ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -365,6 +365,7 @@ class Operation:
     """One ops-log line as the timeline shows it."""
 
     time: str
+    protocol: str
     unit: str
     function: str
     function_name: str
@@ -407,6 +408,9 @@ def _values(values: object, prefix: str = "") -> str:
 
 def _where(op: dict[str, Any]) -> str:
     where = _text(op.get("range"))
+    addresses = op.get("addresses")
+    if not where and op.get("protocol", "modbus") != "modbus" and isinstance(addresses, list):
+        where = ", ".join(map(_text, addresses))
     if not where and op.get("start") is not None:
         where = f"address {op.get('start')}, quantity {_text(op.get('quantity')) or 1}"
     if op.get("read_range"):
@@ -422,8 +426,16 @@ def _operation(op: dict[str, Any]) -> Operation:
     if op.get("exception") is not None:
         result = f"{result} (exception {op['exception']})"
     written = _values(op.get("values"))
+    protocol = _text(op.get("protocol")) or "modbus"  # logs before protocols were named
+    op_class = op.get("class")
+    if op_class is None or protocol == "modbus":  # Modbus: by code, as the alerts always were
+        write = code in WRITE_FUNCTION_CODES
+        dangerous = code in DANGEROUS_FUNCTION_CODES
+    else:
+        write, dangerous = op_class == OpClass.WRITE, op_class in OpClass.ALERTED
     return Operation(
         time=_text(op.get("time")).replace("T", " ").removesuffix("Z"),
+        protocol=protocol,
         unit=_text(op.get("unit")),
         function=_text(fc),
         function_name=_text(op.get("function_name")),
@@ -432,8 +444,8 @@ def _operation(op: dict[str, Any]) -> Operation:
         allowed=allowed,
         reason=_text(op.get("reason")),
         result=result,
-        write=code in WRITE_FUNCTION_CODES,
-        dangerous=code in DANGEROUS_FUNCTION_CODES,
+        write=write,
+        dangerous=dangerous,
     )
 
 

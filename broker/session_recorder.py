@@ -265,11 +265,18 @@ class RecorderFactory:
         operations: bool,
         strict: bool,
         on_failure: Callable[[str], None],
+        well_known_port: int | None = None,
     ) -> TcpRecording | None:
-        """pcap (and, for Modbus, an operations log) of one forwarded connection.
+        """pcap (and, for inspected OT protocols, an operations log) of one forwarded connection.
 
-        Set up in a worker thread, as :meth:`__call__`; None or RecordingError likewise.
+        ``well_known_port`` (the protocol's: 502, 102, 44818) is written as the server port in
+        the pcap so stock tshark/Wireshark decode it without options; the asset's real port is
+        kept in the recording's metadata (``server_port``). Set up in a worker thread, as
+        :meth:`__call__`; None or RecordingError likewise.
         """
+        pcap_server = (server[0], well_known_port or server[1])
+        meta: dict[str, Any] = {"session": session_id, "connection": number}
+        meta.update(server_host=server[0], server_port=server[1], pcap_server_port=pcap_server[1])
         base = f"{session_id}-tcp{number}"
         rows: dict[str, str] = {}
         ops: OpsLogRecorder | None = None
@@ -279,10 +286,10 @@ class RecorderFactory:
             nonlocal ops, ops_writer
             try:
                 self._check_storage(strict)
-                pcap_writer = self._writer(
-                    base, "pcap", {"session": session_id, "connection": number}
+                pcap_writer = self._writer(base, "pcap", meta)
+                pcap = PcapRecorder(
+                    pcap_writer, client=client, server=pcap_server, clock=self._clock
                 )
-                pcap = PcapRecorder(pcap_writer, client=client, server=server, clock=self._clock)
                 pcap_writer.flush()  # the pcap header is on disk before any byte is relayed
                 rows[pcap_writer.recording_id] = self._maintenance.add_recording(
                     session_id, fmt="pcap", path=str(self._root / base)

@@ -42,7 +42,7 @@ import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
-from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
+from broker.agent_gateway import AgentChannel, AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.front_credentials import CredentialWatch, FrontCredentials
@@ -57,8 +57,10 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
-from sessions.modbus import ModbusInspector, TokenBucket
-from sessions.models import AssetEndpoint, EndpointProtocol, route_agent
+from sessions.models import AssetEndpoint, route_agent
+from sessions.ot.base import Inspector, ObligationsError, ProtocolPlugin
+from sessions.ot.pacing import TokenBucket
+from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
@@ -184,7 +186,7 @@ class FrontDoor:
         self._throttle = AuditThrottle(time.monotonic)
 
     def limiter(self, asset: str, rate: float | None) -> TokenBucket | None:
-        """The Modbus request-rate bucket of one asset, shared by all its connections."""
+        """The OT request-rate bucket of one asset endpoint, shared by all its connections."""
         if rate is None:
             return None
         bucket = self._limiters.get(asset)
@@ -427,7 +429,7 @@ class _Vendor(asyncssh.SSHServer):
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
         """``ssh -L``: only to a declared endpoint of the granted asset that the grant covers.
 
-        Inspection follows the endpoint's declared protocol (Modbus is always inspected,
+        Inspection follows the endpoint's declared protocol (:mod:`sessions.ot.registry`,
         whatever its port); policy decides whether an uninspected protocol may pass.
         """
         try:
@@ -452,7 +454,8 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {exc.message}"
             ) from None
-        modbus = endpoint.protocol == EndpointProtocol.MODBUS
+        plugin = plugin_for(endpoint.protocol)
+        inspector = self._inspector(plugin, asset.name, endpoint, auth, channel)
         session = self.session
         assert session is not None
         self._forward_no += 1
@@ -468,7 +471,8 @@ class _Vendor(asyncssh.SSHServer):
                 number,
                 client=(self.peer or "198.18.0.1", 40000 + number % 20000),
                 server=(endpoint.host, endpoint.port),
-                operations=modbus,
+                operations=inspector is not None,
+                well_known_port=None if plugin is None else plugin.well_known_port,
                 strict=strict,
                 on_failure=cut,
             )
@@ -479,17 +483,6 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"conduit: {_message(exc)}"
             ) from None
-        inspector = (
-            ModbusInspector(
-                auth.decision.obligations,
-                self.deps.clock,
-                limiter=self.door.limiter(
-                    f"{asset.name}/{endpoint.name}", auth.decision.obligations.rate_limit_rps
-                ),
-            )
-            if modbus
-            else None
-        )
 
         def alert(kind: str, details: dict[str, Any]) -> None:
             self.deps.alert(
@@ -526,6 +519,36 @@ class _Vendor(asyncssh.SSHServer):
                 self.relays.discard(relay)
 
         return SSHTCPStreamSession(pipe)
+
+    def _inspector(
+        self,
+        plugin: ProtocolPlugin | None,
+        asset: str,
+        endpoint: AssetEndpoint,
+        auth: Authorization,
+        channel: AgentChannel,
+    ) -> Inspector | None:
+        """The endpoint protocol's inspector (None: plain TCP); a policy block the protocol
+        module refuses closes the channel, is audited and refuses the forward (fail closed)."""
+        if plugin is None:
+            return None
+        obligations = auth.decision.obligations
+        limiter = self.door.limiter(f"{asset}/{endpoint.name}", obligations.rate_limit_rps)
+        try:
+            return plugin.inspector(obligations, self.deps.clock, limiter)
+        except ObligationsError as exc:
+            channel.close()
+            self.deps.audit_async(
+                "ot.obligations_refused",
+                actor=self.user_id or "unknown",
+                outcome="error",
+                subject=f"asset:{asset}",
+                details={"endpoint": endpoint.name, "protocol": endpoint.protocol,
+                         "reason": exc.message},
+            )  # fmt: skip
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
+            ) from None
 
     # ---- session set-up -----------------------------------------------------------------
 
@@ -687,7 +710,7 @@ class _Vendor(asyncssh.SSHServer):
             else:
                 self.asset_conn.close()
         for relay in list(self.relays):
-            relay.stop(reason)  # Modbus: answers to requests already sent are still delivered
+            relay.stop(reason)  # OT: answers to requests already sent are still delivered
         if self.conn is not None:
             loop = asyncio.get_running_loop()
             conn = self.conn

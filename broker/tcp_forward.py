@@ -1,17 +1,19 @@
 """One forwarded TCP connection (``ssh -L`` / ``conduit forward``): vendor ⇄ agent channel.
 
 Every connection is recorded as pcap (synthetic TCP/IP headers: tshark decodes Modbus, OPC UA,
-S7). For Modbus/TCP the :class:`sessions.modbus.ModbusInspector` sits in the middle: requests the
-obligations refuse get a Modbus exception response from the broker and never reach the PLC,
-the allowed ones are paced to the policy's rate and concurrency, every operation goes to the
-JSONL operations log, and refused or dangerous operations raise an alert (audit event and the
-broker's webhook). A malformed frame closes the connection: it is audited (``modbus.malformed``,
-outcome ``refused``), its bytes and everything after it in the same read are written to the pcap
-in the direction they were sent (never forwarded), and the ops log gets a ``refused`` record
-with their hex. Other protocols are relayed as bytes with counts and timing.
+S7, EtherNet/IP). For an inspected protocol (:mod:`sessions.ot.registry`: Modbus/TCP, S7comm,
+EtherNet/IP) its :class:`sessions.ot.base.Inspector` sits in the middle: requests the
+obligations refuse get the protocol's own refusal from the broker and never reach the PLC,
+the allowed ones are paced to the policy's rate, every operation goes to the JSONL operations
+log, and refused, engineering or dangerous operations raise an alert (``ot.refused``,
+``ot.dangerous``; audit event and the broker's webhook; ``details.protocol`` names the
+protocol). A malformed frame closes the connection: it is audited (``ot.malformed``, outcome
+``refused``), its bytes and everything after it in the same read are written to the pcap in
+the direction they were sent (never forwarded), and the ops log gets a ``refused`` record with
+their hex. Other protocols are relayed as bytes with counts and timing.
 
-Ending: :meth:`ForwardRelay.drain` stops new requests, lets transactions already sent to the
-PLC be answered for up to ``drain_s`` (Modbus), then cuts the connection.
+Ending: :meth:`ForwardRelay.stop` stops new requests, lets transactions already sent to the
+PLC be answered for up to ``drain_s`` (inspected protocols), then cuts the connection.
 """
 
 from __future__ import annotations
@@ -27,16 +29,14 @@ from broker.agent_gateway import AgentChannel
 from broker.live_sessions import LiveSession
 from broker.session_recorder import TcpRecording
 from sessions.clock import Clock
-from sessions.modbus import ModbusInspector, Verdicts
 from sessions.models import AuditOutcome
+from sessions.ot.base import Inspector, OpClass, Verdicts
 
 log = logging.getLogger("conduit.forward")
 
 CHUNK = 65536
 # What the audit event of a malformed frame carries from its ops-log record.
-_MALFORMED_DETAILS = ("transaction_id", "unit", "function", "raw", "raw_length")
-# design.md "OT operations": diagnostics, UMAS, firmware/program download.
-DANGEROUS_FUNCTION_CODES = frozenset({8, 90, 125, 126})
+_MALFORMED_DETAILS = ("protocol", "transaction_id", "unit", "function", "raw", "raw_length")
 
 
 class StreamReader(Protocol):
@@ -58,9 +58,9 @@ Alert = Callable[[str, dict[str, Any]], None]
 # The audit outcome of each alert kind: a refused request is the policy's deny; a malformed
 # frame is stopped on the wire by the broker itself.
 ALERT_OUTCOMES: Mapping[str, str] = {
-    "modbus.refused": AuditOutcome.DENY,
-    "modbus.dangerous": AuditOutcome.OK,
-    "modbus.malformed": AuditOutcome.REFUSED,
+    "ot.refused": AuditOutcome.DENY,
+    "ot.dangerous": AuditOutcome.OK,
+    "ot.malformed": AuditOutcome.REFUSED,
 }
 
 
@@ -76,7 +76,7 @@ class ForwardRelay:
         session: LiveSession | None,
         clock: Clock,
         recording: TcpRecording | None,
-        inspector: ModbusInspector | None,
+        inspector: Inspector | None,
         alert: Alert,
         drain_s: float = 2.0,
     ) -> None:
@@ -130,16 +130,16 @@ class ForwardRelay:
         for record in verdicts.records:
             if self._recording is not None:
                 self._recording.operation(record)
-            if "raw" in record:  # the malformed frame: reported once, as modbus.malformed
-                malformed = {k: record[k] for k in _MALFORMED_DETAILS}
+            if "raw" in record:  # the malformed frame: reported once, as ot.malformed
+                malformed = {k: record.get(k) for k in _MALFORMED_DETAILS}
                 continue
             refused = record.get("allowed") is False
-            dangerous = record.get("function") in DANGEROUS_FUNCTION_CODES
+            dangerous = record.get("class") in OpClass.ALERTED
             if refused or dangerous:
-                kind = "modbus.refused" if refused else "modbus.dangerous"
+                kind = "ot.refused" if refused else "ot.dangerous"
                 self._alert(kind, dict(record))
         if verdicts.close and not self._stop.is_set():
-            self._alert("modbus.malformed", {**malformed, "reason": verdicts.close})
+            self._alert("ot.malformed", {**malformed, "reason": verdicts.close})
             self.stop(verdicts.close)
         if verdicts.poll_at is not None:
             self._schedule_poll(verdicts.poll_at)

@@ -15,6 +15,12 @@ such decisions for callers.
 
 Unknown keys in the modbus object or a range are refused: a misspelt ``unit_ids`` would
 silently widen a restriction.
+
+``obligations.protocols`` is an object of per-protocol blocks (``{"s7": {...}, "enip": {...}}``),
+checked here only for shape (an object of objects keyed by protocol name); each block is parsed
+by that protocol's inspector module (``sessions.ot``), which refuses the connection when its
+block is malformed. ``obligations.modbus`` stays the Modbus block (a ``protocols.modbus`` block,
+when present, takes precedence).
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ class WriteRange:
 
 @dataclass(frozen=True)
 class ModbusObligations:
-    """What the Modbus inspector enforces (sessions/modbus.py).
+    """What the Modbus inspector enforces (sessions/ot/modbus.py).
 
     A write must lie wholly inside the union of the ``write_ranges`` of its own table that
     apply to its unit id; a table with no such range takes no writes.  ``unit_ids`` None: any
@@ -106,6 +112,7 @@ class Obligations:
     modbus: ModbusObligations = field(default_factory=ModbusObligations)
     rate_limit_rps: float | None = None
     supervise: bool = False
+    protocols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +124,7 @@ class Obligations:
             "modbus": self.modbus.as_dict(),
             "rate_limit_rps": self.rate_limit_rps,
             "supervise": self.supervise,
+            "protocols": {name: dict(block) for name, block in self.protocols.items()},
         }
 
 
@@ -217,7 +225,11 @@ def _write_range(entry: Any, where: str) -> WriteRange:
 
 
 def _modbus(raw: Any) -> ModbusObligations:
-    where = "obligations.modbus"
+    return parse_modbus_obligations(raw, "obligations.modbus")
+
+
+def parse_modbus_obligations(raw: Any, where: str) -> ModbusObligations:
+    """A Modbus obligations block; raises MalformedDecision naming ``where``."""
     if not _is_mapping(raw):
         raise MalformedDecision(f"{where} must be an object")
     if unknown := sorted(map(str, raw.keys() - _MODBUS_KEYS)):
@@ -235,6 +247,21 @@ def _modbus(raw: Any) -> ModbusObligations:
         ),
         unit_ids=_unit_ids(raw.get("unit_ids"), f"{where}.unit_ids"),
     )
+
+
+def _protocols(raw: Any) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not _is_mapping(raw):
+        raise MalformedDecision("obligations.protocols must be an object of protocol blocks")
+    blocks: dict[str, dict[str, Any]] = {}
+    for name, block in raw.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise MalformedDecision(f"obligations.protocols has a bad protocol name {name!r}")
+        if not _is_mapping(block):
+            raise MalformedDecision(f"obligations.protocols.{name} must be an object")
+        blocks[name] = dict(block)
+    return blocks
 
 
 def _obligations(raw: Any) -> Obligations:
@@ -269,6 +296,7 @@ def _obligations(raw: Any) -> Obligations:
         modbus=modbus,
         rate_limit_rps=float(rate) if rate is not None else None,
         supervise=bool(raw.get("supervise", False)),
+        protocols=_protocols(raw.get("protocols")),
     )
 
 

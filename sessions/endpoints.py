@@ -13,46 +13,31 @@ else raises :class:`sessions.errors.ValidationError` naming the field)::
              "write_ranges": {"tune": [{"table": "holding_registers", "first": 10,
                                         "last": 30, "unit_ids": [1]}, ...], ...}}
 
-Modbus write ranges are per operation class and per table (``coils``,
-``holding_registers``); a class with no ranges gets no writes, except ``program`` and
-``firmware`` which default to the whole address space of both tables (the policy bundle
-applies that default). Other protocols take no settings.
+    s7:     {"write_ranges": {"tune": [{"area": "DB", "db": 1, "first": 0, "last": 15}]}}
+    enip:   {}                                         # no settings
+
+Each inspected protocol's settings are validated by its plug-in (:mod:`sessions.ot.registry`;
+Modbus: :mod:`sessions.ot.modbus_settings`, S7: :mod:`sessions.ot.s7`). Modbus write ranges
+are per operation class and per table (``coils``, ``holding_registers``); a class with no
+ranges gets no writes, except ``program`` and ``firmware`` which default to the whole address
+space of both tables (the policy bundle applies that default). Other protocols take no settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlmodel import Session, select
 
-from sessions.errors import ValidationError
 from sessions.models import AssetEndpoint, EndpointProtocol, OperationClass
+from sessions.ot.registry import PLUGINS
+from sessions.ot.settings import fail as _fail
 
-MODBUS_TABLES = ("coils", "holding_registers")
-# Protocols the broker inspects on the wire; any other endpoint is relayed as generic TCP,
-# and only when policy allows generic TCP for the asset.
-INSPECTED_PROTOCOLS = frozenset({EndpointProtocol.MODBUS})
+# Protocols the broker inspects on the wire (those with an inspector plug-in); any other
+# endpoint is relayed as generic TCP, and only when policy allows generic TCP for the asset.
+INSPECTED_PROTOCOLS = frozenset(PLUGINS)
 _LOGIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
-
-def _fail(where: str, message: str) -> ValidationError:
-    return ValidationError(f"{where}: {message}", code="invalid_endpoint")
-
-
-def _int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(where, f"must be an integer {low}-{high}, got {value!r}")
-    return value
-
-
-def _units(value: Any, where: str) -> list[int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise _fail(where, "must be a non-empty list of unit ids 0-255")
-    units = sorted({_int(u, f"{where}[]", 0, 255) for u in value})
-    return units
 
 
 def _login(value: Any, where: str) -> str:
@@ -90,74 +75,6 @@ def _ssh(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
     return {"logins": logins} if logins else {}
 
 
-def _range(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise _fail(where, "must be an object {table, first, last[, unit_ids]}")
-    unknown = set(raw) - {"table", "first", "last", "unit_ids"}
-    if unknown:
-        raise _fail(where, f"unknown field(s) {', '.join(sorted(unknown))}")
-    table = raw.get("table")
-    if table not in MODBUS_TABLES:
-        raise _fail(f"{where}.table", f"must be one of {', '.join(MODBUS_TABLES)}, got {table!r}")
-    first = _int(raw.get("first"), f"{where}.first", 0, 65535)
-    last = _int(raw.get("last"), f"{where}.last", 0, 65535)
-    if last < first:
-        raise _fail(where, f"range {first}-{last} is inverted (last before first)")
-    out: dict[str, Any] = {"table": table, "first": first, "last": last}
-    units = _units(raw.get("unit_ids"), f"{where}.unit_ids")
-    if units is not None:
-        out["unit_ids"] = units
-    return out
-
-
-def _no_overlap(ranges: Sequence[Mapping[str, Any]], where: str) -> None:
-    for i, a in enumerate(ranges):
-        for b in ranges[i + 1 :]:
-            same_units = a.get("unit_ids") is None or b.get("unit_ids") is None
-            if not same_units and set(a["unit_ids"]) & set(b["unit_ids"]):
-                same_units = True
-            if (
-                a["table"] == b["table"]
-                and same_units
-                and a["first"] <= b["last"]
-                and b["first"] <= a["last"]
-            ):
-                raise _fail(
-                    where,
-                    f"{a['table']} ranges {a['first']}-{a['last']} and "
-                    f"{b['first']}-{b['last']} overlap",
-                )
-
-
-def _modbus(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    unknown = set(settings) - {"unit_ids", "write_ranges"}
-    if unknown:
-        raise _fail(where, f"unknown modbus setting(s) {', '.join(sorted(unknown))}")
-    out: dict[str, Any] = {}
-    units = _units(settings.get("unit_ids"), f"{where}.unit_ids")
-    if units is not None:
-        out["unit_ids"] = units
-    raw = settings.get("write_ranges", {})
-    if not isinstance(raw, Mapping):
-        raise _fail(f"{where}.write_ranges", "must be an object of operation class -> ranges")
-    ranges: dict[str, list[dict[str, Any]]] = {}
-    for op, items in raw.items():
-        here = f"{where}.write_ranges.{_class(op, f'{where}.write_ranges')}"
-        if not isinstance(items, list):
-            raise _fail(here, "must be a list of ranges")
-        parsed = [_range(item, f"{here}[{i}]") for i, item in enumerate(items)]
-        if units is not None:
-            for item in parsed:
-                stray = set(item.get("unit_ids", ())) - set(units)
-                if stray:
-                    raise _fail(here, f"unit id(s) {sorted(stray)} are not in unit_ids {units}")
-        _no_overlap(parsed, here)
-        ranges[op] = sorted(parsed, key=lambda r: (r["table"], r["first"]))
-    if ranges:
-        out["write_ranges"] = ranges
-    return out
-
-
 def validate_settings(protocol: str, settings: Any, *, where: str = "settings") -> dict[str, Any]:
     """Return the normalized settings of a ``protocol`` endpoint; raise ValidationError if bad."""
     if protocol not in EndpointProtocol.ALL:
@@ -168,8 +85,9 @@ def validate_settings(protocol: str, settings: Any, *, where: str = "settings") 
         raise _fail(where, "must be an object")
     if protocol == EndpointProtocol.SSH:
         return _ssh(settings, where)
-    if protocol == EndpointProtocol.MODBUS:
-        return _modbus(settings, where)
+    plugin = PLUGINS.get(protocol)
+    if plugin is not None:
+        return plugin.validate_settings(settings, where)
     if settings:
         raise _fail(where, f"{protocol} endpoints take no settings")
     return {}

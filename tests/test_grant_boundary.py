@@ -306,9 +306,7 @@ def test_register_ranges_do_not_open_coils(rig: SshRig, plc: PlcServer) -> None:
     assert plc.coils(10, 6) == [False] * 6
     assert plc.holding(15) == [1515] and plc.holding(31) == [7]
     wait_until(
-        lambda: any(
-            e["details"]["function"] == 5 for e in audit_events(rig.broker, "modbus.refused")
-        ),
+        lambda: any(e["details"]["function"] == 5 for e in audit_events(rig.broker, "ot.refused")),
         "the refused coil write in the audit log",
     )
 

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policies.decision import COILS, HOLDING_REGISTERS, ModbusObligations, Obligations, WriteRange
-from sessions.modbus import ModbusInspector, Verdicts
+from sessions.ot.base import Verdicts
+from sessions.ot.modbus import ModbusInspector
 from sessions.testing import ManualClock
 
 ALLOWED = (1, 2, 3, 4, 5, 6, 8, 15, 16, 22, 23, 43, 100)

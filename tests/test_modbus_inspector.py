@@ -1,6 +1,6 @@
 """The Modbus/TCP inspector: framing, decoding, enforcement, ops log; then a real pymodbus PLC.
 
-Unit tests drive :class:`sessions.modbus.ModbusInspector` with a ManualClock.  The integration
+Unit tests drive :class:`sessions.ot.modbus.ModbusInspector` with a ManualClock.  The integration
 tests put a tiny asyncio relay (driving the inspector the way the broker's relay must) between
 a real pymodbus client and a real pymodbus ``ModbusTcpServer`` on 127.0.0.1.
 """
@@ -32,19 +32,19 @@ from policies.decision import (
 )
 from sessions.clock import SystemClock
 from sessions.errors import SessionsError
-from sessions.modbus import (
+from sessions.ot.base import Verdicts
+from sessions.ot.modbus import ModbusInspector
+from sessions.ot.modbus_wire import (
     ExceptionCode,
     Frame,
     MbapFramer,
-    ModbusInspector,
     ModbusProtocolError,
-    TokenBucket,
-    Verdicts,
     exception_response,
     parse_request,
     parse_response,
     reference_range,
 )
+from sessions.ot.pacing import TokenBucket
 from sessions.testing import ManualClock
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -310,6 +310,9 @@ def test_allowed_read_passes_unchanged_and_its_answer_is_logged(clock: ManualClo
     (record,) = v.records
     assert record == {
         "time": "2025-03-01T08:00:00.000000Z",
+        "protocol": "modbus",
+        "class": "read",
+        "addresses": ["40001\u201340003"],
         "transaction_id": 0x0102,
         "unit": 7,
         "function": 3,
@@ -703,6 +706,9 @@ def test_a_malformed_request_is_logged_refused_with_its_bytes(clock: ManualClock
     malformed, not_sent = v.records
     assert malformed == {
         "time": "2025-03-01T08:00:00.000000Z",
+        "protocol": "modbus",
+        "class": "dangerous",
+        "addresses": None,
         "transaction_id": 7,
         "unit": 3,
         "function": 16,

@@ -100,9 +100,9 @@ def test_read_only_grant_reads_pass_writes_never_reach_the_plc(rig: SshRig, plc:
         proc.kill()
         proc.communicate(5)
     assert plc.holding(10) == [7] and plc.holding(20, 3) == [7, 7, 7]  # PLC-side truth
-    refused = [e for e in audit_events(rig.broker, "modbus.refused")]
-    _until(lambda: len(audit_events(rig.broker, "modbus.refused")) >= 2, "refusal alerts")
-    refused = audit_events(rig.broker, "modbus.refused")
+    refused = [e for e in audit_events(rig.broker, "ot.refused")]
+    _until(lambda: len(audit_events(rig.broker, "ot.refused")) >= 2, "refusal alerts")
+    refused = audit_events(rig.broker, "ot.refused")
     assert {e["details"]["function"] for e in refused} == {6, 16}
 
 
@@ -155,10 +155,13 @@ def test_tune_grant_writes_inside_ranges_only_and_everything_is_recorded(
     require("tshark")  # the pcap was verified; decoding it needs tshark
     pcap = tmp_path / "session.pcap"
     pcap.write_bytes(assemble(pcap_dir))
+    # The test PLC listens on a free port, not 502; the pcap says 502 (its real port is in
+    # the recording's metadata), so stock tshark decodes it with no options.
+    assert plc.port != 502
+    meta = json.loads((pcap_dir / "manifest.json").read_text())["meta"]
+    assert (meta["server_port"], meta["pcap_server_port"]) == (plc.port, 502)
     out = subprocess.run(
-        # The test PLC listens on a free port, not 502: tell tshark it is Modbus/TCP.
-        [TSHARK, "-n", "-r", str(pcap), "-d", f"tcp.port=={plc.port},mbtcp",
-         "-Y", "modbus", "-T", "fields", "-e", "modbus.func_code"],
+        [TSHARK, "-n", "-r", str(pcap), "-Y", "modbus", "-T", "fields", "-e", "modbus.func_code"],
         capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip
     codes = [line.split(",")[0] for line in out.stdout.split()]
@@ -306,8 +309,8 @@ def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
         proc.communicate(5)
     assert received == struct.pack(">HHHBBBHH", 1, 0, 7, 1, 3, 4, 7, 7)  # only the valid read
     reason = "malformed Modbus request: MBAP protocol id 26214 (must be 0)"
-    _until(lambda: audit_events(rig.broker, "modbus.malformed"), "the malformed-frame event")
-    [event] = audit_events(rig.broker, "modbus.malformed")
+    _until(lambda: audit_events(rig.broker, "ot.malformed"), "the malformed-frame event")
+    [event] = audit_events(rig.broker, "ot.malformed")
     assert event["outcome"] == "refused" and event["details"]["reason"] == reason
     assert event["details"]["raw"] == (bad + after).hex()
 
@@ -324,7 +327,7 @@ def test_a_malformed_frame_is_refused_audited_and_its_bytes_recorded(
     pcap = tmp_path / "malformed.pcap"
     pcap.write_bytes(assemble(pcap_dir))
     out = subprocess.run(
-        [TSHARK, "-n", "-r", str(pcap), "-Y", f"tcp.dstport=={plc.port} && tcp.len > 0",
+        [TSHARK, "-n", "-r", str(pcap), "-Y", "tcp.dstport==502 && tcp.len > 0",
          "-T", "fields", "-e", "tcp.payload"],
         capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path)},
     )  # fmt: skip

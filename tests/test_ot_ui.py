@@ -150,7 +150,7 @@ def test_reviewer_sees_the_read_and_the_refused_write(rig: SshRig, connection: C
         downloaded = [e["subject"] for e in audit_events(broker, "recording.downloaded")]
         assert f"recording:{connection.pcap_id}" in downloaded
 
-    refused_alerts = audit_events(broker, "modbus.refused")
+    refused_alerts = audit_events(broker, "ot.refused")
     assert [e["details"]["function"] for e in refused_alerts] == [6]
 
 

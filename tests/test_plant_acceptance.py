@@ -444,7 +444,7 @@ def test_a_plant_built_in_the_browser_is_requested_approved_and_reached(
         _ssh_lines(stage, lines[WS], env)
         _forward_line(stage, lines[PLC][0], env)
         refused = wait_until(
-            lambda: audit_events(stage.broker, "modbus.refused"), "the refused write's audit"
+            lambda: audit_events(stage.broker, "ot.refused"), "the refused write's audit"
         )
         assert [e["details"]["function"] for e in refused] == [6]
     finally:

@@ -139,6 +139,7 @@ def test_deny_lists_all_reasons_and_restrictive_obligations(decide: Decide) -> N
         "modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": None},
         "rate_limit_rps": None,
         "supervise": False,
+        "protocols": {},
     }
 
 

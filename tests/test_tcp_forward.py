@@ -17,7 +17,7 @@ from typing import Any
 from broker.session_recorder import RecorderFactory, TcpRecording
 from broker.tcp_forward import ALERT_OUTCOMES, ForwardRelay
 from sessions.clock import SystemClock
-from sessions.modbus import ModbusInspector
+from sessions.ot.modbus import ModbusInspector
 from sessions.recording import Ed25519Signer, VerifyStatus, assemble, verify_recording
 from tests.harness.components import needs
 
@@ -178,7 +178,7 @@ async def test_a_malformed_frame_is_refused_recorded_and_never_forwarded(tmp_pat
     assert reason == "malformed Modbus request: MBAP protocol id 26214 (must be 0)"
     # one alert, audited as refused, carrying the stopped bytes
     [(kind, details)] = alerts
-    assert kind == "modbus.malformed" and ALERT_OUTCOMES[kind] == "refused"
+    assert kind == "ot.malformed" and ALERT_OUTCOMES[kind] == "refused"
     assert details["reason"] == reason
     assert details["raw"] == (BAD + AFTER).hex() and details["raw_length"] == len(BAD + AFTER)
     assert (details["transaction_id"], details["unit"], details["function"]) == (2, 1, 3)
@@ -206,7 +206,7 @@ async def test_a_malformed_answer_is_refused_and_recorded_from_the_plc(tmp_path:
         reason = await _relay(vendor, channel, recording, alerts).run()
     assert reason.startswith("malformed Modbus response") and bytes(vendor.written) == answer
     [(kind, details)] = alerts
-    assert kind == "modbus.malformed" and details["raw"] == garbage.hex()
+    assert kind == "ot.malformed" and details["raw"] == garbage.hex()
     assert _segments(tmp_path, tmp_path / "s1-tcp1") == {
         "198.18.0.1": READ,
         PLC[0]: answer + garbage,  # server -> client, though the vendor never received it

@@ -19,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from sessions.modbus import MbapFramer
+from sessions.ot.modbus_wire import MbapFramer
 
 
 class PlcServer:

@@ -150,7 +150,7 @@ test_deny_carries_restrictive_obligations if {
 		"record": "strict", "max_duration_s": null, "idle_timeout_s": null,
 		"approvals_required": 0, "require_mfa": false,
 		"modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": null},
-		"rate_limit_rps": null, "supervise": false,
+		"rate_limit_rps": null, "supervise": false, "protocols": {},
 	}
 }
 
@@ -478,6 +478,10 @@ test_obligations_read_only_level1 if {
 		"modbus": {"allow_function_codes": [1, 2, 3, 4, 7, 11, 12, 17, 20, 24, 43], "write_ranges": [], "unit_ids": null},
 		"rate_limit_rps": 10,
 		"supervise": false,
+		"protocols": {
+			"s7": {"allow": ["block_info", "cyclic_read", "read_clock", "read_var", "szl_read"], "write_ranges": []},
+			"enip": {"allow": ["read_attribute", "read_tag"]},
+		},
 	}
 }
 
@@ -556,6 +560,35 @@ test_endpoints_tune_connection_gets_the_endpoint_ranges if {
 	}))
 	d.allow == true
 	d.obligations.modbus.write_ranges == [{"table": "holding_registers", "first": 40001, "last": 40100}]
+}
+
+s7_endpoint := {
+	"name": "cpu", "host": "10.0.1.6", "port": 102, "protocol": "s7", "inspected": true,
+	"settings": {"write_ranges": {"tune": [{"area": "DB", "db": 1, "first": 0, "last": 15}]}},
+}
+
+s7_conn(op) := given({
+	"asset": {"endpoints": array.concat(base.asset.endpoints, [s7_endpoint]), "protocols": ["modbus", "s7", "ssh"]},
+	"action": {"kind": "tcp", "port": 102, "login": null, "operation_class": op},
+	"grant": {"operation_class": op, "ports": [22, 102, 502]},
+})
+
+test_endpoints_s7_connection_gets_its_class_operations_and_ranges if {
+	r := decide(s7_conn("read_only"))
+	r.allow == true
+	r.obligations.protocols.s7 == {"allow": ["block_info", "cyclic_read", "read_clock", "read_var", "szl_read"], "write_ranges": []}
+	t := decide(s7_conn("tune"))
+	t.allow == true
+	t.obligations.protocols.s7.write_ranges == [{"area": "DB", "db": 1, "first": 0, "last": 15}]
+	"write_var" in t.obligations.protocols.s7.allow
+	not "plc_stop" in t.obligations.protocols.s7.allow
+	t.obligations.modbus.write_ranges == [] # not a Modbus connection
+}
+
+test_endpoints_enip_allow_list_follows_the_class if {
+	decide(base).obligations.protocols.enip.allow == ["read_attribute", "read_tag"]
+	t := decide(given({"action": {"operation_class": "tune"}, "grant": {"operation_class": "tune"}}))
+	t.obligations.protocols.enip.allow == ["read_attribute", "read_tag", "write_tag"]
 }
 
 test_endpoints_undeclared_port_is_denied if {

@@ -19,6 +19,7 @@ denied_obligations := {
 	"modbus": {"allow_function_codes": [], "write_ranges": [], "unit_ids": null},
 	"rate_limit_rps": null,
 	"supervise": false,
+	"protocols": {},
 }
 
 granted_obligations(inp, grant_ends_ns, now) := {
@@ -34,6 +35,10 @@ granted_obligations(inp, grant_ends_ns, now) := {
 	},
 	"rate_limit_rps": rate_limit_rps(level),
 	"supervise": c.supervise,
+	"protocols": {
+		"s7": {"allow": c.s7_operations, "write_ranges": s7_write_ranges(inp, op)},
+		"enip": {"allow": c.enip_operations},
+	},
 } if {
 	op := inp.action.operation_class
 	c := ot.class(op)
@@ -74,3 +79,10 @@ modbus_unit_ids(inp) := units if {
 	e.protocol == "modbus"
 	units = e.settings.unit_ids
 } else := null
+
+# S7 Write Var ranges: a connection gets those its S7 endpoint declares for the class.
+s7_write_ranges(inp, op) := ot.s7_write_ranges(op, e) if {
+	inp.action.kind == "tcp"
+	e = connection_endpoint(inp)
+	e.protocol == "s7"
+} else := []

@@ -1,0 +1,306 @@
+"""EtherNet/IP + CIP inspection (port 44818): enforces ``obligations.protocols.enip``.
+
+Obligations block (built by the policy bundle from the operation class; docs/policy.md "OT
+operation table")::
+
+    {"allow": ["read_tag", "read_attribute", ...]}     # operation names, below
+
+===============  ===========  ===========================================================
+name             class        CIP service
+===============  ===========  ===========================================================
+read_tag         read         0x4C Read Tag, 0x52 Read Tag Fragmented (not to class 0x06)
+read_attribute   read         0x01 Get Attributes All, 0x03 Get Attribute List,
+                              0x0E Get Attribute Single, 0x55 Get Instance Attribute List
+write_tag        write        0x4D Write Tag, 0x53 Write Tag Fragmented,
+                              0x4E Read-Modify-Write Tag (not to class 0x06)
+write_attribute  engineering  0x02 Set Attributes All, 0x04 Set Attribute List,
+                              0x10 Set Attribute Single
+reset            dangerous    0x05 Reset
+start            dangerous    0x06 Start
+stop             dangerous    0x07 Stop
+unknown          dangerous    any other service
+===============  ===========  ===========================================================
+
+Session registration, List Identity/Services/Interfaces, NOP and the Connection Manager's
+Forward Open/Close always pass (they set up, they do nothing to the controller). An
+Unconnected Send is judged by the request it carries; a Multiple Service Packet passes only
+if every request in it is allowed. Other encapsulation commands are answered with status
+0x0001 (unsupported command) and never reach the device. No obligations at all: the
+read-only default; obligations without an enip block: set-up only (deny by default).
+
+Refused requests are answered by the broker with a CIP reply carrying general status 0x0F
+(privilege violation) in the same encapsulation command, session and sender context. A
+malformed frame (either direction) closes the connection; its bytes are recorded, never
+forwarded.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from policies.decision import Obligations
+from sessions.clock import Clock
+from sessions.errors import ValidationError
+from sessions.ot.base import (
+    ObligationsError,
+    OpClass,
+    Operation,
+    ProtocolPlugin,
+    Record,
+    Verdicts,
+    iso,
+    malformed_record,
+    protocol_block,
+)
+from sessions.ot.enip_wire import (
+    CONNECTION_MANAGER,
+    FORWARD_CLOSE,
+    FORWARD_OPEN,
+    LARGE_FORWARD_OPEN,
+    MULTIPLE_SERVICE,
+    PASS_COMMANDS,
+    SEND_RR,
+    SEND_UNIT,
+    UNCONNECTED_SEND,
+    Cip,
+    Encap,
+    EncapFramer,
+    EnipProtocolError,
+    multiple_service,
+    parse_cip,
+    parse_message,
+    refusal,
+    unconnected_send,
+    unsupported,
+)
+from sessions.ot.pacing import Queued, RequestFlow, TokenBucket
+from sessions.ot.settings import fail, unknown_keys
+
+OPERATIONS: Mapping[str, str] = {
+    "read_tag": OpClass.READ,
+    "read_attribute": OpClass.READ,
+    "write_tag": OpClass.WRITE,
+    "write_attribute": OpClass.ENGINEERING,
+    "reset": OpClass.DANGEROUS,
+    "start": OpClass.DANGEROUS,
+    "stop": OpClass.DANGEROUS,
+    "unknown": OpClass.DANGEROUS,
+}
+READ_ONLY = frozenset(op for op, cls in OPERATIONS.items() if cls == OpClass.READ)
+_SERVICES = {0x4C: "read_tag", 0x52: "read_tag", 0x01: "read_attribute", 0x03: "read_attribute",
+             0x0E: "read_attribute", 0x55: "read_attribute", 0x4D: "write_tag", 0x53: "write_tag",
+             0x4E: "write_tag", 0x02: "write_attribute", 0x04: "write_attribute",
+             0x10: "write_attribute", 0x05: "reset", 0x06: "start", 0x07: "stop"}  # fmt: skip
+_RANK = (OpClass.READ, OpClass.WRITE, OpClass.ENGINEERING, OpClass.DANGEROUS)
+_SETUP = frozenset({FORWARD_OPEN, LARGE_FORWARD_OPEN, FORWARD_CLOSE})
+
+
+def operation_of(cip: Cip) -> str:
+    """The operation name of one CIP request (see the module table)."""
+    if cip.cls == CONNECTION_MANAGER:
+        return "unknown"  # set-up is handled before; anything else to it is not understood
+    return _SERVICES.get(cip.service, "unknown")
+
+
+def requests_in(cip: Cip) -> list[Cip] | None:
+    """The requests a message asks for; None for connection set-up (always passes)."""
+    if cip.cls == CONNECTION_MANAGER and cip.service in _SETUP:
+        return None
+    if cip.cls == CONNECTION_MANAGER and cip.service == UNCONNECTED_SEND:
+        inner = parse_cip(unconnected_send(cip.data))
+        return (
+            [inner] if not (inner.cls == CONNECTION_MANAGER and inner.service in _SETUP) else None
+        )
+    if cip.service == MULTIPLE_SERVICE:
+        return [parse_cip(part) for part in multiple_service(cip.data)]
+    return [cip]
+
+
+class EnipInspector:
+    """Enforces EtherNet/IP obligations on one client connection (see the module docstring)."""
+
+    def __init__(self, obligations: Obligations | None, clock: Clock, *,
+                 limiter: TokenBucket | None = None, max_queued: int = 64) -> None:  # fmt: skip
+        self._clock = clock
+        self._allowed = enip_obligations(obligations)
+        self._flow = RequestFlow(limiter, max_queued)
+        self._client, self._server = EncapFramer(), EncapFramer()
+        self._t_o: dict[int, int] = {}  # connected O->T id -> T->O id (from Forward Open)
+
+    @property
+    def accepting(self) -> bool:
+        return self._flow.accepting
+
+    @property
+    def drained(self) -> bool:
+        return self._flow.drained
+
+    def from_client(self, data: bytes) -> Verdicts:
+        now = self._clock.now()
+        if self._flow.closed is not None or self._flow.closing:
+            return Verdicts(close=self._flow.closed)
+        frames, rest, error = self._client.feed(data)
+        records = self._flow.expire(now)
+        forward, replies = bytearray(), bytearray(self._flow.ready())
+        for i, frame in enumerate(frames):
+            try:
+                out, reply, record = self._client_frame(now, frame)
+            except EnipProtocolError as exc:
+                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
+                break
+            forward += out
+            replies += reply
+            if record is not None:
+                records.append(record)
+        forward += self._flow.release(now)  # what came before a malformed frame still goes
+        if error is not None:
+            return self._malformed(
+                now, "request", error, rest, records, bytes(forward), bytes(replies)
+            )
+        return Verdicts(
+            bytes(forward), bytes(replies), tuple(records), None, self._flow.next_at(now)
+        )
+
+    def from_server(self, data: bytes) -> Verdicts:
+        now = self._clock.now()
+        frames, rest, error = self._server.feed(data)
+        records = self._flow.expire(now)
+        answers = bytearray(self._flow.ready())
+        for i, frame in enumerate(frames):
+            try:
+                record = self._server_frame(now, frame)
+            except EnipProtocolError as exc:
+                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
+                break
+            answers += frame.raw + self._flow.ready()
+            if record is not None:
+                records.append(record)
+        if error is not None:
+            return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
+        return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
+                        self._flow.next_at(now))  # fmt: skip
+
+    def poll(self) -> Verdicts:
+        now = self._clock.now()
+        records = tuple(self._flow.expire(now))
+        to_client = self._flow.ready()
+        return Verdicts(
+            self._flow.release(now), to_client, records, poll_at=self._flow.next_at(now)
+        )
+
+    def begin_close(self, reason: str) -> Verdicts:
+        self._flow.closing = True
+        records = tuple(self._flow.discard(f"session closing: {reason}"))
+        return Verdicts(to_client=self._flow.ready(), records=records)
+
+    def finish(self) -> list[Record]:
+        return self._flow.finish()
+
+    # -- client side ----------------------------------------------------------------------
+
+    def _client_frame(self, now: datetime, frame: Encap) -> tuple[bytes, bytes, Record | None]:
+        if frame.command in PASS_COMMANDS:
+            return frame.raw, b"", None
+        if frame.command not in (SEND_RR, SEND_UNIT):
+            op = Operation(iso(now), "enip", frame.command, "unknown", OpClass.DANGEROUS,
+                           reason=f"encapsulation command 0x{frame.command:04X} not relayed",
+                           result="refused")  # fmt: skip
+            return b"", self._flow.refuse(unsupported(frame)), op.as_record(session=frame.session)
+        message = parse_message(frame.data)
+        cip = parse_cip(message.cip)
+        requests = requests_in(cip)
+        if requests is None:
+            return frame.raw, b"", None
+        names = [operation_of(r) for r in requests]
+        service = requests[0].service if len(requests) == 1 else cip.service
+        written = [r.data.hex() for r, n in zip(requests, names, strict=True) if n != "read_tag"
+                   and OPERATIONS[n] != OpClass.READ]  # fmt: skip
+        addresses = [r.tag or r.path for r in requests]
+        op = Operation(iso(now), "enip", service, ",".join(names),
+                       max((OPERATIONS[n] for n in names), key=_RANK.index),
+                       addresses=addresses, values=written or None)  # fmt: skip
+        record = op.as_record(session=frame.session, status=None)
+        key = ("rr", frame.context) if frame.command == SEND_RR else ("unit", message.sequence)
+        refused = sorted({n for n in names if n not in self._allowed})
+        why = f"EtherNet/IP {', '.join(refused)} not allowed" if refused else None
+        if why is None and self._flow.queue.full:
+            why = "request queue full"
+        if why is None:
+            record.update(allowed=True, reason=f"{op.function_name} allowed")
+            self._flow.push(Queued(frame.raw, key, record))
+            return b"", b"", None
+        record.update(reason=why, result="refused")
+        t_o = None if message.connection is None else self._t_o.get(message.connection)
+        return b"", self._flow.refuse(refusal(frame, message, service, t_o)), record
+
+    # -- server side ----------------------------------------------------------------------
+
+    def _server_frame(self, now: datetime, frame: Encap) -> Record | None:
+        if frame.command not in (SEND_RR, SEND_UNIT):
+            return None
+        message = parse_message(frame.data)
+        reply = message.cip
+        if len(reply) < 4 or not reply[0] & 0x80 or len(reply) < 4 + 2 * reply[3]:
+            raise EnipProtocolError("CIP reply header malformed")
+        status = reply[2]
+        if (
+            reply[0] & 0x7F in (FORWARD_OPEN, LARGE_FORWARD_OPEN)
+            and status == 0
+            and len(reply) >= 12
+        ):
+            o_t, t_o = struct.unpack_from("<II", reply, 4)
+            self._t_o[o_t] = t_o
+        key = ("rr", frame.context) if frame.command == SEND_RR else ("unit", message.sequence)
+        record = self._flow.answered(key)
+        if record is not None:
+            record.update(
+                answered_at=iso(now), status=status, result="ok" if status == 0 else "error"
+            )
+        return record
+
+    def _malformed(self, now: datetime, what: str, error: EnipProtocolError, rest: bytes,
+                   records: list[Record], forward: bytes, replies: bytes) -> Verdicts:  # fmt: skip
+        framer = self._client if what == "request" else self._server
+        stopped = rest + framer.fail(error.message)
+        closed = self._flow.closed = (
+            self._flow.closed or f"malformed EtherNet/IP {what}: {error.message}"
+        )
+        records.append(malformed_record(now, "enip", stopped, closed))
+        records += self._flow.discard(closed)
+        return Verdicts(forward, replies, tuple(records), closed, None, stopped)
+
+
+def enip_obligations(obligations: Obligations | None) -> frozenset[str]:
+    """Allowed operation names; raises ObligationsError if the enip block is malformed."""
+    if obligations is None:
+        return READ_ONLY
+    block = protocol_block(obligations, "enip")
+    if block is None:
+        return frozenset()
+    where = "obligations.protocols.enip"
+    try:
+        unknown_keys(block, {"allow"}, where, "key(s)")
+        allow = block.get("allow", [])
+        if not isinstance(allow, list) or not set(allow) <= set(OPERATIONS):
+            raise fail(f"{where}.allow", f"must be a list of {', '.join(OPERATIONS)}")
+    except ValidationError as exc:
+        raise ObligationsError(str(exc)) from None
+    return frozenset(allow)
+
+
+def validate_enip_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """EtherNet/IP endpoints take no settings (the operation class decides)."""
+    unknown_keys(settings, set(), where, "enip setting(s)")
+    return {}
+
+
+def _build(
+    obligations: Obligations | None, clock: Clock, limiter: TokenBucket | None
+) -> EnipInspector:
+    return EnipInspector(obligations, clock, limiter=limiter)
+
+
+PLUGIN = ProtocolPlugin("enip", 44818, _build, validate_enip_settings)
