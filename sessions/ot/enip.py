@@ -50,9 +50,7 @@ from sessions.ot.base import (
     Operation,
     ProtocolPlugin,
     Record,
-    Verdicts,
     iso,
-    malformed_record,
     protocol_block,
 )
 from sessions.ot.enip_wire import (
@@ -76,7 +74,8 @@ from sessions.ot.enip_wire import (
     unconnected_send,
     unsupported,
 )
-from sessions.ot.pacing import Queued, RequestFlow, TokenBucket
+from sessions.ot.framed import FramedInspector
+from sessions.ot.pacing import Queued, TokenBucket
 from sessions.ot.settings import fail, unknown_keys
 
 OPERATIONS: Mapping[str, str] = {
@@ -119,85 +118,18 @@ def requests_in(cip: Cip) -> list[Cip] | None:
     return [cip]
 
 
-class EnipInspector:
+class EnipInspector(FramedInspector[Encap]):
     """Enforces EtherNet/IP obligations on one client connection (see the module docstring)."""
+
+    protocol, label = "enip", "EtherNet/IP"
 
     def __init__(self, obligations: Obligations | None, clock: Clock, *,
                  limiter: TokenBucket | None = None, max_queued: int = 64) -> None:  # fmt: skip
-        self._clock = clock
+        super().__init__(
+            clock, EncapFramer(), EncapFramer(), limiter=limiter, max_queued=max_queued
+        )
         self._allowed = enip_obligations(obligations)
-        self._flow = RequestFlow(limiter, max_queued)
-        self._client, self._server = EncapFramer(), EncapFramer()
         self._t_o: dict[int, int] = {}  # connected O->T id -> T->O id (from Forward Open)
-
-    @property
-    def accepting(self) -> bool:
-        return self._flow.accepting
-
-    @property
-    def drained(self) -> bool:
-        return self._flow.drained
-
-    def from_client(self, data: bytes) -> Verdicts:
-        now = self._clock.now()
-        if self._flow.closed is not None or self._flow.closing:
-            return Verdicts(close=self._flow.closed)
-        frames, rest, error = self._client.feed(data)
-        records = self._flow.expire(now)
-        forward, replies = bytearray(), bytearray(self._flow.ready())
-        for i, frame in enumerate(frames):
-            try:
-                out, reply, record = self._client_frame(now, frame)
-            except EnipProtocolError as exc:
-                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
-                break
-            forward += out
-            replies += reply
-            if record is not None:
-                records.append(record)
-        forward += self._flow.release(now)  # what came before a malformed frame still goes
-        if error is not None:
-            return self._malformed(
-                now, "request", error, rest, records, bytes(forward), bytes(replies)
-            )
-        return Verdicts(
-            bytes(forward), bytes(replies), tuple(records), None, self._flow.next_at(now)
-        )
-
-    def from_server(self, data: bytes) -> Verdicts:
-        now = self._clock.now()
-        frames, rest, error = self._server.feed(data)
-        records = self._flow.expire(now)
-        answers = bytearray(self._flow.ready())
-        for i, frame in enumerate(frames):
-            try:
-                record = self._server_frame(now, frame)
-            except EnipProtocolError as exc:
-                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
-                break
-            answers += frame.raw + self._flow.ready()
-            if record is not None:
-                records.append(record)
-        if error is not None:
-            return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
-        return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
-                        self._flow.next_at(now))  # fmt: skip
-
-    def poll(self) -> Verdicts:
-        now = self._clock.now()
-        records = tuple(self._flow.expire(now))
-        to_client = self._flow.ready()
-        return Verdicts(
-            self._flow.release(now), to_client, records, poll_at=self._flow.next_at(now)
-        )
-
-    def begin_close(self, reason: str) -> Verdicts:
-        self._flow.closing = True
-        records = tuple(self._flow.discard(f"session closing: {reason}"))
-        return Verdicts(to_client=self._flow.ready(), records=records)
-
-    def finish(self) -> list[Record]:
-        return self._flow.finish()
 
     # -- client side ----------------------------------------------------------------------
 
@@ -260,17 +192,6 @@ class EnipInspector:
                 answered_at=iso(now), status=status, result="ok" if status == 0 else "error"
             )
         return record
-
-    def _malformed(self, now: datetime, what: str, error: EnipProtocolError, rest: bytes,
-                   records: list[Record], forward: bytes, replies: bytes) -> Verdicts:  # fmt: skip
-        framer = self._client if what == "request" else self._server
-        stopped = rest + framer.fail(error.message)
-        closed = self._flow.closed = (
-            self._flow.closed or f"malformed EtherNet/IP {what}: {error.message}"
-        )
-        records.append(malformed_record(now, "enip", stopped, closed))
-        records += self._flow.discard(closed)
-        return Verdicts(forward, replies, tuple(records), closed, None, stopped)
 
 
 def enip_obligations(obligations: Obligations | None) -> frozenset[str]:

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from itertools import pairwise
 
-from sessions.errors import SessionsError
+from sessions.ot.framed import OtProtocolError
 
 HEADER = 24
 MAX_LENGTH = 65511  # the largest encapsulation data length the 16-bit field allows
@@ -32,7 +32,7 @@ MULTIPLE_SERVICE = 0x0A
 PRIVILEGE_VIOLATION = 0x0F  # CIP general status the broker answers refused requests with
 
 
-class EnipProtocolError(SessionsError):
+class EnipProtocolError(OtProtocolError):
     """A frame breaks the encapsulation, CPF or CIP layout; the connection must be closed."""
 
     code = "enip_malformed"

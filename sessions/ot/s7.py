@@ -44,6 +44,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from policies.decision import Obligations
@@ -55,12 +56,11 @@ from sessions.ot.base import (
     Operation,
     ProtocolPlugin,
     Record,
-    Verdicts,
     iso,
-    malformed_record,
     protocol_block,
 )
-from sessions.ot.pacing import Queued, RequestFlow, TokenBucket
+from sessions.ot.framed import FramedInspector
+from sessions.ot.pacing import Queued, TokenBucket
 from sessions.ot.s7_wire import (
     ACK,
     ACK_DATA,
@@ -140,91 +140,26 @@ def operation_of(pdu: S7Pdu) -> str:
     return _GROUPS.get(group, "unknown")
 
 
-class S7Inspector:
+class S7Inspector(FramedInspector[Tpkt]):
     """Enforces S7 obligations on one client connection (see the module docstring)."""
+
+    protocol, label = "s7", "S7"
 
     def __init__(self, obligations: Obligations | None, clock: Clock, *,
                  limiter: TokenBucket | None = None, max_queued: int = 64) -> None:  # fmt: skip
-        self._clock = clock
+        super().__init__(clock, TpktFramer(), TpktFramer(), limiter=limiter, max_queued=max_queued)
         self._allowed, self._ranges = s7_obligations(obligations)
-        self._flow = RequestFlow(limiter, max_queued)
-        self._client, self._server = TpktFramer(), TpktFramer()
         self._fragments: list[Tpkt] = []
         self._server_jobs: set[int] = set()
         self._connected = False
 
-    @property
-    def accepting(self) -> bool:
-        return self._flow.accepting
-
-    @property
-    def drained(self) -> bool:
-        return self._flow.drained
-
-    def from_client(self, data: bytes) -> Verdicts:
-        now = self._clock.now()
-        if self._flow.closed is not None or self._flow.closing:
-            return Verdicts(close=self._flow.closed)
-        frames, rest, error = self._client.feed(data)
-        records = self._flow.expire(now)
-        forward, replies = bytearray(), bytearray(self._flow.ready())
-        for i, frame in enumerate(frames):
-            try:
-                out, reply, record = self._client_frame(frame)
-            except S7ProtocolError as exc:
-                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
-                break
-            forward += out
-            replies += reply
-            if record is not None:
-                records.append(record)
-        forward += self._flow.release(now)  # what came before a malformed frame still goes
-        if error is not None:
-            return self._malformed(
-                now, "request", error, rest, records, bytes(forward), bytes(replies)
-            )
-        return Verdicts(
-            bytes(forward), bytes(replies), tuple(records), None, self._flow.next_at(now)
-        )
-
-    def from_server(self, data: bytes) -> Verdicts:
-        now = self._clock.now()
-        frames, rest, error = self._server.feed(data)
-        records = self._flow.expire(now)
-        answers = bytearray(self._flow.ready())
-        for i, frame in enumerate(frames):
-            try:
-                record = self._server_frame(frame)
-            except S7ProtocolError as exc:
-                error, rest = exc, b"".join(f.raw for f in frames[i:]) + rest
-                break
-            answers += frame.raw + self._flow.ready()
-            if record is not None:
-                records.append(record)
-        if error is not None:
-            return self._malformed(now, "response", error, rest, records, b"", bytes(answers))
-        return Verdicts(self._flow.release(now), bytes(answers), tuple(records), self._flow.closed,
-                        self._flow.next_at(now))  # fmt: skip
-
-    def poll(self) -> Verdicts:
-        now = self._clock.now()
-        records = tuple(self._flow.expire(now))
-        to_client = self._flow.ready()
-        return Verdicts(
-            self._flow.release(now), to_client, records, poll_at=self._flow.next_at(now)
-        )
-
-    def begin_close(self, reason: str) -> Verdicts:
-        self._flow.closing = True
-        records = tuple(self._flow.discard(f"session closing: {reason}"))
-        return Verdicts(to_client=self._flow.ready(), records=records)
-
-    def finish(self) -> list[Record]:
-        return self._flow.finish()
+    def _held_request(self) -> bytes:
+        held, self._fragments = b"".join(f.raw for f in self._fragments), []
+        return held
 
     # -- client side ----------------------------------------------------------------------
 
-    def _client_frame(self, frame: Tpkt) -> tuple[bytes, bytes, Record | None]:
+    def _client_frame(self, now: datetime, frame: Tpkt) -> tuple[bytes, bytes, Record | None]:
         if frame.cotp_type == CR and not self._connected:
             self._connected = True
             return frame.raw, b"", None
@@ -292,7 +227,7 @@ class S7Inspector:
 
     # -- server side ----------------------------------------------------------------------
 
-    def _server_frame(self, frame: Tpkt) -> Record | None:
+    def _server_frame(self, now: datetime, frame: Tpkt) -> Record | None:
         if frame.cotp_type != DT or not frame.eot:
             return None  # connection confirm, disconnect, fragments: passed as they are
         pdu = parse_pdu(frame.payload)
@@ -305,23 +240,9 @@ class S7Inspector:
         error = pdu.error
         if pdu.rosctr == USERDATA and len(pdu.params) >= 12:
             error = struct.unpack_from(">H", pdu.params, 10)[0]
-        record.update(answered_at=iso(self._clock.now()), error=error or None,
+        record.update(answered_at=iso(now), error=error or None,
                       result="ok" if not error else "error")  # fmt: skip
         return record
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _malformed(self, now: Any, what: str, error: S7ProtocolError, rest: bytes,
-                   records: list[Record], forward: bytes, replies: bytes) -> Verdicts:  # fmt: skip
-        framer = self._client if what == "request" else self._server
-        stopped = rest + framer.fail(error.message)
-        if what == "request":
-            stopped = b"".join(f.raw for f in self._fragments) + stopped
-            self._fragments = []
-        closed = self._flow.closed = self._flow.closed or f"malformed S7 {what}: {error.message}"
-        records.append(malformed_record(now, "s7", stopped, closed))
-        records += self._flow.discard(closed)
-        return Verdicts(forward, replies, tuple(records), closed, None, stopped)
 
 
 def _describe(r: S7Range) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from sessions.errors import SessionsError
+from sessions.ot.framed import OtProtocolError
 
 TPKT_HEADER = 4
 MAX_S7_PDU = 8192  # the largest PDU size an S7 CPU negotiates (S7-1500); longer is hostile
@@ -35,7 +35,7 @@ AREA_CODES = {name: code for code, name in AREAS.items()}
 ELEMENT_BYTES = {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 4, 8: 4, 0x1C: 2, 0x1D: 2}
 
 
-class S7ProtocolError(SessionsError):
+class S7ProtocolError(OtProtocolError):
     """A frame breaks TPKT/COTP/S7 layout; the connection must be closed."""
 
     code = "s7_malformed"
