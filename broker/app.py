@@ -56,6 +56,7 @@ from broker.device_starts import DeviceStarts
 from broker.errors import BrokerError, NotAuthenticated
 from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
+from broker.obligations_view import obligation_rows
 from broker.oidc import OidcClient
 from broker.policy_data_sync import PolicyDataSync
 from broker.recording_keys import load_recording_signer, recording_key_dir
@@ -245,6 +246,7 @@ def build_services(
     engine = engine or create_db_engine(settings.database_url)
     redirect_uri = settings.public_url.rstrip("/") + "/auth/callback"
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["obligation_rows"] = obligation_rows
     audit = AuditLog(engine, clock)
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
