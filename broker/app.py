@@ -41,6 +41,7 @@ from broker import (
     session_pages,
     signin,
     users_admin,
+    windows_page,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
@@ -493,6 +494,7 @@ def create_app(
             *api.routes,
             *access_api.routes,
             *access_pages.routes,
+            *windows_page.routes,
             *identity_page.routes,
             *agent_api.routes,
             *session_api.routes,

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from broker.auth import Principal
 from broker.plant_api import apply_document, asset_index, exported
 from broker.services import services
 from broker.web import check_csrf, render, require
@@ -296,21 +297,35 @@ def _edit(
     return False
 
 
-async def plant_form(request: Request) -> Response:
-    principal = await require(request, ADMIN)
-    kind = request.path_params["kind"]
-    if kind not in FORMS:
-        return Response("no such form", status_code=404)
+async def apply_form(
+    request: Request, principal: Principal, kind: str
+) -> tuple[str | None, dict[str, Any]]:
+    """Apply one of the page's forms (``kind`` in FORMS; CSRF checked here) to the plant.
+
+    Returns ``(None, values)`` when applied, else ``(message, values)`` with nothing changed;
+    ``values`` are the posted fields to show again. Also used by ``/admin/windows``.
+    """
     form = await check_csrf(request, principal)
     posted = await request.form()
     multi = {key: [str(v) for v in posted.getlist(key)] for key in ("operation_classes", "days")}
+    values = {k: v for k, v in form.items() if k != "csrf"} | multi
     data = await exported(request)
     try:
         archive = _edit(kind, data, form, multi)
         await apply_document(request, principal, data, archive=archive)
     except SessionsError as exc:
-        values = {k: v for k, v in form.items() if k != "csrf"} | multi
-        return await _page(request, {kind: str(exc)}, {kind: values})
+        return str(exc), values
+    return None, values
+
+
+async def plant_form(request: Request) -> Response:
+    principal = await require(request, ADMIN)
+    kind = request.path_params["kind"]
+    if kind not in FORMS:
+        return Response("no such form", status_code=404)
+    problem, values = await apply_form(request, principal, kind)
+    if problem is not None:
+        return await _page(request, {kind: problem}, {kind: values})
     return RedirectResponse(f"/admin/plant#plant-{kind}", status_code=303)
 
 
