@@ -4,7 +4,7 @@
   for an asset that needs it at connect time (Purdue level 1), and not when they used MFA;
 * a request's state follows its grant: after a revoke the request reads ``revoked`` on the
   vendor page, the grants page, ``GET /api/requests`` and ``conduit requests``;
-* obligations are words in a table (vendor page, grants page, ``conduit grants``), never
+* obligations are words in a two-column list (vendor page, grants page, ``conduit grants``), never
   Python reprs; users are display names with their id on hover (grants, queue, audit log).
 """
 
@@ -51,7 +51,7 @@ def user_id(broker: RunningBroker, name: str) -> str:
 
 def _row(html: str, row_id: str) -> str:
     assert f'id="{row_id}"' in html, row_id
-    return html.split(f'id="{row_id}"')[1].split("\n  </tr>")[0]  # the row's own end
+    return html.split(f'id="{row_id}"')[1].split("</tr>")[0]
 
 
 def _request(env: dict[str, str], asset: str) -> str:
@@ -99,8 +99,8 @@ def test_mfa_warning_state_follows_grant_obligations_and_names(
 
     with signed_in(plant, "alice") as web:
         row = _row(web.get(f"{plant.url}/vendor").text, f"grant-{grant['id']}")
-    assert f'<table class="obligations" id="obligations-{grant["id"]}">' in row
-    assert '<th scope="row">Recording</th>' in row and '<th scope="row">MFA</th>' in row
+    assert f'<dl class="obligations" id="obligations-{grant["id"]}">' in row
+    assert "<dt>Recording</dt>" in row and "<dt>MFA</dt>" in row
     assert not any(r in row for r in PYTHON_REPRS)
 
     revoked = run_conduit("revoke", grant["id"], "--reason", "job done early", env=adam)
