@@ -20,7 +20,7 @@ from broker.live_sessions import LiveSession
 from broker.people import people
 from sessions.db import session_scope
 from sessions.identity import ADMIN, APPROVER, SECURITY
-from sessions.models import Asset, MaintenanceSession
+from sessions.models import Asset, Grant, MaintenanceSession
 
 
 def sees_all(principal: Principal) -> bool:
@@ -53,9 +53,22 @@ def may_see(principal: Principal, user_id: str, owner_group: str | None) -> bool
 
 def live_rows(engine: Any, principal: Principal, live: list[LiveSession]) -> list[dict[str, Any]]:
     """The live sessions ``principal`` may see, as ``LiveSession.as_dict()`` with ``user`` the
-    display name and ``user_id`` added (runs queries: call it off the event loop)."""
+    display name, ``user_id`` and the grant's ``obligations`` (None: standing access) added
+    (runs queries: call it off the event loop)."""
     with session_scope(engine) as db:
         groups = dict(db.exec(select(Asset.name, Asset.owner_group)).all())
         shown = [s for s in live if may_see(principal, s.user_id, groups.get(s.asset))]
         names = people(db, {s.user_id for s in shown})
-    return [{**s.as_dict(), "user": names[s.user_id].name, "user_id": s.user_id} for s in shown]
+        grant_ids = {s.grant_id for s in shown if s.grant_id}
+        obligations = {
+            g.id: g.obligations for g in db.exec(select(Grant).where(col(Grant.id).in_(grant_ids)))
+        }
+    return [
+        {
+            **s.as_dict(),
+            "user": names[s.user_id].name,
+            "user_id": s.user_id,
+            "obligations": obligations.get(s.grant_id or ""),
+        }
+        for s in shown
+    ]

@@ -76,6 +76,13 @@ def test_mfa_warning_state_follows_grant_obligations_and_names(
 
     with signed_in(plant, "olga") as web:
         queue = web.get(f"{plant.url}/approvals").text
+        detail = web.get(f"{plant.url}/requests/{without_mfa}")
+        detail_mfa = web.get(f"{plant.url}/requests/{with_mfa}").text
+    assert detail.status_code == 200 and 'id="mfa-warning"' in detail.text
+    assert "Purdue level 1" in detail.text and 'id="mfa-warning"' not in detail_mfa
+    assert f'href="/requests/{without_mfa}"' in queue
+    with signed_in(plant, "victor", otp="246810") as web:  # another vendor: not his to see
+        assert web.get(f"{plant.url}/requests/{without_mfa}").status_code == 404
     warning = f'id="mfa-warning-{without_mfa}"'
     assert warning in queue and "last sign-in used no MFA (amr: pwd)" in queue
     assert "Purdue level 1" in _row(queue, f"pending-{without_mfa}")
@@ -116,6 +123,14 @@ def test_mfa_warning_state_follows_grant_obligations_and_names(
         row = _row(web.get(f"{plant.url}/vendor").text, f"request-{level3}")
     assert 'data-request-state="revoked"' in f'id="request-{level3}"{row}'
     assert ">approved<" not in row
+    with signed_in(plant, "alice") as web:
+        detail = web.get(f"{plant.url}/requests/{level3}").text
+    assert '<span class="state revoked" id="request-state">revoked</span>' in detail
+    assert (
+        "job done early" in detail and '<dl class="obligations" id="request-obligations">' in detail
+    )
+    olga_id = user_id(plant, "olga")
+    assert f'<span class="person" title="{olga_id}">Olga Owner</span>' in detail
     with signed_in(plant, "adam") as web:
         page = web.get(f"{plant.url}/admin/grants").text
         filtered = web.get(f"{plant.url}/admin/grants", params={"state": "revoked"}).text
@@ -126,7 +141,6 @@ def test_mfa_warning_state_follows_grant_obligations_and_names(
     assert f'title="{alice_id}">Alice Vendor</span>' in grant_row
     assert "Recording" in grant_row and not any(r in grant_row for r in PYTHON_REPRS)
     # the audit log names the actor; the id is on hover, not the cell's text
-    olga_id = user_id(plant, "olga")
     assert f'<span class="person" title="{olga_id}">Olga Owner</span>' in audit
     assert f"<td>{olga_id}</td>" not in audit
 

@@ -73,6 +73,7 @@ def test_each_role_sees_its_sessions_and_recordings(rig: SshRig) -> None:  # noq
                 "Alice Vendor",
                 alice_id,
             )
+            assert isinstance(row["obligations"], dict) and "record" in row["obligations"]
         assert _live(envs["victor"]) == []
         assert run_conduit("sessions", env=envs["victor"]).stdout.strip() == "no live sessions"
 
@@ -81,6 +82,7 @@ def test_each_role_sees_its_sessions_and_recordings(rig: SshRig) -> None:  # noq
             assert page.status_code == 200 and f'id="session-{session_id}"' in page.text
             assert f'<span class="person" title="{alice_id}">Alice Vendor</span>' in page.text
             assert "kill-confirm-" not in page.text and 'href="/sessions"' in page.text
+            assert f'<dl class="obligations" id="obligations-{session_id}">' in page.text
         with web(rig, "victor") as victor:
             page = victor.get(f"{rig.broker.url}/sessions")
             assert page.status_code == 200 and f'id="session-{session_id}"' not in page.text
