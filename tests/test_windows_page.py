@@ -7,9 +7,13 @@ import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+from playwright.sync_api import Browser, expect
+
 from broker.windows_page import next_opening
 from sessions.windows import DAYS
 from tests.harness.broker import RunningBroker, audit_events, form_values
+from tests.test_access_browser import _sign_in
 from tests.test_views import plant, signed_in  # noqa: F401 (the plant fixture)
 
 TZ = "Europe/Berlin"
@@ -95,3 +99,20 @@ def test_policy_page_shows_the_bundle_and_its_tests(plant: RunningBroker) -> Non
     assert '<span class="c1"># ' in html  # comments are tokens too
     assert "style=" not in html.split("<main")[-1]  # classes only: the CSP forbids inline styles
     assert "style-src 'self'" in page.headers["content-security-policy"]
+
+
+@pytest.mark.browser
+def test_highlighting_is_styled_by_the_stylesheet_under_the_csp(
+    chromium: Browser,
+    plant: RunningBroker,  # noqa: F811
+) -> None:
+    """Token colours come from conduit.css classes (the CSP blocks inline styles): in Chromium
+    a Rego keyword is coloured, and no element in the page content carries a style attribute."""
+    page = _sign_in(chromium, plant, "adam", "adam-demo-pw")
+    for path in ("/admin/policy", "/admin/windows"):
+        page.goto(plant.url + path)
+        assert page.locator("main [style]").count() == 0, path
+    page.goto(plant.url + "/admin/policy")
+    keyword = page.locator('pre.highlight[data-path="conduit/access/access.rego"] .k').first
+    expect(keyword).to_have_css("color", "rgb(122, 31, 138)")
+    page.context.close()
