@@ -158,7 +158,9 @@ def grant_json(
         "starts_at": iso(grant.starts_at),
         "ends_at": iso(grant.ends_at),
         "obligations": grant.obligations,
-        "obligations_text": [f"{k}: {v}" for k, v in obligation_rows(grant.obligations)],
+        "obligations_text": [
+            f"{k}: {v}" for k, v in obligation_rows(grant.obligations, req.protocols)
+        ],
         "revoke_reason": grant.revoke_reason,
     }
 

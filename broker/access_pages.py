@@ -181,6 +181,7 @@ def _vendor_data(engine: Any, principal: Principal, now: datetime, front: Any) -
                     else [],
                     "allows": allowances(view, eps),
                     "obligations": g.obligations,
+                    "protocols": list(req.protocols) if req else None,
                 }
             )
         return {
@@ -376,6 +377,7 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
         ).all()
         users = people(db, {g.user_id for g in grants} | {r.requester_id for r in requests})
         grant_of = {g.request_id: g for g in grants}
+        protocols = {r.id: list(r.protocols) for r in requests}
         shown = {r.id: shown_state(r.state, _state(grant_of.get(r.id))) for r in requests}
         reaches = _reaches(db, list(requests))  # every grant's request is among them (same assets)
 
@@ -392,6 +394,7 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
                     "asset": assets[g.asset_id],
                     "user": users.get(g.user_id),
                     "reaches": reaches.get(g.request_id, []),
+                    "protocols": protocols.get(g.request_id),
                 }
                 for g in grants
                 if keep(g.state, g.user_id)

@@ -114,10 +114,18 @@ def _label(key: str) -> str:
     return key.replace("_", " ").capitalize()
 
 
-def obligation_rows(obligations: Any) -> list[tuple[str, str]]:
-    """``(label, text)`` rows for an obligations object; unset (None) values are left out."""
+def obligation_rows(
+    obligations: Any, protocols: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """``(label, text)`` rows for an obligations object; unset (None) values are left out.
+
+    ``protocols``: what the grant reaches (``AccessRequest.protocols``); when given, the
+    Modbus row (and its rate) is shown only if it includes ``modbus``, since nothing else
+    enforces it. None (unknown, e.g. the what-if simulator) shows every row.
+    """
     if not isinstance(obligations, Mapping):
         return []
+    modbus_relevant = protocols is None or "modbus" in set(protocols)
     o = obligations
     rows: list[tuple[str, str]] = []
     if "record" in o:
@@ -133,17 +141,24 @@ def obligation_rows(obligations: Any) -> list[tuple[str, str]]:
         rows.append(("Supervision", "an approver watches the session"))
     if o.get("maintenance_window_only") is True:
         rows.append(("Maintenance windows", "only while a window of the site is open"))
-    modbus = o.get("modbus")
-    if isinstance(modbus, Mapping):
-        rows.append(("Modbus", modbus_text(modbus, o.get("rate_limit_rps"))))
-    elif o.get("rate_limit_rps") is not None:
-        rows.append(("Rate limit", f"{_rate(o['rate_limit_rps'])} requests/s"))
+    if modbus_relevant:
+        rows += _modbus_rows(o)
     for key in sorted(set(o) - set(_KNOWN)):
         if o[key] is not None:
             rows.append((_label(key), _json(o[key])))
     return rows
 
 
-def obligations_text(obligations: Any) -> str:
+def _modbus_rows(o: Mapping[str, Any]) -> list[tuple[str, str]]:
+    modbus = o.get("modbus")
+    if isinstance(modbus, Mapping):
+        return [("Modbus", modbus_text(modbus, o.get("rate_limit_rps")))]
+    if o.get("rate_limit_rps") is not None:
+        return [("Rate limit", f"{_rate(o['rate_limit_rps'])} requests/s")]
+    return []
+
+
+def obligations_text(obligations: Any, protocols: Iterable[str] | None = None) -> str:
     """The rows on one line each (``Label: text``), for the CLI."""
-    return "\n".join(f"{label}: {text}" for label, text in obligation_rows(obligations))
+    rows = obligation_rows(obligations, protocols)
+    return "\n".join(f"{label}: {text}" for label, text in rows)

@@ -20,7 +20,7 @@ from broker.live_sessions import LiveSession
 from broker.people import people
 from sessions.db import session_scope
 from sessions.identity import ADMIN, APPROVER, SECURITY
-from sessions.models import Asset, Grant, MaintenanceSession
+from sessions.models import AccessRequest, Asset, Grant, MaintenanceSession
 
 
 def sees_all(principal: Principal) -> bool:
@@ -60,15 +60,19 @@ def live_rows(engine: Any, principal: Principal, live: list[LiveSession]) -> lis
         shown = [s for s in live if may_see(principal, s.user_id, groups.get(s.asset))]
         names = people(db, {s.user_id for s in shown})
         grant_ids = {s.grant_id for s in shown if s.grant_id}
-        obligations = {
-            g.id: g.obligations for g in db.exec(select(Grant).where(col(Grant.id).in_(grant_ids)))
-        }
+        found = db.exec(
+            select(Grant, AccessRequest.protocols)
+            .join(AccessRequest, col(AccessRequest.id) == col(Grant.request_id))
+            .where(col(Grant.id).in_(grant_ids))
+        ).all()
+        obligations = {g.id: (g.obligations, list(protocols)) for g, protocols in found}
     return [
         {
             **s.as_dict(),
             "user": names[s.user_id].name,
             "user_id": s.user_id,
-            "obligations": obligations.get(s.grant_id or ""),
+            "obligations": obligations.get(s.grant_id or "", (None, None))[0],
+            "protocols": obligations.get(s.grant_id or "", (None, None))[1],
         }
         for s in shown
     ]

@@ -62,3 +62,12 @@ def test_mfa_warning_only_where_policy_needs_mfa() -> None:
     assert mfa_warning(["pwd", "otp"], 1, "read_only") is None
     assert mfa_warning(["pwd"], 3, "read_only") is None
     assert "program work" in (mfa_warning(["pwd"], 3, "program") or "")
+
+
+def test_modbus_rows_only_where_the_grant_reaches_modbus() -> None:
+    o = Obligations(rate_limit_rps=50.0).as_dict()
+    assert "Modbus" in dict(obligation_rows(o))  # unknown reach (what-if): everything
+    assert "Modbus" in dict(obligation_rows(o, ["modbus", "ssh"]))
+    ssh_only = dict(obligation_rows(o, ["ssh"]))
+    assert "Modbus" not in ssh_only and "Rate limit" not in ssh_only
+    assert "Recording" in ssh_only

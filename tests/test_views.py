@@ -103,11 +103,13 @@ def test_mfa_warning_state_follows_grant_obligations_and_names(
     assert grant["request_id"] == level3
     text = run_conduit("grants", "--mine", env=alice).stdout
     assert "    Recording: " in text and not any(r in text for r in PYTHON_REPRS)
+    assert "Modbus" not in text
 
     with signed_in(plant, "alice") as web:
         row = _row(web.get(f"{plant.url}/vendor").text, f"grant-{grant['id']}")
     assert f'<dl class="obligations" id="obligations-{grant["id"]}">' in row
     assert "<dt>Recording</dt>" in row and "<dt>MFA</dt>" in row
+    assert "<dt>Modbus</dt>" not in row  # an SSH-only grant: no Modbus promises to show
     assert not any(r in row for r in PYTHON_REPRS)
 
     revoked = run_conduit("revoke", grant["id"], "--reason", "job done early", env=adam)
