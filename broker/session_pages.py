@@ -181,7 +181,7 @@ def _query(principal: Principal, filters: dict[str, str], recording_id: str | No
     return query.limit(LIST_LIMIT)
 
 
-def _load(
+def load_recordings(
     svc: Services, principal: Principal, filters: dict[str, str], recording_id: str | None = None
 ) -> tuple[list[RecordingRow], list[str]]:
     """Matching recordings (newest session first) and the asset names for the filter."""
@@ -215,7 +215,7 @@ async def recordings_page(request: Request) -> Response:
     principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     keys = ("user", "asset", "kind", "from", "to")
     filters = {k: request.query_params.get(k, "") for k in keys}
-    rows, assets = await run_in_threadpool(_load, services(request), principal, filters)
+    rows, assets = await run_in_threadpool(load_recordings, services(request), principal, filters)
     return render(
         request,
         "recordings.html",
@@ -234,7 +234,7 @@ async def _recording(request: Request, principal: Principal) -> RecordingRow:
     """The requested recording if ``principal`` may see it: 404 if absent, 403 (audited)."""
     svc = services(request)
     recording_id = request.path_params["id"]
-    rows, _ = await run_in_threadpool(_load, svc, principal, {}, recording_id)
+    rows, _ = await run_in_threadpool(load_recordings, svc, principal, {}, recording_id)
     if not rows:
         raise BrokerError(f"recording {recording_id} not found", code="not_found", status=404)
     row = rows[0]
@@ -499,7 +499,7 @@ def _companions(
         return pcap_id, row
     if ops_id is None:
         return row.id, None
-    found, _ = _load(svc, principal, {}, ops_id)  # the same session: the same owner
+    found, _ = load_recordings(svc, principal, {}, ops_id)  # the same session: the same owner
     return row.id, found[0] if found else None
 
 

@@ -1,7 +1,7 @@
 """Who sees a live session and its recording, per role, through HTTP and the CLI (real sshd,
 real agent, real IdP): the vendor their own, the approver those on assets their group owns
 (and no longer once the asset belongs to another group), security and admins all, another
-vendor none; only admins end a session."""
+vendor none (``/recordings`` and ``GET /api/recordings`` alike); only admins end a session."""
 
 from __future__ import annotations
 
@@ -110,12 +110,20 @@ def test_each_role_sees_its_sessions_and_recordings(rig: SshRig) -> None:  # noq
     recording_id = wait_until(recording, "the session's recording row")
     assert isinstance(recording_id, str)
     url = rig.broker.url
+
+    def api_ids(client: httpx2.Client) -> set[str]:
+        listed = client.get(f"{url}/api/recordings")
+        assert listed.status_code == 200, listed.text
+        return {r["id"] for r in listed.json()["recordings"]}
+
     with web(rig, "olga") as olga:
         assert f'data-recording-id="{recording_id}"' in olga.get(f"{url}/recordings").text
         assert olga.get(f"{url}/recordings/{recording_id}").status_code == 200
+        assert recording_id in api_ids(olga)
     with web(rig, "victor") as victor:
         assert f'data-recording-id="{recording_id}"' not in victor.get(f"{url}/recordings").text
         assert victor.get(f"{url}/recordings/{recording_id}").status_code == 403
+        assert recording_id not in api_ids(victor)
     with web(rig, "sam") as sam:
         assert f'data-recording-id="{recording_id}"' in sam.get(f"{url}/recordings").text
 
@@ -126,3 +134,4 @@ def test_each_role_sees_its_sessions_and_recordings(rig: SshRig) -> None:  # noq
     with web(rig, "olga") as olga:
         assert f'data-recording-id="{recording_id}"' not in olga.get(f"{url}/recordings").text
         assert olga.get(f"{url}/recordings/{recording_id}").status_code == 403
+        assert recording_id not in api_ids(olga)
