@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import BadRequest
-from broker.policy_view import TestCache, bundle_view
+from broker.policy_view import TestCache, bundle_view, data_view
 from broker.services import Services, services
 from broker.web import check_csrf, render, require
 from policies.decision import Decision
@@ -238,13 +238,19 @@ async def policy_page(request: Request) -> Response:
     await require(request, ADMIN)
     svc = services(request)
     status = _status(svc)
-    bundle = None
+    bundle, data = None, None
     if svc.policy_manager is not None:
         cache = getattr(request.app.state, "policy_tests", None)
         if cache is None:
             cache = request.app.state.policy_tests = TestCache()
         bundle = await run_in_threadpool(bundle_view, Path(status["bundle_dir"]), cache)
-    ctx = {"status": status, "bundle": bundle, "message": request.query_params.get("message")}
+        data = await run_in_threadpool(data_view, svc.policy_manager.data)
+    ctx = {
+        "status": status,
+        "bundle": bundle,
+        "data": data,
+        "message": request.query_params.get("message"),
+    }
     return render(request, "policy.html", ctx)
 
 

@@ -112,6 +112,12 @@ def bundle_view(root: Path, cache: TestCache) -> BundleView:
     return view
 
 
+def data_view(data: Any) -> Markup | None:
+    """The data document the engine holds (``data.plant``…), highlighted; None if too large."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return highlighted(text, "json") if len(text) <= MAX_SHOWN_BYTES else None
+
+
 def test_rows(report: TestReport) -> list[dict[str, Any]]:
     """One row per test: name, file, passed, error (for the template)."""
     return [

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Browser, expect
 
+from broker.policy_view import highlighted
 from broker.windows_page import next_opening
 from sessions.windows import DAYS
 from tests.harness.broker import RunningBroker, audit_events, form_values
@@ -97,6 +98,8 @@ def test_policy_page_shows_the_bundle_and_its_tests(plant: RunningBroker) -> Non
     assert 'data-path="conduit/access/access_test.rego"' in html
     assert '<span class="k">package</span>' in html or '<span class="kn">package</span>' in html
     assert '<span class="c1"># ' in html  # comments are tokens too
+    data = html.split('id="policy-data"')[1].split("</details>")[0]
+    assert '<span class="nt">"plant"</span>' in data and "hist-01" in data
     assert "style=" not in html.split("<main")[-1]  # classes only: the CSP forbids inline styles
     assert "style-src 'self'" in page.headers["content-security-policy"]
 
@@ -116,3 +119,10 @@ def test_highlighting_is_styled_by_the_stylesheet_under_the_csp(
     keyword = page.locator('pre.highlight[data-path="conduit/access/access.rego"] .k').first
     expect(keyword).to_have_css("color", "rgb(122, 31, 138)")
     page.context.close()
+
+
+def test_highlighting_escapes_what_it_shows() -> None:
+    html = str(highlighted('msg := "<script>alert(1)</script>" # <b>&', "rego"))
+    assert "<script>" not in html and "<b>" not in html
+    assert "&lt;script&gt;" in html and "&amp;" in html and "style=" not in html
+    assert str(highlighted("<x>", "no-such-language")) == "&lt;x&gt;\n"
