@@ -19,6 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker.errors import BadRequest
+from broker.mfa_notice import mfa_warning
+from broker.obligations_view import obligation_rows
+from broker.people import display_name
 from broker.services import Services, services
 from broker.web import require
 from sessions.access import AccessDenied, RequestSpec
@@ -29,12 +32,15 @@ from sessions.errors import ConflictError, NotFoundError, SessionsError, Validat
 from sessions.identity import ADMIN, APPROVER, VENDOR
 from sessions.models import (
     AccessRequest,
+    AccessRequestState,
     Asset,
     AssetEndpoint,
     Grant,
     MaintenanceWindow,
     User,
+    Zone,
 )
+from sessions.request_state import grants_by_request, shown_state
 from sessions.windows import add_window, list_windows, remove_window
 
 _DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*$")
@@ -109,13 +115,24 @@ def scope_json(req: AccessRequest, endpoints: list[AssetEndpoint]) -> dict[str, 
 
 
 def request_json(
-    req: AccessRequest, asset: str, requester: str, endpoints: list[AssetEndpoint]
+    req: AccessRequest,
+    asset: str,
+    requester: str,
+    endpoints: list[AssetEndpoint],
+    grant: Grant | None = None,
+    mfa_warning: str | None = None,
 ) -> dict[str, Any]:
+    """``state`` is the state shown everywhere (the grant's once there is one,
+    :func:`sessions.request_state.shown_state`); ``request_state`` the request's own."""
     return {
         "id": req.id,
         "asset": asset,
         "requester": requester,
-        "state": req.state,
+        "requester_id": req.requester_id,
+        "state": shown_state(req.state, grant.state if grant else None),
+        "request_state": req.state,
+        "grant_id": grant.id if grant else None,
+        "mfa_warning": mfa_warning,
         "operation_class": req.operation_class,
         **scope_json(req, endpoints),
         "starts_at": iso(req.starts_at),
@@ -134,12 +151,16 @@ def grant_json(
         "request_id": grant.request_id,
         "asset": asset,
         "user": user,
+        "user_id": grant.user_id,
         "state": grant.state,
         "operation_class": grant.operation_class,
         **scope_json(req, endpoints),
         "starts_at": iso(grant.starts_at),
         "ends_at": iso(grant.ends_at),
         "obligations": grant.obligations,
+        "obligations_text": [
+            f"{k}: {v}" for k, v in obligation_rows(grant.obligations, req.protocols)
+        ],
         "revoke_reason": grant.revoke_reason,
     }
 
@@ -186,7 +207,9 @@ async def create_request(request: Request) -> Response:
             return endpoints_of(db, row.asset_id)
 
     endpoints = await run_in_threadpool(_endpoints)
-    return JSONResponse(request_json(row, spec.asset, principal.name, endpoints), status_code=201)
+    return JSONResponse(
+        request_json(row, spec.asset, principal.name or principal.email, endpoints), status_code=201
+    )
 
 
 def _list(
@@ -201,7 +224,7 @@ def _list(
     owner = col(AccessRequest.requester_id) if what == "requests" else col(Grant.user_id)
     with session_scope(svc.engine) as db:
         query = (
-            select(model, Asset.name, User.name, AccessRequest)
+            select(model, Asset, User, AccessRequest)
             .join(Asset, col(Asset.id) == col(model.asset_id))
             .join(User, col(User.id) == owner)
         )
@@ -211,7 +234,7 @@ def _list(
             query = query.where(owner == principal_id)
         elif ADMIN not in roles:
             query = query.where(col(Asset.owner_group).in_(groups))
-        if params.get("state"):
+        if params.get("state") and what == "grants":
             query = query.where(col(model.state) == params["state"])
         if params.get("asset"):
             query = query.where(Asset.name == params["asset"])
@@ -224,12 +247,25 @@ def _list(
         ):
             endpoints.setdefault(ep.asset_id, []).append(ep)
         if what == "requests":
-            return [
-                request_json(req, asset, user, endpoints.get(req.asset_id, []))
+            grants = grants_by_request(db, [req.id for *_, req in rows])
+            levels = dict(db.exec(select(Zone.id, Zone.purdue_level)).all())
+            out = [
+                request_json(
+                    req,
+                    asset.name,
+                    display_name(user),
+                    endpoints.get(req.asset_id, []),
+                    grants.get(req.id),
+                    mfa_warning(user.amr, levels.get(asset.zone_id), req.operation_class)
+                    if req.state == AccessRequestState.PENDING
+                    else None,
+                )
                 for _, asset, user, req in rows
             ]
+            # the shown state (the grant's once there is one) is what the filter means
+            return [r for r in out if params.get("state") in (None, "", r["state"])]
         return [
-            grant_json(grant, asset, user, req, endpoints.get(req.asset_id, []))  # type: ignore[arg-type]
+            grant_json(grant, asset.name, display_name(user), req, endpoints.get(req.asset_id, []))  # type: ignore[arg-type]
             for grant, asset, user, req in rows
         ]
 

@@ -20,6 +20,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.auth import Principal
+from broker.mfa_notice import mfa_warning
+from broker.people import people, person_of
 from broker.services import services
 from broker.vendor_scope import (
     GrantView,
@@ -52,9 +54,9 @@ from sessions.models import (
     Zone,
 )
 from sessions.policy_data import LOCKOUT_FLAG
+from sessions.request_state import shown_state
 
 DURATIONS = ((30, "30 min"), (60, "1 h"), (120, "2 h"), (240, "4 h"), (480, "8 h"))
-KEY_OBLIGATIONS = ("record", "require_mfa", "supervise", "max_duration_s", "idle_timeout_s")
 _NEEDS = re.compile(r"needs (\d+) approval")
 _STATUS = {ValidationError: 400, AccessDenied: 403, NotFoundError: 404, ConflictError: 409}
 Rows = list[dict[str, Any]]
@@ -76,13 +78,6 @@ def _done(path: str, message: str) -> Response:
 def _assets_in_scope(principal: Principal) -> Any:
     """A filter on Asset for what an approver owns (admins: everything)."""
     return sa.true() if principal.has(ADMIN) else col(Asset.owner_group).in_(principal.groups)
-
-
-def _names(db: Session, ids: set[str]) -> dict[str, str]:
-    if not ids:
-        return {}
-    users = db.exec(select(User).where(col(User.id).in_(ids))).all()
-    return {u.id: u.name or u.sub for u in users}
 
 
 # ---- vendor: my access ----------------------------------------------------------------------
@@ -168,6 +163,7 @@ def _vendor_data(engine: Any, principal: Principal, now: datetime, front: Any) -
         ).all()
         reaches = _reaches(db, list(requests))
         by_id = {r.id: r for r in requests}
+        grant_of = {g.request_id: g for g in grants}
         ssh_host, ssh_port = front if front else ("", None)
         grant_rows = []
         for g in grants:
@@ -184,7 +180,8 @@ def _vendor_data(engine: Any, principal: Principal, now: datetime, front: Any) -
                     if g.state in LIVE_GRANT_STATES
                     else [],
                     "allows": allowances(view, eps),
-                    "obligations": [(k, g.obligations.get(k)) for k in KEY_OBLIGATIONS],
+                    "obligations": g.obligations,
+                    "protocols": list(req.protocols) if req else None,
                 }
             )
         return {
@@ -195,6 +192,7 @@ def _vendor_data(engine: Any, principal: Principal, now: datetime, front: Any) -
                     "asset": names.get(r.asset_id, "?"),
                     "denial": denials.get(r.id),
                     "reaches": reaches.get(r.id, []),
+                    "state": shown_state(r.state, _state(grant_of.get(r.id))),
                 }
                 for r in requests
             ],
@@ -266,6 +264,10 @@ async def cancel_request(request: Request) -> Response:
 # ---- approver queue -------------------------------------------------------------------------
 
 
+def _state(grant: Grant | None) -> str | None:
+    return grant.state if grant is not None else None
+
+
 def _vendor_of(db: Session, requester: str, asset_id: str, now: datetime) -> dict[str, Any]:
     """The requester's vendor organisation and its contracts covering the asset now."""
     user, asset = db.get(User, requester), db.get(Asset, asset_id)
@@ -286,7 +288,6 @@ def _queue(engine: Any, principal: Principal, now: datetime) -> Rows:
             .where(AccessRequest.state == AccessRequestState.PENDING, _assets_in_scope(principal))
             .order_by(col(AccessRequest.starts_at))
         ).all()
-        users = _names(db, {r.requester_id for r, *_ in rows})
         reaches = _reaches(db, [r for r, *_ in rows])
         approvals = db.exec(
             select(Approval.request_id).where(
@@ -295,12 +296,16 @@ def _queue(engine: Any, principal: Principal, now: datetime) -> Rows:
             )
         ).all()
         out = []
+        requesters = {r.requester_id for r, *_ in rows}
+        users = {u.id: u for u in db.exec(select(User).where(col(User.id).in_(requesters)))}
         for req, asset, zone, level in rows:
+            user = users[req.requester_id]
             needed = [int(m[1]) for m in map(_NEEDS.search, req.decision_reasons) if m]
             out.append(
                 {
                     "req": req,
-                    "requester": users.get(req.requester_id, "?"),
+                    "requester": person_of(user),
+                    "mfa_warning": mfa_warning(user.amr, level, req.operation_class),
                     "asset": asset,
                     "zone": zone,
                     "level": level,
@@ -370,12 +375,15 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
             .where(col(AccessRequest.asset_id).in_(ids))
             .order_by(col(AccessRequest.created_at).desc())
         ).all()
-        users = _names(db, {g.user_id for g in grants} | {r.requester_id for r in requests})
+        users = people(db, {g.user_id for g in grants} | {r.requester_id for r in requests})
+        grant_of = {g.request_id: g for g in grants}
+        protocols = {r.id: list(r.protocols) for r in requests}
+        shown = {r.id: shown_state(r.state, _state(grant_of.get(r.id))) for r in requests}
         reaches = _reaches(db, list(requests))  # every grant's request is among them (same assets)
 
         def keep(state: str, user_id: str) -> bool:
             user = filters["user"].lower()
-            name = users.get(user_id, "")
+            name = users[user_id].name if user_id in users else ""
             return filters["state"] in ("", state) and (not user or user in name.lower())
 
         flag = db.get(PlantFlag, LOCKOUT_FLAG)
@@ -384,8 +392,9 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
                 {
                     "grant": g,
                     "asset": assets[g.asset_id],
-                    "user": users.get(g.user_id, "?"),
+                    "user": users.get(g.user_id),
                     "reaches": reaches.get(g.request_id, []),
+                    "protocols": protocols.get(g.request_id),
                 }
                 for g in grants
                 if keep(g.state, g.user_id)
@@ -394,11 +403,12 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
                 {
                     "req": r,
                     "asset": assets[r.asset_id],
-                    "user": users.get(r.requester_id, "?"),
+                    "user": users.get(r.requester_id),
                     "reaches": reaches.get(r.id, []),
+                    "state": shown[r.id],
                 }
                 for r in requests
-                if keep(r.state, r.requester_id)
+                if keep(shown[r.id], r.requester_id)
             ],
             "asset_names": sorted(assets.values()),
             "lockout": flag if flag and flag.value.get("vendors") else None,

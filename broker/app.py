@@ -38,10 +38,13 @@ from broker import (
     plant_objects,
     plant_pages,
     policy_admin,
+    recordings_api,
+    request_page,
     session_api,
     session_pages,
     signin,
     users_admin,
+    windows_page,
 )
 from broker.agent_gateway import AgentGateway
 from broker.agent_keys import load_agent_keys
@@ -58,6 +61,7 @@ from broker.error_pages import on_broker_error, on_http_exception, on_unexpected
 from broker.errors import BrokerError
 from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSessions
+from broker.obligations_view import obligation_rows
 from broker.oidc import OidcClient
 from broker.policy_data_sync import PolicyDataSync
 from broker.recording_keys import load_recording_signer, recording_key_dir
@@ -241,6 +245,7 @@ def build_services(
     engine = engine or create_db_engine(settings.database_url)
     redirect_uri = settings.public_url.rstrip("/") + "/auth/callback"
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["obligation_rows"] = obligation_rows
     audit = AuditLog(engine, clock)
     policy = build_policy_engine(settings, audit)
     authorizer = Authorizer(policy, audit)
@@ -470,6 +475,9 @@ def create_app(
             *api.routes,
             *access_api.routes,
             *access_pages.routes,
+            *windows_page.routes,
+            *request_page.routes,
+            *recordings_api.routes,
             *identity_page.routes,
             *agent_api.routes,
             *session_api.routes,

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from broker.people import Person, people
 from broker.services import services
 from broker.ssh_keys import SshKeys, asset_ca_setup
 from broker.web import current_principal, render, require
@@ -68,7 +69,7 @@ async def security_audit(request: Request) -> Response:
     except ValueError:
         before = 0
 
-    def _load() -> list[AuditEvent]:
+    def _load() -> tuple[list[AuditEvent], dict[str, Person]]:
         with session_scope(svc.engine) as db:
             query = select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(AUDIT_PAGE)
             if before > 0:
@@ -76,9 +77,9 @@ async def security_audit(request: Request) -> Response:
             events = list(db.exec(query).all())
             for e in events:
                 db.expunge(e)
-            return events
+            return events, people(db, {e.actor for e in events})
 
-    events = await run_in_threadpool(_load)
+    events, actors = await run_in_threadpool(_load)
     verification = None
     if request.query_params.get("verify") == "1":
         verification = await run_in_threadpool(svc.audit.verify)
@@ -87,6 +88,7 @@ async def security_audit(request: Request) -> Response:
         "audit.html",
         {
             "events": events,
+            "actors": actors,
             "verification": verification,
             "older": events[-1].seq if len(events) == AUDIT_PAGE else None,
         },

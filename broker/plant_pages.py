@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from broker.auth import Principal
 from broker.plant_api import edit_plant, exported
 from broker.plant_objects import (
     ASSET,
@@ -329,20 +330,34 @@ def _edit(kind: str, data: Data, form: Form, multi: Multi) -> bool:
     return False
 
 
+async def apply_form(
+    request: Request, principal: Principal, kind: str
+) -> tuple[SessionsError | None, dict[str, Any]]:
+    """Apply one of the page's forms (``kind`` in FORMS; CSRF checked here) to the plant.
+
+    Returns ``(None, values)`` when applied, else ``(the refusal, values)`` with nothing changed;
+    ``values`` are the posted fields to show again. Also used by ``/admin/windows``.
+    """
+    form = await check_csrf(request, principal)
+    posted = await request.form()
+    multi = {key: [str(v) for v in posted.getlist(key)] for key in ("operation_classes", "days")}
+    values = {k: v for k, v in form.items() if k != "csrf"} | multi
+    try:
+        await edit_plant(request, principal, lambda data: _edit(kind, data, form, multi))
+    except SessionsError as exc:
+        return exc, values
+    return None, values
+
+
 async def plant_form(request: Request) -> Response:
     principal = await require(request, ADMIN)
     kind = request.path_params["kind"]
     if kind not in FORMS:
         return Response("no such form", status_code=404)
-    form = await check_csrf(request, principal)
-    posted = await request.form()
-    multi = {key: [str(v) for v in posted.getlist(key)] for key in ("operation_classes", "days")}
-    try:
-        await edit_plant(request, principal, lambda data: _edit(kind, data, form, multi))
-    except SessionsError as exc:
-        values = {k: v for k, v in form.items() if k != "csrf"} | multi
-        status = 409 if isinstance(exc, ConflictError) else 400
-        return await _page(request, {kind: str(exc)}, {kind: values}, status)
+    problem, values = await apply_form(request, principal, kind)
+    if problem is not None:
+        status = 409 if isinstance(problem, ConflictError) else 400
+        return await _page(request, {kind: str(problem)}, {kind: values}, status)
     return RedirectResponse(f"/admin/plant#plant-{kind}", status_code=303)
 
 

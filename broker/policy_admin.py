@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.errors import BadRequest
+from broker.policy_view import TestCache, bundle_view, data_view
 from broker.services import Services, services
 from broker.web import check_csrf, render, require
 from policies.decision import Decision
@@ -231,12 +233,25 @@ async def status_api(request: Request) -> Response:
 
 
 async def policy_page(request: Request) -> Response:
+    """Status, and for the embedded engine the bundle's files (highlighted), version,
+    revision and Rego test results (``broker/policy_view.py``, cached per bundle version)."""
     await require(request, ADMIN)
-    return render(
-        request,
-        "policy.html",
-        {"status": _status(services(request)), "message": request.query_params.get("message")},
-    )
+    svc = services(request)
+    status = _status(svc)
+    bundle, data = None, None
+    if svc.policy_manager is not None:
+        cache = getattr(request.app.state, "policy_tests", None)
+        if cache is None:
+            cache = request.app.state.policy_tests = TestCache()
+        bundle = await run_in_threadpool(bundle_view, Path(status["bundle_dir"]), cache)
+        data = await run_in_threadpool(data_view, svc.policy_manager.data)
+    ctx = {
+        "status": status,
+        "bundle": bundle,
+        "data": data,
+        "message": request.query_params.get("message"),
+    }
+    return render(request, "policy.html", ctx)
 
 
 async def reload_now(request: Request) -> Response:

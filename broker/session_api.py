@@ -3,9 +3,9 @@
 ``POST /api/ssh/cert`` signs a vendor's public key with the user CA for no longer than the
 caller's own broker token; ``GET /api/ssh/info`` gives what an ``ssh_config`` needs (host,
 port, host key); ``GET /api/ssh/asset-ca`` (admin, audited) gives the asset CA's public key
-with the sshd set-up that trusts it; ``GET /api/sessions`` lists live sessions (admins and
-security reviewers see all, others their own); ``POST /api/sessions/{id}/kill`` (admin) ends
-one at once.
+with the sshd set-up that trusts it; ``GET /api/sessions`` lists live sessions
+(``broker/visibility.py``: admins and security reviewers see all, approvers those on assets
+their groups own, others their own); ``POST /api/sessions/{id}/kill`` (admin) ends one at once.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from broker.auth import Principal
 from broker.errors import BadRequest, BrokerError
 from broker.services import services
 from broker.ssh_keys import SshKeys, asset_ca_setup
+from broker.visibility import live_rows
 from broker.web import require
-from sessions.identity import ADMIN, SECURITY, VENDOR
+from sessions.identity import ADMIN, VENDOR
 
 
 def _front_port(request: Request) -> int:
@@ -126,8 +127,7 @@ async def ssh_cert(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     principal = await require(request)
     svc = services(request)
-    everyone = principal.has(ADMIN, SECURITY)
-    rows = [s.as_dict() for s in svc.live.list() if everyone or s.user_id == principal.user_id]
+    rows = await run_in_threadpool(live_rows, svc.engine, principal, svc.live.list())
     return JSONResponse({"sessions": rows})
 
 

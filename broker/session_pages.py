@@ -1,9 +1,11 @@
 """Web pages for sessions: the live list with a kill switch, recordings, playback.
 
-* ``/sessions`` (admin, security): this broker's live sessions; admins can end one (CSRF form,
+* ``/sessions``: this broker's live sessions the user may see (``broker/visibility.py``: admins
+  and security all, approvers those on assets their groups own, vendors their own); admins can
+  end one (CSRF form,
   confirmed through ``<details>`` since the CSP forbids inline scripts), audited as
   ``session.killed`` exactly like ``POST /api/sessions/{id}/kill``.
-* ``/recordings`` (admin, security: all; vendor: their own sessions only): filters by user,
+* ``/recordings`` (the same visibility as ``/sessions``): filters by user,
   asset, date range (session start, UTC) and kind (recording format); the stored integrity.
 * ``/recordings/{id}``: facts and, for asciicast, playback with the asciinema-player served
   from ``/static/vendor`` (``broker/frontend``) and started by ``/static/player.js`` from a data
@@ -18,7 +20,7 @@
   session), refused and dangerous operations marked; server-side filters ``writes=1`` and
   ``refused=1``; links to download the pcap and the ops log. Unverified, like download.
 
-A vendor asking for another user's recording gets 403, audited ``recording.access.denied``.
+Asking for a recording one may not see gets 403, audited ``recording.access.denied``.
 ``Recording.path`` is the recording directory, absolute or relative to ``<data_dir>`` or to
 ``<data_dir>/recordings``; it must lie inside ``<data_dir>/recordings``. Paths are never shown.
 """
@@ -43,12 +45,14 @@ from starlette.routing import Route
 
 from broker.auth import Principal
 from broker.errors import BrokerError, Forbidden
+from broker.people import Person, person_of
 from broker.recording_keys import public_key_path, recording_key_dir
 from broker.services import Services, services
 from broker.session_api import end_live_session
+from broker.visibility import live_rows, may_see, owns_assets, sees_all, session_filter
 from broker.web import check_csrf, render, require
 from sessions.db import session_scope
-from sessions.identity import ADMIN, SECURITY, VENDOR
+from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
 from sessions.models import (
     Asset,
     MaintenanceSession,
@@ -94,11 +98,11 @@ def _done(path: str, message: str) -> Response:
 
 
 async def sessions_page(request: Request) -> Response:
-    await require(request, ADMIN, SECURITY)
-    rows = [s.as_dict() for s in services(request).live.list()]
-    return render(
-        request, "sessions.html", {"sessions": rows, "message": request.query_params.get("message")}
-    )
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
+    svc = services(request)
+    rows = await run_in_threadpool(live_rows, svc.engine, principal, svc.live.list())
+    ctx = {"sessions": rows, "message": request.query_params.get("message")}
+    return render(request, "sessions.html", ctx)
 
 
 async def kill_session(request: Request) -> Response:
@@ -122,8 +126,9 @@ class RecordingRow:
     session_id: str
     session_kind: str
     user_id: str
-    user: str
+    user: Person
     asset: str
+    owner_group: str | None
     login: str | None
     started_at: datetime
     ended_at: datetime | None
@@ -132,10 +137,6 @@ class RecordingRow:
     finalized: bool
     integrity: str
     path: str  # for the handlers only; templates must not show it
-
-
-def _sees_all(principal: Principal) -> bool:
-    return principal.has(ADMIN, SECURITY)
 
 
 def _day(value: str | None, *, end: bool = False) -> datetime | None:
@@ -160,9 +161,9 @@ def _query(principal: Principal, filters: dict[str, str], recording_id: str | No
     )
     if recording_id is not None:
         return query.where(Recording.id == recording_id)
-    if not _sees_all(principal):  # a vendor: own sessions only, no user filter
-        query = query.where(MaintenanceSession.user_id == principal.user_id)
-    elif who := filters.get("user", "").strip().lower():
+    query = query.where(session_filter(principal))
+    others = sees_all(principal) or owns_assets(principal)  # vendors: no user filter
+    if others and (who := filters.get("user", "").strip().lower()):
         query = query.where(
             sa.or_(
                 sa.func.lower(col(User.name)).contains(who, autoescape=True),
@@ -180,7 +181,7 @@ def _query(principal: Principal, filters: dict[str, str], recording_id: str | No
     return query.limit(LIST_LIMIT)
 
 
-def _load(
+def load_recordings(
     svc: Services, principal: Principal, filters: dict[str, str], recording_id: str | None = None
 ) -> tuple[list[RecordingRow], list[str]]:
     """Matching recordings (newest session first) and the asset names for the filter."""
@@ -192,8 +193,9 @@ def _load(
                 session_id=ms.id,
                 session_kind=ms.kind,
                 user_id=user.id,
-                user=user.name or user.email or user.sub,
+                user=person_of(user),
                 asset=asset.name,
+                owner_group=asset.owner_group,
                 login=ms.login,
                 started_at=ms.started_at,
                 ended_at=ms.ended_at,
@@ -210,10 +212,10 @@ def _load(
 
 
 async def recordings_page(request: Request) -> Response:
-    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     keys = ("user", "asset", "kind", "from", "to")
     filters = {k: request.query_params.get(k, "") for k in keys}
-    rows, assets = await run_in_threadpool(_load, services(request), principal, filters)
+    rows, assets = await run_in_threadpool(load_recordings, services(request), principal, filters)
     return render(
         request,
         "recordings.html",
@@ -222,7 +224,7 @@ async def recordings_page(request: Request) -> Response:
             "assets": assets,
             "kinds": RecordingFormat.ALL,
             "filters": filters,
-            "sees_all": _sees_all(principal),
+            "sees_all": sees_all(principal) or owns_assets(principal),
             "limited": len(rows) == LIST_LIMIT,
         },
     )
@@ -232,11 +234,11 @@ async def _recording(request: Request, principal: Principal) -> RecordingRow:
     """The requested recording if ``principal`` may see it: 404 if absent, 403 (audited)."""
     svc = services(request)
     recording_id = request.path_params["id"]
-    rows, _ = await run_in_threadpool(_load, svc, principal, {}, recording_id)
+    rows, _ = await run_in_threadpool(load_recordings, svc, principal, {}, recording_id)
     if not rows:
         raise BrokerError(f"recording {recording_id} not found", code="not_found", status=404)
     row = rows[0]
-    if not _sees_all(principal) and row.user_id != principal.user_id:
+    if not may_see(principal, row.user_id, row.owner_group):
         await svc.record(
             request,
             "recording.access.denied",
@@ -267,7 +269,7 @@ def _directory(svc: Services, row: RecordingRow) -> Path:
 
 
 async def recording_page(request: Request) -> Response:
-    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     row = await _recording(request, principal)
     response = render(
         request,
@@ -286,7 +288,7 @@ async def recording_page(request: Request) -> Response:
 
 
 async def download(request: Request) -> Response:
-    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     row = await _recording(request, principal)
     svc = services(request)
     directory = await run_in_threadpool(_directory, svc, row)
@@ -341,7 +343,7 @@ def _verify(svc: Services, row: RecordingRow) -> tuple[str, str]:
 
 
 async def verify(request: Request) -> Response:
-    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     await check_csrf(request, principal)
     row = await _recording(request, principal)
     svc = services(request)
@@ -509,12 +511,12 @@ def _companions(
         return pcap_id, row
     if ops_id is None:
         return row.id, None
-    found, _ = _load(svc, principal, {}, ops_id)  # the same session: the same owner
+    found, _ = load_recordings(svc, principal, {}, ops_id)  # the same session: the same owner
     return row.id, found[0] if found else None
 
 
 async def operations_page(request: Request) -> Response:
-    principal = await require(request, ADMIN, SECURITY, VENDOR)
+    principal = await require(request, ADMIN, SECURITY, APPROVER, VENDOR)
     row = await _recording(request, principal)
     if row.format not in (RecordingFormat.PCAP, RecordingFormat.OPS_JSONL):
         raise BrokerError(

@@ -34,6 +34,8 @@ NAV = (
     ("approver", "Grants", "/admin/grants"),
     ("admin", "Grants", "/admin/grants"),
     ("admin", "Plant", "/admin/plant"),
+    ("admin", "Windows", "/admin/windows"),
+    ("approver", "Windows", "/admin/windows"),
     ("admin", "Assets", "/admin/assets"),
     ("admin", "Agents", "/admin/agents"),
     ("admin", "Users", "/admin/users"),
@@ -44,8 +46,11 @@ NAV = (
     ("admin", "Audit log", "/security/audit"),
     ("admin", "Sessions", "/sessions"),
     ("security", "Sessions", "/sessions"),
+    ("approver", "Sessions", "/sessions"),
+    ("vendor", "Sessions", "/sessions"),
     ("admin", "Recordings", "/recordings"),
     ("security", "Recordings", "/recordings"),
+    ("approver", "Recordings", "/recordings"),
     ("vendor", "Recordings", "/recordings"),
 )
 

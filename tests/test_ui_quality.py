@@ -25,8 +25,11 @@ from pathlib import Path
 import httpx2
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response
+from sqlmodel import select
 
 from broker.demo import seed
+from sessions.db import session_scope
+from sessions.models import AccessRequest
 from tests.harness.broker import RunningBroker, form_values, web_login
 from tests.test_recordings_ui import make_recording
 
@@ -123,6 +126,11 @@ def recording(plant: RunningBroker) -> str:
         _file_request(alice, plant, "read the alarm history")  # stays pending
     started = plant.services.clock.now() - timedelta(days=1)
     return make_recording(plant, "alice", "hist-01", started=started).id
+
+
+def _a_request(broker: RunningBroker) -> str:
+    with session_scope(broker.services.engine) as db:
+        return db.exec(select(AccessRequest)).first().id  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -256,6 +264,8 @@ def test_every_page_is_accessible_quiet_and_fits_a_phone(
         pages.update({path.strip("/").replace("/", "-"): path for path in nav})
         if "/recordings" in nav:
             pages["recording"] = f"/recordings/{recording}"
+        if ROLES[username] in ("vendor", "approver", "admin"):  # alice's, on olga's asset
+            pages["request"] = f"/requests/{_a_request(plant)}"
 
         problems: list[str] = []
         for name, path in pages.items():

@@ -130,6 +130,10 @@ def listing(args: argparse.Namespace) -> int:
             f"{row['starts_at']} - {row['ends_at']}  {who}"
         )
         print(f"    reaches: {scope_text(row)}")
+        if row.get("mfa_warning"):
+            print(f"    warning: {row['mfa_warning']}")
+        for line in row.get("obligations_text") or []:
+            print(f"    {line}")
     return 0
 
 
