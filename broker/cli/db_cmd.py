@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> None:
 def upgrade(args: argparse.Namespace) -> int:
     from sessions.db import current_revision, migrate
 
-    engine = engine_from(args)
+    engine = engine_from(args, create=True)
     migrate(engine)
     print(f"database at revision {current_revision(engine)}")
     return 0
