@@ -128,7 +128,7 @@ def test_refusals(plant: RunningBroker, tmp_path: Path) -> None:
     ):
         done = run_conduit(*args, env=alice)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert "needs the role admin" in done.stderr, done.stderr
+        assert done.stderr == "conduit: this command needs the admin role; you have: vendor\n"
         assert not done.stdout
 
     adam = _cli_env(plant, tmp_path, "adam")

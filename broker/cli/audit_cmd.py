@@ -76,13 +76,13 @@ def read_export(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _public_key_path(args: argparse.Namespace) -> Path:
-    from broker.cli.local import locate
+    from broker.cli.local import data_dir
     from broker.recording_keys import public_key_path, recording_key_dir
 
     if args.public_key is not None:
         path: Path = args.public_key
         return path
-    path = public_key_path(recording_key_dir(locate(args, create=True).data_dir))
+    path = public_key_path(recording_key_dir(data_dir(args)))
     if not path.is_file():
         raise BrokerError(
             f"checkpoints need the broker's public key, and {path} does not exist: "

@@ -30,7 +30,7 @@ def check_prefix(kind: str, given: str) -> str:
 def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: str) -> str:
     """The one candidate id starting with ``given``; ``candidates`` are ``(id, label)`` pairs.
 
-    ``listing`` names the command that shows the ids (for the messages). Raises
+    ``listing`` says where the ids are shown, e.g. ``"`conduit grants`"`` (for the messages). Raises
     :class:`BrokerError` ``not_found`` (no match) or ``ambiguous_id`` (several, listed).
     """
     check_prefix(kind, given)
@@ -43,7 +43,7 @@ def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: 
             found[cid] = label
     if not found:
         raise BrokerError(
-            f"no {kind} with an id starting with {given!r}: see `{listing}`", code="not_found"
+            f"no {kind} with an id starting with {given!r}: see {listing}", code="not_found"
         )
     if len(found) > 1:
         shown = ", ".join(
@@ -85,5 +85,5 @@ def resolve(
         kind,
         given,
         ((str(r["id"]), label(r) if label else "") for r in rows if isinstance(r, dict)),
-        listing,
+        f"`{listing}`",
     )

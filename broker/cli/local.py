@@ -12,7 +12,8 @@ the server's problem, not theirs. Sources, first found wins for each value:
    and ``var``) if that database exists.
 
 A SQLite database that does not exist is an error (raised as :class:`BrokerError`) rather than
-silently created empty, except for ``conduit db upgrade`` (``create=True``).
+silently created empty, except for ``conduit db upgrade`` (``create=True``), which still needs
+the database named (it never creates one in whatever directory it happens to run in).
 """
 
 from __future__ import annotations
@@ -73,31 +74,45 @@ def _fallback() -> Local | None:
     return None
 
 
+def data_dir(args: argparse.Namespace) -> Path:
+    """The data directory (for the recording key and recordings); no database needed."""
+    config = _config_file(args)
+    data: dict[str, Any] = _read_config(config) if config is not None else {}
+    given = os.environ.get("CONDUIT_DATA_DIR") or data.get("data_dir")
+    if given:
+        return Path(str(given))
+    found = _fallback()
+    return found.data_dir if found is not None else DEFAULT_DATA_DIR
+
+
 def locate(args: argparse.Namespace, *, create: bool = False) -> Local:
-    """The database and data directory for ``args``; :class:`BrokerError` if there is none."""
+    """The database and data directory for ``args``; :class:`BrokerError` if there is no
+    database (``create``: a SQLite file that does not exist yet is fine, its directory not)."""
     config = _config_file(args)
     data: dict[str, Any] = _read_config(config) if config is not None else {}
     url = getattr(args, "database_url", None) or os.environ.get("CONDUIT_DATABASE_URL")
     source = "--database-url" if getattr(args, "database_url", None) else "CONDUIT_DATABASE_URL"
     if not url and isinstance(data.get("database_url"), str):
         url, source = data["database_url"], f"config file {config}"
-    data_dir = os.environ.get("CONDUIT_DATA_DIR") or data.get("data_dir")
     if not url:
         found = _fallback()
         if found is None:
-            if create:
-                found = Local(
-                    f"sqlite:///{DEFAULT_DATA_DIR / 'conduit.db'}", DEFAULT_DATA_DIR, "the default"
-                )
-            else:
-                raise BrokerError(
-                    "no database found (no .demo/conduit.db or var/conduit.db here): " + HINT,
-                    code="no_database",
-                )
+            raise BrokerError(
+                "no database found (no .demo/conduit.db or var/conduit.db here): " + HINT,
+                code="no_database",
+            )
         url, source = found.database_url, found.source
-        data_dir = data_dir or str(found.data_dir)
-    local = Local(url, Path(str(data_dir or DEFAULT_DATA_DIR)), source)
+    local = Local(url, data_dir(args), source)
     sqlite = _sqlite_file(local.database_url)
-    if sqlite is not None and not create and not sqlite.is_file():
-        raise BrokerError(f"no database at {sqlite} (from {source}): {HINT}", code="no_database")
+    if sqlite is not None and not sqlite.is_file():
+        if not create:
+            raise BrokerError(
+                f"no database at {sqlite} (from {source}): {HINT}", code="no_database"
+            )
+        if not sqlite.parent.is_dir():
+            raise BrokerError(
+                f"cannot create the database {sqlite} (from {source}): "
+                f"its directory {sqlite.parent} does not exist",
+                code="no_database",
+            )
     return local

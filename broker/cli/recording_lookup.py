@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.cli.ids import check_prefix, pick
-from broker.cli.local import Local, locate
+from broker.cli.local import Local, data_dir, locate
 from broker.errors import BrokerError
-from broker.recording_keys import public_key_path, recording_key_dir
 
 LISTING = "the Recordings page"
 
@@ -59,8 +58,7 @@ def _from_database(local: Local, given: str) -> Path:
     return folder
 
 
-def _from_folders(local: Local, given: str) -> Path:
-    root = local.data_dir / "recordings"
+def _from_folders(root: Path, given: str) -> Path:
     try:
         names = [p.name for p in root.iterdir() if p.is_dir()]
     except OSError as exc:
@@ -69,19 +67,19 @@ def _from_folders(local: Local, given: str) -> Path:
             "(pass the recording's folder, --database-url URL or --config FILE)",
             code="not_found",
         ) from exc
-    return root / pick("recording", given, ((n, "") for n in names), f"ls {root}")
+    return root / pick("recording", given, ((n, "") for n in names), f"`ls {root}`")
 
 
-def _key(args: argparse.Namespace, folder: Path, local: Local | None) -> Path:
+def _key(args: argparse.Namespace, folder: Path) -> Path:
+    from broker.recording_keys import public_key_path, recording_key_dir
+
     given: Path | None = args.public_key
     if given is not None:
         return given
     beside = public_key_path(recording_key_dir(folder.resolve().parent.parent))
     if folder.resolve().parent.name == "recordings" and beside.is_file():
         return beside
-    if local is None:
-        local = locate(args, create=True)
-    path = public_key_path(recording_key_dir(local.data_dir))
+    path = public_key_path(recording_key_dir(data_dir(args)))
     if not path.is_file():
         raise BrokerError(
             f"no public key found (looked for {path}): pass --public-key FILE",
@@ -94,15 +92,14 @@ def find(args: argparse.Namespace) -> Found:
     """The recording named by ``args.recording`` (:class:`BrokerError` if none or several)."""
     given = str(args.recording)
     if Path(given).is_dir():
-        return Found(Path(given), _key(args, Path(given), None), None)
+        return Found(Path(given), _key(args, Path(given)), None)
     if "/" in given:
         raise BrokerError(f"no recording folder {given}", code="not_found")
     check_prefix("recording", given)
     try:
         local: Local = locate(args)
     except BrokerError:  # no database: search the recordings folder by name
-        local = locate(args, create=True)
-        folder = _from_folders(local, given)
-        return Found(folder, _key(args, folder, local), None)
+        folder = _from_folders(data_dir(args) / "recordings", given)
+        return Found(folder, _key(args, folder), None)
     folder = _from_database(local, given)
-    return Found(folder, _key(args, folder, local), local.database_url)
+    return Found(folder, _key(args, folder), local.database_url)
