@@ -30,8 +30,8 @@ def check_prefix(kind: str, given: str) -> str:
 def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: str) -> str:
     """The one candidate id starting with ``given``; ``candidates`` are ``(id, label)`` pairs.
 
-    ``listing`` says where the ids are shown, e.g. ``"`conduit grants`"`` (for the messages). Raises
-    :class:`BrokerError` ``not_found`` (no match) or ``ambiguous_id`` (several, listed).
+    ``listing`` says where the ids are shown, e.g. ``"`conduit grants`"`` (for the messages).
+    Raises :class:`BrokerError` ``not_found`` (no match) or ``ambiguous_id`` (several, listed).
     """
     check_prefix(kind, given)
     wanted = given.lower()
@@ -72,7 +72,9 @@ def resolve(
 
     The answer is a list of objects with an ``id`` (or the list under ``key``); ``label``
     turns one into the few words shown for an ambiguous prefix. A full UUID is returned as
-    it is, without asking the broker (which then says whether it exists).
+    it is, without asking the broker (which then says whether it exists). So is a prefix that
+    matches nothing the caller can list: the broker's answer (a role refusal, "not found")
+    says more than "no match" would.
     """
     from broker.cli.api_client import call
 
@@ -81,9 +83,14 @@ def resolve(
     check_prefix(kind, given)
     answer = call("GET", path, params=params)
     rows = answer[key] if key is not None else answer
-    return pick(
-        kind,
-        given,
-        ((str(r["id"]), label(r) if label else "") for r in rows if isinstance(r, dict)),
-        f"`{listing}`",
-    )
+    try:
+        return pick(
+            kind,
+            given,
+            ((str(r["id"]), label(r) if label else "") for r in rows if isinstance(r, dict)),
+            f"`{listing}`",
+        )
+    except BrokerError as exc:
+        if exc.code != "not_found":
+            raise
+        return given
