@@ -102,9 +102,11 @@ def free_port() -> int:
         return port
 
 
-def _run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], env: dict[str, str], cwd: Path, exe: Path = CONDUIT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CONDUIT), *argv],
+        [str(exe), *argv],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -129,7 +131,7 @@ def _problems(
             problems.append(f"{what}: traceback: {done.stderr[-600:]}")
         elif done.stderr.count("\n") != 1 or not done.stderr.endswith("\n"):
             problems.append(f"{what}: stderr is not one line: {done.stderr!r}")
-        elif not done.stderr.startswith("conduit"):
+        elif not done.stderr.startswith(CONDUIT.name):
             problems.append(f"{what}: stderr does not name the command: {done.stderr!r}")
         elif condition == "bad id" and not any(
             bad in done.stderr for bad in (BAD_ID, "no-such-file", "a-file")
@@ -145,13 +147,15 @@ def run_all(
     config: Path | None,
     *,
     only_named: bool = False,
+    parser: argparse.ArgumentParser | None = None,
+    exe: Path = CONDUIT,
 ) -> list[str]:
     """Run every command under ``condition``; the problems found (empty if all is well)."""
     cwd = tmp / "cwd"
     cwd.mkdir()
     (tmp / "a-file").write_text("not a directory\n")
     jobs = []
-    for i, command in enumerate(commands(build_parser())):
+    for i, command in enumerate(commands(parser or build_parser())):
         args, names = arguments(command, tmp)
         if only_named and not names:
             continue
@@ -161,9 +165,9 @@ def run_all(
             shutil.copytree(config, home / "conduit")
             run_env["XDG_CONFIG_HOME"] = str(home)
         jobs.append((command, [*command.words, *args], run_env))
-    assert len(jobs) > 10, jobs
+    assert len(jobs) >= 3, jobs
     with ThreadPoolExecutor(max_workers=4) as pool:
-        done = list(pool.map(lambda job: _run(job[1], job[2], cwd), jobs))
+        done = list(pool.map(lambda job: _run(job[1], job[2], cwd, exe), jobs))
     return _problems(condition, [(c, argv, d) for (c, argv, _), d in zip(jobs, done, strict=True)])
 
 
@@ -182,6 +186,17 @@ def test_commands_are_enumerated_from_the_parser() -> None:
 @pytest.mark.timeout(900)  # dozens of interpreter start-ups on a shared, loaded machine
 def test_every_command_with_missing_settings(tmp_path: Path) -> None:
     problems = run_all("missing settings", tmp_path, _empty_env(tmp_path), None)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.timeout(300)
+def test_every_agent_command_with_missing_settings(tmp_path: Path) -> None:
+    """``conduit-agent`` likewise: no config file, a join token naming nothing."""
+    from agents.cli import _parser
+
+    env = {**_empty_env(tmp_path), "CONDUIT_AGENT_CONFIG": str(tmp_path / "no-such-file.toml")}
+    exe = CONDUIT.with_name("conduit-agent")
+    problems = run_all("missing settings", tmp_path, env, None, parser=_parser(), exe=exe)
     assert not problems, "\n".join(problems)
 
 
