@@ -235,3 +235,52 @@ def test_every_command_with_a_bad_id(plant: RunningBroker, tmp_path: Path) -> No
     }
     problems = run_all("bad id", tmp_path, env, config, only_named=True)
     assert not problems, "\n".join(problems)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    argv = ["audit", "verify", "--database-url", f"sqlite:///{tmp_path}/none.db"]
+    plain = _run(argv, _empty_env(tmp_path), tmp_path)
+    assert plain.returncode == 2
+    assert plain.stderr == (
+        f"conduit: no database at {tmp_path}/none.db (from --database-url): pass --database-url "
+        "URL or --config FILE (or set CONDUIT_DATABASE_URL)\n"
+    )
+    debug = _run(["--debug", *argv], _empty_env(tmp_path), tmp_path)
+    assert debug.returncode != 0
+    assert debug.stderr.startswith("Traceback") and "BrokerError" in debug.stderr
+
+
+def test_error_trees_map_to_one_line() -> None:
+    import sqlalchemy as sa
+
+    from broker.cli.failures import describe, one_line
+    from broker.errors import SettingsError
+    from policies.errors import BundleError
+    from sessions.errors import NotFoundError
+
+    assert (
+        one_line("invalid settings:\n  a is bad\n  b is bad")
+        == "invalid settings: a is bad; b is bad"
+    )
+    assert describe(SettingsError("invalid settings:\n  x\n  y")) == ("invalid settings: x; y", 2)
+    assert describe(NotFoundError("grant g-1 not found")) == ("grant g-1 not found", 2)
+    bundle = BundleError("bundle does not compile", ["a.rego:3: bad", "b.rego:9: worse"])
+    assert describe(bundle) == ("bundle does not compile: a.rego:3: bad; b.rego:9: worse", 2)
+    assert describe(FileNotFoundError(2, "No such file or directory", "/x/y")) == (
+        "cannot use /x/y: No such file or directory",
+        2,
+    )
+    engine = sa.create_engine("sqlite://")
+    with pytest.raises(sa.exc.OperationalError) as missing, engine.connect() as conn:
+        conn.execute(sa.text("SELECT * FROM grants"))
+    message, code = describe(missing.value)
+    assert code == 2 and message.startswith(
+        "the database has no Conduit tables: run `conduit db upgrade`"
+    )
+    assert describe(KeyboardInterrupt()) == ("interrupted", 130)
+    message, code = describe(ZeroDivisionError("division by zero"))
+    assert code == 70
+    assert message == (
+        "internal error (ZeroDivisionError: division by zero); run `conduit --debug ...` for "
+        "the traceback and report it"
+    )

@@ -69,8 +69,8 @@ def add_parser(sub: Any) -> None:
         switch.set_defaults(func=lockout)
     lsub.add_parser("status", help="whether the lockout is on").set_defaults(func=lockout)
     w = sub.add_parser("windows", help="recurring maintenance windows per site")
-    wsub = w.add_subparsers(dest="windows_command", required=True)
-    wl = wsub.add_parser("list")
+    wsub = w.add_subparsers(dest="windows_command", required=True, metavar="ACTION")
+    wl = wsub.add_parser("list", help="list the maintenance windows")
     wl.set_defaults(func=windows_list)
     wa = wsub.add_parser(
         "add", help="e.g. add 'Riverside Plant' --days tue --start 22:00 --end 02:00"
@@ -81,7 +81,7 @@ def add_parser(sub: Any) -> None:
     wa.add_argument("--end", required=True, help="HH:MM; before --start means past midnight")
     wa.add_argument("--description", default="")
     wa.set_defaults(func=windows_add)
-    wr = wsub.add_parser("remove")
+    wr = wsub.add_parser("remove", help="remove a maintenance window")
     wr.add_argument("id", help=ID_HELP.format("windows list"))
     wr.set_defaults(func=windows_remove)
 

@@ -30,7 +30,7 @@ _LABELS = {"broken": "BROKEN", "rewritten": "REWRITTEN", "truncated": "TRUNCATED
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("audit", help="audit log")
-    asub = p.add_subparsers(dest="audit_command", required=True)
+    asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = asub.add_parser("verify", help="verify the hash chain; exit 1 at the first broken link")
     add_database_arg(v)
     v.add_argument(

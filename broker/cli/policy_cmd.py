@@ -23,7 +23,7 @@ def _bundle_dir(given: Path | None) -> Path:
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("policy", help="policy bundles")
-    psub = p.add_subparsers(dest="policy_command", required=True)
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     t = psub.add_parser("test", help="run the bundle's Rego tests; prints 'N passed, M failed'")
     t.add_argument("dir", nargs="?", type=Path, help="bundle directory (default: built-in)")
     t.add_argument("-v", "--verbose", action="store_true", help="list every test")
