@@ -15,9 +15,9 @@ import httpx2
 import pytest
 
 from broker.demo import seed
-from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.broker import RunningBroker, audit_events, web_login
 from tests.harness.cli import cli_env, run_conduit
-from tests.harness.wait import TIMEOUT_S
+from tests.harness.wait import TIMEOUT_S, wait_until
 
 
 @pytest.fixture
@@ -102,6 +102,25 @@ def test_approve_deny_take_a_prefix(plant: RunningBroker, tmp_path: Path) -> Non
     assert not audit_events(plant, "access.approve")
 
 
+def test_refusals_fit_the_surface(plant: RunningBroker, tmp_path: Path) -> None:
+    """The API says "this action needs ..." (the CLI shows it as "this command"), a page
+    "this page needs ...": both name the role needed and the roles held."""
+    alice = cli_env(plant, tmp_path, "alice")
+    with httpx2.Client(timeout=TIMEOUT_S) as http:
+        api = http.get(
+            f"{plant.url}/api/agents", headers={"Authorization": f"Bearer {_token(alice)}"}
+        )
+    assert api.status_code == 403
+    assert api.json()["message"] == "this action needs the admin role; you have: vendor"
+    cli = run_conduit("agents", "list", env=alice)
+    assert cli.stderr == "conduit: this command needs the admin role; you have: vendor\n"
+    with httpx2.Client(timeout=TIMEOUT_S) as browser:
+        web_login(browser, plant.url, "alice", "alice-demo-pw")
+        page = browser.get(f"{plant.url}/admin/agents")
+    assert page.status_code == 403
+    assert "this page needs the admin role; you have: vendor" in page.text
+
+
 def test_forward_says_why_not_before_listening(plant: RunningBroker, tmp_path: Path) -> None:
     alice, olga = cli_env(plant, tmp_path, "alice"), cli_env(plant, tmp_path, "olga")
     adam = cli_env(plant, tmp_path, "adam")
@@ -115,15 +134,21 @@ def test_forward_says_why_not_before_listening(plant: RunningBroker, tmp_path: P
 
     rid = _request(plant, _token(alice))
     assert run_conduit("approve", rid[:8], env=olga).returncode == 0
-    grants = json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)
-    (grant,) = grants
+    grant: dict[str, str] = {}
+
+    def active() -> bool:  # the broker's grant clock opens the window within a second
+        (mine,) = json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)
+        grant.update(mine)
+        return bool(mine["state"] == "active")
+
+    wait_until(active, "alice's grant on hist-01 to turn active")
     wrong = run_conduit("forward", "hist-01", "5999", env=alice)
     assert wrong.returncode == 2 and "forwarding" not in wrong.stdout
-    assert wrong.stderr.startswith("conduit: not forwarding: ")
-    if grant["state"] == "active":  # the grant clock opens the window within a second
-        assert "port 5999 is not in your grant on hist-01" in wrong.stderr, wrong.stderr
-    else:
-        assert "is not active yet" in wrong.stderr, wrong.stderr
+    assert wrong.stderr == (
+        f"conduit: not forwarding: port 5999 is not in your grant on hist-01 ({grant['id'][:8]} "
+        "reaches port(s) 22): request access to it with `conduit request hist-01 --port 5999 "
+        "--reason ...`\n"
+    )
 
     assert run_conduit("revoke", grant["id"][:8], "--reason", "done", env=adam).returncode == 0
     revoked = run_conduit("forward", "hist-01", "22", env=alice)

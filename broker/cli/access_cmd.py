@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from broker.cli.api_client import call
-from broker.cli.ids import resolve
+from broker.cli.ids import missing, resolve
 
 ID_HELP = "id, or an unambiguous prefix of it, as listed by `conduit {}`"
 
@@ -143,12 +143,16 @@ def _request_label(row: dict[str, Any]) -> str:
     return f"{row['state']} {row['asset']}, {row.get('requester') or row.get('user')}"
 
 
+def _no_request(args: argparse.Namespace) -> str:
+    return missing("request", args.id, "`conduit requests`")
+
+
 def _request_id(given: str) -> str:
     return resolve("request", given, "/api/requests", "conduit requests", label=_request_label)
 
 
 def approve(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{_request_id(args.id)}/approve")
+    out = call("POST", f"/api/requests/{_request_id(args.id)}/approve", not_found=_no_request(args))
     print(
         f"Approved; grant {out['grant_id']} is {out['grant_state']}."
         if out["grant_id"]
@@ -158,20 +162,30 @@ def approve(args: argparse.Namespace) -> int:
 
 
 def deny(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{_request_id(args.id)}/deny", body={"reason": args.reason})
+    out = call(
+        "POST",
+        f"/api/requests/{_request_id(args.id)}/deny",
+        body={"reason": args.reason},
+        not_found=_no_request(args),
+    )
     print(f"Request {out['id']} is {out['state']}.")
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{_request_id(args.id)}/cancel")
+    out = call("POST", f"/api/requests/{_request_id(args.id)}/cancel", not_found=_no_request(args))
     print(f"Request {out['id']} is {out['state']}.")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
     grant = resolve("grant", args.id, "/api/grants", "conduit grants", label=_request_label)
-    out = call("POST", f"/api/grants/{grant}/revoke", body={"reason": args.reason})
+    out = call(
+        "POST",
+        f"/api/grants/{grant}/revoke",
+        body={"reason": args.reason},
+        not_found=missing("grant", args.id, "`conduit grants`"),
+    )
     print(f"Grant {out['id']} is {out['state']}.")
     return 0
 
@@ -214,6 +228,10 @@ def windows_remove(args: argparse.Namespace) -> int:
     window = resolve(
         "window", args.id, "/api/windows", "conduit windows list", label=lambda w: w["site"]
     )
-    call("DELETE", f"/api/windows/{window}")
+    call(
+        "DELETE",
+        f"/api/windows/{window}",
+        not_found=missing("window", args.id, "`conduit windows list`"),
+    )
     print(f"Window {window} removed.")
     return 0

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from broker.cli.api_client import call
-from broker.cli.ids import FULL_ID, pick, resolve
+from broker.cli.ids import FULL_ID, missing, pick, resolve
 
 CRITICALITIES = ("low", "medium", "high", "critical")
 
@@ -140,7 +140,8 @@ def revoke(args: argparse.Namespace) -> int:
     agent = resolve(
         "agent", args.id, "/api/agents", "conduit agents list", key="agents", label=_where
     )
-    out = call("POST", f"/api/agents/{agent}/revoke")
+    gone = missing("agent", args.id, "`conduit agents list`")
+    out = call("POST", f"/api/agents/{agent}/revoke", not_found=gone)
     print(f"Agent {out['id']} is {out['state']}; its key can never connect again.")
     return 0
 
@@ -162,6 +163,7 @@ def adopt(args: argparse.Namespace) -> int:
             for ep in a["endpoints"]
         )
         endpoint = pick("endpoint", endpoint, endpoints, "`conduit agents list`")
-    out = call("POST", f"/api/agents/endpoints/{endpoint}/adopt", body=body)
+    gone = missing("endpoint", args.endpoint_id, "`conduit agents list`")
+    out = call("POST", f"/api/agents/endpoints/{endpoint}/adopt", body=body, not_found=gone)
     print(f"Asset {out['asset']} created for endpoint {out['endpoint']}.")
     return 0

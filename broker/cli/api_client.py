@@ -75,8 +75,10 @@ def call(
     *,
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
+    not_found: str | None = None,
 ) -> Any:
-    """The decoded JSON answer; raises BrokerError with the broker's message and reasons."""
+    """The decoded JSON answer; raises BrokerError with the broker's message and reasons
+    (``not_found``, if given, replaces the broker's message for a 404)."""
     stored = signed_in()
     try:
         with httpx2.Client(timeout=TIMEOUT_S) as client:
@@ -93,6 +95,8 @@ def call(
         data = resp.json()
     except ValueError:
         data = {"message": resp.text[:200]}
+    if resp.status_code == 404 and not_found is not None:
+        raise BrokerError(not_found, code="not_found")
     if resp.status_code >= 400:
         raise _refusal(data, resp.status_code)
     return data

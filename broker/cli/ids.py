@@ -27,6 +27,11 @@ def check_prefix(kind: str, given: str) -> str:
     return given
 
 
+def missing(kind: str, given: str, listing: str) -> str:
+    """The message for an id that names nothing: ``no grant with an id starting with 'x': ...``."""
+    return f"no {kind} with an id starting with {given!r}: see {listing}"
+
+
 def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: str) -> str:
     """The one candidate id starting with ``given``; ``candidates`` are ``(id, label)`` pairs.
 
@@ -42,9 +47,7 @@ def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: 
         if cid.lower().startswith(wanted):
             found[cid] = label
     if not found:
-        raise BrokerError(
-            f"no {kind} with an id starting with {given!r}: see {listing}", code="not_found"
-        )
+        raise BrokerError(missing(kind, given, listing), code="not_found")
     if len(found) > 1:
         shown = ", ".join(
             f"{cid} ({label})" if label else cid for cid, label in list(found.items())[:MAX_SHOWN]
@@ -74,7 +77,8 @@ def resolve(
     turns one into the few words shown for an ambiguous prefix. A full UUID is returned as
     it is, without asking the broker (which then says whether it exists). So is a prefix that
     matches nothing the caller can list: the broker's answer (a role refusal, "not found")
-    says more than "no match" would.
+    says more than "no match" would; callers pass ``missing(...)`` as ``call``'s ``not_found``
+    so that a 404 still names what was typed.
     """
     from broker.cli.api_client import call
 

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from broker.cli import credentials
 from broker.cli.api_client import call, signed_in
 from broker.cli.grant_check import check_forward
-from broker.cli.ids import resolve
+from broker.cli.ids import missing, resolve
 from broker.errors import BrokerError
 
 KEY_NAME = "id_ed25519"
@@ -455,7 +455,8 @@ def sessions_kill(args: argparse.Namespace) -> int:
         key="sessions",
         label=lambda s: f"{s['user']} on {s['asset']}",
     )
-    out = call("POST", f"/api/sessions/{session}/kill")
+    gone = missing("session", args.id, "`conduit sessions`")
+    out = call("POST", f"/api/sessions/{session}/kill", not_found=gone)
     print(f"Session {out['id']} is {out['state']}: {out['reason']}")
     return 0
 
