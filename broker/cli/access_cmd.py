@@ -143,7 +143,7 @@ def _request_label(row: dict[str, Any]) -> str:
     return f"{row['state']} {row['asset']}, {row.get('requester') or row.get('user')}"
 
 
-def _no_request(args: argparse.Namespace) -> str:
+def _no_request(args: argparse.Namespace) -> str | None:
     return missing("request", args.id, "`conduit requests`")
 
 

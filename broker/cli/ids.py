@@ -27,9 +27,15 @@ def check_prefix(kind: str, given: str) -> str:
     return given
 
 
-def missing(kind: str, given: str, listing: str) -> str:
-    """The message for an id that names nothing: ``no grant with an id starting with 'x': ...``."""
+def _no_match(kind: str, given: str, listing: str) -> str:
     return f"no {kind} with an id starting with {given!r}: see {listing}"
+
+
+def missing(kind: str, given: str, listing: str) -> str | None:
+    """For ``call(not_found=...)``: the message for a prefix that names nothing (``no grant
+    with an id starting with 'x': see ...``); None for a full id, whose "not found" the broker
+    words better ("no live session ...")."""
+    return None if FULL_ID.match(given.lower()) else _no_match(kind, given, listing)
 
 
 def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: str) -> str:
@@ -47,7 +53,7 @@ def pick(kind: str, given: str, candidates: Iterable[tuple[str, str]], listing: 
         if cid.lower().startswith(wanted):
             found[cid] = label
     if not found:
-        raise BrokerError(missing(kind, given, listing), code="not_found")
+        raise BrokerError(_no_match(kind, given, listing), code="not_found")
     if len(found) > 1:
         shown = ", ".join(
             f"{cid} ({label})" if label else cid for cid, label in list(found.items())[:MAX_SHOWN]
