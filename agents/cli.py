@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnrollmentError as exc:
         print(f"conduit-agent: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # one line, as for every other failure (state dir, pid file...)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"conduit-agent: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def _join(args: argparse.Namespace) -> int:

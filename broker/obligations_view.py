@@ -163,7 +163,8 @@ def obligation_rows(
         rows.append(("Supervision", "an approver watches the session"))
     if o.get("maintenance_window_only") is True:
         rows.append(("Maintenance windows", "only while a window of the site is open"))
-    blocks = o.get("protocols") if isinstance(o.get("protocols"), Mapping) else {}
+    raw_blocks = o.get("protocols")
+    blocks: Mapping[str, Any] = raw_blocks if isinstance(raw_blocks, Mapping) else {}
     if modbus_relevant:
         rows += _modbus_rows({**o, "modbus": blocks.get("modbus", o.get("modbus"))})
     reached = None if protocols is None else set(protocols)

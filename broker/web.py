@@ -147,6 +147,14 @@ async def _check_api_csrf(request: Request, principal: Principal) -> None:
     )
 
 
+def refusal(request: Request, needs: tuple[str, ...], has: tuple[str, ...]) -> str:
+    """Why a role check failed, worded for where it is read: a page, or an API/CLI call
+    ("this action needs the admin role; you have: vendor"; the CLI says "this command")."""
+    surface = "action" if request.url.path.startswith("/api/") else "page"
+    needed = " or ".join(needs)
+    return f"this {surface} needs the {needed} role; you have: {', '.join(has) or 'no role'}"
+
+
 async def require(request: Request, *roles: str) -> Principal:
     """The principal, who must hold one of ``roles`` (any signed-in user if none given).
 
@@ -164,7 +172,7 @@ async def require(request: Request, *roles: str) -> Principal:
             subject=request.url.path,
             details={"needs_any_of": list(roles), "has": list(principal.roles)},
         )
-        raise Forbidden(f"this page needs the role {' or '.join(roles)}")
+        raise Forbidden(refusal(request, roles, principal.roles))
     return principal
 
 

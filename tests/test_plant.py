@@ -437,7 +437,8 @@ def test_only_admins_apply_and_the_broker_validates_again(
     broker: RunningBroker, tmp_path: Path
 ) -> None:
     approver = cli_env(broker, tmp_path, "olga")
-    assert "needs the role" in run_conduit("plant", "export", env=approver).stderr
+    refused = run_conduit("plant", "export", env=approver).stderr
+    assert refused == "conduit: this command needs the admin role; you have: approver\n"
     with httpx2.Client() as http:
         web_login(http, broker.url, "adam", "adam-demo-pw")
         same_origin_api(http, broker.url)

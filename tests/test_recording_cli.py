@@ -73,6 +73,39 @@ def test_verify_and_export_exit_codes(tmp_path: Path) -> None:
     assert refused.returncode == 1 and not (tmp_path / "x.cast").exists()
 
     missing = run_conduit("verify", str(tmp_path / "nope"), "--public-key", str(pub))
-    assert missing.returncode == 2 and "verify: reading recording" in missing.stderr
+    assert missing.returncode == 2 and "no recording folder" in missing.stderr
     bad_key = run_conduit("verify", str(done), "--public-key", str(tmp_path / "nokey"))
     assert bad_key.returncode == 2 and "reading public key" in bad_key.stderr
+
+
+def test_verify_and_export_by_id_prefix_find_the_folder_and_key(tmp_path: Path) -> None:
+    """Without a database, a recording is found by (a prefix of) its folder's name under
+    ``<data_dir>/recordings``, with the key beside it; an ambiguous prefix names both."""
+    data_dir = tmp_path / "data"
+    signer = load_recording_signer(data_dir / "keys")
+    clock = ManualClock(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    store = LocalStore(data_dir / "recordings")
+    for rid in ("abc123-0", "abc456-0"):
+        writer = RecordingWriter(store, rid, kind="asciicast", signer=signer, clock=clock)
+        writer.write(b'{"version": 2, "width": 80, "height": 24}\n')
+        writer.close("client_closed")
+    env = {"PATH": "/usr/bin:/bin", "CONDUIT_DATA_DIR": str(data_dir)}
+
+    ok = run_conduit("verify", "abc1", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK: 1 chunks") and signer.fingerprint in ok.stdout
+
+    out = tmp_path / "one.cast"
+    export = run_conduit("recordings", "export", "abc4", "-o", str(out), env=env)
+    assert export.returncode == 0, export.stderr
+    assert out.read_bytes().startswith(b'{"version": 2')
+
+    both = run_conduit("verify", "abc", env=env)
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr.count("\n") == 1
+    assert "'abc' is ambiguous: 2 recordings start with it" in both.stderr
+    assert "abc123-0" in both.stderr and "abc456-0" in both.stderr
+
+    none = run_conduit("verify", "zzz", env=env)
+    assert none.returncode == 2
+    assert none.stderr.startswith("conduit: no recording with an id starting with 'zzz'")

@@ -176,6 +176,17 @@ def test_a_real_session_end_is_audited_and_truncation_is_broken(
     url = services.settings.database_url
     ok = run_conduit("verify", str(recording), "--public-key", pub, "--database-url", url)
     assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stdout
+    # By id (prefix), as on the Recordings page: the folder and the key are found from the
+    # database alone, and its audit log is consulted.
+    by_id = run_conduit("verify", row.id[:8], "--database-url", url)
+    assert by_id.returncode == 0, by_id.stderr
+    assert by_id.stdout == ok.stdout
+    cast = tmp_path / "session.cast"
+    exported = run_conduit(
+        "recordings", "export", row.id[:8], "-o", str(cast), "--database-url", url
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert b"last-line" in cast.read_bytes()
     _truncate(recording)
     cut = run_conduit("verify", str(recording), "--public-key", pub, "--database-url", url)
     assert cut.returncode == 1, cut.stdout

@@ -1,7 +1,9 @@
 """The ``conduit`` command: broker server, admin and vendor commands.
 
-Each sub-command lives in its own module and registers itself through ``add_parser``;
-``main`` maps every :class:`~broker.errors.BrokerError` to a one-line message and exit code 2.
+Each sub-command lives in its own module and registers itself through ``add_parser``.
+``main`` is the one place that catches errors: every error ends the command with one line on
+stderr (``conduit: what failed; what to do``) and a non-zero exit code (see
+:mod:`broker.cli.failures`); ``conduit --debug COMMAND`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from broker.cli import (
     access_cmd,
@@ -24,7 +27,7 @@ from broker.cli import (
     users_cmd,
     verify_cmd,
 )
-from broker.errors import BrokerError
+from broker.cli.failures import describe
 
 COMMANDS = (
     serve_cmd,
@@ -42,9 +45,17 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command and where to get help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="conduit", description=__doc__.splitlines()[0] if __doc__ else None
+    parser = Parser(prog="conduit", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (for bug reports)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
@@ -57,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except BrokerError as exc:
-        print(f"conduit: {exc.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.debug:
+            raise
+        message, code = describe(exc)
+        print(f"conduit: {message}", file=sys.stderr)
     return code

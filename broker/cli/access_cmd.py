@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 from broker.cli.api_client import call
+from broker.cli.ids import missing, resolve
+
+ID_HELP = "id, or an unambiguous prefix of it, as listed by `conduit {}`"
 
 
 def add_parser(sub: Any) -> None:
@@ -45,26 +48,29 @@ def add_parser(sub: Any) -> None:
         ls.add_argument("--json", action="store_true")
         ls.set_defaults(func=listing, what=name)
     a = sub.add_parser("approve", help="approve a pending request")
-    a.add_argument("id")
+    a.add_argument("id", help=ID_HELP.format("requests"))
     a.set_defaults(func=approve)
     d = sub.add_parser("deny", help="deny a pending request")
-    d.add_argument("id")
+    d.add_argument("id", help=ID_HELP.format("requests"))
     d.add_argument("--reason", required=True)
     d.set_defaults(func=deny)
     c = sub.add_parser("cancel", help="cancel your pending request")
-    c.add_argument("id")
+    c.add_argument("id", help=ID_HELP.format("requests"))
     c.set_defaults(func=cancel)
     v = sub.add_parser("revoke", help="revoke a grant now")
-    v.add_argument("id")
+    v.add_argument("id", help=ID_HELP.format("grants"))
     v.add_argument("--reason", required=True)
     v.set_defaults(func=revoke)
     lo = sub.add_parser("lockout", help="disable (on) or re-enable (off) all vendor access")
-    lo.add_argument("state", choices=["on", "off", "status"])
-    lo.add_argument("--reason", default="")
-    lo.set_defaults(func=lockout)
+    lsub = lo.add_subparsers(dest="state", required=True, metavar="{on,off,status}")
+    for state, what in (("on", "disable all vendor access"), ("off", "re-enable vendor access")):
+        switch = lsub.add_parser(state, help=f"{what} (admin)")
+        switch.add_argument("--reason", required=True, help="why (kept in the audit log)")
+        switch.set_defaults(func=lockout)
+    lsub.add_parser("status", help="whether the lockout is on").set_defaults(func=lockout)
     w = sub.add_parser("windows", help="recurring maintenance windows per site")
-    wsub = w.add_subparsers(dest="windows_command", required=True)
-    wl = wsub.add_parser("list")
+    wsub = w.add_subparsers(dest="windows_command", required=True, metavar="ACTION")
+    wl = wsub.add_parser("list", help="list the maintenance windows")
     wl.set_defaults(func=windows_list)
     wa = wsub.add_parser(
         "add", help="e.g. add 'Riverside Plant' --days tue --start 22:00 --end 02:00"
@@ -75,8 +81,8 @@ def add_parser(sub: Any) -> None:
     wa.add_argument("--end", required=True, help="HH:MM; before --start means past midnight")
     wa.add_argument("--description", default="")
     wa.set_defaults(func=windows_add)
-    wr = wsub.add_parser("remove")
-    wr.add_argument("id")
+    wr = wsub.add_parser("remove", help="remove a maintenance window")
+    wr.add_argument("id", help=ID_HELP.format("windows list"))
     wr.set_defaults(func=windows_remove)
 
 
@@ -137,8 +143,20 @@ def listing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request_label(row: dict[str, Any]) -> str:
+    return f"{row['state']} {row['asset']}, {row.get('requester') or row.get('user')}"
+
+
+def _no_request(args: argparse.Namespace) -> str | None:
+    return missing("request", args.id, "`conduit requests`")
+
+
+def _request_id(given: str) -> str:
+    return resolve("request", given, "/api/requests", "conduit requests", label=_request_label)
+
+
 def approve(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{args.id}/approve")
+    out = call("POST", f"/api/requests/{_request_id(args.id)}/approve", not_found=_no_request(args))
     print(
         f"Approved; grant {out['grant_id']} is {out['grant_state']}."
         if out["grant_id"]
@@ -148,19 +166,30 @@ def approve(args: argparse.Namespace) -> int:
 
 
 def deny(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{args.id}/deny", body={"reason": args.reason})
+    out = call(
+        "POST",
+        f"/api/requests/{_request_id(args.id)}/deny",
+        body={"reason": args.reason},
+        not_found=_no_request(args),
+    )
     print(f"Request {out['id']} is {out['state']}.")
     return 0
 
 
 def cancel(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/requests/{args.id}/cancel")
+    out = call("POST", f"/api/requests/{_request_id(args.id)}/cancel", not_found=_no_request(args))
     print(f"Request {out['id']} is {out['state']}.")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/grants/{args.id}/revoke", body={"reason": args.reason})
+    grant = resolve("grant", args.id, "/api/grants", "conduit grants", label=_request_label)
+    out = call(
+        "POST",
+        f"/api/grants/{grant}/revoke",
+        body={"reason": args.reason},
+        not_found=missing("grant", args.id, "`conduit grants`"),
+    )
     print(f"Grant {out['id']} is {out['state']}.")
     return 0
 
@@ -200,6 +229,13 @@ def windows_add(args: argparse.Namespace) -> int:
 
 
 def windows_remove(args: argparse.Namespace) -> int:
-    call("DELETE", f"/api/windows/{args.id}")
-    print(f"Window {args.id} removed.")
+    window = resolve(
+        "window", args.id, "/api/windows", "conduit windows list", label=lambda w: w["site"]
+    )
+    call(
+        "DELETE",
+        f"/api/windows/{window}",
+        not_found=missing("window", args.id, "`conduit windows list`"),
+    )
+    print(f"Window {window} removed.")
     return 0

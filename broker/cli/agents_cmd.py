@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from broker.cli.api_client import call
+from broker.cli.ids import FULL_ID, missing, pick, resolve
 
 CRITICALITIES = ("low", "medium", "high", "critical")
 
@@ -34,11 +35,13 @@ def add_parser(sub: Any) -> None:
     ls.set_defaults(func=listing)
 
     r = asub.add_parser("revoke", help="revoke an agent for good (its tunnel is cut now)")
-    r.add_argument("id")
+    r.add_argument("id", help="agent id, or an unambiguous prefix, from `conduit agents list`")
     r.set_defaults(func=revoke)
 
     a = asub.add_parser("adopt", help="create the asset for an agent's unmatched endpoint")
-    a.add_argument("endpoint_id", help="endpoint id, from `conduit agents list`")
+    a.add_argument(
+        "endpoint_id", help="endpoint id, or an unambiguous prefix, from `conduit agents list`"
+    )
     a.add_argument("--name", required=True, help="asset name")
     a.add_argument("--owner-group", required=True, help="IdP group that approves access")
     a.add_argument("--criticality", default="medium", choices=CRITICALITIES)
@@ -134,7 +137,11 @@ def listing(args: argparse.Namespace) -> int:
 
 
 def revoke(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/agents/{args.id}/revoke")
+    agent = resolve(
+        "agent", args.id, "/api/agents", "conduit agents list", key="agents", label=_where
+    )
+    gone = missing("agent", args.id, "`conduit agents list`")
+    out = call("POST", f"/api/agents/{agent}/revoke", not_found=gone)
     print(f"Agent {out['id']} is {out['state']}; its key can never connect again.")
     return 0
 
@@ -147,6 +154,16 @@ def adopt(args: argparse.Namespace) -> int:
     }
     if args.zone:
         body["zone"] = args.zone
-    out = call("POST", f"/api/agents/endpoints/{args.endpoint_id}/adopt", body=body)
+    endpoint = args.endpoint_id
+    if not FULL_ID.match(endpoint.lower()):
+        agents = call("GET", "/api/agents")["agents"]
+        endpoints = (
+            (ep["id"], f"{ep['host']}:{ep['port']} on {a['name']}")
+            for a in agents
+            for ep in a["endpoints"]
+        )
+        endpoint = pick("endpoint", endpoint, endpoints, "`conduit agents list`")
+    gone = missing("endpoint", args.endpoint_id, "`conduit agents list`")
+    out = call("POST", f"/api/agents/endpoints/{endpoint}/adopt", body=body, not_found=gone)
     print(f"Asset {out['asset']} created for endpoint {out['endpoint']}.")
     return 0

@@ -7,6 +7,10 @@ newest events were removed (TRUNCATED) and one whose events were changed with ev
 hash recomputed (REWRITTEN); the checkpoints' signatures are checked with the broker's public
 recording key (``--public-key``, default ``<data_dir>/keys/recording_ed25519.pub``). Exit codes:
 0 intact, 1 broken/rewritten/truncated, 2 unreadable input.
+
+Neither command loads the server's settings: only the database URL and data directory are
+read (:mod:`broker.cli.local`), so they run with ``--database-url`` alone, or with nothing in
+the directory where ``conduit demo`` keeps ``.demo/``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from broker.cli.common import add_database_arg, engine_from, settings_from
+from broker.cli.common import add_database_arg, engine_from
 from broker.errors import BrokerError
 
 _LABELS = {"broken": "BROKEN", "rewritten": "REWRITTEN", "truncated": "TRUNCATED"}
@@ -26,7 +30,7 @@ _LABELS = {"broken": "BROKEN", "rewritten": "REWRITTEN", "truncated": "TRUNCATED
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("audit", help="audit log")
-    asub = p.add_subparsers(dest="audit_command", required=True)
+    asub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     v = asub.add_parser("verify", help="verify the hash chain; exit 1 at the first broken link")
     add_database_arg(v)
     v.add_argument(
@@ -72,18 +76,20 @@ def read_export(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _public_key_path(args: argparse.Namespace) -> Path:
+    from broker.cli.local import data_dir
     from broker.recording_keys import public_key_path, recording_key_dir
 
     if args.public_key is not None:
         path: Path = args.public_key
         return path
-    try:
-        return public_key_path(recording_key_dir(settings_from(args).data_dir))
-    except BrokerError as exc:
+    path = public_key_path(recording_key_dir(data_dir(args)))
+    if not path.is_file():
         raise BrokerError(
-            f"checkpoints need the broker's public key: pass --public-key FILE "
-            f"(settings: {exc.message})"
-        ) from exc
+            f"checkpoints need the broker's public key, and {path} does not exist: "
+            "pass --public-key FILE",
+            code="no_public_key",
+        )
+    return path
 
 
 def verify(args: argparse.Namespace) -> int:

@@ -17,20 +17,26 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_database_arg(parser: argparse.ArgumentParser) -> None:
-    """``--database-url`` lets offline tools (audit verify/export) run without a full config."""
+    """``--database-url`` and ``--config`` for the offline commands (see :mod:`.local`)."""
     add_config_arg(parser)
-    parser.add_argument("--database-url", help="database URL (default: from the settings)")
+    parser.add_argument(
+        "--database-url",
+        help="database URL (default: $CONDUIT_DATABASE_URL, the config file's database_url, "
+        "else .demo/conduit.db or var/conduit.db in the current directory)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The full, validated server settings (``conduit serve`` only)."""
     from broker.settings import load_settings
 
     return load_settings(getattr(args, "config", None))
 
 
-def engine_from(args: argparse.Namespace) -> Engine:
-    """The database engine for server-side commands (only the database URL is needed)."""
+def engine_from(args: argparse.Namespace, *, create: bool = False) -> Engine:
+    """The database engine for offline commands: only the database URL is read (no server
+    settings are loaded or validated; see :func:`broker.cli.local.locate`)."""
+    from broker.cli.local import locate
     from sessions.db import create_db_engine
 
-    url = getattr(args, "database_url", None) or settings_from(args).database_url
-    return create_db_engine(url)
+    return create_db_engine(locate(args, create=create).database_url)

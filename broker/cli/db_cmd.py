@@ -10,7 +10,7 @@ from broker.cli.common import add_database_arg, engine_from
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("db", help="database schema")
-    dsub = p.add_subparsers(dest="db_command", required=True)
+    dsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = dsub.add_parser("upgrade", help="apply all migrations")
     add_database_arg(up)
     up.set_defaults(func=upgrade)
@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> None:
 def upgrade(args: argparse.Namespace) -> int:
     from sessions.db import current_revision, migrate
 
-    engine = engine_from(args)
+    engine = engine_from(args, create=True)
     migrate(engine)
     print(f"database at revision {current_revision(engine)}")
     return 0

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx2
 
 from broker.cli import credentials, ssh_cmd
+from broker.cli.api_client import unreachable
 from broker.errors import BrokerError
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -74,9 +75,7 @@ def _post_token(client: httpx2.Client, broker: str, body: dict[str, str]) -> htt
     try:
         return client.post(f"{broker}/api/cli/token", json=body)
     except httpx2.HTTPError as exc:
-        raise BrokerError(
-            f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable"
-        ) from exc
+        raise unreachable(broker, exc) from exc
 
 
 def _finish(client: httpx2.Client, broker: str, token: dict[str, Any]) -> int:
@@ -101,9 +100,7 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
     try:
         resp = client.post(f"{broker}/api/cli/device", json={"client_name": "conduit CLI"})
     except httpx2.HTTPError as exc:
-        raise BrokerError(
-            f"broker {broker} unreachable: {type(exc).__name__}", code="broker_unreachable"
-        ) from exc
+        raise unreachable(broker, exc) from exc
     if resp.status_code == 429:
         raise BrokerError(
             f"broker refused to start a sign-in: {resp.json().get('error_description', '')}",
@@ -183,6 +180,10 @@ class _LoopbackServer(HTTPServer):
 
 
 def _browser_login(client: httpx2.Client, broker: str, timeout: float) -> int:
+    try:  # before a browser is opened on a page that cannot load
+        client.get(f"{broker}/healthz")
+    except httpx2.HTTPError as exc:
+        raise unreachable(broker, exc) from exc
     server = _LoopbackServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -253,7 +254,7 @@ def _revoke(stored: credentials.StoredToken) -> str | None:
                 headers={"Authorization": f"Bearer {stored.access_token}"},
             )
     except httpx2.HTTPError as exc:
-        return f"broker unreachable ({type(exc).__name__})"
+        return unreachable(stored.broker, exc).message
     if resp.status_code in (200, 401):  # 401: already revoked or expired
         return None
     return f"broker answered {resp.status_code}"
@@ -272,7 +273,7 @@ def logout(args: argparse.Namespace) -> int:
     ssh_cmd.forget_certificate(stored.broker)
     if problem is not None:
         print(
-            f"Forgot the token for {stored.broker}, but could not revoke it: {problem}; "
+            f"conduit: forgot the token for {stored.broker}, but could not revoke it ({problem}); "
             "it stays valid until it expires.",
             file=sys.stderr,
         )
@@ -284,11 +285,12 @@ def logout(args: argparse.Namespace) -> int:
 def whoami(args: argparse.Namespace) -> int:
     stored = credentials.load(args.broker)
     if stored is None:
-        print("Not signed in: run `conduit login --broker URL`.", file=sys.stderr)
+        print("conduit: not signed in: run `conduit login --broker URL`", file=sys.stderr)
         return 1
     if stored.expired():
         print(
-            f"The token for {stored.broker} expired at {stored.expires_at}: run `conduit login`.",
+            f"conduit: the sign-in to {stored.broker} expired at {stored.expires_at}: "
+            "run `conduit login`",
             file=sys.stderr,
         )
         return 1
@@ -299,13 +301,11 @@ def whoami(args: argparse.Namespace) -> int:
                 headers={"Authorization": f"Bearer {stored.access_token}"},
             )
         except httpx2.HTTPError as exc:
-            raise BrokerError(
-                f"broker {stored.broker} unreachable: {type(exc).__name__}",
-                code="broker_unreachable",
-            ) from exc
+            raise unreachable(stored.broker, exc) from exc
     if resp.status_code == 401:
         print(
-            "The broker no longer accepts the stored token: run `conduit login`.", file=sys.stderr
+            "conduit: the broker no longer accepts the stored token: run `conduit login`",
+            file=sys.stderr,
         )
         return 1
     if resp.status_code != 200:

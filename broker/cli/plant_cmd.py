@@ -14,12 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from broker.cli.api_client import call
 from broker.errors import BrokerError
-from sessions.errors import ValidationError
-from sessions.plant import PlantError, line_of, load_yaml, parse
 
 _MARKS = {"created": "+", "changed": "~", "removed": "-", "archived": "-"}
 
@@ -45,16 +41,25 @@ def export_cmd(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
+        import yaml
+
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return 0
 
 
 def load_file(path: Path) -> Any:
     """The file's data, checked locally; raises BrokerError naming ``FILE:LINE``."""
+    from sessions.errors import ValidationError  # imported here: they pull in the data model
+    from sessions.plant import PlantError, line_of, load_yaml, parse
+
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BrokerError(f"plant apply: cannot read {path}: {exc}", code="invalid_plant") from exc
+    except OSError as exc:
+        raise BrokerError(
+            f"plant apply: cannot read {path}: {exc.strerror}", code="invalid_plant"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise BrokerError(f"plant apply: {path} is not UTF-8 text", code="invalid_plant") from exc
     try:
         data, lines = load_yaml(text)
         parse(data, datetime.now(UTC))

@@ -8,16 +8,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.errors import BrokerError
 
-def _default_dir() -> Path:
+
+def _bundle_dir(given: Path | None) -> Path:
+    """``given`` (or the built-in bundle) if it is a directory; BrokerError otherwise."""
     from broker.settings import default_bundle_dir
 
-    return default_bundle_dir()
+    root = given or default_bundle_dir()
+    if not root.is_dir():
+        raise BrokerError(f"no policy bundle directory {root}", code="no_bundle")
+    return root
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("policy", help="policy bundles")
-    psub = p.add_subparsers(dest="policy_command", required=True)
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     t = psub.add_parser("test", help="run the bundle's Rego tests; prints 'N passed, M failed'")
     t.add_argument("dir", nargs="?", type=Path, help="bundle directory (default: built-in)")
     t.add_argument("-v", "--verbose", action="store_true", help="list every test")
@@ -39,7 +45,7 @@ def test(args: argparse.Namespace) -> int:
     from policies.bundle import load_bundle, run_tests
     from policies.errors import BundleError
 
-    root = args.dir or _default_dir()
+    root = _bundle_dir(args.dir)
     try:
         report = run_tests(load_bundle(root))
     except BundleError as exc:
@@ -62,7 +68,7 @@ def check(args: argparse.Namespace) -> int:
     from policies.errors import BundleError
 
     try:
-        bundle = load_bundle(args.dir)
+        bundle = load_bundle(_bundle_dir(args.dir))
     except BundleError as exc:
         print(*exc.problems, sep="\n")
         return 1
@@ -81,23 +87,21 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
         return json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"conduit: cannot read {what} {path}: {exc}") from None
+    except OSError as exc:
+        raise BrokerError(f"cannot read the {what} document {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise BrokerError(f"the {what} document {path} is not JSON: {exc}") from None
 
 
 def evaluate(args: argparse.Namespace) -> int:
     from policies.bundle import engine_error
     from policies.embedded import EmbeddedEngine
-    from policies.errors import BundleError
 
     document = _read_json(args.input, "input")
     if not isinstance(document, dict):
-        raise SystemExit("conduit: the input document must be a JSON object")
-    try:
-        engine = EmbeddedEngine.from_directory(args.bundle or _default_dir(), budget_ms=10_000)
-    except BundleError as exc:
-        print(f"{exc.message}:", *exc.problems, sep="\n  ", file=sys.stderr)
-        return 2
+        raise BrokerError(f"the input document {args.input} must be a JSON object")
+    # A bundle that does not load ends the command with its problems on one line (failures.py).
+    engine = EmbeddedEngine.from_directory(_bundle_dir(args.bundle), budget_ms=10_000)
     if args.data:
         engine.set_data(_read_json(args.data, "data"))
     decision = engine.decide_sync(document)

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncssh
-
 from broker.cli import credentials
-from broker.cli.api_client import call
+from broker.cli.api_client import call, signed_in
+from broker.cli.grant_check import check_forward
+from broker.cli.ids import missing, resolve
 from broker.errors import BrokerError
 
 KEY_NAME = "id_ed25519"
@@ -104,7 +104,7 @@ def add_parser(sub: Any) -> None:
     ls.set_defaults(func=sessions_list)
     lsub = ls.add_subparsers(dest="sessions_command", metavar="{kill}")
     k = lsub.add_parser("kill", help="end a live session now (admin)")
-    k.add_argument("id")
+    k.add_argument("id", help="session id, or an unambiguous prefix, from `conduit sessions`")
     k.set_defaults(func=sessions_kill)
 
 
@@ -162,6 +162,8 @@ def _write(path: Path, data: str, mode: int) -> None:
 
 def _ensure_key() -> str:
     """The vendor's public key (OpenSSH line); creates the 0600 key pair on first use."""
+    import asyncssh  # imported here: every `conduit` start would pay for it
+
     paths = _paths()
     directory = ssh_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -215,12 +217,7 @@ def _known_hosts_entry(host: str, port: int, host_key: str) -> str:
 
 
 def _stored_broker() -> str:
-    stored = credentials.load()
-    if stored is None or stored.expired():
-        raise BrokerError(
-            "not signed in (or the token expired): run `conduit login`", code="not_authenticated"
-        )
-    return stored.broker
+    return signed_in().broker
 
 
 def renew() -> CertInfo:
@@ -382,10 +379,12 @@ FORWARD_LOGIN = "forward"  # no login on the asset happens for a forward-only co
 
 
 def forward(args: argparse.Namespace) -> int:
-    """``ssh -N -L`` through the front door (the stock client does the port listening)."""
+    """``ssh -N -L`` through the front door (the stock client does the port listening), once
+    the broker shows an active grant covering the port (:func:`check_forward`)."""
     if not 1 <= args.port <= 65535 or not 0 <= args.local_port <= 65535:
         raise BrokerError("ports must be 1-65535", code="invalid")
     local = args.local_port or args.port
+    check_forward(args.asset, args.port, args.grant)  # say why now, not by resetting later
     info = current()
     spec = f"{args.bind}:{local}:localhost:{args.port}"
     extra = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", spec]
@@ -450,7 +449,16 @@ def sessions_list(args: argparse.Namespace) -> int:
 
 
 def sessions_kill(args: argparse.Namespace) -> int:
-    out = call("POST", f"/api/sessions/{args.id}/kill")
+    session = resolve(
+        "session",
+        args.id,
+        "/api/sessions",
+        "conduit sessions",
+        key="sessions",
+        label=lambda s: f"{s['user']} on {s['asset']}",
+    )
+    gone = missing("session", args.id, "`conduit sessions`")
+    out = call("POST", f"/api/sessions/{session}/kill", not_found=gone)
     print(f"Session {out['id']} is {out['state']}: {out['reason']}")
     return 0
 

@@ -1,7 +1,10 @@
 """``conduit verify RECORDING`` and ``conduit recordings export``: offline recording checks.
 
-Only the broker's public recording key is needed (``--public-key FILE``, OpenSSH or PEM; default
-``<data_dir>/keys/recording_ed25519.pub`` from the settings). Exit codes of ``verify``:
+``RECORDING`` is a recording id as on the Recordings page (or an unambiguous prefix), the name of
+its folder, or the folder itself; :mod:`broker.cli.recording_lookup` finds the folder (in the
+database's ``recordings`` table, else under ``<data_dir>/recordings``) and the broker's public
+recording key (``keys/recording_ed25519.pub`` beside the recordings folder); ``--public-key FILE``
+(OpenSSH or PEM) names another. No server settings are loaded. Exit codes of ``verify``:
 
 * 0 ``OK: ...`` — complete and intact;
 * 0 ``INCOMPLETE: ...`` — no manifest (the broker stopped mid-session); everything up to the
@@ -12,9 +15,10 @@ Only the broker's public recording key is needed (``--public-key FILE``, OpenSSH
 * 2 — the recording, key or audit log could not be read.
 
 The audit log is consulted when one is given: ``--audit-log FILE`` (an ``audit export`` file,
-whose own chain is verified first), ``--database-url URL``, or the database of the settings when
-a config file is given (``--config`` or ``$CONDUIT_CONFIG``). Without one, a truncated recording
-cannot be told from a crash and the output says so.
+whose own chain is verified first), ``--database-url URL``, the database of a config file
+(``--config``, ``$CONDUIT_CONFIG``) or ``$CONDUIT_DATABASE_URL``, or the database the recording
+was found in by id. Without one, a truncated recording cannot be told from a crash and the
+output says so.
 
 ``recordings export`` writes the verified content (e.g. a ``.cast`` file for ``asciinema``) and
 refuses a BROKEN recording (exit 1); ``--no-verify`` skips the check.
@@ -30,12 +34,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from broker.cli.common import add_config_arg, settings_from
+from broker.cli.common import add_config_arg
+from broker.cli.local import locate
+from broker.cli.recording_lookup import find
 from broker.errors import BrokerError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from sessions.recording import VerifyResult
     from sessions.recording_end import AuditedEnd
 
@@ -47,7 +51,7 @@ def add_parser(sub: Any) -> None:
     _common_args(v)
     v.set_defaults(func=verify)
     r: argparse.ArgumentParser = sub.add_parser("recordings", help="session recordings")
-    rsub = r.add_subparsers(dest="recordings_command", required=True)
+    rsub = r.add_subparsers(dest="recordings_command", required=True, metavar="ACTION")
     e = rsub.add_parser("export", help="write a recording's content to one file")
     _common_args(e)
     e.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
@@ -56,11 +60,16 @@ def add_parser(sub: Any) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recording", type=Path, metavar="RECORDING_DIR")
+    p.add_argument(
+        "recording",
+        metavar="RECORDING",
+        help="recording id or unambiguous prefix (as on the Recordings page), or its folder",
+    )
     p.add_argument(
         "--public-key",
         type=Path,
-        help="the broker's recording public key (default: <data_dir>/keys/recording_ed25519.pub)",
+        help="the broker's recording public key (default: keys/recording_ed25519.pub in the "
+        "broker's data directory)",
     )
     p.add_argument(
         "--audit-log", type=Path, metavar="FILE", help="`audit export` file to check its end"
@@ -69,27 +78,15 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
 
 
-def _public_key(args: argparse.Namespace) -> Ed25519PublicKey:
-    from broker.recording_keys import public_key_path, recording_key_dir
-    from sessions.recording import load_public_key
-
-    path: Path | None = args.public_key
-    if path is None:
-        try:
-            path = public_key_path(recording_key_dir(settings_from(args).data_dir))
-        except BrokerError as exc:
-            raise BrokerError(
-                f"no public key: pass --public-key FILE (settings: {exc.message})"
-            ) from exc
-    return load_public_key(path)
-
-
 def _verify(args: argparse.Namespace) -> VerifyResult:
-    from sessions.recording import VerifyStatus, verify_recording
+    """Find the recording (setting ``args.folder``), verify it, check its end if possible."""
+    from sessions.recording import VerifyStatus, load_public_key, verify_recording
     from sessions.recording_end import check_end
 
-    result = verify_recording(args.recording, _public_key(args))
-    names = {args.recording.resolve().name, result.recording_id or ""} - {""}
+    found = find(args)
+    args.folder, args.found_in = found.folder, found.database_url
+    result = verify_recording(found.folder, load_public_key(found.public_key))
+    names = {found.folder.resolve().name, result.recording_id or ""} - {""}
     audited = _audited_ends(args, names)
     if audited is None:
         if result.status != VerifyStatus.INCOMPLETE:
@@ -132,9 +129,10 @@ def _audited_ends(
             if end is not None:
                 ends.append(end)
         return ends, f"the audit log {args.audit_log}"
-    url = args.database_url
-    if url is None and (args.config is not None or os.environ.get("CONDUIT_CONFIG")):
-        url = settings_from(args).database_url
+    url = args.database_url or args.found_in
+    configured = ("CONDUIT_CONFIG", "CONDUIT_DATABASE_URL")
+    if url is None and (args.config is not None or any(os.environ.get(k) for k in configured)):
+        url = locate(args).database_url
     if url is None:
         return None
     from sessions.audit import AuditLog
@@ -169,7 +167,9 @@ def export(args: argparse.Namespace) -> int:
     from sessions.recording import iter_chunks
 
     try:
-        if not args.no_verify:
+        if args.no_verify:
+            args.folder = find(args).folder
+        else:
             result = _verify(args)
             if not result.ok:
                 print(f"not exported: {result.summary()}", file=sys.stderr)
@@ -179,7 +179,7 @@ def export(args: argparse.Namespace) -> int:
             raise FileExistsError(args.output)
         # Atomic: the output appears whole or not at all (never a half-exported recording).
         with atomic_output(args.output, mode=0o600, replace=False) as out:
-            size = sum(out.write(chunk) for chunk in iter_chunks(args.recording))
+            size = sum(out.write(chunk) for chunk in iter_chunks(args.folder))
     except FileExistsError as exc:
         raise BrokerError(f"export: {args.output} already exists") from exc
     except OSError as exc:
