@@ -58,9 +58,11 @@ def add_parser(sub: Any) -> None:
     v.add_argument("id")
     v.add_argument("--reason", required=True)
     v.set_defaults(func=revoke)
-    lo = sub.add_parser("lockout", help="disable (on) or re-enable (off) all vendor access")
+    lo = sub.add_parser(
+        "lockout", help="suspend (on) or resume (off) all vendor access; status shows it"
+    )
     lo.add_argument("state", choices=["on", "off", "status"])
-    lo.add_argument("--reason", default="")
+    lo.add_argument("--reason", default="", help="why (required for on and off; audited)")
     lo.set_defaults(func=lockout)
     w = sub.add_parser("windows", help="recurring maintenance windows per site")
     wsub = w.add_subparsers(dest="windows_command", required=True)
@@ -167,7 +169,10 @@ def lockout(args: argparse.Namespace) -> int:
     else:
         out = call("POST", "/api/lockout", body={"on": args.state == "on", "reason": args.reason})
         on = out["vendor_lockout"]
-        print(f"{out['revoked_grants']} vendor grant(s) revoked." if on else "Lockout lifted.")
+        if on:
+            print(f"{out['suspended_grants']} vendor grant(s) suspended; live sessions cut.")
+        else:
+            print(f"Lockout lifted; {out['resumed_grants']} vendor grant(s) resumed.")
     print(f"Vendor lockout is {'ON: all vendor access is disabled' if on else 'off'}.")
     return 0
 
