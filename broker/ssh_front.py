@@ -43,7 +43,7 @@ from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
-from broker.agent_tunnel import AgentTunnel
+from broker.agent_tunnel import AgentTunnel, ChannelEnd
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.front_credentials import CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSession, LiveSessions
@@ -51,7 +51,7 @@ from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
 from broker.ssh_keys import SERIAL_PREFIX, USER_PRINCIPAL, SshKeys
 from broker.ssh_startups import PER_SOURCE, AuditThrottle, StartupListener
-from broker.tcp_forward import ForwardRelay
+from broker.tcp_forward import ASSET_CLOSED, ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
@@ -62,6 +62,7 @@ from sessions.models import AssetEndpoint, EndpointProtocol
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
+MAX_DISCONNECT_MESSAGE = 200  # one line in the vendor's OpenSSH output
 log = logging.getLogger("conduit.ssh")
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # design.md: AES-GCM on broker legs
@@ -283,6 +284,7 @@ class _Vendor(asyncssh.SSHServer):
         self.session: LiveSession | None = None
         self.auth: Authorization | None = None
         self.asset_conn: asyncssh.SSHClientConnection | None = None
+        self.tunnel: AgentTunnel | None = None  # the agent channel under asset_conn
         self.channels: set[_Channel] = set()
         self._lock = asyncio.Lock()
         self._channel_no = 0
@@ -518,9 +520,16 @@ class _Vendor(asyncssh.SSHServer):
             )
             self.relays.add(relay)
             try:
-                await relay.run()
+                ended = await relay.run()
             finally:
                 self.relays.discard(relay)
+            if ended == ASSET_CLOSED and gateway is not None and asset.agent_id is not None:
+                why = ChannelEnd()
+                why.said((await channel.close_reason()).encode())
+                why.lost = not gateway.connected(asset.agent_id)
+                told = why.explain(asset.name)
+                if told is not None:  # the agent ended it: the whole session ends, and says so
+                    self.deps.live.kill(session.id, told)
 
         return SSHTCPStreamSession(pipe)
 
@@ -630,6 +639,7 @@ class _Vendor(asyncssh.SSHServer):
             )
             return AccessDenied(reason, (reason,))
 
+        self.tunnel = tunnel
         try:
             self.asset_conn = await self._dial_asset(
                 auth.endpoint, tunnel, login, key, cert, known_hosts
@@ -686,7 +696,11 @@ class _Vendor(asyncssh.SSHServer):
             loop = asyncio.get_running_loop()
             conn = self.conn
             delay = 0.2 + (2.0 if self.relays else 0.0)
-            loop.call_later(delay, conn.close)  # let the reason line (and answers) through first
+            if self.channels:
+                loop.call_later(delay, conn.close)  # let the reason line (and answers) through
+            else:  # forwards only (`conduit forward`, ssh -N): the disconnect message says why
+                message = f"conduit: session ended: {reason}"[:MAX_DISCONNECT_MESSAGE]
+                loop.call_later(delay, conn.disconnect, asyncssh.DISC_BY_APPLICATION, message)
         session = self.session
         if session is not None:
             self.deps.live.remove(session.id)
@@ -958,6 +972,12 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
         if abrupt and s is not None and self.vendor.deps.clock.now() >= s.deadline - GRACE:
             # The agent cut the channel at its expiry a moment before our watchdog ran.
             self.vendor.deps.live.kill(s.id, s.deadline_reason)
+            return
+        tunnel = self.vendor.tunnel
+        told = tunnel.ended.explain(s.asset) if abrupt and s and tunnel else None
+        if told is not None and s is not None:
+            # The agent ended it (kill switch) or went away: the session ends, and says why.
+            self.vendor.deps.live.kill(s.id, told)
             return
         if self.transfers is not None:
             self.transfers.finish()

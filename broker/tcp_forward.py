@@ -33,6 +33,7 @@ from sessions.models import AuditOutcome
 log = logging.getLogger("conduit.forward")
 
 CHUNK = 65536
+ASSET_CLOSED = "asset closed the connection"  # what run() returns when the agent side ended
 # What the audit event of a malformed frame carries from its ops-log record.
 _MALFORMED_DETAILS = ("transaction_id", "unit", "function", "raw", "raw_length")
 # design.md "OT operations": diagnostics, UMAS, firmware/program download.
@@ -206,7 +207,7 @@ class ForwardRelay:
                     {down, stop}, timeout=self._drain_s, return_when=asyncio.FIRST_COMPLETED
                 )
             else:
-                reason = "asset closed the connection"
+                reason = ASSET_CLOSED
             if self._inspector is not None and not down.done():
                 self._apply(self._inspector.begin_close(reason))
                 deadline = asyncio.get_running_loop().time() + self._drain_s
