@@ -8,6 +8,7 @@ banner and parses the URLs and ports out of it. :meth:`RunningDemo.interrupt` se
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -48,9 +49,10 @@ class RunningDemo:
             self._lines.append(line)
 
     def interrupt(self, timeout: float = 60) -> tuple[int, str]:
-        """Ctrl-C: SIGINT, wait for the exit; returns (exit code, all output)."""
+        """Ctrl-C as a terminal sends it: SIGINT to the demo's whole process group (its agent
+        and IdP too); waits for the exit and returns (exit code, all output)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGINT)
         code = self.process.wait(timeout)
         self._reader.join(timeout)  # the rest of the output, up to EOF
         if self.process.stdout is not None:
@@ -76,6 +78,7 @@ def start_demo(workdir: Path) -> RunningDemo:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, like a shell job
     )
     demo = RunningDemo(process, workdir)
     try:
