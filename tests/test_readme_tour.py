@@ -199,6 +199,7 @@ def test_readme_tour(tour: Tour) -> None:
     tour.visit(page, "/sessions", "step9-sessions")
     recordings = tour.visit(page, "/recordings", "step9-recordings")
     assert "hist-01" in recordings
+    _lockout(tour, page, next(c for c in commands if c.startswith("ssh ")))
 
     # Step 10: victor, MFA, tune on the PLC; a write outside the ranges gets exception 02.
     assert_in_step(
@@ -263,6 +264,30 @@ def _browser_steps(tour: Tour) -> None:
     page = tour.sign_in("nora")
     assert "Nora Nobody" in tour.shot(page, "step4-nora")
     page.close()
+
+
+def _lockout(tour: Tour, page: Page, ssh: str) -> None:
+    """Step 7's lockout: the Grants switch asks first; on suspends alice, off resumes her."""
+    assert_in_step(
+        7,
+        '`conduit lockout on --reason "..."`',
+        '`conduit lockout off --reason "..."`',
+        "asks you to confirm first",
+    )
+    tour.visit(page, "/admin/grants", "step7-grants")
+    page.fill("#lockout-reason", "README tour drill")
+    page.click("#lockout-submit")
+    assert "Suspend all vendor access?" in tour.shot(page, "step7-lockout-confirm")
+    page.click("#lockout-cancel")
+    assert "Vendor access is enabled" in page.content()
+    tour.login("adam")
+    tour.conduit("adam", "lockout", "on", "--reason", "README tour drill")
+    refused = tour.shell("alice", ssh)
+    assert refused.returncode != 0 and "lockout" in refused.stderr, refused.stderr
+    assert "DISABLED" in tour.visit(page, "/admin/grants", "step7-lockout-on")
+    tour.conduit("adam", "lockout", "off", "--reason", "drill over")
+    again = tour.shell("alice", ssh)
+    assert again.returncode == 0 and again.stdout.strip() == socket.gethostname(), again.stderr
 
 
 def _modbus_through_forward(tour: Tour) -> None:
