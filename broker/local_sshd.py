@@ -123,25 +123,8 @@ def start_sshd(
     for name in (user, *also_users):
         _ensure_user(name)
 
-    host_key = workdir / "ssh_host_ed25519_key"
-    client_key = workdir / "id_ed25519"
-    _keygen(host_key, comment="conduit-test-host")
-    _keygen(client_key, comment=f"{user}@conduit-test")
+    host_key, client_key, authorized_keys, ca_file = _key_files(workdir, user, trusted_user_ca_keys)
     host_public_key = _public_key_line(host_key.with_suffix(".pub"))
-
-    # sshd opens AuthorizedKeysFile with the *user's* uid (StrictModes no does
-    # not change that), and pytest's tmp root is 0700 root, so the file is
-    # served by a root-run AuthorizedKeysCommand instead; permissions of the
-    # tmp dir then do not matter.  Rewrite this file to change accepted keys.
-    authorized_keys = workdir / "authorized_keys"
-    authorized_keys.write_text(_public_key_line(client_key.with_suffix(".pub")) + "\n")
-    authorized_keys.chmod(0o644)
-
-    ca_file: Path | None = None
-    if trusted_user_ca_keys:
-        ca_file = workdir / "trusted_user_ca_keys"
-        ca_file.write_text("".join(k.strip() + "\n" for k in trusted_user_ca_keys))
-        ca_file.chmod(0o644)
 
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
@@ -159,21 +142,8 @@ def start_sshd(
             )
         )
         config.chmod(0o644)
-        check = subprocess.run(  # noqa: S603 - fixed argv: Debian sshd and our config
-            [SSHD, "-t", "-f", str(config)], capture_output=True, text=True, check=False
-        )
-        if check.returncode != 0:
-            raise SshdError(f"start sshd: config rejected by sshd -t: {check.stderr.strip()}")
-
         log_path = workdir / "sshd.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - fixed argv: Debian sshd and our config
-                [SSHD, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        process = _launch(config, log_path)
         try:
             _wait_for_banner(process, chosen, log_path)
         except SshdError:
@@ -198,6 +168,46 @@ def start_sshd(
             log_path=log_path,
         )
     raise SshdError("start sshd: no free port")  # pragma: no cover
+
+
+def _key_files(
+    workdir: Path, user: str, trusted_user_ca_keys: list[str] | None
+) -> tuple[Path, Path, Path, Path | None]:
+    """Fresh host and client keys, authorized_keys and the trusted CA file (if any)."""
+    host_key = workdir / "ssh_host_ed25519_key"
+    client_key = workdir / "id_ed25519"
+    _keygen(host_key, comment="conduit-test-host")
+    _keygen(client_key, comment=f"{user}@conduit-test")
+    # sshd opens AuthorizedKeysFile with the *user's* uid (StrictModes no does
+    # not change that), and pytest's tmp root is 0700 root, so the file is
+    # served by a root-run AuthorizedKeysCommand instead; permissions of the
+    # tmp dir then do not matter.  Rewrite this file to change accepted keys.
+    authorized_keys = workdir / "authorized_keys"
+    authorized_keys.write_text(_public_key_line(client_key.with_suffix(".pub")) + "\n")
+    authorized_keys.chmod(0o644)
+    ca_file: Path | None = None
+    if trusted_user_ca_keys:
+        ca_file = workdir / "trusted_user_ca_keys"
+        ca_file.write_text("".join(k.strip() + "\n" for k in trusted_user_ca_keys))
+        ca_file.chmod(0o644)
+    return host_key, client_key, authorized_keys, ca_file
+
+
+def _launch(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Check ``config`` with ``sshd -t``, then run sshd in the foreground in its own session."""
+    check = subprocess.run(  # noqa: S603 - fixed argv: Debian sshd and our config
+        [SSHD, "-t", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise SshdError(f"start sshd: config rejected by sshd -t: {check.stderr.strip()}")
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - fixed argv: Debian sshd and our config
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
 
 
 def _config(

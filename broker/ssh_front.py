@@ -42,7 +42,7 @@ import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
-from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
+from broker.agent_gateway import AgentChannel, AgentGateway, AgentUnavailable, ChannelRefused
 from broker.agent_tunnel import AgentTunnel, ChannelEnd
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.front_credentials import CredentialWatch, FrontCredentials
@@ -523,15 +523,23 @@ class _Vendor(asyncssh.SSHServer):
                 ended = await relay.run()
             finally:
                 self.relays.discard(relay)
-            if ended == ASSET_CLOSED and gateway is not None and asset.agent_id is not None:
-                why = ChannelEnd()
-                why.said((await channel.close_reason()).encode())
-                why.lost = not gateway.connected(asset.agent_id)
-                told = why.explain(asset.name)
-                if told is not None:  # the agent ended it: the whole session ends, and says so
-                    self.deps.live.kill(session.id, told)
+            if ended == ASSET_CLOSED:
+                await self._agent_ended(channel, asset.name, asset.agent_id)
 
         return SSHTCPStreamSession(pipe)
+
+    async def _agent_ended(self, channel: AgentChannel, asset: str, agent_id: str | None) -> None:
+        """A forwarded connection's agent side closed: if the agent ended it (kill switch) or
+        went away, the whole session ends and the vendor is told why."""
+        gateway, session = self.deps.gateway(), self.session
+        if gateway is None or agent_id is None or session is None:
+            return
+        why = ChannelEnd()
+        why.said((await channel.close_reason()).encode())
+        why.lost = not gateway.connected(agent_id)
+        told = why.explain(asset)
+        if told is not None:
+            self.deps.live.kill(session.id, told)
 
     # ---- session set-up -----------------------------------------------------------------
 
