@@ -130,6 +130,33 @@ class Tour:
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
+    def login_no_browser(self, user: str) -> None:
+        """``conduit login --no-browser``: the code it prints is typed in the browser."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker", "login", "--broker", self.demo.url, "--no-browser"],
+            env=self.env(user),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(3)]
+            url, code = lines[1].strip(), lines[2].split()[-1]
+            page = self.sign_in(user)
+            page.goto(url)
+            page.fill("#user_code", code)
+            page.click("#continue")
+            assert code in self.shot(page, "step5-cli-code")
+            page.click("#approve")
+            self.shot(page, "step5-cli-allowed")
+            page.close()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, f"{lines}{out}{err}"
+
     def request_and_approve(self, user: str, *request: str) -> str:
         made = self.conduit(user, "request", *request).stdout
         request_id = re.search(r"Request (\S+) for", made)
@@ -165,10 +192,10 @@ def tour(tmp_path: Path) -> Iterator[Tour]:
 def test_readme_tour(tour: Tour) -> None:
     _browser_steps(tour)  # steps 1-4 and 8
 
-    # Step 5: the CLI signs in through the browser (the loopback flow the step describes).
-    assert_in_step(5, "conduit login --broker http://127.0.0.1:8080", "conduit whoami")
-    for user in ("alice", "olga"):
-        tour.login(user)
+    # Step 5: alice types the terminal's code in her browser; olga uses the loopback flow.
+    assert_in_step(5, "conduit login --broker http://127.0.0.1:8080 --no-browser", "whoami")
+    tour.login_no_browser("alice")
+    tour.login("olga")
     assert "Alice Vendor" in tour.conduit("alice", "whoami").stdout
 
     assert_in_step(6, "conduit audit verify --database-url sqlite:///.demo/conduit.db")
