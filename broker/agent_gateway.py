@@ -162,7 +162,7 @@ class AgentChannel:
         except (TimeoutError, asyncssh.Error, OSError):
             return ""
         lines = data.decode("utf-8", "replace").splitlines()
-        return lines[0][:MAX_CLOSE_REASON] if lines else ""
+        return lines[0][:MAX_CLOSE_REASON] if lines else ""  # ChannelEnd.said cleans it
 
     async def drain(self) -> None:
         await self._writer.drain()

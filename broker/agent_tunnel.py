@@ -41,8 +41,10 @@ class ChannelEnd:
         self.lost = False
 
     def said(self, data: bytes) -> None:
+        """Keep the first line (printable characters only: it reaches the vendor's terminal)."""
         text = (self.reason + data.decode("utf-8", "replace")).splitlines()
-        self.reason = (text[0] if text else "")[:MAX_CLOSE_REASON]
+        first = text[0] if text else ""
+        self.reason = "".join(c for c in first if c.isprintable())[:MAX_CLOSE_REASON]
 
     def explain(self, asset: str) -> str | None:
         """The vendor's one line about it, or None if the agent did not end it."""

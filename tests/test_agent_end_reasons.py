@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+from agents.wire import MAX_CLOSE_REASON
+from broker.agent_tunnel import ChannelEnd
 from tests.harness.broker import RunningBroker
 from tests.harness.cli import REPO, clean_env
 from tests.harness.components import needs
@@ -81,3 +83,12 @@ def test_kill_switch_tells_conduit_forward_why(rig: SshRig, plc: PlcServer) -> N
         client.close()
         proc.kill()
     assert f"conduit: session ended: {KILL_SWITCH}" in err, err
+
+
+def test_an_agents_close_reason_cannot_drive_the_vendors_terminal() -> None:
+    """What an agent says reaches the vendor's terminal: one line, printable characters only."""
+    end = ChannelEnd()
+    end.said(b"\x1b]0;owned\x07\x1b[2J" + b"x" * 500 + b"\nsecond line")
+    told = end.explain("plc-1")
+    assert told is not None and "\x1b" not in told and "\x07" not in told
+    assert "second line" not in told and len(end.reason) <= MAX_CLOSE_REASON
