@@ -234,6 +234,7 @@ def start_demo_sshd(svc: Services, directory: Path) -> tuple[RunningSshd | None,
             user=DEMO_SSH_LOGINS[0],
             also_users=DEMO_SSH_LOGINS[1:],
             trusted_user_ca_keys=[ca],
+            keep_host_key=True,  # the broker pinned it at first use: the same asset next run
         )
     except SshdError as exc:
         return None, f"no SSH server for {', '.join(DEMO_SSH_ASSETS)}: {exc}"

@@ -108,11 +108,14 @@ def start_sshd(
     port: int | None = None,
     extra_config: str = "",
     trusted_user_ca_keys: list[str] | None = None,
+    keep_host_key: bool = False,
 ) -> RunningSshd:
     """Configure and start sshd on 127.0.0.1; return once it sends its banner.
 
-    ``user`` (and ``also_users``) may log in; raises :class:`SshdError` if sshd is missing,
-    this process is not root, a user cannot be created or sshd does not start.
+    ``user`` (and ``also_users``) may log in. ``keep_host_key`` reuses a host key already in
+    ``workdir`` (a broker pins an asset's host key at first use). Raises :class:`SshdError`
+    if sshd is missing, this process is not root, a user cannot be created or sshd does not
+    start.
     """
     reason = sshd_available()
     if reason is not None:
@@ -123,7 +126,9 @@ def start_sshd(
     for name in (user, *also_users):
         _ensure_user(name)
 
-    host_key, client_key, authorized_keys, ca_file = _key_files(workdir, user, trusted_user_ca_keys)
+    host_key, client_key, authorized_keys, ca_file = _key_files(
+        workdir, user, trusted_user_ca_keys, keep_host_key=keep_host_key
+    )
     host_public_key = _public_key_line(host_key.with_suffix(".pub"))
 
     attempts = 1 if port is not None else 3
@@ -171,12 +176,13 @@ def start_sshd(
 
 
 def _key_files(
-    workdir: Path, user: str, trusted_user_ca_keys: list[str] | None
+    workdir: Path, user: str, trusted_user_ca_keys: list[str] | None, *, keep_host_key: bool
 ) -> tuple[Path, Path, Path, Path | None]:
-    """Fresh host and client keys, authorized_keys and the trusted CA file (if any)."""
+    """Host (fresh unless kept) and client keys, authorized_keys, the trusted CA file."""
     host_key = workdir / "ssh_host_ed25519_key"
     client_key = workdir / "id_ed25519"
-    _keygen(host_key, comment="conduit-test-host")
+    if not (keep_host_key and host_key.exists() and host_key.with_suffix(".pub").exists()):
+        _keygen(host_key, comment="conduit-test-host")
     _keygen(client_key, comment=f"{user}@conduit-test")
     # sshd opens AuthorizedKeysFile with the *user's* uid (StrictModes no does
     # not change that), and pytest's tmp root is 0700 root, so the file is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import httpx2
@@ -10,6 +11,7 @@ import httpx2
 from tests.harness.broker import same_origin_api, web_login
 from tests.harness.components import needs
 from tests.harness.demo_proc import start_demo
+from tests.harness.sshd import start_sshd
 from tests.harness.wait import TIMEOUT_S
 
 
@@ -36,3 +38,22 @@ def test_ctrl_c_stops_the_demo_cleanly_after_policy_decisions(tmp_path: Path) ->
     assert "Traceback" not in output, output
     assert "unsendable" not in output, output
     assert "Conduit demo is running." in output
+
+
+@needs("sshd")
+def test_the_demo_sshd_keeps_its_host_key_across_runs(tmp_path: Path) -> None:
+    """The broker pins an asset's host key at first use, so a restarted demo must present the
+    same one (a fresh key would make every SSH session after a restart fail)."""
+    keys = []
+    for _ in range(2):
+        with start_sshd(tmp_path / "sshd", user="maint", keep_host_key=True) as sshd:
+            keys.append(sshd.host_public_key)
+            scan = subprocess.run(
+                ["ssh-keyscan", "-t", "ed25519", "-p", str(sshd.port), "127.0.0.1"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                check=False,
+            )
+            assert sshd.host_public_key in scan.stdout, scan.stdout + scan.stderr
+    assert keys[0] == keys[1]
