@@ -223,6 +223,7 @@ async def _vendor_page(
     wanted = str(form.get("asset") or request.query_params.get("asset", ""))
     chosen = next((o for o in offers if o.name == wanted), offers[0] if offers else None)
     ctx.update(
+        suspended=await run_in_threadpool(svc.access.lockout_active),
         form=form,
         chosen=chosen,
         ports=set(form.get("ports", [])),

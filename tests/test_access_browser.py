@@ -230,7 +230,8 @@ def test_lockout_suspends_after_confirmation_and_resumes(
     assert on.status_code == 303 and "suspended" in on.headers["location"]
     page = adam.get(plant.url + "/admin/grants").text
     assert "Vendor access is DISABLED" in page and "incident INC-7" in page
-    assert 'data-grant-state="approved"' in alice.get(plant.url + "/vendor").text
+    mine = alice.get(plant.url + "/vendor").text
+    assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' in mine
     blocked = _file(alice, plant)
     assert blocked.status_code == 403 and "emergency lockout" in blocked.text
     assert [e["outcome"] for e in audit_events(plant, "lockout.on")] == ["ok"]
@@ -241,5 +242,6 @@ def test_lockout_suspends_after_confirmation_and_resumes(
     )
     assert off.status_code == 303 and "1+grant" in off.headers["location"]
     assert [e["outcome"] for e in audit_events(plant, "lockout.off")] == ["ok"]
-    assert 'data-grant-state="approved"' in alice.get(plant.url + "/vendor").text
+    mine = alice.get(plant.url + "/vendor").text
+    assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' not in mine
     assert _file(alice, plant).status_code == 303
