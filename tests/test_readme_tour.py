@@ -200,6 +200,17 @@ def test_readme_tour(tour: Tour) -> None:
 
     assert_in_step(6, "conduit audit verify --database-url sqlite:///.demo/conduit.db")
     tour.conduit("sam", "audit", "verify", "--database-url", "sqlite:///.demo/conduit.db")
+    assert_in_step(6, "conduit audit export --format jsonl")
+    exported = tour.conduit(
+        "sam",
+        "audit",
+        "export",
+        "--format",
+        "jsonl",
+        "--database-url",
+        "sqlite:///.demo/conduit.db",
+    )
+    assert '"kind":"auth.login"' in exported.stdout  # the sign-ins of steps 1-5
 
     assert_in_step(7, 'conduit request hist-01 --for 1h --reason "..."', "conduit approve ID")
     tour.request_and_approve("alice", "hist-01", "--for", "1h", "--reason", "README tour")
@@ -242,6 +253,11 @@ def test_readme_tour(tour: Tour) -> None:
     tour.visit(page, "/recordings", "step10-recordings")
     page.close()
 
+    assert_in_step(8, 'conduit agents token --site "Riverside Plant" --zone supervisory')
+    token = tour.conduit(
+        "adam", "agents", "token", "--site", "Riverside Plant", "--zone", "supervisory"
+    )
+    assert "conduit-agent join --broker" in token.stdout and "--token" in token.stdout
     assert_in_step(11, "conduit policy test")
     assert "PASS" in tour.conduit("adam", "policy", "test").stdout.upper()
     assert tour.shots >= 15
