@@ -127,6 +127,35 @@ def _enrolled_agent(svc: Services, id_file: Path) -> str | None:
         return None
 
 
+def _move_endpoints(svc: Services, moved: Moved) -> None:
+    """Give the plant's endpoints this run's real ports; each change is audited."""
+    changed: list[tuple[str, str, int, int]] = []
+    with session_scope(svc.engine, write=True) as db:
+        for (asset_name, protocol), port in moved.items():
+            rows = db.exec(
+                select(AssetEndpoint)
+                .join(Asset, col(Asset.id) == col(AssetEndpoint.asset_id))
+                .where(col(Asset.name) == asset_name, col(AssetEndpoint.protocol) == protocol)
+            ).all()
+            for endpoint in rows:
+                if endpoint.port != port:
+                    changed.append((asset_name, endpoint.name, endpoint.port, port))
+                    endpoint.port = port
+                    db.add(endpoint)
+    for asset_name, name, before, after in changed:
+        svc.audit.append(
+            "plant.asset.update",  # as `conduit plant apply` records it
+            actor="system:demo",
+            outcome="ok",
+            subject=asset_name,
+            details={
+                "before": {"endpoints": {name: {"port": before}}},
+                "after": {"endpoints": {name: {"port": after}}},
+            },
+        )
+    svc.plant_changed()
+
+
 def start_demo_agent(
     svc: Services, directory: Path, public_url: str, moved: Moved | None = None
 ) -> DemoAgent:
@@ -137,18 +166,7 @@ def start_demo_agent(
     :class:`BrokerError` (code ``demo_agent``) if the join fails.
     """
     moved = moved or {}
-    with session_scope(svc.engine, write=True) as db:
-        for (asset_name, protocol), port in moved.items():
-            asset_id = select(Asset.id).where(col(Asset.name) == asset_name).scalar_subquery()
-            db.execute(
-                update(AssetEndpoint)
-                .where(
-                    col(AssetEndpoint.asset_id) == asset_id,
-                    col(AssetEndpoint.protocol) == protocol,
-                )
-                .values(port=port)
-            )
-    svc.plant_changed()
+    _move_endpoints(svc, moved)
     config = _write_agent_config(directory, moved)
     id_file = directory / "agent-id"
     agent_id = _enrolled_agent(svc, id_file)

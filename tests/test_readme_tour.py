@@ -211,6 +211,7 @@ def test_readme_tour(tour: Tour) -> None:
         "sqlite:///.demo/conduit.db",
     )
     assert '"kind":"auth.login"' in exported.stdout  # the sign-ins of steps 1-5
+    assert '"kind":"plant.asset.update"' in exported.stdout  # the demo's real ports, audited
 
     assert_in_step(7, 'conduit request hist-01 --for 1h --reason "..."', "conduit approve ID")
     tour.request_and_approve("alice", "hist-01", "--for", "1h", "--reason", "README tour")
