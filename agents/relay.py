@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agents.config import AgentConfig
-from agents.wire import ChannelInfo, OpenRequest
+from agents.wire import KILL_SWITCH_REASON, ChannelInfo, OpenRequest
 
 log = logging.getLogger("conduit.agent")
 
 CHUNK = 256 * 1024
+# What relay() returns when a peer, not the agent, ended the channel (nothing to explain).
+PEER_CLOSES = ("broker side closed", "asset side closed")
 
 
 class Refused(Exception):
@@ -66,7 +68,7 @@ class ChannelTable:
     def admit(self, request: OpenRequest, broker: str) -> Channel:
         """Register a channel or raise :class:`Refused` with the reason."""
         if self.kill_switch:
-            raise Refused("local kill switch engaged")
+            raise Refused(KILL_SWITCH_REASON)
         if not self._config.declares(request.host, request.port):
             raise Refused(f"{request.host}:{request.port} is not declared by this agent")
         now = self._wall()
@@ -94,7 +96,7 @@ class ChannelTable:
 
     def engage_kill_switch(self) -> int:
         self.kill_switch = True
-        return self.close_all("local kill switch engaged")
+        return self.close_all(KILL_SWITCH_REASON)
 
     def release_kill_switch(self) -> None:
         self.kill_switch = False

@@ -28,11 +28,12 @@ import asyncssh
 from agents import ssh_transport
 from agents.config import AgentConfig
 from agents.enrollment import Enrollment
-from agents.relay import ChannelTable, Refused, relay
+from agents.relay import PEER_CLOSES, ChannelTable, Refused, relay
 from agents.wire import (
     BROKER_USERNAME,
     CONTROL_SUBSYSTEM,
     FEATURE_EVENTS,
+    MAX_CLOSE_REASON,
     MIN_HEARTBEAT_S,
     ChannelEvent,
     Heartbeat,
@@ -282,7 +283,7 @@ class AgentRuntime:
                 if subsystem == CONTROL_SUBSYSTEM and link.control is None:
                     await self._control(link, stdin, stdout)
                 elif subsystem is None and command:
-                    await self._data(link, command, stdin, stdout)
+                    await self._data(link, command, stdin, stdout, stderr)
                 else:
                     log.warning("broker %s asked for an unsupported channel; refused", link.broker)
                     stdout.write(open_reply(False, "unsupported channel"))
@@ -348,6 +349,7 @@ class AgentRuntime:
         command: str,
         stdin: asyncssh.SSHReader[bytes],
         stdout: asyncssh.SSHWriter[bytes],
+        stderr: asyncssh.SSHWriter[bytes],
     ) -> None:
         try:
             request = OpenRequest.parse_command(command)
@@ -380,6 +382,9 @@ class AgentRuntime:
             log.info("channel %s to %s:%s opened", request.ref, request.host, request.port)
             reason = await relay(self.table, channel, stdin, stdout, asset_reader, asset_writer)
             log.info("channel %s closed: %s", request.ref, reason)
+            if reason not in PEER_CLOSES:  # the agent ended it: say why (see agents.wire)
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    stderr.write(f"{reason[:MAX_CLOSE_REASON]}\n".encode())
             link.report(ChannelEvent("closed", request.ref, request.host, request.port, reason))
         finally:
             self.table.release(channel)

@@ -18,7 +18,11 @@ Over that connection the broker opens:
 * one **data** channel per relayed TCP connection: an ``exec`` request whose command is an
   :class:`OpenRequest` JSON object. The agent answers with exactly one JSON line on stdout,
   ``{"ok": true}`` or ``{"ok": false, "reason": ...}``; after ``ok`` the channel carries raw
-  bytes both ways until either side closes or the request's ``expires_at`` passes.
+  bytes both ways until either side closes or the request's ``expires_at`` passes. When the
+  agent itself ends the channel (kill switch, expiry, its own stop, revocation) it first
+  writes the reason, one line of at most :data:`MAX_CLOSE_REASON` characters, on the
+  channel's **stderr** (stdout stays the raw byte stream), e.g. :data:`KILL_SWITCH_REASON`;
+  the broker tells the vendor why the session ended. An older broker ignores that stderr.
 
 Compatibility within :data:`PROTOCOL_VERSION` 1: receivers ignore object keys they do not know,
 agents ignore broker frames they do not know, and an agent sends a newer frame type only after
@@ -43,6 +47,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+KILL_SWITCH_REASON = "local kill switch engaged"  # the close reason of `conduit-agent stop-all`
+MAX_CLOSE_REASON = 200
 PROTOCOL_VERSION = 1
 CONTROL_SUBSYSTEM = "conduit-control@conduit"
 BROKER_USERNAME = "conduit-broker"

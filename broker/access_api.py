@@ -348,9 +348,10 @@ async def lockout(request: Request) -> Response:
     reason = str(body.get("reason", "")).strip()
     if not reason:
         raise BadRequest("a reason is required to change the vendor lockout")
-    revoked = await run_in_threadpool(svc.access.set_lockout, body["on"], principal.user_id, reason)
+    count = await run_in_threadpool(svc.access.set_lockout, body["on"], principal.user_id, reason)
     await svc.refresh_policy_data()
-    return JSONResponse({"vendor_lockout": body["on"], "revoked_grants": revoked})
+    key = "suspended_grants" if body["on"] else "resumed_grants"
+    return JSONResponse({"vendor_lockout": body["on"], key: count})
 
 
 routes = [

@@ -221,6 +221,7 @@ async def _vendor_page(
     wanted = str(form.get("asset") or request.query_params.get("asset", ""))
     chosen = next((o for o in offers if o.name == wanted), offers[0] if offers else None)
     ctx.update(
+        suspended=await run_in_threadpool(svc.access.lockout_active),
         form=form,
         chosen=chosen,
         ports=set(form.get("ports", [])),
@@ -457,9 +458,17 @@ async def lockout(request: Request) -> Response:
     if not reason:
         failure = {"error": "a reason is required to change the vendor lockout", "reasons": []}
         return await _grants_page(request, principal, failure, 400)
-    revoked = await run_in_threadpool(svc.access.set_lockout, on, principal.user_id, reason)
+    if str(form.get("confirm", "")) != "1":  # first the confirmation step (no script needed)
+        affected = await run_in_threadpool(svc.access.vendor_grants_live)
+        confirm = {"lockout_confirm": {"on": on, "reason": reason, "grants": affected}}
+        return await _grants_page(request, principal, confirm)
+    count = await run_in_threadpool(svc.access.set_lockout, on, principal.user_id, reason)
     await svc.refresh_policy_data()
-    done = f"vendor access disabled; {revoked} grant(s) revoked" if on else "vendor access enabled"
+    done = (
+        f"vendor access suspended; {count} grant(s) suspended, their live sessions cut"
+        if on
+        else f"vendor access enabled; {count} grant(s) resumed"
+    )
     return _done("/admin/grants", done)
 
 

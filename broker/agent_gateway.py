@@ -45,6 +45,7 @@ from agents.wire import (
     AGENT_PRINCIPAL,
     BROKER_USERNAME,
     CONTROL_SUBSYSTEM,
+    MAX_CLOSE_REASON,
     MAX_FRAME,
     ChannelEvent,
     Heartbeat,
@@ -74,6 +75,9 @@ REPLY_LIMIT = 4096
 # Both ends are asyncssh: big packets and window cut per-packet work on bulk transfers.
 CHANNEL_WINDOW = 4 << 20
 CHANNEL_PACKET = 128 << 10
+
+
+CLOSE_REASON_WAIT_S = 1.0
 
 
 class AgentUnavailable(BrokerError):
@@ -126,8 +130,10 @@ class AgentChannel:
         prefix: bytes,
         ref: str,
         on_close: Callable[[], None],
+        stderr: asyncssh.SSHReader[bytes] | None = None,
     ) -> None:
         self._reader, self._writer, self._prefix = reader, writer, prefix
+        self._stderr = stderr
         self.ref = ref
         self._on_close: Callable[[], None] | None = on_close
 
@@ -144,6 +150,19 @@ class AgentChannel:
 
     def write(self, data: bytes) -> None:
         self._writer.write(data)
+
+    async def close_reason(self) -> str:
+        """The agent's close reason (its stderr line, see :mod:`agents.wire`), once the
+        channel has ended; "" if it gave none."""
+        if self._stderr is None:
+            return ""
+        try:
+            async with asyncio.timeout(CLOSE_REASON_WAIT_S):  # it comes before the close
+                data = await self._stderr.read(MAX_CLOSE_REASON + 1)
+        except (TimeoutError, asyncssh.Error, OSError):
+            return ""
+        lines = data.decode("utf-8", "replace").splitlines()
+        return lines[0][:MAX_CLOSE_REASON] if lines else ""  # ChannelEnd.said cleans it
 
     async def drain(self) -> None:
         await self._writer.drain()
@@ -285,6 +304,11 @@ class AgentGateway:
         return self._settings.gateways(self.port)
 
     # ---- views --------------------------------------------------------------------------
+
+    def connected(self, agent_id: str) -> bool:
+        """Whether the agent has a working tunnel to this broker now."""
+        live = self._live.get(agent_id)
+        return live is not None and not live.conn.is_closed()
 
     def live(self) -> dict[str, LiveAgent]:
         return dict(self._live)
@@ -465,7 +489,7 @@ class AgentGateway:
         opened: list[asyncssh.SSHWriter[bytes]] = []  # to close if no valid reply comes
         try:
             async with asyncio.timeout(self._settings.open_timeout_s):
-                writer, reader, _ = await live.conn.open_session(
+                writer, reader, stderr = await live.conn.open_session(
                     command=request.encode_command(),
                     encoding=None,
                     window=CHANNEL_WINDOW,
@@ -513,7 +537,7 @@ class AgentGateway:
             endpoint=f"{host}:{port}",
             expires_at=expires_at.isoformat(),
         )
-        channel = AgentChannel(reader, writer, rest, request.ref, closed)
+        channel = AgentChannel(reader, writer, rest, request.ref, closed, stderr)
         self._spawn(channel.wait_closed())
         return channel
 

@@ -4,7 +4,8 @@
 which opens an ``exec`` data channel on the agent's connection (an :class:`OpenRequest` with
 the grant's expiry), waits for the agent's one-line answer, and only then hands the channel to
 the SSH protocol as its transport — no extra socket or copy. A refusal raises
-:class:`broker.agent_gateway.ChannelRefused` with the agent's reason.
+:class:`broker.agent_gateway.ChannelRefused` with the agent's reason. Why the agent ended the
+channel (its stderr line, or its connection lost) is kept in :attr:`AgentTunnel.ended`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import Any
 
 import asyncssh
 
-from agents.wire import OpenRequest, WireError, parse_open_reply
+from agents.wire import (
+    KILL_SWITCH_REASON,
+    MAX_CLOSE_REASON,
+    OpenRequest,
+    WireError,
+    parse_open_reply,
+)
 from broker.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
 
 REPLY_LIMIT = 4096
@@ -26,11 +33,37 @@ CHANNEL_WINDOW = 4 << 20
 CHANNEL_PACKET = 128 << 10
 
 
+class ChannelEnd:
+    """Why the agent ended a data channel: its stderr line, or its connection was lost."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+        self.lost = False
+
+    def said(self, data: bytes) -> None:
+        """Keep the first line (printable characters only: it reaches the vendor's terminal)."""
+        text = (self.reason + data.decode("utf-8", "replace")).splitlines()
+        first = text[0] if text else ""
+        self.reason = "".join(c for c in first if c.isprintable())[:MAX_CLOSE_REASON]
+
+    def explain(self, asset: str) -> str | None:
+        """The vendor's one line about it, or None if the agent did not end it."""
+        if self.reason == KILL_SWITCH_REASON:
+            return "the plant's agent stopped all sessions (kill switch)"
+        if self.reason:
+            return f"the agent for {asset} ended the connection ({self.reason})"
+        if self.lost:
+            return f"the agent for {asset} disconnected"
+        return None
+
+
 class _AckShim(asyncssh.SSHClientSession[bytes]):
     """Consumes the agent's answer line, then forwards everything to the real protocol."""
 
-    def __init__(self, factory: Callable[[], Any], ready: asyncio.Future[Any]) -> None:
-        self._factory, self._ready = factory, ready
+    def __init__(
+        self, factory: Callable[[], Any], ready: asyncio.Future[Any], ended: ChannelEnd
+    ) -> None:
+        self._factory, self._ready, self._ended = factory, ready, ended
         self._buf = b""
         self._inner: Any = None
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
@@ -39,6 +72,9 @@ class _AckShim(asyncssh.SSHClientSession[bytes]):
         self._chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:  # the agent's close reason, never SSH
+            self._ended.said(data)
+            return
         if self._inner is not None:
             self._inner.data_received(data, datatype)
             return
@@ -77,6 +113,8 @@ class _AckShim(asyncssh.SSHClientSession[bytes]):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:  # the whole agent connection went, not just this channel
+            self._ended.lost = True
         if self._inner is not None:
             self._inner.connection_lost(exc)
         else:
@@ -106,6 +144,7 @@ class AgentTunnel:
         self._gateway, self._agent_id = gateway, agent_id
         self._expires_at, self._ref, self._timeout = expires_at, ref, timeout_s
         self.channel: asyncssh.SSHClientChannel[bytes] | None = None
+        self.ended = ChannelEnd()
 
     async def create_connection(
         self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
@@ -123,7 +162,7 @@ class AgentTunnel:
         try:
             async with asyncio.timeout(self._timeout):
                 chan, _ = await live.conn.create_session(
-                    lambda: _AckShim(session_factory, ready),
+                    lambda: _AckShim(session_factory, ready, self.ended),
                     command=request.encode_command(),
                     encoding=None,
                     window=CHANNEL_WINDOW,

@@ -13,17 +13,20 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy import Engine, update
 from sqlmodel import col, select
 
 from broker.app import create_app
-from broker.demo_plc import start_simulated_plc
-from broker.devidp import DEFAULT_USERS_PATH, start_dev_idp
+from broker.demo_plc import SimulatedPlc, start_simulated_plc
+from broker.devidp import DEFAULT_USERS_PATH, RunningIdP, start_dev_idp
 from broker.errors import BrokerError
+from broker.local_sshd import RunningSshd, SshdError, free_port, sshd_available, start_sshd
 from broker.services import Services
 from broker.settings import load_settings
+from broker.ssh_keys import SshKeys
 from sessions import plant
 from sessions.clock import Clock, SystemClock
 from sessions.db import create_db_engine, migrate, session_scope
@@ -80,17 +83,22 @@ class DemoAgent:
                 self.proc.wait(5)
 
 
-def demo_endpoints(moved: dict[str, int] | None = None) -> list[tuple[str, int, str, str]]:
+# (asset name, endpoint protocol) -> the port it really listens on in this run
+Moved = dict[tuple[str, str], int]
+
+
+def demo_endpoints(moved: Moved | None = None) -> list[tuple[str, int, str, str]]:
     """(name, port, protocol, matched asset or "") the demo agent declares on 127.0.0.1.
 
     One endpoint per distinct port of the demo plant's assets (assets sharing a port share it),
     plus :data:`DEMO_UNMATCHED`, which no asset uses, so the admin can try "adopt".
-    ``moved`` maps asset names to the port they really listen on (the simulated PLC).
+    ``moved`` gives the port an (asset, protocol) endpoint really listens on in this run (the
+    simulated PLC, the demo sshd).
     """
     seen: dict[int, tuple[str, int, str, str]] = {}
     for asset in demo_plant(datetime.now(UTC)).assets:
         for ep in asset.endpoints:
-            port = (moved or {}).get(asset.name, ep.port)
+            port = (moved or {}).get((asset.name, ep.protocol), ep.port)
             seen.setdefault(port, (f"{ep.protocol}-{port}", port, ep.protocol, asset.name))
     return [*seen.values(), (*DEMO_UNMATCHED, "")]
 
@@ -99,7 +107,7 @@ def _agent_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "agents", *args]
 
 
-def _write_agent_config(directory: Path, moved: dict[str, int]) -> Path:
+def _write_agent_config(directory: Path, moved: Moved) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [f"state_dir = {str(directory / 'state')!r}", "heartbeat_s = 5"]
     for name, port, protocol, _ in demo_endpoints(moved):
@@ -119,23 +127,46 @@ def _enrolled_agent(svc: Services, id_file: Path) -> str | None:
         return None
 
 
+def _move_endpoints(svc: Services, moved: Moved) -> None:
+    """Give the plant's endpoints this run's real ports; each change is audited."""
+    changed: list[tuple[str, str, int, int]] = []
+    with session_scope(svc.engine, write=True) as db:
+        for (asset_name, protocol), port in moved.items():
+            rows = db.exec(
+                select(AssetEndpoint)
+                .join(Asset, col(Asset.id) == col(AssetEndpoint.asset_id))
+                .where(col(Asset.name) == asset_name, col(AssetEndpoint.protocol) == protocol)
+            ).all()
+            for endpoint in rows:
+                if endpoint.port != port:
+                    changed.append((asset_name, endpoint.name, endpoint.port, port))
+                    endpoint.port = port
+                    db.add(endpoint)
+    for asset_name, name, before, after in changed:
+        svc.audit.append(
+            "plant.asset.update",  # as `conduit plant apply` records it
+            actor="system:demo",
+            outcome="ok",
+            subject=asset_name,
+            details={
+                "before": {"endpoints": {name: {"port": before}}},
+                "after": {"endpoints": {name: {"port": after}}},
+            },
+        )
+    svc.plant_changed()
+
+
 def start_demo_agent(
-    svc: Services, directory: Path, public_url: str, moved: dict[str, int] | None = None
+    svc: Services, directory: Path, public_url: str, moved: Moved | None = None
 ) -> DemoAgent:
     """Enrol (once per demo directory) and start the demo agent; route the demo assets to it.
 
-    A join token is made in-process, redeemed by the real ``conduit-agent join`` and never
-    printed. Raises :class:`BrokerError` (code ``demo_agent``) if the join fails.
+    The plant's endpoints in ``moved`` get this run's real ports first. A join token is made
+    in-process, redeemed by the real ``conduit-agent join`` and never printed. Raises
+    :class:`BrokerError` (code ``demo_agent``) if the join fails.
     """
     moved = moved or {}
-    with session_scope(svc.engine, write=True) as db:
-        for asset_name, port in moved.items():
-            asset_id = select(Asset.id).where(col(Asset.name) == asset_name).scalar_subquery()
-            db.execute(
-                update(AssetEndpoint)
-                .where(col(AssetEndpoint.asset_id) == asset_id)
-                .values(port=port)
-            )
+    _move_endpoints(svc, moved)
     config = _write_agent_config(directory, moved)
     id_file = directory / "agent-id"
     agent_id = _enrolled_agent(svc, id_file)
@@ -200,11 +231,44 @@ def _serve(server: uvicorn.Server) -> threading.Thread:
     return thread
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the dev IdP, the broker and the demo agent until Ctrl-C or SIGTERM; stop all three."""
-    workdir: Path = args.dir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    public_url = f"http://127.0.0.1:{args.port}"
+DEMO_SSH_ASSETS = ("hist-01", "scada-01")
+DEMO_SSH_LOGINS = ("maint", "eng")  # the logins the demo plant's SSH endpoints allow
+
+
+def start_demo_sshd(svc: Services, directory: Path) -> tuple[RunningSshd | None, str]:
+    """Debian's sshd on a free loopback port for the demo's SSH assets, trusting the asset CA.
+
+    Logins ``maint`` and ``eng`` (local users, created without a password if missing). sshd
+    must switch to them, so this needs root; otherwise (or without openssh-server) returns
+    ``None`` and the reason, and the demo runs without an SSH asset.
+    """
+    reason = sshd_available()
+    if reason is not None:
+        return None, f"no SSH server for {', '.join(DEMO_SSH_ASSETS)}: {reason}"
+    ca = SshKeys.public(svc.ssh_keys.asset_ca)
+    try:
+        sshd = start_sshd(
+            directory,
+            user=DEMO_SSH_LOGINS[0],
+            also_users=DEMO_SSH_LOGINS[1:],
+            trusted_user_ca_keys=[ca],
+            keep_host_key=True,  # the broker pinned it at first use: the same asset next run
+        )
+    except SshdError as exc:
+        return None, f"no SSH server for {', '.join(DEMO_SSH_ASSETS)}: {exc}"
+    line = (
+        f"{' and '.join(DEMO_SSH_ASSETS)} are Debian's sshd on 127.0.0.1:{sshd.port} "
+        f"(logins {' and '.join(DEMO_SSH_LOGINS)}, trusting the asset CA)"
+    )
+    return sshd, line
+
+
+def _port(requested: int) -> int:
+    """``0`` means any free loopback port (chosen now: the IdP needs the broker's URL)."""
+    return requested or free_port()
+
+
+def _idp_clients(workdir: Path, public_url: str) -> tuple[str, list[dict[str, Any]]]:
     secret_file = workdir / "client-secret"
     if not secret_file.exists():
         secret_file.write_text(secrets.token_urlsafe(32))
@@ -218,80 +282,133 @@ def run(args: argparse.Namespace) -> int:
             "post_logout_redirect_uris": [f"{public_url}/"],
         }
     ]
-    idp = start_dev_idp(workdir / "idp", clients, port=args.idp_port)
-    agent: DemoAgent | None = None
-    plc = start_simulated_plc()
+    return client_secret, clients
+
+
+class _Running:
+    """What one demo run started (stopped in reverse order by :meth:`stop`)."""
+
+    def __init__(self) -> None:
+        self.agent: DemoAgent | None = None
+        self.sshd: RunningSshd | None = None
+        self.plc: SimulatedPlc | None = None
+        self.idp: RunningIdP | None = None
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        if self.sshd is not None:
+            self.sshd.stop()
+        if self.plc is not None:
+            self.plc.stop()
+        if self.idp is not None:
+            self.idp.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the dev IdP, the broker, the demo sshd, PLC and agent until Ctrl-C or SIGTERM.
+
+    Ctrl-C (SIGINT) and SIGTERM both stop the broker's event loop on its own thread (so every
+    policy evaluator is dropped on the thread that made it), then the rest; exit code 0.
+    """
+    workdir: Path = args.dir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _port(args.port)
+    public_url = f"http://127.0.0.1:{port}"
+    client_secret, clients = _idp_clients(workdir, public_url)
+    running = _Running()
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
+        running.idp = start_dev_idp(workdir / "idp", clients, port=args.idp_port or None)
+        running.plc = start_simulated_plc()
         settings = load_settings(
             None,
             mode="dev",
             public_url=public_url,
-            listen_port=args.port,
+            listen_port=port,
             database_url=f"sqlite:///{workdir / 'conduit.db'}",
             data_dir=workdir / "var",
-            oidc={"issuer": idp.issuer, "client_id": "conduit", "client_secret": client_secret},
+            oidc={
+                "issuer": running.idp.issuer,
+                "client_id": "conduit",
+                "client_secret": client_secret,
+            },
         )
         seed(settings.database_url)
         logging.basicConfig(level=logging.WARNING)
         app = create_app(settings)
-        svc: Services = app.state.services
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
                 host="127.0.0.1",
-                port=args.port,
+                port=port,
                 log_level="warning",
                 proxy_headers=False,  # as `conduit serve`: the broker reads X-Forwarded-For
                 server_header=False,
             )
         )
         thread = _serve(server)  # uvicorn leaves signals alone outside the main thread
-        signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
-        try:
-            moved = {"plc-press-3": plc.port} if plc is not None else {}
-            agent = start_demo_agent(svc, workdir / "agent", public_url, moved)
-            online = _wait_connected(svc, agent)
-            state = "connected" if online else f"not connected yet (see {workdir}/agent/agent.log)"
-            unmatched = f"{DEMO_UNMATCHED[0]} on 127.0.0.1:{DEMO_UNMATCHED[1]}"
-            agent_line = (
-                f"{agent.name} ({agent.agent_id}), {state}; unmatched endpoint to adopt: "
-                f"{unmatched}"
-            )
-        except BrokerError as exc:
-            agent_line = f"not started: {exc.message}"
-        front = svc.front.port if svc.front is not None else None
-        plc_line = (
-            f"plc-press-3 is a simulated Modbus PLC on 127.0.0.1:{plc.port} behind the agent"
-            if plc is not None
-            else "no simulated PLC (pymodbus is not installed)"
-        )
-        _banner(public_url, idp.issuer, agent_line, front, plc_line)
-        try:
-            while thread.is_alive():
-                thread.join(0.5)
-        except KeyboardInterrupt:
-            server.should_exit = True
-            thread.join(15)
+        lines = _start_plant(app.state.services, workdir, public_url, running)
+        _banner(public_url, running.idp.issuer, lines)
+        while thread.is_alive() and not stop.wait(0.5):
+            pass
+        server.should_exit = True
+        thread.join(30)
     finally:
-        if agent is not None:
-            agent.stop()
-        if plc is not None:
-            plc.stop()
-        idp.stop()
+        running.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
-def _banner(
-    public_url: str, issuer: str, agent_line: str, front: int | None, plc_line: str
-) -> None:
+def _start_plant(
+    svc: Services, workdir: Path, public_url: str, running: _Running
+) -> dict[str, str]:
+    """The demo sshd and agent (the PLC is already up); the banner lines about them."""
+    running.sshd, ssh_line = start_demo_sshd(svc, workdir / "sshd")
+    moved: Moved = {}
+    if running.plc is not None:
+        moved[("plc-press-3", "modbus")] = running.plc.port
+    if running.sshd is not None:
+        moved.update({(name, "ssh"): running.sshd.port for name in DEMO_SSH_ASSETS})
+    try:
+        running.agent = start_demo_agent(svc, workdir / "agent", public_url, moved)
+        online = _wait_connected(svc, running.agent)
+        state = "connected" if online else f"not connected yet (see {workdir}/agent/agent.log)"
+        unmatched = f"{DEMO_UNMATCHED[0]} on 127.0.0.1:{DEMO_UNMATCHED[1]}"
+        agent_line = (
+            f"{running.agent.name} ({running.agent.agent_id}), {state}; unmatched endpoint "
+            f"to adopt: {unmatched}"
+        )
+    except BrokerError as exc:
+        agent_line = f"not started: {exc.message}"
+    plc_line = (
+        f"plc-press-3 is a simulated Modbus PLC on 127.0.0.1:{running.plc.port} behind the agent"
+        if running.plc is not None
+        else "no simulated PLC (pymodbus is not installed)"
+    )
+    front = svc.front.port if svc.front is not None else None
+    front_line = (
+        f"front door on 127.0.0.1:{front}; after `conduit ssh-cert` and `conduit ssh-config "
+        "--write`: ssh -F ~/.config/conduit/ssh/config maint@hist-01@conduit"
+        if front is not None
+        else "front door disabled"
+    )
+    return {"agent": agent_line, "plc": plc_line, "sshd": ssh_line, "front": front_line}
+
+
+def _banner(public_url: str, issuer: str, lines: dict[str, str]) -> None:
     users = json.loads(DEFAULT_USERS_PATH.read_text())
     print("\nConduit demo is running.\n")
     print(f"  Broker:  {public_url}/")
     print(f"  IdP:     {issuer} (development IdP, demo users only)")
-    print(f"  Agent:   {agent_line}")
-    print(f"  Assets:  {plc_line}")
-    if front is not None:
-        print(f"  SSH:     front door on 127.0.0.1:{front} (ssh -p {front} LOGIN@ASSET@127.0.0.1)")
+    print(f"  Agent:   {lines['agent']}")
+    print(f"  Assets:  {lines['plc']}")
+    print(f"           {lines['sshd']}")
+    print(f"  SSH:     {lines['front']}")
     print()
     print("  Demo logins (username / password):")
     for u in users:

@@ -43,7 +43,7 @@ from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
 from broker.agent_gateway import AgentChannel, AgentGateway, AgentUnavailable, ChannelRefused
-from broker.agent_tunnel import AgentTunnel
+from broker.agent_tunnel import AgentTunnel, ChannelEnd
 from broker.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.front_credentials import CredentialWatch, FrontCredentials
 from broker.live_sessions import LiveSession, LiveSessions
@@ -51,7 +51,7 @@ from broker.session_recorder import RecorderFactory
 from broker.settings import SshSettings
 from broker.ssh_keys import SERIAL_PREFIX, USER_PRINCIPAL, SshKeys
 from broker.ssh_startups import PER_SOURCE, AuditThrottle, StartupListener
-from broker.tcp_forward import ForwardRelay
+from broker.tcp_forward import ASSET_CLOSED, ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
@@ -64,6 +64,7 @@ from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
+MAX_DISCONNECT_MESSAGE = 200  # one line in the vendor's OpenSSH output
 log = logging.getLogger("conduit.ssh")
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # design.md: AES-GCM on broker legs
@@ -287,6 +288,7 @@ class _Vendor(asyncssh.SSHServer):
         self.session: LiveSession | None = None
         self.auth: Authorization | None = None
         self.asset_conn: asyncssh.SSHClientConnection | None = None
+        self.tunnel: AgentTunnel | None = None  # the agent channel under asset_conn
         self.channels: set[_Channel] = set()
         self.stopping: set[asyncio.Task[None]] = set()  # channels ending what they ran
         self._lock = asyncio.Lock()
@@ -514,9 +516,11 @@ class _Vendor(asyncssh.SSHServer):
             )
             self.relays.add(relay)
             try:
-                await relay.run()
+                ended = await relay.run()
             finally:
                 self.relays.discard(relay)
+            if ended == ASSET_CLOSED:
+                await self._agent_ended(channel, asset.name, asset.agent_id)
 
         return SSHTCPStreamSession(pipe)
 
@@ -549,6 +553,19 @@ class _Vendor(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"conduit: {exc.message}"
             ) from None
+
+    async def _agent_ended(self, channel: AgentChannel, asset: str, agent_id: str | None) -> None:
+        """A forwarded connection's agent side closed: if the agent ended it (kill switch) or
+        went away, the whole session ends and the vendor is told why."""
+        gateway, session = self.deps.gateway(), self.session
+        if gateway is None or agent_id is None or session is None:
+            return
+        why = ChannelEnd()
+        why.said((await channel.close_reason()).encode())
+        why.lost = not gateway.connected(agent_id)
+        told = why.explain(asset)
+        if told is not None:
+            self.deps.live.kill(session.id, told)
 
     # ---- session set-up -----------------------------------------------------------------
 
@@ -656,6 +673,7 @@ class _Vendor(asyncssh.SSHServer):
             )
             return AccessDenied(reason, (reason,))
 
+        self.tunnel = tunnel
         try:
             self.asset_conn = await self._dial_asset(
                 auth.endpoint, tunnel, login, key, cert, known_hosts
@@ -715,7 +733,11 @@ class _Vendor(asyncssh.SSHServer):
             loop = asyncio.get_running_loop()
             conn = self.conn
             delay = 0.2 + (2.0 if self.relays else 0.0)
-            loop.call_later(delay, conn.close)  # let the reason line (and answers) through first
+            if self.channels:
+                loop.call_later(delay, conn.close)  # let the reason line (and answers) through
+            else:  # forwards only (`conduit forward`, ssh -N): the disconnect message says why
+                message = f"conduit: session ended: {reason}"[:MAX_DISCONNECT_MESSAGE]
+                loop.call_later(delay, conn.disconnect, asyncssh.DISC_BY_APPLICATION, message)
         session = self.session
         if session is not None:
             self.deps.live.remove(session.id)
@@ -1057,6 +1079,12 @@ class _Channel(asyncssh.SSHServerSession[bytes]):
         if abrupt and s is not None and self.vendor.deps.clock.now() >= s.deadline - GRACE:
             # The agent cut the channel at its expiry a moment before our watchdog ran.
             self.vendor.deps.live.kill(s.id, s.deadline_reason)
+            return
+        tunnel = self.vendor.tunnel
+        told = tunnel.ended.explain(s.asset) if abrupt and s and tunnel else None
+        if told is not None and s is not None:
+            # The agent ended it (kill switch) or went away: the session ends, and says why.
+            self.vendor.deps.live.kill(s.id, told)
             return
         if self.transfers is not None:
             self.transfers.finish()

@@ -35,6 +35,7 @@ from sessions.ot.base import Inspector, OpClass, Verdicts
 log = logging.getLogger("conduit.forward")
 
 CHUNK = 65536
+ASSET_CLOSED = "asset closed the connection"  # what run() returns when the agent side ended
 # What the audit event of a malformed frame carries from its ops-log record.
 _MALFORMED_DETAILS = ("protocol", "transaction_id", "unit", "function", "raw", "raw_length")
 
@@ -206,7 +207,7 @@ class ForwardRelay:
                     {down, stop}, timeout=self._drain_s, return_when=asyncio.FIRST_COMPLETED
                 )
             else:
-                reason = "asset closed the connection"
+                reason = ASSET_CLOSED
             if self._inspector is not None and not down.done():
                 self._apply(self._inspector.begin_close(reason))
                 deadline = asyncio.get_running_loop().time() + self._drain_s

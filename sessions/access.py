@@ -5,8 +5,8 @@ State machines (constants in :mod:`sessions.models`):
 * request: ``pending`` → ``approved`` | ``denied`` | ``cancelled`` | ``expired``;
 * grant: created ``approved`` when a request has the approvals policy requires →
   ``active`` at window start if policy still finds the requester eligible (else ``revoked``)
-  → ``expired`` at window end; ``approved``/``active`` → ``revoked`` (one grant, or all vendor
-  grants by the lockout).
+  → ``expired`` at window end; ``approved``/``active`` → ``revoked`` (one grant). The vendor
+  lockout suspends vendor grants without changing their state (see :meth:`set_lockout`).
 
 Policy is asked on every request (kind ``request``: role, contract, Purdue level, lockout;
 its obligations bound the window and name how many approvals are needed), on every approval
@@ -548,6 +548,8 @@ class AccessService:
                     changed["expired"].append(grant.id)
                     self._record("grant.expired", "system", "ok", grant.id)
                 due = []
+                flag = db.get(PlantFlag, LOCKOUT_FLAG)
+                locked = bool(flag and flag.value.get("vendors"))
                 for grant in db.exec(
                     select(Grant).where(
                         Grant.state == GrantState.APPROVED, col(Grant.starts_at) <= now
@@ -557,6 +559,8 @@ class AccessService:
                     grant_req = db.get(AccessRequest, grant.request_id)
                     assert user is not None
                     assert asset is not None
+                    if locked and VENDOR in user.roles:
+                        continue  # suspended: activated (policy asked) once the lockout ends
                     # The request's own credential context: how the requester signed in then.
                     filed = AuthContext(
                         tuple(grant_req.auth_amr) if grant_req else (),
@@ -637,12 +641,17 @@ class AccessService:
         self._record("grant.revoked", by, "ok", grant.id, reason=reason)
 
     def set_lockout(self, on: bool, by: str, reason: str) -> int:
-        """Turn the emergency vendor lockout on (revoking every vendor grant) or off.
+        """Switch the emergency vendor lockout on (suspend) or off (resume); returns how many
+        vendor grants were suspended or resumed.
 
-        Returns how many grants were revoked. Policy denies vendors while it is on.
+        Suspend, not revoke: while it is on, policy denies every vendor action (no new request,
+        session or connection), live vendor sessions are cut now, and grants keep their state
+        (one not yet started stays ``approved``). Off: the vendor grants still inside their
+        window work again; those whose window ended meanwhile were expired by :meth:`tick` and
+        stay expired. Audited: ``lockout.on|off`` and one ``grant.suspended|resumed`` per grant.
         """
         now = self._clock.now()
-        revoked: list[str] = []
+        touched: list[str] = []
         with self._tx() as db:
             flag = db.get(PlantFlag, LOCKOUT_FLAG) or PlantFlag(key=LOCKOUT_FLAG)
             before = {
@@ -652,6 +661,10 @@ class AccessService:
             flag.value = {"vendors": on, "reason": reason.strip()}
             flag.updated_at, flag.updated_by = now, by
             db.add(flag)
+            for grant in self._vendor_grants(db, now):
+                touched.append(grant.id)
+                kind = "grant.suspended" if on else "grant.resumed"
+                self._record(kind, by, "ok", grant.id, reason=f"emergency lockout: {reason}")
             self._record(
                 "lockout.on" if on else "lockout.off",
                 by,
@@ -660,19 +673,29 @@ class AccessService:
                 reason=reason.strip(),
                 before=before,
                 after=dict(flag.value),
+                **{"suspended_grants" if on else "resumed_grants": len(touched)},
             )
-            if on:
-                for grant in db.exec(
-                    select(Grant).where(col(Grant.state).in_(LIVE_GRANT_STATES))
-                ).all():
-                    user = db.get(User, grant.user_id)
-                    if user is not None and VENDOR in user.roles:
-                        self._revoke_row(grant, by, f"emergency lockout: {reason.strip()}")
-                        db.add(grant)
-                        revoked.append(grant.id)
-        for grant_id in revoked:
-            self._ended(grant_id, "emergency lockout")
-        return len(revoked)
+        if on:
+            for grant_id in touched:
+                self._ended(grant_id, "emergency lockout: vendor access is suspended")
+        return len(touched)
+
+    @staticmethod
+    def _vendor_grants(db: Session, now: datetime) -> list[Grant]:
+        """Vendors' approved or active grants whose window has not ended."""
+        found = []
+        for grant in db.exec(
+            select(Grant).where(col(Grant.state).in_(LIVE_GRANT_STATES), col(Grant.ends_at) > now)
+        ).all():
+            user = db.get(User, grant.user_id)
+            if user is not None and VENDOR in user.roles:
+                found.append(grant)
+        return found
+
+    def vendor_grants_live(self) -> int:
+        """How many vendor grants the lockout would suspend (or resume) now."""
+        with session_scope(self._engine) as db:
+            return len(self._vendor_grants(db, self._clock.now()))
 
     def lockout_active(self) -> bool:
         with session_scope(self._engine) as db:

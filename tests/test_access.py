@@ -189,18 +189,34 @@ async def test_eligibility_lost_before_start_means_no_activation(world: World) -
     assert world.grant_state(grant.id) == GrantState.REVOKED
 
 
-async def test_lockout_revokes_vendor_grants_and_refuses_requests(world: World) -> None:
+async def test_lockout_suspends_vendor_grants_and_refuses_requests(world: World) -> None:
     req = await world.svc.request(world.alice, world.spec())
     grant = await world.svc.approve(req.id, world.olga)
     assert grant is not None
     assert world.svc.set_lockout(True, world.adam, "incident 42") == 1
-    assert world.grant_state(grant.id) == GrantState.REVOKED
-    assert world.ended == [(grant.id, "emergency lockout")]
+    assert world.grant_state(grant.id) == GrantState.APPROVED  # suspended, not revoked
+    assert world.ended == [(grant.id, "emergency lockout: vendor access is suspended")]
     with pytest.raises(AccessDenied, match="emergency lockout"):
         await world.svc.request(world.alice, world.spec("scada-01"))
-    world.svc.set_lockout(False, world.adam, "all clear")
+    world.clock.advance(3600)  # the window opened during the lockout: not activated yet
+    assert (await world.svc.tick())["active"] == []
+    assert world.svc.set_lockout(False, world.adam, "all clear") == 1
     world.refresh()
+    assert (await world.svc.tick())["active"] == [grant.id]
     assert (await world.svc.request(world.alice, world.spec("scada-01"))).state == "pending"
+
+
+async def test_grant_that_ends_during_the_lockout_stays_expired(world: World) -> None:
+    req = await world.svc.request(world.alice, world.spec())
+    grant = await world.svc.approve(req.id, world.olga)
+    assert grant is not None
+    world.svc.set_lockout(True, world.adam, "incident 43")
+    world.clock.advance(4 * 3600)
+    assert (await world.svc.tick())["expired"] == [grant.id]
+    assert world.svc.set_lockout(False, world.adam, "all clear") == 0
+    world.refresh()
+    assert (await world.svc.tick())["active"] == []
+    assert world.grant_state(grant.id) == GrantState.EXPIRED
 
 
 async def test_revoke_one_grant(world: World) -> None:

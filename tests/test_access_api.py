@@ -13,7 +13,7 @@ from sqlmodel import select
 from broker.demo import seed
 from sessions.db import session_scope
 from sessions.models import User
-from tests.harness.broker import RunningBroker, same_origin_api, web_login
+from tests.harness.broker import RunningBroker, audit_events, same_origin_api, web_login
 from tests.harness.cli import cli_env, run_conduit
 from tests.harness.wait import TIMEOUT_S
 
@@ -96,23 +96,31 @@ def test_self_approval_refused_by_api(plant: RunningBroker, http: httpx2.Client)
     assert bad.status_code == 400 and "duration" in bad.json()["message"]
 
 
-def test_lockout_via_cli_revokes_and_blocks(plant: RunningBroker, tmp_path: Path) -> None:
+def test_lockout_via_cli_suspends_and_resumes(plant: RunningBroker, tmp_path: Path) -> None:
     alice, olga, adam = (_cli_env(plant, tmp_path, u) for u in ("alice", "olga", "adam"))
     request_id = run_conduit("request", "hist-01", "--reason", "diag", env=alice).stdout.split()[1]
     run_conduit("approve", request_id, env=olga)
     on = run_conduit("lockout", "on", "--reason", "incident 9", env=adam)
-    assert on.returncode == 0 and "1 vendor grant(s) revoked" in on.stdout, on.stderr
-    assert (
-        json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)[0]["state"]
-        == "revoked"
+    assert on.returncode == 0 and "1 vendor grant(s) suspended" in on.stdout, on.stderr
+    assert json.loads(run_conduit("grants", "--mine", "--json", env=alice).stdout)[0]["state"] in (
+        "approved",
+        "active",
     )
     blocked = run_conduit("request", "scada-01", "--reason", "diag", env=alice)
     assert blocked.returncode == 2 and "emergency lockout" in blocked.stderr
     vendor_try = run_conduit("lockout", "off", "--reason", "me", env=alice)
     assert vendor_try.returncode == 2
     assert "ON" in run_conduit("lockout", "status", env=olga).stdout
-    run_conduit("lockout", "off", "--reason", "all clear", env=adam)
+    off = run_conduit("lockout", "off", "--reason", "all clear", env=adam)
+    assert "1 vendor grant(s) resumed" in off.stdout, off.stderr
     assert "off" in run_conduit("lockout", "status", env=olga).stdout
+    [on_event] = audit_events(plant, "lockout.on")
+    [off_event] = audit_events(plant, "lockout.off")
+    assert on_event["details"]["suspended_grants"] == 1
+    assert off_event["details"]["resumed_grants"] == 1
+    assert len(audit_events(plant, "grant.suspended")) == 1
+    assert len(audit_events(plant, "grant.resumed")) == 1
+    assert "required" in run_conduit("lockout", "--help", env=adam).stdout
 
 
 def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> None:

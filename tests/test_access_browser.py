@@ -199,7 +199,7 @@ def test_form_errors_are_shown_not_raised(plant: RunningBroker, login: Login) ->
     assert duplicate.status_code == 409 and "already have a pending request" in duplicate.text
 
 
-def test_lockout_revokes_vendor_grant_and_blocks_requests(
+def test_lockout_suspends_after_confirmation_and_resumes(
     plant: RunningBroker, login: Login
 ) -> None:
     alice, olga = login("alice", "alice-demo-pw"), login("olga", "olga-demo-pw")
@@ -213,26 +213,35 @@ def test_lockout_revokes_vendor_grant_and_blocks_requests(
     assert approved.status_code == 303
     page = adam.get(plant.url + "/admin/grants").text
     assert "Vendor access is enabled" in page and 'id="revoke-' in page
+    csrf = form_values(page)["csrf"]
 
-    no_reason = adam.post(
-        plant.url + "/admin/lockout", data={"csrf": form_values(page)["csrf"], "on": "1"}
-    )
+    no_reason = adam.post(plant.url + "/admin/lockout", data={"csrf": csrf, "on": "1"})
     assert no_reason.status_code == 400
+    asked = adam.post(
+        plant.url + "/admin/lockout", data={"csrf": csrf, "on": "1", "reason": "incident INC-7"}
+    )  # first the confirmation, nothing switched yet
+    assert asked.status_code == 200 and 'id="lockout-confirm"' in asked.text
+    assert "1 vendor grant(s) will be suspended" in asked.text
+    assert "Vendor access is enabled" in asked.text and not audit_events(plant, "lockout.on")
     on = adam.post(
         plant.url + "/admin/lockout",
-        data={"csrf": form_values(page)["csrf"], "on": "1", "reason": "incident INC-7"},
+        data={"csrf": csrf, "on": "1", "reason": "incident INC-7", "confirm": "1"},
     )
-    assert on.status_code == 303 and "1+grant" in on.headers["location"]
+    assert on.status_code == 303 and "suspended" in on.headers["location"]
     page = adam.get(plant.url + "/admin/grants").text
     assert "Vendor access is DISABLED" in page and "incident INC-7" in page
-    assert 'data-grant-state="revoked"' in alice.get(plant.url + "/vendor").text
+    mine = alice.get(plant.url + "/vendor").text
+    assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' in mine
     blocked = _file(alice, plant)
     assert blocked.status_code == 403 and "emergency lockout" in blocked.text
     assert [e["outcome"] for e in audit_events(plant, "lockout.on")] == ["ok"]
 
     off = adam.post(
         plant.url + "/admin/lockout",
-        data={"csrf": form_values(page)["csrf"], "on": "0", "reason": "incident closed"},
+        data={"csrf": csrf, "on": "0", "reason": "incident closed", "confirm": "1"},
     )
-    assert off.status_code == 303
+    assert off.status_code == 303 and "1+grant" in off.headers["location"]
+    assert [e["outcome"] for e in audit_events(plant, "lockout.off")] == ["ok"]
+    mine = alice.get(plant.url + "/vendor").text
+    assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' not in mine
     assert _file(alice, plant).status_code == 303

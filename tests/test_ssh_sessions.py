@@ -82,12 +82,40 @@ def test_revoke_ends_the_session(rig: SshRig) -> None:
     _ended(rig, proc, "grant revoked")
 
 
-def test_lockout_ends_vendor_sessions(rig: SshRig) -> None:
-    rig.grant()
+def _lockout(rig: SshRig, on: bool, reason: str) -> dict[str, object]:
+    """Adam switches the vendor lockout through the HTTP API, as the CLI does."""
+    answer = httpx2.post(
+        f"{rig.broker.url}/api/lockout",
+        json={"on": on, "reason": reason},
+        headers={"Authorization": f"Bearer {_token(rig, 'adam')}"},
+        timeout=TIMEOUT_S,
+    )
+    assert answer.status_code == 200, answer.text
+    body: dict[str, object] = answer.json()
+    return body
+
+
+def test_lockout_suspends_vendor_sessions_and_off_resumes_the_grant(rig: SshRig) -> None:
+    grant_id = rig.grant()
     proc = _start(rig)
-    _token(rig, "adam")
-    rig.broker.services.access.set_lockout(True, rig.users["adam"], "incident")
-    _ended(rig, proc, "emergency lockout")
+    assert _lockout(rig, True, "incident")["suspended_grants"] == 1
+    _ended(rig, proc, "emergency lockout: vendor access is suspended")
+    refused = rig.ssh("true")
+    assert refused.returncode == 1 and "lockout" in refused.stderr
+    assert _lockout(rig, False, "all clear")["resumed_grants"] == 1
+    assert rig.grant_state(grant_id) == "active"  # the same grant, still inside its window
+    again = rig.ssh("echo back")
+    assert again.returncode == 0 and again.stdout.strip() == "back", again.stderr
+
+
+def test_grant_that_expires_during_the_lockout_stays_expired(rig: SshRig) -> None:
+    grant_id = rig.grant(minutes=8 / 60)  # ends 8 s from now
+    _lockout(rig, True, "incident")
+    wait_until(lambda: rig.grant_state(grant_id) == "expired", "the grant's window to end")
+    assert _lockout(rig, False, "all clear")["resumed_grants"] == 0
+    refused = rig.ssh("true")
+    assert refused.returncode == 1 and "conduit: access denied" in refused.stderr
+    assert rig.grant_state(grant_id) == "expired"
 
 
 def test_grant_expiry_ends_the_session(rig: SshRig) -> None:

@@ -61,9 +61,14 @@ def add_parser(sub: Any) -> None:
     v.add_argument("id", help=ID_HELP.format("grants"))
     v.add_argument("--reason", required=True)
     v.set_defaults(func=revoke)
-    lo = sub.add_parser("lockout", help="disable (on) or re-enable (off) all vendor access")
+    lo = sub.add_parser(
+        "lockout", help="suspend (on) or resume (off) all vendor access; status shows it"
+    )
     lsub = lo.add_subparsers(dest="state", required=True, metavar="{on,off,status}")
-    for state, what in (("on", "disable all vendor access"), ("off", "re-enable vendor access")):
+    for state, what in (
+        ("on", "suspend all vendor access"),
+        ("off", "resume vendor grants still inside their window"),
+    ):
         switch = lsub.add_parser(state, help=f"{what} (admin)")
         switch.add_argument("--reason", required=True, help="why (kept in the audit log)")
         switch.set_defaults(func=lockout)
@@ -200,7 +205,10 @@ def lockout(args: argparse.Namespace) -> int:
     else:
         out = call("POST", "/api/lockout", body={"on": args.state == "on", "reason": args.reason})
         on = out["vendor_lockout"]
-        print(f"{out['revoked_grants']} vendor grant(s) revoked." if on else "Lockout lifted.")
+        if on:
+            print(f"{out['suspended_grants']} vendor grant(s) suspended; live sessions cut.")
+        else:
+            print(f"Lockout lifted; {out['resumed_grants']} vendor grant(s) resumed.")
     print(f"Vendor lockout is {'ON: all vendor access is disabled' if on else 'off'}.")
     return 0
 

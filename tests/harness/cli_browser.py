@@ -1,9 +1,9 @@
 """A stand-in for the vendor's web browser, used as $BROWSER by the CLI loopback login test.
 
 Given the URL ``conduit login`` opens, it signs in through the real IdP with the credentials in
-CONDUIT_TEST_USER / CONDUIT_TEST_PASSWORD (and the one-time code CONDUIT_TEST_OTP if set),
-clicks "Allow" (or "Deny" if CONDUIT_TEST_DECISION says so) on the broker's consent page and
-follows the redirect to the CLI's loopback listener.
+CONDUIT_TEST_USER / CONDUIT_TEST_PASSWORD (and the one-time code in CONDUIT_TEST_OTP, if
+set), clicks "Allow" (or "Deny" if CONDUIT_TEST_DECISION
+says so) on the broker's consent page and follows the redirect to the CLI's loopback listener.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(url: str) -> int:
             to_idp.headers["location"],
             os.environ["CONDUIT_TEST_USER"],
             os.environ["CONDUIT_TEST_PASSWORD"],
-            os.environ.get("CONDUIT_TEST_OTP"),
+            otp=os.environ.get("CONDUIT_TEST_OTP"),
         )
         resp = client.get(answer.headers["location"])  # broker callback -> back to /cli/authorize
         page = client.get(httpx2.URL(url).join(resp.headers["location"]))
