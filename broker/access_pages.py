@@ -32,7 +32,7 @@ from broker.vendor_scope import (
     describe_contract,
 )
 from broker.web import check_csrf, render, require
-from sessions.access import LIVE_GRANT_STATES, AccessDenied, RequestSpec
+from sessions.access import LIVE_GRANT_STATES, AccessDenied, AccessService, RequestSpec
 from sessions.db import session_scope
 from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
@@ -362,7 +362,9 @@ async def deny(request: Request) -> Response:
 # ---- grants and requests overview, revoke, lockout ------------------------------------------
 
 
-def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dict[str, Any]:
+def _overview(
+    engine: Any, principal: Principal, filters: dict[str, str], now: datetime
+) -> dict[str, Any]:
     with session_scope(engine) as db:
         assets = {
             a.id: a.name for a in db.exec(select(Asset).where(_assets_in_scope(principal))).all()
@@ -388,6 +390,8 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
             return filters["state"] in ("", state) and (not user or user in name.lower())
 
         flag = db.get(PlantFlag, LOCKOUT_FLAG)
+        on = bool(flag and flag.value.get("vendors"))
+        suspended = {g.id for g in AccessService.vendor_grants(db, now)} if on else set()
         return {
             "grants": [
                 {
@@ -396,6 +400,7 @@ def _overview(engine: Any, principal: Principal, filters: dict[str, str]) -> dic
                     "user": users.get(g.user_id),
                     "reaches": reaches.get(g.request_id, []),
                     "protocols": protocols.get(g.request_id),
+                    "suspended": g.id in suspended,
                 }
                 for g in grants
                 if keep(g.state, g.user_id)
@@ -421,7 +426,8 @@ async def _grants_page(
 ) -> Response:
     q = request.query_params
     filters = {k: q.get(k, "").strip() for k in ("state", "asset", "user")}
-    ctx = await run_in_threadpool(_overview, services(request).engine, principal, filters)
+    svc = services(request)
+    ctx = await run_in_threadpool(_overview, svc.engine, principal, filters, svc.clock.now())
     ctx.update(
         filters=filters,
         states=sorted(set(GrantState.ALL) | set(AccessRequestState.ALL)),

@@ -661,7 +661,7 @@ class AccessService:
             flag.value = {"vendors": on, "reason": reason.strip()}
             flag.updated_at, flag.updated_by = now, by
             db.add(flag)
-            for grant in self._vendor_grants(db, now):
+            for grant in self.vendor_grants(db, now):
                 touched.append(grant.id)
                 kind = "grant.suspended" if on else "grant.resumed"
                 self._record(kind, by, "ok", grant.id, reason=f"emergency lockout: {reason}")
@@ -681,8 +681,9 @@ class AccessService:
         return len(touched)
 
     @staticmethod
-    def _vendor_grants(db: Session, now: datetime) -> list[Grant]:
-        """Vendors' approved or active grants whose window has not ended."""
+    def vendor_grants(db: Session, now: datetime) -> list[Grant]:
+        """Vendors' approved or active grants whose window has not ended (what the lockout
+        suspends while it is on)."""
         found = []
         for grant in db.exec(
             select(Grant).where(col(Grant.state).in_(LIVE_GRANT_STATES), col(Grant.ends_at) > now)
@@ -695,7 +696,7 @@ class AccessService:
     def vendor_grants_live(self) -> int:
         """How many vendor grants the lockout would suspend (or resume) now."""
         with session_scope(self._engine) as db:
-            return len(self._vendor_grants(db, self._clock.now()))
+            return len(self.vendor_grants(db, self._clock.now()))
 
     def lockout_active(self) -> bool:
         with session_scope(self._engine) as db:

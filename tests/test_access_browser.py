@@ -230,6 +230,7 @@ def test_lockout_suspends_after_confirmation_and_resumes(
     assert on.status_code == 303 and "suspended" in on.headers["location"]
     page = adam.get(plant.url + "/admin/grants").text
     assert "Vendor access is DISABLED" in page and "incident INC-7" in page
+    assert page.count('<span class="state suspended"') == 1  # the one vendor grant's row
     mine = alice.get(plant.url + "/vendor").text
     assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' in mine
     blocked = _file(alice, plant)
@@ -242,6 +243,7 @@ def test_lockout_suspends_after_confirmation_and_resumes(
     )
     assert off.status_code == 303 and "1+grant" in off.headers["location"]
     assert [e["outcome"] for e in audit_events(plant, "lockout.off")] == ["ok"]
+    assert 'class="state suspended"' not in adam.get(plant.url + "/admin/grants").text
     mine = alice.get(plant.url + "/vendor").text
     assert 'data-grant-state="approved"' in mine and 'id="vendor-suspended"' not in mine
     assert _file(alice, plant).status_code == 303
