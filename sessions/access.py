@@ -208,43 +208,11 @@ class AccessService:
         ``auth``: how the credential filing it was authenticated (policy's ``user.amr``/``acr``),
         kept on the request for the check at the window start."""
         now = self._clock.now()
-        if not spec.reason.strip():
-            raise ValidationError("a reason is required for every access request")
-        if spec.operation_class not in OperationClass.ALL:
-            raise ValidationError(f"operation class must be one of {', '.join(OperationClass.ALL)}")
-        if spec.ends_at <= spec.starts_at:
-            raise ValidationError("the window must end after it starts")
-        if spec.starts_at < now - START_SKEW:
-            raise ValidationError(f"the window starts in the past ({iso(spec.starts_at)})")
-
-        def _document() -> tuple[dict[str, Any], str, _Scope]:
-            with session_scope(self._engine) as db:
-                user, asset = db.get(User, user_id), self._asset(db, spec.asset)
-                if user is None:
-                    raise NotFoundError("unknown user")
-                if asset.archived_at is not None:
-                    raise ValidationError(
-                        f"asset {asset.name!r} is archived: it takes no new access requests",
-                        code="asset_archived",
-                    )
-                scope = _scope(spec, asset, endpoints_of(db, asset.id))
-                doc = build_input(
-                    db,
-                    user=user_document(db, user, auth),
-                    asset=asset,
-                    grant=None,
-                    action={
-                        "kind": "request",
-                        "operation_class": spec.operation_class,
-                        "ports": scope.ports,
-                        "login": scope.login,
-                    },
-                    now=now,
-                )
-                return doc, asset.id, scope
-
+        _check_spec(spec, now)
         try:
-            document, asset_id, scope = await asyncio.to_thread(_document)
+            document, asset_id, scope = await asyncio.to_thread(
+                self._request_document, user_id, spec, auth, now
+            )
         except ValidationError as exc:
             self._record(
                 "access.request", user_id, "rejected", spec.asset, reasons=[exc.message],
@@ -271,54 +239,77 @@ class AccessService:
                 f"the window is longer than policy allows for {spec.operation_class} "
                 f"({limit // 3600} h {limit % 3600 // 60} min at most)"
             )
+        filed = _Filed(user_id, asset_id, spec, scope, decision, auth, now)
+        return await asyncio.to_thread(self._store_request, filed)
 
-        def _store() -> AccessRequest:
-            with self._tx() as db:
-                duplicate = db.exec(
-                    select(AccessRequest).where(
-                        AccessRequest.requester_id == user_id,
-                        AccessRequest.asset_id == asset_id,
-                        AccessRequest.state == AccessRequestState.PENDING,
-                    )
-                ).first()
-                if duplicate is not None:
-                    raise ConflictError(f"you already have a pending request for {spec.asset}")
-                row = AccessRequest(
-                    requester_id=user_id,
-                    asset_id=asset_id,
-                    operation_class=spec.operation_class,
-                    protocols=scope.protocols,
-                    ports=scope.ports,
-                    login=scope.login,
-                    starts_at=spec.starts_at,
-                    ends_at=spec.ends_at,
-                    reason=spec.reason.strip(),
-                    ticket=spec.ticket,
-                    maintenance_window_only=spec.maintenance_window_only,
-                    decision_reasons=list(decision.reasons),
-                    created_at=now,
-                    auth_amr=list(auth.amr),
-                    auth_acr=auth.acr,
+    def _request_document(
+        self, user_id: str, spec: RequestSpec, auth: AuthContext, now: datetime
+    ) -> tuple[dict[str, Any], str, _Scope]:
+        """The policy input for a request, its asset's id and what it reaches (worker thread)."""
+        with session_scope(self._engine) as db:
+            user, asset = db.get(User, user_id), self._asset(db, spec.asset)
+            if user is None:
+                raise NotFoundError("unknown user")
+            if asset.archived_at is not None:
+                raise ValidationError(
+                    f"asset {asset.name!r} is archived: it takes no new access requests",
+                    code="asset_archived",
                 )
-                db.add(row)
-                db.flush()
-                self._record(
-                    "access.request",
-                    user_id,
-                    "ok",
-                    row.id,
-                    asset=spec.asset,
-                    operation_class=spec.operation_class,
-                    ports=scope.ports,
-                    login=scope.login,
-                    starts_at=iso(spec.starts_at),
-                    ends_at=iso(spec.ends_at),
-                    ticket=spec.ticket,
-                    approvals_required=decision.obligations.approvals_required,
-                )
-                return row
+            scope = _scope(spec, asset, endpoints_of(db, asset.id))
+            doc = build_input(
+                db,
+                user=user_document(db, user, auth),
+                asset=asset,
+                grant=None,
+                action={
+                    "kind": "request",
+                    "operation_class": spec.operation_class,
+                    "ports": scope.ports,
+                    "login": scope.login,
+                },
+                now=now,
+            )
+            return doc, asset.id, scope
 
-        return await asyncio.to_thread(_store)
+    def _store_request(self, f: _Filed) -> AccessRequest:
+        """Store an allowed request (refused if the user has one pending for the asset)."""
+        spec, scope, obligations = f.spec, f.scope, f.decision.obligations
+        with self._tx() as db:
+            duplicate = db.exec(
+                select(AccessRequest).where(
+                    AccessRequest.requester_id == f.user_id,
+                    AccessRequest.asset_id == f.asset_id,
+                    AccessRequest.state == AccessRequestState.PENDING,
+                )
+            ).first()
+            if duplicate is not None:
+                raise ConflictError(f"you already have a pending request for {spec.asset}")
+            row = AccessRequest(
+                requester_id=f.user_id,
+                asset_id=f.asset_id,
+                operation_class=spec.operation_class,
+                protocols=scope.protocols,
+                ports=scope.ports,
+                login=scope.login,
+                starts_at=spec.starts_at,
+                ends_at=spec.ends_at,
+                reason=spec.reason.strip(),
+                ticket=spec.ticket,
+                maintenance_window_only=spec.maintenance_window_only,
+                decision_reasons=list(f.decision.reasons),
+                created_at=f.now,
+                auth_amr=list(f.auth.amr),
+                auth_acr=f.auth.acr,
+            )
+            db.add(row)
+            db.flush()
+            self._record(
+                "access.request", f.user_id, "ok", row.id, asset=spec.asset,
+                operation_class=spec.operation_class, ports=scope.ports, login=scope.login,
+                starts_at=iso(spec.starts_at), ends_at=iso(spec.ends_at), ticket=spec.ticket,
+                approvals_required=obligations.approvals_required,
+            )  # fmt: skip
+            return row
 
     @staticmethod
     def _asset(db: Session, name: str) -> Asset:
@@ -702,3 +693,28 @@ class AccessService:
         with session_scope(self._engine) as db:
             flag = db.get(PlantFlag, LOCKOUT_FLAG)
             return bool(flag and flag.value.get("vendors"))
+
+
+def _check_spec(spec: RequestSpec, now: datetime) -> None:
+    """Raise ValidationError for a request that is wrong on its face (before any lookup)."""
+    if not spec.reason.strip():
+        raise ValidationError("a reason is required for every access request")
+    if spec.operation_class not in OperationClass.ALL:
+        raise ValidationError(f"operation class must be one of {', '.join(OperationClass.ALL)}")
+    if spec.ends_at <= spec.starts_at:
+        raise ValidationError("the window must end after it starts")
+    if spec.starts_at < now - START_SKEW:
+        raise ValidationError(f"the window starts in the past ({iso(spec.starts_at)})")
+
+
+@dataclass(frozen=True)
+class _Filed:
+    """A request policy allowed, ready to be stored."""
+
+    user_id: str
+    asset_id: str
+    spec: RequestSpec
+    scope: _Scope
+    decision: Decision
+    auth: AuthContext
+    now: datetime

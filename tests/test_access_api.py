@@ -120,7 +120,9 @@ def test_lockout_via_cli_suspends_and_resumes(plant: RunningBroker, tmp_path: Pa
     assert off_event["details"]["resumed_grants"] == 1
     assert len(audit_events(plant, "grant.suspended")) == 1
     assert len(audit_events(plant, "grant.resumed")) == 1
-    assert "required" in run_conduit("lockout", "--help", env=adam).stdout
+    for state in ("on", "off"):  # the help says --reason is required (no brackets)
+        usage = run_conduit("lockout", state, "--help", env=adam).stdout
+        assert f"usage: conduit lockout {state} [-h] --reason REASON" in usage
 
 
 def test_window_defaults_to_now(plant: RunningBroker, http: httpx2.Client) -> None:
