@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, and_, or_, update
@@ -185,35 +186,7 @@ class AgentService:
                 if claimed.rowcount != 1:  # type: ignore[attr-defined]
                     reason, message = "reused", "join token was already used"
                 else:
-                    site = db.get(Site, row.site_id)
-                    zone = db.get(Zone, row.zone_id) if row.zone_id else None
-                    agent = Agent(
-                        name=row.name or f"agent-{token_id[:8]}",
-                        site_id=row.site_id,
-                        zone_id=row.zone_id,
-                        state=AgentState.ACTIVE,
-                        public_key=public_key.strip(),
-                        key_pin=pin,
-                        version=version[:64],
-                        hostname=hostname[:128],
-                        created_at=now,
-                    )
-                    db.add(agent)
-                    db.flush()
-                    cert, serial = self._signer(public_key, agent.id)
-                    agent.cert_serial = str(serial)
-                    db.execute(
-                        update(AgentJoinToken)
-                        .where(col(AgentJoinToken.id) == token_id)
-                        .values(agent_id=agent.id)
-                    )
-                    result = JoinResult(
-                        agent.id,
-                        agent.name,
-                        cert,
-                        site.name if site else "?",
-                        zone.name if zone else None,
-                    )
+                    result = self._enrol(db, row, public_key, pin, hostname, version, now)
                     reason = ""
         if reason:
             self._refuse(token_id, reason, message, source_ip)
@@ -233,6 +206,43 @@ class AgentService:
             },
         )
         return result
+
+    def _enrol(
+        self,
+        db: Session,
+        token: AgentJoinToken,
+        public_key: str,
+        pin: str,
+        hostname: str,
+        version: str,
+        now: datetime,
+    ) -> JoinResult:
+        """Create the agent for a claimed token and sign its host certificate."""
+        site = db.get(Site, token.site_id)
+        zone = db.get(Zone, token.zone_id) if token.zone_id else None
+        agent = Agent(
+            name=token.name or f"agent-{token.id[:8]}",
+            site_id=token.site_id,
+            zone_id=token.zone_id,
+            state=AgentState.ACTIVE,
+            public_key=public_key.strip(),
+            key_pin=pin,
+            version=version[:64],
+            hostname=hostname[:128],
+            created_at=now,
+        )
+        db.add(agent)
+        db.flush()
+        cert, serial = self._signer(public_key, agent.id)
+        agent.cert_serial = str(serial)
+        db.execute(
+            update(AgentJoinToken)
+            .where(col(AgentJoinToken.id) == token.id)
+            .values(agent_id=agent.id)
+        )
+        return JoinResult(
+            agent.id, agent.name, cert, site.name if site else "?", zone.name if zone else None
+        )
 
     @staticmethod
     def _check_token(
@@ -434,14 +444,7 @@ class AgentService:
                 raise ConflictError("adopt endpoint: the agent no longer declares it")
             if _matching_asset(db, agent.id, ep) is not None:
                 raise ConflictError("adopt endpoint: an asset already uses this endpoint")
-            if zone:
-                site = db.get(Site, agent.site_id)
-                assert site is not None
-                zone_id = _zone(db, site, zone).id
-            elif agent.zone_id:
-                zone_id = agent.zone_id
-            else:
-                raise ValidationError("adopt endpoint: the agent has no zone; name one")
+            zone_id = _adoption_zone(db, agent, zone)
             if db.exec(select(Asset).where(Asset.name == name.strip())).first():
                 raise ConflictError(f"adopt endpoint: an asset named {name!r} exists")
             asset = Asset(
@@ -474,24 +477,9 @@ class AgentService:
             actor=actor,
             outcome="ok",
             subject=f"asset:{asset.name}",
-            details={
-                "agent": agent.id,
-                "endpoint": f"{ep.host}:{ep.port}",
-                "before": None,
-                "after": {
-                    "asset": asset.name,
-                    "zone_id": asset.zone_id,
-                    "criticality": asset.criticality,
-                    "owner_group": asset.owner_group,
-                    "endpoint": {
-                        "name": endpoint.name,
-                        "host": endpoint.host,
-                        "port": endpoint.port,
-                        "protocol": endpoint.protocol,
-                    },
-                },
-            },
-        )
+            details={"agent": agent.id, "endpoint": f"{ep.host}:{ep.port}", "before": None,
+                     "after": _adopted(asset, endpoint)},
+        )  # fmt: skip
         return asset, endpoint
 
     def list(self) -> list[AgentView]:
@@ -577,3 +565,31 @@ def _matching_asset(db: Session, agent_id: str, ep: AgentEndpoint) -> Asset | No
         (a for a, e in _routed_through(db, agent_id) if (e.host, e.port) == (ep.host, ep.port)),
         None,
     )
+
+
+def _adoption_zone(db: Session, agent: Agent, zone: str | None) -> str:
+    """The zone an adopted asset goes into: the one named (in the agent's site), else the
+    agent's own; ValidationError when neither is known."""
+    if zone:
+        site = db.get(Site, agent.site_id)
+        assert site is not None
+        return _zone(db, site, zone).id
+    if agent.zone_id:
+        return agent.zone_id
+    raise ValidationError("adopt endpoint: the agent has no zone; name one")
+
+
+def _adopted(asset: Asset, endpoint: AssetEndpoint) -> dict[str, Any]:
+    """The audit event's ``after`` for an adopted endpoint."""
+    return {
+        "asset": asset.name,
+        "zone_id": asset.zone_id,
+        "criticality": asset.criticality,
+        "owner_group": asset.owner_group,
+        "endpoint": {
+            "name": endpoint.name,
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "protocol": endpoint.protocol,
+        },
+    }
