@@ -375,6 +375,18 @@ def apply(db: Session, plan: Plan, now: datetime) -> None:
     if not plan.changes:
         return
     doc = plan.doc
+    sites = _apply_sites(db, doc, now)
+    zones = _apply_zones(db, doc, sites)
+    assets = {a.name: a for a in db.exec(select(Asset)).all()}
+    for ad in doc.assets:
+        site_id = sites[ad.site].id
+        _apply_asset(db, assets.get(ad.name), ad, site_id, zones[(site_id, ad.zone)].id, now)
+    _apply_orgs(db, doc, sites, now)
+    _remove(db, plan, sites, zones, assets, now)
+
+
+def _apply_sites(db: Session, doc: PlantDoc, now: datetime) -> dict[str, Site]:
+    """Create or update every site of the document and replace changed window lists."""
     sites = {s.name: s for s in db.exec(select(Site)).all()}
     for s in doc.sites:
         site = sites.get(s.name) or Site(name=s.name, timezone=s.timezone)
@@ -403,6 +415,11 @@ def apply(db: Session, plan: Plan, now: datetime) -> None:
                         created_at=now,
                     )
                 )
+    return sites
+
+
+def _apply_zones(db: Session, doc: PlantDoc, sites: dict[str, Site]) -> dict[tuple[str, str], Zone]:
+    """Create or update every zone of the document; (site id, zone name) -> zone."""
     zones = {(z.site_id, z.name): z for z in db.exec(select(Zone)).all()}
     for s in doc.sites:
         site_id = sites[s.name].id
@@ -418,11 +435,19 @@ def apply(db: Session, plan: Plan, now: datetime) -> None:
             db.add(zone)
             db.flush()
             zones[(site_id, zd.name)] = zone
-    assets = {a.name: a for a in db.exec(select(Asset)).all()}
-    for ad in doc.assets:
-        site_id = sites[ad.site].id
-        _apply_asset(db, assets.get(ad.name), ad, site_id, zones[(site_id, ad.zone)].id, now)
-    _apply_orgs(db, doc, sites, now)
+    return zones
+
+
+def _remove(
+    db: Session,
+    plan: Plan,
+    sites: dict[str, Site],
+    zones: dict[tuple[str, str], Zone],
+    assets: dict[str, Asset],
+    now: datetime,
+) -> None:
+    """Archive or delete what the plan removes: assets first, then zones, then sites and orgs
+    (each flushed before the next, so no reference is left dangling)."""
     for change in plan.changes:
         if change.kind == "asset" and change.action in ("removed", "archived"):
             asset = assets[change.key]
@@ -434,9 +459,7 @@ def apply(db: Session, plan: Plan, now: datetime) -> None:
                 db.delete(asset)
     db.flush()
     for change in plan.changes:
-        if change.action != "removed" or change.kind not in ("zone", "site", "vendor_org"):
-            continue
-        if change.kind == "zone":
+        if change.action == "removed" and change.kind == "zone":
             site_name, _, zone_name = change.key.partition("/")
             db.delete(zones[(sites[site_name].id, zone_name)])
     db.flush()
