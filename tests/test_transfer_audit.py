@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sessions import transfer_audit as ta
+from sessions.transfer_audit import base as transfer_base
 from sessions.transfer_audit import (
     ScpAuditor,
     SftpAuditor,
@@ -487,7 +488,7 @@ def test_overlapping_writes_are_incomplete() -> None:
 
 
 def test_reorder_buffer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ta, "REORDER_LIMIT", 10_000)
+    monkeypatch.setattr(transfer_base, "REORDER_LIMIT", 10_000)
     t = Session()
     t.open(b"/x", WRITE, b"h")
     pieces = chunks(bytes(30_000), 1000)
