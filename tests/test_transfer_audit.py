@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from sessions import transfer_audit as ta
-from sessions.transfer_audit import base as transfer_base
 from sessions.transfer_audit import (
     ScpAuditor,
     SftpAuditor,
@@ -30,6 +29,7 @@ from sessions.transfer_audit import (
     TransferEvent,
     auditor_for,
 )
+from sessions.transfer_audit import base as transfer_base
 from tests.harness.components import SFTP_SERVER, needs
 
 SIZES = {"empty": 0, "one": 1, "hundred_k": 100 * 1024, "five_m": 5 * 1024 * 1024}
