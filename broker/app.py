@@ -39,9 +39,9 @@ from broker.auth.device_starts import DeviceStarts
 from broker.auth.oidc import OidcClient
 from broker.gateway.agent_gateway import AgentGateway
 from broker.http.obligations_view import obligation_rows
-from broker.keys.agent_keys import load_agent_keys
-from broker.keys.recording_keys import load_recording_signer, recording_key_dir
-from broker.keys.ssh_keys import load_ssh_keys
+from broker.keys.agent import load_agent_keys
+from broker.keys.recording import load_recording_signer, recording_key_dir
+from broker.keys.ssh import load_ssh_keys
 from broker.runtime.audit_checkpoints import (
     AuditCheckpointer,
     CheckpointTarget,
@@ -57,8 +57,8 @@ from broker.runtime.session_recorder import RecorderFactory
 from broker.runtime.settings import Settings
 from broker.runtime.webhook import WebhookNotifier
 from broker.services import Services
+from broker.ssh.front import FrontDeps, FrontDoor
 from broker.ssh.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
-from broker.ssh.ssh_front import FrontDeps, FrontDoor
 from broker.ssh.tcp_forward import ALERT_OUTCOMES
 from broker.web import (
     access_pages,

@@ -14,8 +14,8 @@ from broker.auth.auth import ApiTokens, WebSessions
 from broker.auth.device_starts import DeviceStarts
 from broker.auth.forwarded import client_address
 from broker.auth.oidc import OidcClient
-from broker.keys.agent_keys import AgentKeys
-from broker.keys.ssh_keys import SshKeys
+from broker.keys.agent import AgentKeys
+from broker.keys.ssh import SshKeys
 from broker.runtime.live_sessions import LiveSessions
 from broker.runtime.policy_data_sync import PolicyDataSync
 from broker.runtime.recording_storage import RecordingStorage
@@ -36,7 +36,7 @@ from sessions.recording import Ed25519Signer
 if TYPE_CHECKING:
     from broker.gateway.agent_gateway import AgentGateway
     from broker.runtime.audit_checkpoints import AuditCheckpointer
-    from broker.ssh.ssh_front import FrontDoor
+    from broker.ssh.front import FrontDoor
 
 
 @dataclass

@@ -15,7 +15,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 MODULE_PATH = re.compile(r"(?<![\w/.-])((?:broker|sessions)/[\w/]+\.py)\b")
 MAX_LINES = 1000
 # Known over the ceiling (split pending, issue 16): the most it may have.
-OVER_CEILING = {"broker/ssh/ssh_front.py": 1132}
+OVER_CEILING = {"broker/ssh/front.py": 1132}
 # Named on purpose though not written: the "Adding a fourth protocol" walk-through.
 WALK_THROUGH = {"sessions/ot/dnp3.py"}
 

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.keys.recording_keys import load_recording_signer, public_key_path
+from broker.keys.recording import load_recording_signer, public_key_path
 from broker.runtime.errors import BrokerError
 from sessions.asciicast import BINARY_EVENT, BINARY_MARKER, AsciicastRecorder, output_bytes
 from sessions.errors import SessionsError

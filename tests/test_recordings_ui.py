@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, ConsoleMessage, expect
 from sqlmodel import col, select
 
 from broker.dev.demo import seed
-from broker.keys.recording_keys import load_recording_signer
+from broker.keys.recording import load_recording_signer
 from broker.runtime.live_sessions import LiveSession
 from sessions.asciicast import AsciicastRecorder
 from sessions.db import session_scope

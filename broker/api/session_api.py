@@ -22,7 +22,7 @@ from broker.api.access_api import _json
 from broker.auth.auth import Principal
 from broker.http.visibility import live_rows
 from broker.http.web import require
-from broker.keys.ssh_keys import SshKeys, asset_ca_setup
+from broker.keys.ssh import SshKeys, asset_ca_setup
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import services
 from sessions.identity import ADMIN, VENDOR

@@ -71,7 +71,7 @@ def _from_folders(root: Path, given: str) -> Path:
 
 
 def _key(args: argparse.Namespace, folder: Path) -> Path:
-    from broker.keys.recording_keys import public_key_path, recording_key_dir
+    from broker.keys.recording import public_key_path, recording_key_dir
 
     given: Path | None = args.public_key
     if given is not None:

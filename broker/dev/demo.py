@@ -23,7 +23,7 @@ from broker.app import create_app
 from broker.dev.demo_plc import SimulatedPlc, start_simulated_plc
 from broker.dev.devidp import DEFAULT_USERS_PATH, RunningIdP, start_dev_idp
 from broker.dev.local_sshd import RunningSshd, SshdError, free_port, sshd_available, start_sshd
-from broker.keys.ssh_keys import SshKeys
+from broker.keys.ssh import SshKeys
 from broker.runtime.errors import BrokerError
 from broker.runtime.settings import load_settings
 from broker.services import Services

@@ -59,7 +59,7 @@ from agents.wire import (
     parse_events,
     parse_open_reply,
 )
-from broker.keys.agent_keys import AgentKeys
+from broker.keys.agent import AgentKeys
 from broker.runtime.errors import BrokerError
 from broker.runtime.settings import AgentSettings
 from sessions.agents import AgentRefused, AgentService

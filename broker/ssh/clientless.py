@@ -27,7 +27,7 @@ Rules (state in this broker's memory only; the SSH connection is here too):
 The switches: ``ssh.clientless_enabled`` (global) and :mod:`sessions.clientless` (per asset:
 label ``clientless``, default by Purdue level). The browser side is
 :mod:`broker.web.clientless_pages`; the SSH side is the keyboard-interactive methods of
-:mod:`broker.ssh.ssh_front`.
+:mod:`broker.ssh.front`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from broker.http.web import current_principal, render, require
-from broker.keys.ssh_keys import SshKeys, asset_ca_setup
+from broker.keys.ssh import SshKeys, asset_ca_setup
 from broker.runtime.people import Person, people
 from broker.services import services
 from sessions.db import session_scope

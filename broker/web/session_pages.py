@@ -47,7 +47,7 @@ from broker.api.session_api import end_live_session
 from broker.auth.auth import Principal
 from broker.http.visibility import live_rows, may_see, owns_assets, sees_all, session_filter
 from broker.http.web import check_csrf, render, require
-from broker.keys.recording_keys import public_key_path, recording_key_dir
+from broker.keys.recording import public_key_path, recording_key_dir
 from broker.runtime.errors import BrokerError, Forbidden
 from broker.runtime.people import Person, person_of
 from broker.services import Services, services

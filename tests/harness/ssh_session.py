@@ -22,7 +22,7 @@ import httpx2
 from sqlmodel import col, select
 
 from broker.dev.demo import seed
-from broker.keys.ssh_keys import SshKeys
+from broker.keys.ssh import SshKeys
 from sessions.db import session_scope
 from sessions.endpoints import validate_settings
 from sessions.models import (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncssh
 
-from broker.keys.agent_keys import load_or_create_key
+from broker.keys.agent import load_or_create_key
 from broker.runtime.errors import BadRequest
 
 USER_PRINCIPAL = "conduit-user"

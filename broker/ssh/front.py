@@ -17,7 +17,7 @@ A refusal reaches the vendor as one line on stderr (``conduit: ...``) or as the 
 failure text for ``ssh -L``, and is audited.
 
 Relay: the broker logs in to the asset as ``LOGIN`` with a per-session certificate from the
-asset CA (the vendor never sees it), over an :class:`broker.gateway.agent_tunnel.AgentTunnel` whose
+asset CA (the vendor never sees it), over an :class:`broker.gateway.tunnel.AgentTunnel` whose
 expiry is the session deadline; the asset's host key is pinned (asset label ``ssh_host_key``,
 learned on first use and audited when absent). PTY (with window changes), exec (exit status
 and signals), the sftp subsystem and ``scp`` pass through; output is recorded per channel.
@@ -49,8 +49,8 @@ from broker.gateway.agent_gateway import (
     AgentUnavailable,
     ChannelRefused,
 )
-from broker.gateway.agent_tunnel import AgentTunnel, ChannelEnd
-from broker.keys.ssh_keys import SERIAL_PREFIX, USER_PRINCIPAL, SshKeys
+from broker.gateway.tunnel import AgentTunnel, ChannelEnd
+from broker.keys.ssh import SERIAL_PREFIX, USER_PRINCIPAL, SshKeys
 from broker.runtime.live_sessions import LiveSession, LiveSessions
 from broker.runtime.session_recorder import RecorderFactory
 from broker.runtime.settings import SshSettings

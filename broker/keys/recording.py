@@ -3,7 +3,7 @@
 Created on first use (OpenSSH format, 0600, in a 0700 directory) with its public key next to it
 in ``recording_ed25519.pub`` (0644), which is all ``conduit verify`` needs. Brokers of one
 deployment share the key directory. A key readable by group or others is refused, like the
-agent keys (:mod:`broker.keys.agent_keys`).
+agent keys (:mod:`broker.keys.agent`).
 """
 
 from __future__ import annotations
