@@ -4,7 +4,7 @@ Part 1, broker (for each N in ``--sizes``, with a fresh broker each time):
 
 - a temp SQLite database is migrated, a site and zone are created and N agent identities are
   **provisioned directly**: Ed25519 keys (asyncssh), host certificates signed by the broker's
-  own agent CA (``broker.agent_keys.load_agent_keys`` on the broker's key dir) and ``active``
+  own agent CA (``broker.keys.agent.load_agent_keys`` on the broker's key dir) and ``active``
   Agent rows with the key pin. Joining 10,000 agents over HTTP would only measure join;
   the tunnels are the real thing;
 - the broker runs as ``python -m broker serve`` (its own process, dev mode, the OIDC issuer
@@ -305,7 +305,7 @@ def provision(n: int, work: Path) -> tuple[str, list[dict[str, str]], str, str]:
     import asyncssh
 
     from agents.wire import key_pin
-    from broker.agent_keys import load_agent_keys
+    from broker.keys.agent import load_agent_keys
     from sessions.db import create_db_engine, migrate, session_scope
     from sessions.models import Agent, AgentState, Site, Zone
 
@@ -529,8 +529,8 @@ class AgentRun:
 
 
 def agent_footprint(args: argparse.Namespace) -> AgentRun:
-    from broker.demo import seed
-    from broker.settings import load_settings
+    from broker.dev.demo import seed
+    from broker.runtime.settings import load_settings
     from tests.harness.agent import (
         EchoAsset,
         gateway,
@@ -700,7 +700,7 @@ def report(args: argparse.Namespace, runs: list[BrokerRun], agent: AgentRun | No
     import asyncssh
 
     from agents.config import AgentConfig
-    from broker.settings import AgentSettings
+    from broker.runtime.settings import AgentSettings
 
     gw, ag = AgentSettings(), AgentConfig
     lines = [

@@ -58,8 +58,8 @@ class ChildProcess:
 def conduit_rig(
     workdir: Path, extra_endpoints: list[tuple[str, int, str]] | None = None
 ) -> Iterator[tuple[Any, Any, Any]]:
-    from broker.devidp import start_dev_idp
-    from broker.settings import load_settings
+    from broker.dev.devidp import start_dev_idp
+    from broker.runtime.settings import load_settings
     from tests.harness.broker import start_broker
     from tests.harness.ports import free_port
     from tests.harness.ssh_session import SshRig

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from doc_section import write_section
 
-from broker.devidp import start_dev_idp
+from broker.dev.devidp import start_dev_idp
 from tests.harness.idp import idp_login
 from tests.harness.ports import free_port
 

@@ -1,6 +1,7 @@
 """Benchmark: from a plant change to the policy engine holding the new ``data.plant``.
 
-The broker's wiring (``broker.policy_data_sync.PolicyDataSync`` with its default debounce, the
+The broker's wiring (``broker.runtime.policy_data_sync.PolicyDataSync`` with its default
+debounce, the
 periodic backstop at the default ``data_refresh_s`` = 5 s) over a SQLite database with the
 demo plant. Each sample flips the vendor lockout in the database, then calls ``changed()``
 from another thread (as ``AccessService``'s listener or a request handler does); the clock
@@ -34,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx2
 from doc_section import write_section
 
-from broker.demo import seed
-from broker.policy_data_sync import PolicyDataSync
-from broker.settings import PolicySettings, default_bundle_dir
+from broker.dev.demo import seed
+from broker.runtime.policy_data_sync import PolicyDataSync
+from broker.runtime.settings import PolicySettings, default_bundle_dir
 from policies.embedded import EmbeddedEngine
 from policies.engine import Engine
 from policies.opa import OpaEngine

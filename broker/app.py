@@ -24,55 +24,57 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from broker import (
+from broker.api import (
     access_api,
-    access_pages,
     agent_api,
-    agent_pages,
     api,
     cli_auth,
-    clientless_pages,
-    identity_page,
-    pages,
     plant_api,
     plant_objects,
-    plant_pages,
-    policy_admin,
     recordings_api,
-    request_page,
     session_api,
-    session_pages,
-    signin,
-    users_admin,
-    windows_page,
 )
-from broker.agent_gateway import AgentGateway
-from broker.agent_keys import load_agent_keys
-from broker.audit_checkpoints import (
+from broker.auth.auth import ApiTokens, WebSessions
+from broker.auth.device_starts import DeviceStarts
+from broker.auth.oidc import OidcClient
+from broker.gateway.agent_gateway import AgentGateway
+from broker.http.obligations_view import obligation_rows
+from broker.keys.agent import load_agent_keys
+from broker.keys.recording import load_recording_signer, recording_key_dir
+from broker.keys.ssh import load_ssh_keys
+from broker.runtime.audit_checkpoints import (
     AuditCheckpointer,
     CheckpointTarget,
     FileTarget,
     SyslogTarget,
     WebhookTarget,
 )
-from broker.auth import ApiTokens, WebSessions
-from broker.device_starts import DeviceStarts
-from broker.error_pages import on_broker_error, on_http_exception, on_unexpected
-from broker.errors import BrokerError
-from broker.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
-from broker.live_sessions import LiveSessions
-from broker.obligations_view import obligation_rows
-from broker.oidc import OidcClient
-from broker.policy_data_sync import PolicyDataSync
-from broker.recording_keys import load_recording_signer, recording_key_dir
-from broker.recording_storage import RecordingStorage
+from broker.runtime.errors import BrokerError
+from broker.runtime.live_sessions import LiveSessions
+from broker.runtime.policy_data_sync import PolicyDataSync
+from broker.runtime.recording_storage import RecordingStorage
+from broker.runtime.session_recorder import RecorderFactory
+from broker.runtime.settings import Settings
+from broker.runtime.webhook import WebhookNotifier
 from broker.services import Services
-from broker.session_recorder import RecorderFactory
-from broker.settings import Settings
-from broker.ssh_front import FrontDeps, FrontDoor
-from broker.ssh_keys import load_ssh_keys
-from broker.tcp_forward import ALERT_OUTCOMES
-from broker.webhook import WebhookNotifier
+from broker.ssh.front import FrontDeps, FrontDoor
+from broker.ssh.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
+from broker.ssh.tcp_forward import ALERT_OUTCOMES
+from broker.web import (
+    access_pages,
+    agent_pages,
+    clientless_pages,
+    identity_page,
+    pages,
+    plant_pages,
+    policy_admin,
+    request_page,
+    session_pages,
+    signin,
+    users_admin,
+    windows_page,
+)
+from broker.web.error_pages import on_broker_error, on_http_exception, on_unexpected
 from policies.engine import Engine as PolicyEngine
 from policies.errors import BundleError
 from policies.manager import PolicyManager

@@ -10,18 +10,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
-from broker.agent_keys import AgentKeys
-from broker.auth import ApiTokens, WebSessions
-from broker.device_starts import DeviceStarts
-from broker.forwarded import client_address
-from broker.front_credentials import ApprovingSessions
-from broker.live_sessions import LiveSessions
-from broker.oidc import OidcClient
-from broker.policy_data_sync import PolicyDataSync
-from broker.recording_storage import RecordingStorage
-from broker.session_recorder import RecorderFactory
-from broker.settings import Settings
-from broker.ssh_keys import SshKeys
+from broker.auth.auth import ApiTokens, WebSessions
+from broker.auth.device_starts import DeviceStarts
+from broker.auth.forwarded import client_address
+from broker.auth.oidc import OidcClient
+from broker.keys.agent import AgentKeys
+from broker.keys.ssh import SshKeys
+from broker.runtime.live_sessions import LiveSessions
+from broker.runtime.policy_data_sync import PolicyDataSync
+from broker.runtime.recording_storage import RecordingStorage
+from broker.runtime.session_recorder import RecorderFactory
+from broker.runtime.settings import Settings
+from broker.ssh.front_credentials import ApprovingSessions
 from policies.engine import Engine as PolicyEngine
 from policies.manager import PolicyManager
 from sessions.access import AccessService
@@ -34,9 +34,9 @@ from sessions.maintenance import MaintenanceService
 from sessions.recording import Ed25519Signer
 
 if TYPE_CHECKING:
-    from broker.agent_gateway import AgentGateway
-    from broker.audit_checkpoints import AuditCheckpointer
-    from broker.ssh_front import FrontDoor
+    from broker.gateway.agent_gateway import AgentGateway
+    from broker.runtime.audit_checkpoints import AuditCheckpointer
+    from broker.ssh.front import FrontDoor
 
 
 @dataclass
@@ -116,7 +116,7 @@ def services(request: Request) -> Services:
 
 def client_ip(request: Request) -> str | None:
     """The client's address: the peer, or from a trusted proxy, ``X-Forwarded-For`` read
-    from the right (:mod:`broker.forwarded`)."""
+    from the right (:mod:`broker.auth.forwarded`)."""
     peer = request.client.host if request.client else None
     svc: Services | None = getattr(request.app.state, "services", None)
     if peer is None or svc is None:

@@ -15,7 +15,7 @@ finds a *rewritten* chain (the event at a checkpoint's seq has another hash) and
 one (the log ends before a checkpoint's seq). Events newer than the newest checkpoint that
 reached a verifier are not covered: that window is what the checkpoint frequency bounds.
 
-The key is the broker's recording key (:mod:`broker.recording_keys`) under its own signature
+The key is the broker's recording key (:mod:`broker.keys.recording`) under its own signature
 domain, so a checkpoint signature can never pass for a recording's and vice versa.
 """
 

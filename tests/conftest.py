@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Page
 
-from broker.settings import Settings, load_settings
+from broker.runtime.settings import Settings, load_settings
 from sessions.clock import Clock
 from sessions.db import create_db_engine, migrate
 from tests.harness.agent import EchoAsset

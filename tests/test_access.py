@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from broker.demo import seed_plant
+from broker.dev.demo import seed_plant
 from policies.embedded import EmbeddedEngine
 from sessions.access import AccessDenied, AccessService, RequestSpec
 from sessions.audit import AuditLog

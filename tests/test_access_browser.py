@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.wait import TIMEOUT_S

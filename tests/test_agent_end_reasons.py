@@ -17,7 +17,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from agents.wire import MAX_CLOSE_REASON
-from broker.agent_tunnel import ChannelEnd
+from broker.gateway.tunnel import ChannelEnd
 from tests.harness.broker import RunningBroker
 from tests.harness.cli import REPO, clean_env
 from tests.harness.components import needs

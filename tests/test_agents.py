@@ -24,8 +24,8 @@ import asyncssh
 import pytest
 
 from agents.wire import JoinToken, key_pin
-from broker.agent_gateway import ChannelRefused
-from broker.demo import seed
+from broker.dev.demo import seed
+from broker.gateway.agent_gateway import ChannelRefused
 from sessions.testing import ManualClock
 from tests.harness.agent import (
     AgentProcess,

@@ -10,7 +10,7 @@ import httpx2
 import pytest
 from playwright.sync_api import Page, expect
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from tests.harness.agent import (
     AgentProcess,
     EchoAsset,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from tests.harness.agent import (
     AgentProcess,
     EchoAsset,

@@ -43,9 +43,9 @@ from agents.wire import (
     key_pin,
     open_reply,
 )
-from broker.agent_gateway import AgentChannel, ChannelRefused, LiveAgent
-from broker.demo import seed
-from broker.settings import load_settings
+from broker.dev.demo import seed
+from broker.gateway.agent_gateway import AgentChannel, ChannelRefused, LiveAgent
+from broker.runtime.settings import load_settings
 from tests.conftest import CLIENT_ID
 from tests.harness.agent import (
     AgentProcess,

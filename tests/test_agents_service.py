@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from agents.wire import Endpoint, JoinToken
-from broker.demo import seed_plant
+from broker.dev.demo import seed_plant
 from sessions.agents import AgentRefused, AgentService, JoinRefused
 from sessions.audit import AuditLog
 from sessions.errors import ConflictError, NotFoundError, ValidationError

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from broker.audit_checkpoints import AuditCheckpointer, FileTarget, SyslogTarget
+from broker.runtime.audit_checkpoints import AuditCheckpointer, FileTarget, SyslogTarget
 from sessions.audit import AuditLog, event_fields, event_hash, verify_chain
 from sessions.checkpoints import (
     CheckpointError,

@@ -159,7 +159,7 @@ def test_broker_ships_checkpoints_and_notices_a_truncated_log(
 
 
 def test_settings_refuse_a_bad_syslog_target(make_broker: Callable[..., RunningBroker]) -> None:
-    from broker.errors import SettingsError
+    from broker.runtime.errors import SettingsError
 
     with pytest.raises(SettingsError, match="checkpoint_syslog"):
         make_broker(audit={"checkpoint_syslog": "syslog.example:514"})

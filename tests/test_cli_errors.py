@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli import build_parser
-from broker.demo import seed
+from broker.dev.demo import seed
 from tests.harness.broker import RunningBroker
 from tests.harness.cli import cli_env
 
@@ -254,7 +254,7 @@ def test_error_trees_map_to_one_line() -> None:
     import sqlalchemy as sa
 
     from broker.cli.failures import describe, one_line
-    from broker.errors import SettingsError
+    from broker.runtime.errors import SettingsError
     from policies.errors import BundleError
     from sessions.errors import NotFoundError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from tests.harness.broker import RunningBroker, audit_events, web_login
 from tests.harness.cli import cli_env, run_conduit
 from tests.harness.wait import TIMEOUT_S, wait_until

@@ -12,7 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from broker.clientless import (
+from broker.dev.demo import seed_plant
+from broker.runtime.errors import SettingsError
+from broker.runtime.settings import SshSettings, load_settings
+from broker.ssh.clientless import (
     WRONG_CODE_LIMIT,
     ClientlessApprovals,
     ClientlessRefused,
@@ -22,9 +25,6 @@ from broker.clientless import (
     normalize,
     source_key,
 )
-from broker.demo import seed_plant
-from broker.errors import SettingsError
-from broker.settings import SshSettings, load_settings
 from sessions.audit import AuditLog
 from sessions.clientless import ClientlessSwitch, clientless_switch, decide
 from sessions.db import create_db_engine, migrate, session_scope

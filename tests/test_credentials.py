@@ -26,7 +26,7 @@ import pytest
 from playwright.sync_api import Browser
 from sqlmodel import col, select
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import session_scope
 from sessions.models import AccessRequest, AgentJoinToken, CliAuthorization, SshCertificate, User
 from sessions.testing import ManualClock

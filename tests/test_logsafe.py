@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx2
 
-from broker.logsafe import DropQueryStrings
+from broker.runtime.logsafe import DropQueryStrings
 from tests.harness.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]

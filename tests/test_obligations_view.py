@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.mfa_notice import mfa_warning
-from broker.obligations_view import duration_text, obligation_rows, obligations_text
+from broker.http.mfa_notice import mfa_warning
+from broker.http.obligations_view import duration_text, obligation_rows, obligations_text
 from policies.decision import ModbusObligations, Obligations, WriteRange
 from sessions.request_state import shown_state
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from broker.people import Person, people
+from broker.runtime.people import Person, people
 from sessions.db import session_scope
 from sessions.identity import Identity, upsert_user
 from sessions.testing import ManualClock

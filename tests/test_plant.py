@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from broker.demo import DEMO_PLANT_PATH
+from broker.dev.demo import DEMO_PLANT_PATH
 from sessions.agents import AgentService
 from sessions.audit import AuditLog
 from sessions.db import session_scope

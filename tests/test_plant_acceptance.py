@@ -30,7 +30,7 @@ from playwright.sync_api import Browser, Page, expect
 from pymodbus.client import ModbusTcpClient
 from sqlmodel import col, select
 
-from broker.ssh_keys import SshKeys
+from broker.keys.ssh import SshKeys
 from sessions.db import session_scope
 from sessions.models import AccessRequest, Asset, AssetEndpoint
 from tests.harness.agent import AgentProcess, agent_cmd, wait_connected, write_config

@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlmodel import select
 
-from broker.demo import DEMO_PLANT_PATH
-from broker.plant_pages import settings_summary
+from broker.dev.demo import DEMO_PLANT_PATH
+from broker.web.plant_pages import settings_summary
 from sessions.db import session_scope
 from sessions.models import Agent, AgentEndpoint, Asset
 from sessions.plant import load_yaml

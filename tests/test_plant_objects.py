@@ -1,5 +1,5 @@
 """One plant object at a time: ``/api/plant/{sites,zones,windows,vendor-orgs,contracts}`` and
-the removal forms of ``/admin/plant`` (broker/plant_objects.py, docs/plant.md "API")."""
+the removal forms of ``/admin/plant`` (broker/api/plant_objects.py, docs/plant.md "API")."""
 
 from __future__ import annotations
 

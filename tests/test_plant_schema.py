@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from broker.demo import DEMO_PLANT_PATH
+from broker.dev.demo import DEMO_PLANT_PATH
 from sessions.errors import ValidationError as BadTimezone
 from sessions.models import check_timezone
 from sessions.plant import PlantError, load_yaml, parse

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 from playwright.sync_api import Browser, expect
 
-from broker.demo import DEMO_PLANT_PATH
+from broker.dev.demo import DEMO_PLANT_PATH
 from sessions.plant import load_yaml
 from tests.harness.broker import RunningBroker, form_values, same_origin_api, web_login
 from tests.test_access_browser import _sign_in

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import create_db_engine, session_scope
 from sessions.models import MaintenanceWindow, PlantFlag, Site
 from sessions.policy_data import LOCKOUT_FLAG, build_plant_data

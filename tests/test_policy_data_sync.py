@@ -8,7 +8,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from broker.policy_data_sync import PolicyDataSync
+from broker.runtime.policy_data_sync import PolicyDataSync
 from policies.decision import Decision, deny
 from policies.errors import PolicyError
 from tests.harness.wait import async_wait_until

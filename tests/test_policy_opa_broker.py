@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx2
 
-from broker.demo import seed
-from broker.settings import default_bundle_dir
+from broker.dev.demo import seed
+from broker.runtime.settings import default_bundle_dir
 from sessions.db import session_scope
 from sessions.models import PlantFlag
 from sessions.policy_data import LOCKOUT_FLAG

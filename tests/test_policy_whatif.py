@@ -8,7 +8,7 @@ import httpx2
 import pytest
 from playwright.sync_api import Page, expect
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import session_scope
 from sessions.models import PlantFlag
 from sessions.policy_data import LOCKOUT_FLAG

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 from pymodbus.client import ModbusTcpClient
 
-from broker.local_sshd import free_port
+from broker.dev.local_sshd import free_port
 from tests.harness.browser import launch_browser_sync
 from tests.harness.cli import REPO, clean_env
 from tests.harness.components import needs

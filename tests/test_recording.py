@@ -19,8 +19,8 @@ from typing import Any, BinaryIO
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.errors import BrokerError
-from broker.recording_keys import load_recording_signer, public_key_path
+from broker.keys.recording import load_recording_signer, public_key_path
+from broker.runtime.errors import BrokerError
 from sessions.asciicast import BINARY_EVENT, BINARY_MARKER, AsciicastRecorder, output_bytes
 from sessions.errors import SessionsError
 from sessions.files import temp_name

@@ -6,7 +6,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.recording_keys import load_recording_signer, public_key_path
+from broker.keys.recording import load_recording_signer, public_key_path
 from sessions.recording import LocalStore, RecordingWriter
 from sessions.testing import ManualClock
 from tests.harness.cli import run_conduit

@@ -24,7 +24,7 @@ import httpx2
 import pytest
 from sqlmodel import select
 
-from broker.session_recorder import RecorderFactory
+from broker.runtime.session_recorder import RecorderFactory
 from sessions.db import session_scope
 from sessions.models import Asset
 from sessions.recording import Ed25519Signer, RecordingError

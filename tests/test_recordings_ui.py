@@ -18,9 +18,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, expect
 from sqlmodel import col, select
 
-from broker.demo import seed
-from broker.live_sessions import LiveSession
-from broker.recording_keys import load_recording_signer
+from broker.dev.demo import seed
+from broker.keys.recording import load_recording_signer
+from broker.runtime.live_sessions import LiveSession
 from sessions.asciicast import AsciicastRecorder
 from sessions.db import session_scope
 from sessions.models import (

@@ -1,4 +1,4 @@
-"""broker.session_recorder.RecorderFactory: set-up off the event loop, start failures by mode.
+"""broker.runtime.session_recorder.RecorderFactory: set-up off the event loop, start failures by mode.
 
 Unit tests with small fakes for the database side (the integration tests in
 test_ssh_sessions.py / test_ot_sessions.py run the real thing end to end).
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.session_recorder import ChannelRecorder, RecorderFactory, TcpRecording
+from broker.runtime.session_recorder import ChannelRecorder, RecorderFactory, TcpRecording
 from sessions.clock import SystemClock
 from sessions.recording import Ed25519Signer, RecordingError, VerifyStatus, verify_recording
 from tests.harness.wait import async_wait_until

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import SettingsError
-from broker.settings import load_settings
+from broker.runtime.errors import SettingsError
+from broker.runtime.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ISSUER = "https://idp.plant.example"

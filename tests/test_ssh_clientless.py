@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlmodel import select
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import session_scope
 from sessions.models import Asset, User
 from sessions.testing import ManualClock

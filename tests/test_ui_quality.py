@@ -27,7 +27,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response
 from sqlmodel import select
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import session_scope
 from sessions.models import AccessRequest
 from tests.harness.broker import RunningBroker, form_values, web_login

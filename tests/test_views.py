@@ -19,7 +19,7 @@ import httpx2
 import pytest
 from sqlmodel import col, select
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from sessions.db import session_scope
 from sessions.models import User
 from tests.harness.broker import RunningBroker, same_origin_api, web_login

@@ -2,7 +2,7 @@
 
 Each check runs against the real broker (real IdP sign-ins where a user is needed) and looks
 at the outcome from outside: the audit log's ``source_ip``, the HTTP answer, the headers a
-browser gets. ``broker.forwarded`` is also checked on its own, hop by hop.
+browser gets. ``broker.auth.forwarded`` is also checked on its own, hop by hop.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 import httpx2
 import pytest
 
-from broker.demo import seed
-from broker.errors import SettingsError
-from broker.forwarded import client_address
+from broker.auth.forwarded import client_address
+from broker.dev.demo import seed
+from broker.runtime.errors import SettingsError
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
 from tests.test_access_api import _cli_env

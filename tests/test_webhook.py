@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx2
 import pytest
 
-from broker.demo import seed
+from broker.dev.demo import seed
 from tests.harness.broker import RunningBroker, same_origin_api, web_login
 from tests.harness.wait import wait_until
 
@@ -70,7 +70,7 @@ def test_state_changes_are_signed_and_delivered(
 
 
 def test_webhook_needs_a_secret(make_broker: Callable[..., RunningBroker]) -> None:
-    from broker.errors import SettingsError
+    from broker.runtime.errors import SettingsError
 
     with pytest.raises(SettingsError, match="webhook_secret"):
         make_broker(webhook_url="http://127.0.0.1:9/hook")

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import Browser, expect
 
-from broker.policy_view import highlighted
-from broker.windows_page import next_opening
+from broker.web.policy_view import highlighted
+from broker.web.windows_page import next_opening
 from sessions.windows import DAYS
 from tests.harness.broker import RunningBroker, audit_events, form_values
 from tests.test_access_browser import _sign_in

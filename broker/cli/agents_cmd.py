@@ -1,6 +1,6 @@
 """``conduit agents token|list|revoke|adopt``: enrol, watch, revoke agents and adopt endpoints.
 
-Every command calls the broker's admin JSON API (:mod:`broker.agent_api`) with the stored CLI
+Every command calls the broker's admin JSON API (:mod:`broker.api.agent_api`) with the stored CLI
 token, so the admin role is checked (and refusals audited) by the broker. A join token is
 printed once, by ``agents token``; no other command shows it. Errors from the broker end the
 command with its message and exit code 2 (see :func:`broker.cli.main`).

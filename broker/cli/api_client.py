@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 
 from broker.cli import credentials
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 TIMEOUT_S = 15.0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli.common import add_database_arg, engine_from
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 _LABELS = {"broken": "BROKEN", "rewritten": "REWRITTEN", "truncated": "TRUNCATED"}
 
@@ -77,7 +77,7 @@ def read_export(path: Path) -> Iterator[dict[str, Any]]:
 
 def _public_key_path(args: argparse.Namespace) -> Path:
     from broker.cli.local import data_dir
-    from broker.recording_keys import public_key_path, recording_key_dir
+    from broker.keys.recording import public_key_path, recording_key_dir
 
     if args.public_key is not None:
         path: Path = args.public_key

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported lazily: `conduit whoami` must start fast
     from sqlalchemy import Engine
 
-    from broker.settings import Settings
+    from broker.runtime.settings import Settings
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def add_database_arg(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The full, validated server settings (``conduit serve`` only)."""
-    from broker.settings import load_settings
+    from broker.runtime.settings import load_settings
 
     return load_settings(getattr(args, "config", None))
 

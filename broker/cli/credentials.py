@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 
 def config_dir() -> Path:

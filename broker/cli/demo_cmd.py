@@ -28,6 +28,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from broker.demo import run
+    from broker.dev.demo import run
 
     return run(args)

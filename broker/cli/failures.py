@@ -2,7 +2,8 @@
 
 :func:`describe` maps every error a command can end with to ``(message, exit_code)``; the entry
 point (:func:`broker.cli.main`) is the only place that catches, so commands just raise. The
-package error trees (:class:`broker.errors.BrokerError`, :class:`sessions.errors.SessionsError`,
+package error trees (:class:`broker.runtime.errors.BrokerError`,
+:class:`sessions.errors.SessionsError`,
 :class:`policies.errors.PolicyError`), broker connection failures, database driver errors and
 ``OSError`` get messages that say what failed; anything else is reported as an internal error
 whose traceback ``conduit --debug`` shows. Messages are folded into one line.
@@ -62,7 +63,7 @@ def _http_error(exc: BaseException) -> str | None:
 
 def describe(exc: BaseException) -> tuple[str, int]:
     """The one-line message (without the ``conduit:`` prefix) and exit code for ``exc``."""
-    from broker.errors import BrokerError
+    from broker.runtime.errors import BrokerError
 
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.cli.api_client import call
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 _ENDED = {"expired": "expired at {ends_at}", "revoked": "was revoked", "denied": "was denied"}
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import BrokerError, SettingsError
+from broker.runtime.errors import BrokerError, SettingsError
 
 DEMO_DIR = Path(".demo")
 DEFAULT_DATA_DIR = Path("var")

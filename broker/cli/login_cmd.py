@@ -24,7 +24,7 @@ import httpx2
 
 from broker.cli import credentials, ssh_cmd
 from broker.cli.api_client import unreachable
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 LOGIN_TIMEOUT_S = 300.0

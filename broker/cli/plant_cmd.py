@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.cli.api_client import call
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 _MARKS = {"created": "+", "changed": "~", "removed": "-", "archived": "-"}
 

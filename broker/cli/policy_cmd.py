@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 
 def _bundle_dir(given: Path | None) -> Path:
     """``given`` (or the built-in bundle) if it is a directory; BrokerError otherwise."""
-    from broker.settings import default_bundle_dir
+    from broker.runtime.settings import default_bundle_dir
 
     root = given or default_bundle_dir()
     if not root.is_dir():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from broker.cli.ids import check_prefix, pick
 from broker.cli.local import Local, data_dir, locate
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 LISTING = "the Recordings page"
 
@@ -71,7 +71,7 @@ def _from_folders(root: Path, given: str) -> Path:
 
 
 def _key(args: argparse.Namespace, folder: Path) -> Path:
-    from broker.recording_keys import public_key_path, recording_key_dir
+    from broker.keys.recording import public_key_path, recording_key_dir
 
     given: Path | None = args.public_key
     if given is not None:

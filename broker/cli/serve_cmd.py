@@ -18,8 +18,8 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from broker import logsafe
     from broker.app import create_app
+    from broker.runtime import logsafe
 
     settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

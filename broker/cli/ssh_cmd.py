@@ -42,7 +42,7 @@ from broker.cli import credentials
 from broker.cli.api_client import call, signed_in
 from broker.cli.grant_check import check_forward
 from broker.cli.ids import missing, resolve
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 KEY_NAME = "id_ed25519"
 RENEW_MARGIN_S = 60

@@ -1,6 +1,6 @@
 """``conduit users list|revoke``: users' live credentials, and revoking all of them (admin).
 
-Both call the broker's admin API (:mod:`broker.users_admin`) with the stored CLI token. A user
+Both call the broker's admin API (:mod:`broker.web.users_admin`) with the stored CLI token. A user
 is named by id, email, IdP subject or exact name; an ambiguous or unknown name is refused.
 """
 
@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from broker.cli.api_client import call
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 
 def add_parser(sub: Any) -> None:

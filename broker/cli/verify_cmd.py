@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from broker.cli.common import add_config_arg
 from broker.cli.local import locate
 from broker.cli.recording_lookup import find
-from broker.errors import BrokerError
+from broker.runtime.errors import BrokerError
 
 if TYPE_CHECKING:
     from sessions.recording import VerifyResult

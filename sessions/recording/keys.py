@@ -90,7 +90,7 @@ class Ed25519Signer:
         """Load an unencrypted OpenSSH or PKCS#8 PEM Ed25519 private key.
 
         Raises :class:`RecordingError` (``bad_key``) if unreadable or not Ed25519. File
-        permissions are the caller's concern (see ``broker.recording_keys``).
+        permissions are the caller's concern (see ``broker.keys.recording``).
         """
         try:
             data = path.read_bytes()

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.agent_gateway import AgentGateway
+from broker.gateway.agent_gateway import AgentGateway
 from tests.harness.broker import RunningBroker
 from tests.harness.cli import REPO, clean_env
 

@@ -16,8 +16,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from broker.app import create_app
+from broker.runtime.settings import Settings
 from broker.services import Services
-from broker.settings import Settings
 from sessions.clock import Clock
 from tests.harness.idp import idp_login
 

@@ -16,8 +16,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from broker.demo import seed
-from broker.settings import load_settings
+from broker.dev.demo import seed
+from broker.runtime.settings import load_settings
 from tests.harness.agent import gateway, make_token, on_broker_loop, wait_connected
 from tests.harness.broker import start_broker
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx2
 
-from broker.ssh_keys import SshKeys
+from broker.keys.ssh import SshKeys
 from tests.harness.broker import RunningBroker, form_values, web_login
 
 PROMPT = b"Press Enter once approved"

@@ -1,6 +1,6 @@
 """Browser-less driver for the development OIDC IdP (deploy/dev-idp).
 
-The IdP is the real npm ``oidc-provider`` run by node, started by :mod:`broker.devidp`
+The IdP is the real npm ``oidc-provider`` run by node, started by :mod:`broker.dev.devidp`
 (re-exported here); this module drives its HTML login / logout pages the way a browser would
 (``idp_login``, ``idp_logout``) so tests can act as a second, non-browser user agent.
 """
@@ -16,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
-from broker.devidp import (
+from broker.dev.devidp import (
     DEFAULT_USERS_PATH,
     IDP_DIR,
     REPO_ROOT,

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from broker.settings import load_settings
+from broker.runtime.settings import load_settings
 from tests.harness.broker import start_broker
 from tests.harness.ssh_session import SshRig
 

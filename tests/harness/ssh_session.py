@@ -21,8 +21,8 @@ from typing import Any
 import httpx2
 from sqlmodel import col, select
 
-from broker.demo import seed
-from broker.ssh_keys import SshKeys
+from broker.dev.demo import seed
+from broker.keys.ssh import SshKeys
 from sessions.db import session_scope
 from sessions.endpoints import validate_settings
 from sessions.models import (

@@ -1,8 +1,8 @@
-"""The tests' real OpenSSH server: :mod:`broker.local_sshd` (shared with ``conduit demo``)."""
+"""The tests' real OpenSSH server: :mod:`broker.dev.local_sshd` (shared with ``conduit demo``)."""
 
 from __future__ import annotations
 
-from broker.local_sshd import (
+from broker.dev.local_sshd import (
     SSHD,
     RunningSshd,
     SshdError,

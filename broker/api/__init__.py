@@ -1,0 +1,1 @@
+"""The JSON API (``/api/...``), including the CLI sign-in endpoints."""

@@ -1,0 +1,1 @@
+"""Agents: the gateway that holds their connections and the tunnels through them."""

@@ -1,0 +1,1 @@
+"""Key stores: SSH host/user keys, recording keys, agent keys."""

@@ -1,0 +1,1 @@
+"""The SSH front door: sessions, clientless approvals, TCP forwarding, front-door credentials."""

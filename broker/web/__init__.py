@@ -1,0 +1,1 @@
+"""HTML pages and the helpers only pages use."""
