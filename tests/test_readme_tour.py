@@ -9,6 +9,7 @@ temporary directory). Browser steps run in Chromium; every page visited is scree
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -162,7 +163,17 @@ class Tour:
         request_id = re.search(r"Request (\S+) for", made)
         assert request_id, made
         self.conduit("olga", "approve", request_id.group(1))
+        self.wait_active(user, request_id.group(1))
         return request_id.group(1)
+
+    def wait_active(self, user: str, request_id: str) -> None:
+        """Until the approved request's grant is active (the broker's tick activates it)."""
+
+        def active() -> bool:
+            rows = json.loads(self.conduit(user, "requests", "--json").stdout)
+            return any(r["id"] == request_id and r["state"] == "active" for r in rows)
+
+        wait_until(active, f"the grant of request {request_id} to turn active")
 
     def shell(self, user: str, line: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
