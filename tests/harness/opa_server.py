@@ -400,7 +400,7 @@ def start_opa_server(
     argv = [sys.executable, "-m", "tests.harness.opa_server", "--bundle", str(bundle)]
     argv += ["--port", str(port), "--delay-ms", str(delay_ms)]
     if token is not None:
-        argv += ["--token", token]
+        argv.append(f"--token={token}")  # a token may start with "-"
     if data is not None:
         argv += ["--data", str(data)]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - owned by RunningOpaServer
