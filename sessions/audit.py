@@ -21,8 +21,10 @@ Secrets: :func:`redact` is applied to ``details`` on every append; see its docst
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -64,6 +66,7 @@ _APPEND_LOCK_KEY = int.from_bytes(
 )
 _APPEND_ATTEMPTS = 5
 _TABLE: sa.Table = AuditEvent.__table__  # type: ignore[attr-defined]
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -201,6 +204,8 @@ class AuditLog:
         # Called with (seq, hash) after each append committed, in the appending thread; a
         # listener must be quick and must not append (the broker's checkpointer wakes up).
         self.listeners: list[Callable[[int, str], None]] = []
+        # Appends started by :meth:`post` and not finished yet; :meth:`drain` awaits them.
+        self._posted: set[asyncio.Task[None]] = set()
 
     def append(
         self,
@@ -242,6 +247,78 @@ class AuditLog:
             f"audit append: {kind}: lost {_APPEND_ATTEMPTS} races for the next seq; "
             "is something writing audit_events without the lock?"
         )
+
+    async def record(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        outcome: str,
+        subject: str | None = None,
+        source_ip: str | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> AuditEvent:
+        """:meth:`append` from the event loop: the write (which takes a database lock) runs
+        in a worker thread and this waits for it.  Raises what :meth:`append` raises."""
+        return await asyncio.to_thread(
+            self.append,
+            kind,
+            actor=actor,
+            outcome=outcome,
+            subject=subject,
+            source_ip=source_ip,
+            details=details,
+        )
+
+    def post(
+        self,
+        kind: str,
+        *,
+        actor: str,
+        outcome: str,
+        subject: str | None = None,
+        source_ip: str | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        """:meth:`record` without waiting, for callbacks that cannot await (protocol
+        callbacks of asyncssh or asyncio).  Must be called on a running event loop.
+
+        The append is owned by this log: :meth:`drain` (called by whoever owns the log, at
+        shutdown) awaits every posted append, so none is lost when the process stops.  A
+        failed append is logged (kind and error, never the details), not raised.
+        """
+        task = asyncio.get_running_loop().create_task(
+            self._posted_append(kind, actor, outcome, subject, source_ip, details)
+        )
+        self._posted.add(task)
+        task.add_done_callback(self._posted.discard)
+
+    async def _posted_append(
+        self,
+        kind: str,
+        actor: str,
+        outcome: str,
+        subject: str | None,
+        source_ip: str | None,
+        details: Mapping[str, object] | None,
+    ) -> None:
+        try:
+            await self.record(
+                kind,
+                actor=actor,
+                outcome=outcome,
+                subject=subject,
+                source_ip=source_ip,
+                details=details,
+            )
+        except Exception as exc:  # the poster cannot handle it; say so without the details
+            _log.error("audit append failed for %s: %s", kind, type(exc).__name__)
+
+    async def drain(self) -> None:
+        """Wait until every append started by :meth:`post` has finished (posts made while
+        draining included).  Never raises."""
+        while self._posted:
+            await asyncio.gather(*list(self._posted), return_exceptions=True)
 
     def _append_once(
         self,

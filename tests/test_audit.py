@@ -427,3 +427,23 @@ def test_event_hash_contract() -> None:
         event_hash("nope", fields)
     with pytest.raises(ValueError, match="differs"):
         event_hash(GENESIS_HASH, {**fields, "prev_hash": "1" * 64})
+
+
+async def test_posted_appends_are_owned_and_drained(log: AuditLog, caplog: Any) -> None:
+    """``post`` from a callback that cannot await: ``drain`` at shutdown loses none, in
+    order of completion all land in one chain, and a bad one is logged without details."""
+    for n in range(20):
+        log.post("test.posted", actor="system", outcome="ok", details={"n": n})
+    log.post("test.posted", actor="system", outcome="not-an-outcome", details={"token": "s3"})
+    await log.drain()
+    events = [e for e in log.iter_events() if e.kind == "test.posted"]
+    assert sorted(e.details["n"] for e in events) == list(range(20))
+    assert log.verify().ok
+    assert "audit append failed for test.posted: ValidationError" in caplog.text
+    assert "s3" not in caplog.text
+
+
+async def test_record_waits_for_the_append(log: AuditLog) -> None:
+    event = await log.record("test.recorded", actor="adam", outcome="ok", subject="x")
+    assert log.event_at(event.seq) is not None
+    assert log.head() == (event.seq, event.hash)
