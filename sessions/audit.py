@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
