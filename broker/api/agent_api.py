@@ -21,7 +21,8 @@ from broker.gateway.agent_gateway import AgentGateway, LiveAgent
 from broker.http.web import require
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import Services, client_ip, services
-from sessions.agents import AgentView, JoinRefused
+from sessions.agents.base import JoinRefused
+from sessions.agents.registry import AgentView
 from sessions.authorizer import iso
 from sessions.errors import SessionsError
 from sessions.identity import ADMIN

@@ -62,7 +62,8 @@ from agents.wire import (
 from broker.keys.agent import AgentKeys
 from broker.runtime.errors import BrokerError
 from broker.runtime.settings import AgentSettings
-from sessions.agents import AgentRefused, AgentService
+from sessions.agents.base import AgentRefused
+from sessions.agents.service import AgentService
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.errors import SessionsError
