@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from agents.wire import response_mac
 from broker.api.access_api import _json, domain_error, parse_duration
-from broker.gateway.agent_gateway import AgentGateway, LiveAgent
+from broker.gateway.agent_gateway import AgentGateway
+from broker.gateway.live_agent import LiveAgent
 from broker.http.web import require
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import Services, client_ip, services
