@@ -20,6 +20,8 @@ START_SKEW = timedelta(seconds=60)  # a window may start this much in the past (
 
 @dataclass(frozen=True)
 class RequestSpec:
+    """A request as filed: no ``ports`` means every declared endpoint of ``asset``."""
+
     asset: str
     operation_class: str
     starts_at: datetime
