@@ -12,7 +12,9 @@ from sqlmodel import select
 
 from broker.dev.demo import seed_plant
 from policies.embedded import EmbeddedEngine
-from sessions.access import AccessDenied, AccessService, RequestSpec
+from sessions.access.base import AccessDenied
+from sessions.access.request_spec import RequestSpec
+from sessions.access.service import AccessService
 from sessions.audit import AuditLog
 from sessions.authorizer import Authorizer
 from sessions.db import session_scope

@@ -25,7 +25,7 @@ import pytest
 
 from agents.wire import JoinToken, key_pin
 from broker.dev.demo import seed
-from broker.gateway.agent_gateway import ChannelRefused
+from broker.gateway.channel import ChannelRefused
 from sessions.testing import ManualClock
 from tests.harness.agent import (
     AgentProcess,

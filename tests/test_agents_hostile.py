@@ -44,7 +44,8 @@ from agents.wire import (
     open_reply,
 )
 from broker.dev.demo import seed
-from broker.gateway.agent_gateway import AgentChannel, ChannelRefused, LiveAgent
+from broker.gateway.channel import AgentChannel, ChannelRefused
+from broker.gateway.live_agent import LiveAgent
 from broker.runtime.settings import load_settings
 from tests.conftest import CLIENT_ID
 from tests.harness.agent import (

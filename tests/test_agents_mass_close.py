@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from broker.gateway.agent_gateway import AgentChannel
+from broker.gateway.channel import AgentChannel
 from tests.harness.agent import EchoAsset, gateway, on_broker_loop
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs

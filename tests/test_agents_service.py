@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from agents.wire import Endpoint, JoinToken
 from broker.dev.demo import seed_plant
-from sessions.agents import AgentRefused, AgentService, JoinRefused
+from sessions.agents.base import AgentRefused, JoinRefused
+from sessions.agents.service import AgentService
 from sessions.audit import AuditLog
 from sessions.errors import ConflictError, NotFoundError, ValidationError
 from sessions.testing import ManualClock

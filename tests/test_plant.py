@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from broker.dev.demo import DEMO_PLANT_PATH
-from sessions.agents import AgentService
+from sessions.agents.service import AgentService
 from sessions.audit import AuditLog
 from sessions.db import session_scope
 from sessions.endpoints import endpoints_of

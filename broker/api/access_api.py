@@ -24,7 +24,8 @@ from broker.http.web import require
 from broker.runtime.errors import BadRequest
 from broker.runtime.people import display_name
 from broker.services import Services, services
-from sessions.access import AccessDenied, RequestSpec
+from sessions.access.base import AccessDenied
+from sessions.access.request_spec import RequestSpec
 from sessions.authorizer import iso
 from sessions.db import session_scope
 from sessions.endpoints import endpoints_of

@@ -17,11 +17,13 @@ from starlette.routing import Route
 
 from agents.wire import response_mac
 from broker.api.access_api import _json, domain_error, parse_duration
-from broker.gateway.agent_gateway import AgentGateway, LiveAgent
+from broker.gateway.agent_gateway import AgentGateway
+from broker.gateway.live_agent import LiveAgent
 from broker.http.web import require
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import Services, client_ip, services
-from sessions.agents import AgentView, JoinRefused
+from sessions.agents.base import JoinRefused
+from sessions.agents.registry import AgentView
 from sessions.authorizer import iso
 from sessions.errors import SessionsError
 from sessions.identity import ADMIN

@@ -4,7 +4,7 @@
 which opens an ``exec`` data channel on the agent's connection (an :class:`OpenRequest` with
 the grant's expiry), waits for the agent's one-line answer, and only then hands the channel to
 the SSH protocol as its transport — no extra socket or copy. A refusal raises
-:class:`broker.gateway.agent_gateway.ChannelRefused` with the agent's reason. Why the agent
+:class:`broker.gateway.channel.ChannelRefused` with the agent's reason. Why the agent
 ended the
 channel (its stderr line, or its connection lost) is kept in :attr:`AgentTunnel.ended`.
 """
@@ -25,13 +25,14 @@ from agents.wire import (
     WireError,
     parse_open_reply,
 )
-from broker.gateway.agent_gateway import AgentGateway, AgentUnavailable, ChannelRefused
-
-REPLY_LIMIT = 4096
-# asyncssh is at both ends of this hop: larger packets and window mean fewer Python-level
-# packet operations per megabyte (the default 32 KiB packet is sized for unknown peers).
-CHANNEL_WINDOW = 4 << 20
-CHANNEL_PACKET = 128 << 10
+from broker.gateway.agent_gateway import AgentGateway
+from broker.gateway.channel import (
+    CHANNEL_PACKET,
+    CHANNEL_WINDOW,
+    REPLY_LIMIT,
+    AgentUnavailable,
+    ChannelRefused,
+)
 
 
 class ChannelEnd:

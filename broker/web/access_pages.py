@@ -32,7 +32,9 @@ from broker.web.vendor_scope import (
     covering,
     describe_contract,
 )
-from sessions.access import LIVE_GRANT_STATES, AccessDenied, AccessService, RequestSpec
+from sessions.access.base import LIVE_GRANT_STATES, AccessDenied
+from sessions.access.request_spec import RequestSpec
+from sessions.access.service import AccessService
 from sessions.db import session_scope
 from sessions.endpoints import endpoints_of
 from sessions.errors import ConflictError, NotFoundError, SessionsError, ValidationError
