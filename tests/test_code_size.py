@@ -15,22 +15,15 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 # Pinned while a split is in flight: the most each may have. Empty when done.
 MODULES_OVER: dict[str, int] = {
-    "broker/api/cli_auth.py": 512,
     "broker/app.py": 506,
-    "broker/gateway/agent_gateway.py": 626,
     "broker/ssh/front.py": 1132,
-    "broker/web/session_pages.py": 562,
-    "sessions/access.py": 716,
-    "sessions/agents.py": 595,
     "sessions/audit.py": 580,
-    "sessions/plant/sync.py": 547,
 }
 FUNCTIONS_OVER: dict[str, int] = {
     "broker/app.py::create_app": 162,
     "broker/app.py::lifespan": 102,
     "broker/dev/devidp.py::start_dev_idp": 88,
     "broker/ssh/front.py::_forward": 95,
-    "broker/web/signin.py::callback": 84,
 }
 
 

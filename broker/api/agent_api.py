@@ -7,7 +7,6 @@ other endpoints need the admin role. Errors are JSON ``{"error", "message"}``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,14 +15,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agents.wire import response_mac
-from broker.api.access_api import _json, domain_error, parse_duration
+from broker.api.access_api import domain_error
 from broker.gateway.agent_gateway import AgentGateway
-from broker.gateway.live_agent import LiveAgent
+from broker.http.agent_view import agent_list
+from broker.http.request_input import json_object, parse_duration
 from broker.http.web import require
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import Services, client_ip, services
 from sessions.agents.base import JoinRefused
-from sessions.agents.registry import AgentView
 from sessions.authorizer import iso
 from sessions.errors import SessionsError
 from sessions.identity import ADMIN
@@ -46,7 +45,7 @@ def gateway_of(svc: Services) -> AgentGateway:
 
 async def join(request: Request) -> Response:
     svc = services(request)
-    body = await _json(request)
+    body = await json_object(request)
     token_id = _str(body, "token_id", 64)
     secret = _str(body, "secret", 128)
     gateway = gateway_of(svc)
@@ -84,7 +83,7 @@ async def join(request: Request) -> Response:
 async def create_token(request: Request) -> Response:
     principal = await require(request, ADMIN)
     svc = services(request)
-    body = await _json(request)
+    body = await json_object(request)
     ttl = parse_duration(_str(body, "ttl", 16, required=False) or "15m")
     try:
         token, row = await run_in_threadpool(
@@ -110,52 +109,6 @@ async def create_token(request: Request) -> Response:
     )
 
 
-def agent_json(view: AgentView, live: LiveAgent | None, now: datetime) -> dict[str, Any]:
-    """One agent for list views: stored facts, live health, inventory. No secrets."""
-    a = view.agent
-    last_seen = live.last_seen if live else a.last_seen_at
-    return {
-        "id": a.id,
-        "name": a.name,
-        "state": a.state,
-        "site": view.site,
-        "zone": view.zone,
-        "version": (live.version if live else None) or a.version,
-        "hostname": (live.hostname if live else None) or a.hostname,
-        "connected": live is not None,
-        "connected_via": a.connected_via if live is None else "this broker",
-        "last_seen": iso(last_seen) if last_seen else None,
-        "seconds_since_seen": int((now - last_seen).total_seconds()) if last_seen else None,
-        "active_channels": live.agent_channels if live else 0,
-        "kill_switch": live.kill_switch if live else False,
-        "key_pin": a.key_pin,
-        "endpoints": [
-            {
-                "id": e.id,
-                "name": e.name,
-                "host": e.host,
-                "port": e.port,
-                "protocol": e.protocol,
-                "declared": e.declared,
-                "asset": ", ".join(view.assets.get(e.id, [])) or None,
-                "assets": view.assets.get(e.id, []),
-            }
-            for e in view.endpoints
-        ],
-        "unmatched": [
-            f"{e.host}:{e.port}" for e in view.endpoints if e.declared and e.id not in view.assets
-        ],
-        "undeclared_assets": view.undeclared_assets,
-    }
-
-
-async def agent_list(svc: Services) -> list[dict[str, Any]]:
-    views = await run_in_threadpool(svc.agents.list)
-    live = svc.gateway.live() if svc.gateway else {}
-    now = svc.clock.now()
-    return [agent_json(v, live.get(v.agent.id), now) for v in views]
-
-
 async def list_agents(request: Request) -> Response:
     await require(request, ADMIN)
     return JSONResponse({"agents": await agent_list(services(request))})
@@ -174,7 +127,7 @@ async def revoke(request: Request) -> Response:
 async def adopt(request: Request) -> Response:
     principal = await require(request, ADMIN)
     svc = services(request)
-    body = await _json(request)
+    body = await json_object(request)
     try:
         asset, endpoint = await run_in_threadpool(
             lambda: svc.agents.adopt(

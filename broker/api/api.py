@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.api.cli_auth import principal_json
+from broker.auth.auth import Principal
 from broker.http.web import require
 from broker.services import services
+
+
+def principal_json(p: Principal) -> dict[str, Any]:
+    """Who is asking, as ``/api/whoami`` answers (no credential, no CSRF token)."""
+    return {
+        "sub": p.sub,
+        "email": p.email,
+        "name": p.name,
+        "roles": list(p.roles),
+        "groups": list(p.groups),
+        "amr": list(p.auth.amr),
+        "acr": p.auth.acr,
+        "auth_time": p.auth.auth_time.isoformat() if p.auth.auth_time else None,
+        "expires_at": p.expires_at.isoformat(),
+        "via": p.via,
+    }
 
 
 async def whoami(request: Request) -> Response:

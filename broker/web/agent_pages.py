@@ -1,9 +1,9 @@
 """The admin's agents page: health, inventory, join tokens, revoke and adopt (``/admin/agents``).
 
 Server-rendered; every route needs the admin role and every POST the session's CSRF token.
-The list is :func:`broker.api.agent_api.agent_list`, the same data as ``GET /api/agents``: it never
-holds a secret. A new join token is shown once, in the answer to the POST that created it (the
-response is not cached: the app sends ``Cache-Control: no-store``); no later page shows it.
+The list is :func:`broker.http.agent_view.agent_list`, the same data as ``GET /api/agents``: it
+never holds a secret. A new join token is shown once, in the answer to the POST that created it
+(the response is not cached: the app sends ``Cache-Control: no-store``); no later page shows it.
 A refused action re-renders the page with the service's message and a 400/404/409/503 status;
 revoke and adopt redirect (303) back with a message when they succeed.
 """
@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.api.access_api import parse_duration
-from broker.api.agent_api import agent_list
+from broker.http.agent_view import agent_list
+from broker.http.request_input import parse_duration
 from broker.http.web import check_csrf, render, require
 from broker.runtime.errors import BrokerError
 from broker.services import services

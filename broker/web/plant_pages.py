@@ -1,10 +1,10 @@
 """The plant page for admins: ``/admin/plant`` shows the whole plant, its forms change it.
 
 Every form edits the exported plant document (a site, maintenance window, zone, asset,
-endpoint, vendor org or contract, or removes one) with :func:`broker.api.plant_api.edit_plant`:
+endpoint, vendor org or contract, or removes one) with :func:`broker.http.plant_changes.edit_plant`:
 the same validation, audit (``plant.*`` with before/after; ``plant.refused``) and policy-data
-refresh as ``conduit plant apply`` and the per-object API (:mod:`broker.api.plant_objects`, whose
-rules for what may be removed the removal forms share). A refused form is shown again with
+refresh as ``conduit plant apply`` and the per-object API, with the same rules for what may be
+removed (:mod:`broker.http.plant_document`). A refused form is shown again with
 the exact message next to it and nothing changed. Per asset endpoint the page says which agent
 reaches it (the endpoint's own, else the asset's) and warns when that agent does not declare it.
 """
@@ -22,8 +22,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.api.plant_api import edit_plant, exported
-from broker.api.plant_objects import (
+from broker.auth.auth import Principal
+from broker.http.plant_changes import edit_plant, exported
+from broker.http.plant_document import (
     ASSET,
     CONTRACT,
     ORG,
@@ -37,7 +38,6 @@ from broker.api.plant_objects import (
     listed,
     remove,
 )
-from broker.auth.auth import Principal
 from broker.http.web import check_csrf, render, require
 from broker.services import services
 from sessions.db import session_scope

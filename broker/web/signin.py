@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import delete
 from sqlmodel import col
@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from broker.auth.auth import LOGIN_COOKIE, SESSION_COOKIE, auth_context, secret_hash
-from broker.auth.oidc import new_code_verifier, new_state
+from broker.auth.oidc import TokenSet, new_code_verifier, new_state
 from broker.http.web import check_csrf, current_principal, render, require
 from broker.runtime.errors import AuthError, BrokerError, IdpUnavailable
 from broker.services import Services, services
@@ -108,39 +108,58 @@ async def _reject(request: Request, exc: BrokerError, details: dict[str, Any]) -
     )
 
 
-async def callback(request: Request) -> Response:
-    svc = services(request)
+async def _refuse(
+    request: Request, err: AuthError, details: dict[str, Any] | None = None
+) -> NoReturn:
+    """Audit the refusal and raise it."""
+    await _reject(request, err, details or {})
+    raise err
+
+
+async def _checked_flow(request: Request, svc: Services) -> tuple[LoginFlow, str]:
+    """The callback's login flow (consumed) and authorization code; refusals audited, raised."""
     params = request.query_params
     if "error" in params:
-        err = AuthError(
-            f"the identity provider refused the sign-in ({params.get('error', '')[:100]})",
-            code="idp_error",
+        idp_error = params.get("error", "")[:100]
+        await _refuse(
+            request,
+            AuthError(f"the identity provider refused the sign-in ({idp_error})", code="idp_error"),
+            {"idp_error": idp_error},
         )
-        await _reject(request, err, {"idp_error": params.get("error", "")[:100]})
-        raise err
     state, code = params.get("state", ""), params.get("code", "")
     if not state or not code:
-        err = AuthError("sign-in callback lacks state or code", code="callback_malformed")
-        await _reject(request, err, {})
-        raise err
+        await _refuse(
+            request, AuthError("sign-in callback lacks state or code", code="callback_malformed")
+        )
     flow = await run_in_threadpool(_consume_flow, svc, state)
     if flow is None:
-        err = AuthError(
-            "this sign-in link is unknown or was already used; start again", code="unknown_state"
+        await _refuse(
+            request,
+            AuthError(
+                "this sign-in link is unknown or was already used; start again",
+                code="unknown_state",
+            ),
         )
-        await _reject(request, err, {})
-        raise err
     if flow.expires_at <= svc.clock.now():
-        err = AuthError("this sign-in attempt expired; start again", code="expired_state")
-        await _reject(request, err, {})
-        raise err
+        await _refuse(
+            request, AuthError("this sign-in attempt expired; start again", code="expired_state")
+        )
     binding = request.cookies.get(LOGIN_COOKIE, "")
     if not hmac.compare_digest(secret_hash(binding), flow.browser_binding_hash):
-        err = AuthError(
-            "this sign-in was started in another browser; start again", code="state_not_bound"
+        await _refuse(
+            request,
+            AuthError(
+                "this sign-in was started in another browser; start again", code="state_not_bound"
+            ),
         )
-        await _reject(request, err, {})
-        raise err
+    return flow, code
+
+
+async def _signed_claims(
+    request: Request, svc: Services, flow: LoginFlow, code: str
+) -> tuple[TokenSet, dict[str, Any]]:
+    """Redeem the code at the IdP: its tokens and the claims (the signed ID token wins over
+    userinfo). An IdP failure is audited and raised."""
     try:
         tokens = await svc.oidc.exchange_code(
             code=code, code_verifier=flow.code_verifier, nonce=flow.nonce
@@ -152,6 +171,30 @@ async def callback(request: Request) -> Response:
     except BrokerError as exc:
         await _reject(request, exc, {})
         raise
+    return tokens, claims
+
+
+def _signed_in(svc: Services, return_to: str, cookie: str) -> Response:
+    """Back to where the sign-in started, with the session cookie and without the login one."""
+    resp = RedirectResponse(return_to, status_code=303)
+    resp.delete_cookie(LOGIN_COOKIE, path="/auth")
+    resp.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=svc.settings.session_ttl_s,
+        path="/",
+        httponly=True,
+        secure=svc.settings.secure_cookies,
+        samesite="lax",
+    )
+    return resp
+
+
+async def callback(request: Request) -> Response:
+    """``/auth/callback``: check the flow, redeem the code, upsert the user, start a session."""
+    svc = services(request)
+    flow, code = await _checked_flow(request, svc)
+    tokens, claims = await _signed_claims(request, svc, flow, code)
     identity = svc.oidc.identity(claims)
     roles = map_roles(identity.groups, svc.settings.roles.as_mapping())
     auth = auth_context(identity.amr, identity.acr, claims)
@@ -180,18 +223,7 @@ async def callback(request: Request) -> Response:
             "no_roles": not roles,
         },
     )
-    resp = RedirectResponse(flow.return_to, status_code=303)
-    resp.delete_cookie(LOGIN_COOKIE, path="/auth")
-    resp.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=svc.settings.session_ttl_s,
-        path="/",
-        httponly=True,
-        secure=svc.settings.secure_cookies,
-        samesite="lax",
-    )
-    return resp
+    return _signed_in(svc, flow.return_to, cookie)
 
 
 async def logout(request: Request) -> Response:

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.api.access_api import _json
 from broker.auth.auth import Principal
+from broker.http.request_input import json_object
 from broker.http.web import check_csrf, render, require
 from broker.runtime.errors import BadRequest, BrokerError
 from broker.services import Services, services
@@ -93,7 +93,7 @@ async def list_api(request: Request) -> Response:
 
 async def revoke_api(request: Request) -> Response:
     principal = await require(request, ADMIN)
-    body = await _json(request)
+    body = await json_object(request)
     done = await _revoke(request, principal, request.path_params["id"], str(body.get("reason", "")))
     return JSONResponse({"id": request.path_params["id"], "revoked": done.as_dict()})
 

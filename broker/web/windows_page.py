@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.api.plant_api import exported
-from broker.api.plant_objects import window_key
+from broker.http.plant_changes import exported
+from broker.http.plant_document import window_key
 from broker.http.web import render, require
 from broker.services import services
 from broker.web.plant_pages import apply_form
