@@ -43,6 +43,7 @@ import asyncssh
 from asyncssh.stream import SSHTCPStreamSession
 
 from agents import ssh_transport
+from broker.core.relay import ASSET_CLOSED, ForwardRelay
 from broker.gateway.agent_gateway import (
     AgentChannel,
     AgentGateway,
@@ -57,7 +58,6 @@ from broker.runtime.settings import SshSettings
 from broker.runtime.ssh_startups import PER_SOURCE, AuditThrottle, StartupListener
 from broker.ssh.clientless import ClientlessApprovals, ClientlessRefused, Pending
 from broker.ssh.front_credentials import CredentialWatch, FrontCredentials
-from broker.ssh.tcp_forward import ASSET_CLOSED, ForwardRelay
 from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.clock import Clock
