@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from broker.core.asset_link import AssetCommand, AssetLink
+from broker.core.forward import RateLimiters
 from broker.core.relay import ForwardRelay
-from broker.core.session import MaintenanceSession, RateLimiters, SessionDeps, Target
+from broker.core.session import MaintenanceSession, SessionDeps, Target
 from broker.runtime.live_sessions import LiveSessions
 from sessions.access import AccessDenied
 from sessions.credentials import CredentialRefused
@@ -297,7 +298,7 @@ async def test_relay_with_any_inspector_applies_its_verdicts() -> None:
         session=None,
         clock=ManualClock(),
         recording=None,
-        inspector=_RefuseAll(),  # type: ignore[arg-type]
+        inspector=_RefuseAll(),
         alert=lambda kind, details: alerts.append((kind, details)),
         drain_s=0.1,
     )

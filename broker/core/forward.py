@@ -22,13 +22,33 @@ from broker.core.session import MaintenanceSession
 from broker.gateway.agent_gateway import AgentChannel, AgentUnavailable, ChannelRefused
 from broker.runtime.session_recorder import TcpRecording
 from sessions.access import AccessDenied
+from sessions.clock import Clock
 from sessions.maintenance import Authorization
 from sessions.ot.base import Inspector, ObligationsError, ProtocolPlugin
+from sessions.ot.pacing import TokenBucket
 from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
 
 # The pcap's made-up client address when the user's is unknown (RFC 2544 benchmark range).
 UNKNOWN_CLIENT = "198.18.0.1"
+
+
+class RateLimiters:
+    """The OT request-rate bucket of each asset endpoint, shared by all its sessions."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def get(self, key: str, rate: float | None) -> TokenBucket | None:
+        """``key``'s bucket at ``rate`` requests/s (a new one when the rate changed); None if
+        the policy sets no rate."""
+        if rate is None:
+            return None
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[key] = TokenBucket(rate, self._clock)
+        return bucket
 
 
 class ForwardRefused(Exception):

@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.core.asset_link import AssetLink
 from broker.core.relay import ForwardRelay
@@ -41,7 +41,9 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
-from sessions.ot.pacing import TokenBucket
+
+if TYPE_CHECKING:
+    from broker.core.forward import RateLimiters
 
 log = logging.getLogger("conduit.session")
 
@@ -76,24 +78,6 @@ class Recorder(Protocol):
     async def finish(self, reason: str) -> bool:
         """Close and wait: True if the recording is complete (strict: False ends the session)."""
         ...
-
-
-class RateLimiters:
-    """The OT request-rate bucket of each asset endpoint, shared by all its sessions."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def get(self, key: str, rate: float | None) -> TokenBucket | None:
-        """``key``'s bucket at ``rate`` requests/s (a new one when the rate changed); None if
-        the policy sets no rate."""
-        if rate is None:
-            return None
-        bucket = self._buckets.get(key)
-        if bucket is None or bucket.rate != rate:
-            bucket = self._buckets[key] = TokenBucket(rate, self._clock)
-        return bucket
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ import asyncssh
 
 from agents import ssh_transport
 from broker.core.asset_link import GCM
-from broker.core.session import MaintenanceSession, RateLimiters, SessionDeps, Target
+from broker.core.forward import RateLimiters
+from broker.core.session import MaintenanceSession, SessionDeps, Target
 from broker.gateway.agent_gateway import AgentGateway
 from broker.keys.ssh import SshKeys
 from broker.runtime.live_sessions import LiveSessions
