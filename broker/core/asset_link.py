@@ -144,6 +144,8 @@ class AssetLink:
         gateway, agent_id = self._gateway(), route_agent(asset, auth.endpoint)
         if gateway is None or agent_id is None:
             raise AgentUnavailable(f"{asset.name} has no agent connected to this broker")
+        # The certificate's validity is read from the OS clock in broker/keys/ssh.py (the one
+        # wall-clock read left): the asset's sshd checks it against its own clock, not ours.
         key, cert = self._keys.asset_login(
             login, key_id=f"conduit:{self._session_id}:{auth.user.sub}"
         )
