@@ -37,6 +37,7 @@ from broker.api import (
 from broker.auth.auth import ApiTokens, WebSessions
 from broker.auth.device_starts import DeviceStarts
 from broker.auth.oidc import OidcClient
+from broker.core.relay import ALERT_OUTCOMES
 from broker.gateway.agent_gateway import AgentGateway
 from broker.http.obligations_view import obligation_rows
 from broker.keys.agent import load_agent_keys
@@ -59,7 +60,6 @@ from broker.runtime.webhook import WebhookNotifier
 from broker.services import Services
 from broker.ssh.front import FrontDeps, FrontDoor
 from broker.ssh.front_credentials import ApprovingSessions, CredentialWatch, FrontCredentials
-from broker.ssh.tcp_forward import ALERT_OUTCOMES
 from broker.web import (
     access_pages,
     agent_pages,

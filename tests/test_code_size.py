@@ -16,14 +16,12 @@ MAX_FUNCTION_LINES = 80
 # Pinned while a split is in flight: the most each may have. Empty when done.
 MODULES_OVER: dict[str, int] = {
     "broker/app.py": 506,
-    "broker/ssh/front.py": 1132,
     "sessions/audit.py": 580,
 }
 FUNCTIONS_OVER: dict[str, int] = {
     "broker/app.py::create_app": 162,
     "broker/app.py::lifespan": 102,
     "broker/dev/devidp.py::start_dev_idp": 88,
-    "broker/ssh/front.py::_forward": 95,
 }
 
 
@@ -40,7 +38,7 @@ def _modules() -> list[Path]:
 
 def test_the_scan_sees_the_code() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in _modules()}
-    assert {"broker/app.py", "sessions/audit.py", "broker/ssh/front.py"} <= names
+    assert {"broker/app.py", "sessions/audit.py", "broker/ssh/front.py", "broker/core/session.py"} <= names
     assert not any("/migrations/versions/" in n for n in names)
 
 

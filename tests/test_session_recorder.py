@@ -15,7 +15,6 @@ import pytest
 from broker.runtime.session_recorder import ChannelRecorder, RecorderFactory, TcpRecording
 from sessions.clock import SystemClock
 from sessions.recording import Ed25519Signer, RecordingError, VerifyStatus, verify_recording
-from tests.harness.wait import async_wait_until
 
 
 class _Maintenance:
@@ -60,8 +59,7 @@ async def test_channel_recorder_is_set_up_off_the_event_loop(tmp_path: Path) -> 
     assert isinstance(recorder, ChannelRecorder)
     assert maintenance.threads and threading.get_ident() not in maintenance.threads
     recorder.output(b"hello\r\n")
-    recorder.close("done")
-    await async_wait_until(lambda: maintenance.finished, "the recording row to be finished")
+    assert await recorder.finish("done")
     assert maintenance.finished == ["row-1"]
     verified = verify_recording(tmp_path / "s1-1", signer.public_key)
     assert verified.status == VerifyStatus.OK

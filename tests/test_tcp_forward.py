@@ -1,4 +1,4 @@
-"""broker.ssh.tcp_forward.ForwardRelay on its own: a malformed Modbus frame from the vendor.
+"""broker.core.relay.ForwardRelay on its own: a malformed Modbus frame from the vendor.
 
 Small fakes for the vendor's streams and the agent channel; the recording is the real
 ``TcpRecording`` (signed pcap + ops log) read back with ``assemble`` and Debian's ``tshark``.
@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from broker.core.relay import ALERT_OUTCOMES, ForwardRelay
 from broker.runtime.session_recorder import RecorderFactory, TcpRecording
-from broker.ssh.tcp_forward import ALERT_OUTCOMES, ForwardRelay
 from sessions.clock import SystemClock
 from sessions.ot.modbus import ModbusInspector
 from sessions.recording import Ed25519Signer, VerifyStatus, assemble, verify_recording

@@ -14,16 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import broker.web.session_pages  # noqa: F401  (see below)
 from broker.http.recording_rows import RecordingRow, load_recordings
 from broker.http.web import require
 from broker.services import services
 from sessions.authorizer import iso
 from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
 
-# The query lives in broker/http/ now; the unused import of broker.web.session_pages above only
-# keeps pyproject's ignore_imports entry for this former edge matched (import-linter fails on an
-# unmatched ignore). Remove that import together with the ignore_imports line.
 FILTERS = ("user", "asset", "kind", "from", "to")
 
 

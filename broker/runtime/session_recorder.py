@@ -135,11 +135,6 @@ class ChannelRecorder(_FailurePolicy):
     def resize(self, width: int, height: int) -> None:
         self._guard(lambda: self.cast.resize(width, height))
 
-    def close(self, reason: str) -> None:
-        """Finish in the background (see :meth:`finish`)."""
-        if not self.closed:
-            asyncio.get_running_loop().create_task(self.finish(reason))
-
     async def finish(self, reason: str) -> bool:
         """Flush, sign the manifest and update the row; True if the recording is complete.
 
@@ -358,23 +353,20 @@ class RecorderFactory:
     def _report(
         self, session_id: str, recording_id: str, exc: RecordingError, strict: bool, doing: str
     ) -> None:
-        """Event loop: a running recording failed; audited off the loop, storage marked."""
+        """Event loop: a running recording failed: audited (posted), storage marked."""
         if self._storage is not None:
             self._storage.failed(f"a recording failed while {doing}: {reason_for(exc)}")
-        asyncio.get_running_loop().run_in_executor(
-            None,
-            lambda: self._audit.append(
-                "recording.failed",
-                actor="system",
-                outcome="error",
-                subject=f"session:{session_id}",
-                details={
-                    "recording": recording_id,
-                    "while": doing,
-                    "error": exc.message[:300],
-                    "strict": strict,
-                },
-            ),
+        self._audit.post(
+            "recording.failed",
+            actor="system",
+            outcome="error",
+            subject=f"session:{session_id}",
+            details={
+                "recording": recording_id,
+                "while": doing,
+                "error": exc.message[:300],
+                "strict": strict,
+            },
         )
 
     def _start_failed(

@@ -1,0 +1,335 @@
+"""One maintenance session: a user's connection to one asset under exactly one grant.
+
+:class:`MaintenanceSession` is front-end neutral; a front end (today the SSH front door,
+:mod:`broker.ssh.vendor`) makes one per signed-in connection and implements
+:class:`SessionEdge`. The session owns:
+
+* **authorization** — :meth:`MaintenanceSession.authorize` runs for every channel and forward
+  (:meth:`sessions.maintenance.MaintenanceService.authorize`: active grant + policy), serialized
+  per session: the first binds the session to its grant, every later one is decided against
+  that grant only. The signed-in credential is checked each time (a revoked one is refused
+  and audited as ``session.denied``).
+* **the live-session record** (:class:`broker.runtime.live_sessions.LiveSession`), made by the
+  first authorization; the watchdog, revoke, lockout, the credential watch and an admin's kill
+  end the session through it.
+* **the asset link** (:mod:`broker.core.asset_link`) and the forward relays it runs
+  (:mod:`broker.core.forward`).
+* **its tasks**: everything it starts goes through :meth:`MaintenanceSession.own`;
+  :meth:`MaintenanceSession.aclose` waits for all of them (and the link's).
+* **ending**: :meth:`MaintenanceSession.end` (idempotent) tells the edge, stops the asset's
+  commands and the relays (OT answers already asked for still come back), closes the user's
+  connection shortly after and closes the session's row (``session.closed`` audited once, by
+  :meth:`sessions.maintenance.MaintenanceService.close`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from broker.core.asset_link import AssetLink
+from broker.core.relay import ForwardRelay
+from broker.gateway.agent_gateway import AgentGateway
+from broker.keys.ssh import SshKeys
+from broker.runtime.live_sessions import LiveSession, LiveSessions
+from broker.runtime.session_recorder import RecorderFactory
+from sessions.access import AccessDenied
+from sessions.audit import AuditLog
+from sessions.clock import Clock
+from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
+from sessions.maintenance import Authorization, MaintenanceService
+
+if TYPE_CHECKING:
+    from broker.core.forward import RateLimiters
+
+log = logging.getLogger("conduit.session")
+
+# After the end: the reason line reaches the user first; forwards also get their OT answers.
+CLOSE_DELAY_S = 0.2
+DRAIN_DELAY_S = 2.0
+
+# The credential the connection signed in with, looked up now (raises CredentialRefused).
+CredentialCheck = Callable[[], Awaitable[tuple[AuthContext, CredentialRef]]]
+# (kind, subject, details): audit + webhook
+AlertSink = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the user asked for: log in as ``login`` on ``asset`` (under grant ``grant_prefix``)."""
+
+    login: str
+    asset: str
+    grant_prefix: str | None = None
+
+
+class Recorder(Protocol):
+    """What a terminal channel records into (an asciicast recorder)."""
+
+    def output(self, data: bytes) -> None: ...
+
+    def input(self, data: bytes) -> None: ...
+
+    def resize(self, width: int, height: int) -> None: ...
+
+    async def finish(self, reason: str) -> bool:
+        """Close and wait: True if the recording is complete (strict: False ends the session)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    """What every session of a front door shares."""
+
+    maintenance: MaintenanceService
+    gateway: Callable[[], AgentGateway | None]
+    audit: AuditLog
+    clock: Clock
+    live: LiveSessions
+    recorder: RecorderFactory
+    keys: SshKeys
+    pin_host_key: Callable[[str, str], None]  # (asset name, OpenSSH host key) learned on first use
+    alert: AlertSink
+    limiters: RateLimiters
+    track_credential: Callable[[str, CredentialRef], None]  # (session id, credential): watched
+    default_idle_timeout_s: float
+
+
+class SessionEdge(Protocol):
+    """The front end's side of a session (an SSH connection; later a WebSocket)."""
+
+    def ending(self, reason: str) -> None:
+        """The session ends: tell the user why and stop every terminal channel (called once,
+        before anything else is closed)."""
+        ...
+
+    def disconnect(self, reason: str, *, forwarding: bool) -> None:
+        """Close the user's connection (called :data:`CLOSE_DELAY_S` after :meth:`ending`)."""
+        ...
+
+
+class MaintenanceSession:
+    """One connection's session. Event-loop confined. Owner: the front end that made it, which
+    calls :meth:`end` when its connection goes and awaits :meth:`aclose`."""
+
+    def __init__(
+        self,
+        deps: SessionDeps,
+        *,
+        target: Target,
+        user_id: str,
+        peer: str | None,
+        credential: CredentialCheck,
+        credential_details: Mapping[str, object],
+        edge: SessionEdge,
+    ) -> None:
+        """``credential_details`` go into the audit event of a refused credential (the SSH
+        front door: the certificate's serial)."""
+        self.deps, self.target, self.user_id, self.peer = deps, target, user_id, peer
+        self._credential, self._credential_details = credential, credential_details
+        self._edge = edge
+        self.record: LiveSession | None = None  # from the first authorization on
+        self.auth: Authorization | None = None  # the first authorization (binds the grant)
+        self.link: AssetLink | None = None
+        self.ended: str | None = None
+        self.relays: set[ForwardRelay] = set()
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._forwards = 0
+
+    # ---- authorization ------------------------------------------------------------------
+
+    async def authorize(
+        self, kind: str, *, host: str | None = None, port: int | None = None
+    ) -> Authorization:
+        """Authorize one channel (``ssh``, ``sftp``) or forward (``tcp``, to ``host:port``);
+        the first opens the session, and a terminal channel the asset link's SSH login.
+
+        Raises :class:`AccessDenied` (refused, audited; or the session has ended), and what
+        :meth:`AssetLink.connect` raises.
+        """
+        self._check_open()
+        signed_in, credential = await self._signed_in(kind)
+        gateway = self.deps.gateway()
+        live = gateway.live() if gateway is not None else {}
+        async with self._lock:
+            bound = self.record
+            auth = await self.deps.maintenance.authorize(
+                user_id=self.user_id,
+                asset_name=self.target.asset,
+                kind=kind,
+                login=self.target.login,
+                host=host,
+                port=port,
+                source_ip=self.peer,
+                agent_online=lambda agent_id: agent_id is not None and agent_id in live,
+                auth=signed_in,
+                credential=credential.label,
+                bound=bound is not None,
+                grant_id=bound.grant_id if bound is not None else None,
+                grant_prefix=self.target.grant_prefix,
+            )
+            self._check_open()
+            link = self.link
+            if link is None:
+                link = await self._open(auth, kind)
+                assert self.record is not None
+                self.deps.track_credential(self.record.id, credential)
+            if kind != "tcp" and not link.connected:
+                await link.connect(auth, self.target.login)
+        return auth
+
+    def _check_open(self) -> None:
+        if self.ended is not None:
+            raise AccessDenied(f"session ended: {self.ended}", (self.ended,))
+
+    async def _signed_in(self, kind: str) -> tuple[AuthContext, CredentialRef]:
+        try:
+            return await self._credential()
+        except CredentialRefused as exc:
+            reason = f"credential refused: {exc.message}"
+            await self.deps.audit.record(
+                "session.denied",
+                actor=self.user_id,
+                outcome="deny",
+                subject=f"asset:{self.target.asset}",
+                details={"kind": kind, "reasons": [reason], **self._credential_details},
+            )
+            raise AccessDenied(reason, (reason,)) from None
+
+    async def _open(self, auth: Authorization, kind: str) -> AssetLink:
+        d, login = self.deps, self.target.login
+        session_id = await asyncio.to_thread(
+            d.maintenance.open, auth, kind=kind, login=login, source_ip=self.peer
+        )
+        now = d.clock.now()
+        grant_end = auth.grant is not None and auth.deadline == auth.grant.ends_at
+        idle = auth.decision.obligations.idle_timeout_s or d.default_idle_timeout_s
+        self.auth = auth
+        self.record = LiveSession(
+            id=session_id,
+            kind=kind,
+            user_id=auth.user.id,
+            user=auth.user.email or auth.user.name or auth.user.sub,
+            asset=auth.asset.name,
+            login=login,
+            grant_id=auth.grant.id if auth.grant else None,
+            source_ip=self.peer,
+            started_at=now,
+            deadline=auth.deadline,
+            deadline_reason="grant window ended"
+            if grant_end
+            else "maximum session duration reached",
+            idle_timeout_s=float(idle),
+            last_activity=now,
+            kill=self.end,
+        )
+        self.link = AssetLink(
+            session_id=session_id,
+            actor=auth.user.id,
+            keys=d.keys,
+            gateway=d.gateway,
+            pin_host_key=d.pin_host_key,
+            audit=d.audit,
+        )
+        d.live.add(self.record)
+        return self.link
+
+    # ---- while it runs ------------------------------------------------------------------
+
+    @property
+    def strict_recording(self) -> bool:
+        """Whether a recording failure ends the session (policy ``record`` is not best effort)."""
+        return self.auth is None or self.auth.decision.obligations.record != "best_effort"
+
+    def activity(self, *, up: int = 0, down: int = 0) -> None:
+        """Bytes moved: counted, and the idle timer restarts."""
+        record = self.record
+        if record is not None:
+            record.bytes_up += up
+            record.bytes_down += down
+            record.last_activity = self.deps.clock.now()
+
+    def kill(self, reason: str) -> None:
+        """End the session through the live registry (as the watchdog and an admin do)."""
+        if self.record is not None:
+            self.deps.live.kill(self.record.id, reason)
+
+    async def terminal_recorder(
+        self, number: int, width: int, height: int, *, pty: bool
+    ) -> Recorder | None:
+        """Start recording terminal channel ``number`` (None: recording is off). Raises
+        RecordingError when a strict recording cannot start (the caller refuses the channel
+        and kills the session)."""
+        record = self.record
+        assert record is not None, "authorize first"
+        title = f"{record.user} → {self.target.login}@{record.asset}"
+        return await self.deps.recorder(
+            record.id,
+            number,
+            width,
+            height,
+            title,
+            strict=self.strict_recording,
+            on_failure=self.kill,
+            pty=pty,
+        )
+
+    def next_forward(self) -> int:
+        self._forwards += 1
+        return self._forwards
+
+    def own(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task this session holds until it is done (:meth:`aclose` waits)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- ending -------------------------------------------------------------------------
+
+    def end(self, reason: str) -> None:
+        """End the whole session now (idempotent): the edge tells the user and stops its
+        channels, the asset's commands are signalled, relays drain, the connection closes
+        shortly after and the session's row is closed (audited once)."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        forwarding = bool(self.relays)
+        self._edge.ending(reason)
+        if self.link is not None:
+            self.link.close()
+        for relay in list(self.relays):
+            relay.stop(reason)  # OT: answers to requests already sent are still delivered
+        self.own(self._disconnect_later(reason, forwarding))
+        record = self.record
+        if record is not None:
+            record.ended = True
+            self.deps.live.remove(record.id)
+            self.own(self._close_row(record, reason))
+
+    async def _disconnect_later(self, reason: str, forwarding: bool) -> None:
+        await asyncio.sleep(CLOSE_DELAY_S + (DRAIN_DELAY_S if forwarding else 0.0))
+        self._edge.disconnect(reason, forwarding=forwarding)
+
+    async def _close_row(self, record: LiveSession, reason: str) -> None:
+        try:
+            await asyncio.to_thread(
+                self.deps.maintenance.close,
+                record.id,
+                reason=reason,
+                bytes_up=record.bytes_up,
+                bytes_down=record.bytes_down,
+            )
+        except Exception:
+            log.exception("closing session %s failed", record.id)
+
+    async def aclose(self) -> None:
+        """Wait for every task the session and its link started. Call after :meth:`end`."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.link is not None:
+            await self.link.aclose()
