@@ -330,7 +330,7 @@ def _build(
 
 def _range_words(r: Mapping[str, Any]) -> str:
     area, db = str(r.get("area") or "any area"), r.get("db")
-    where = f"DB{db}" if area == "DB" and db is not None else area
+    where = (f"DB{db}" if db is not None else "any DB") if area == "DB" else area
     return f"{where} bytes {span(r.get('first'), r.get('last'))}"
 
 
