@@ -61,7 +61,7 @@ Data = dict[str, Any]
 
 def settings_summary(protocol: str, settings: dict[str, Any]) -> str:
     """Settings for people: ``SSH logins: read_only maint``, or an inspected protocol's plug-in
-    title and words (``Modbus: tune may write holding registers 0-99; unit ids 1``);
+    title and its ``describe_settings`` line (``TITLE: tune may write ...``);
     "" for a protocol with neither."""
     if protocol == EndpointProtocol.SSH:
         logins = settings.get("logins", {})
