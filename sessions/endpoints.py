@@ -31,11 +31,12 @@ from typing import Any
 from sqlmodel import Session, select
 
 from sessions.models import AssetEndpoint, EndpointProtocol, OperationClass
-from sessions.ot.registry import PLUGINS
+from sessions.ot.registry import PLUGINS, plugin_for
 from sessions.ot.settings import fail as _fail
 
-# Protocols the broker inspects on the wire (those with an inspector plug-in); any other
-# endpoint is relayed as generic TCP, and only when policy allows generic TCP for the asset.
+# Protocols the broker inspects on the wire (those with an inspector plug-in, as registered at
+# import; the functions below ask the registry each time); any other endpoint is relayed as
+# generic TCP, and only when policy allows generic TCP for the asset.
 INSPECTED_PROTOCOLS = frozenset(PLUGINS)
 _LOGIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
@@ -85,7 +86,7 @@ def validate_settings(protocol: str, settings: Any, *, where: str = "settings") 
         raise _fail(where, "must be an object")
     if protocol == EndpointProtocol.SSH:
         return _ssh(settings, where)
-    plugin = PLUGINS.get(protocol)
+    plugin = plugin_for(protocol)
     if plugin is not None:
         return plugin.validate_settings(settings, where)
     if settings:
@@ -115,7 +116,7 @@ def endpoint_document(ep: AssetEndpoint) -> dict[str, Any]:
         "host": ep.host,
         "port": ep.port,
         "protocol": ep.protocol,
-        "inspected": ep.protocol in INSPECTED_PROTOCOLS,
+        "inspected": plugin_for(ep.protocol) is not None,
         "settings": dict(ep.settings),
     }
 

@@ -53,35 +53,23 @@ from sessions.models import (
     OperationClass,
     route_agent,
 )
+from sessions.ot.registry import plugin_for
 from sessions.windows import DAYS
 
-DASH = "\u2013"  # en dash, as in "0\u201399"
 Data = dict[str, Any]
 
 
-def _ranges(items: list[dict[str, Any]]) -> str:
-    by_table: dict[str, list[str]] = {}
-    for r in items:
-        span = f"{r['first']}{DASH}{r['last']}" if r["first"] != r["last"] else str(r["first"])
-        by_table.setdefault(r["table"].replace("_", " "), []).append(span)
-    return ", ".join(f"{table} {' and '.join(spans)}" for table, spans in by_table.items())
-
-
 def settings_summary(protocol: str, settings: dict[str, Any]) -> str:
-    """Settings for people: ``Modbus: tune may write holding registers 0-99; unit ids 1``."""
-    if protocol == EndpointProtocol.MODBUS:
-        ranges = settings.get("write_ranges", {})
-        parts = [
-            f"{op} may write {_ranges(ranges[op])}" for op in OperationClass.ALL if op in ranges
-        ]
-        text = "; ".join(parts) or "no writes"
-        units = settings.get("unit_ids")
-        return f"Modbus: {text}; unit ids {', '.join(map(str, units)) if units else 'any'}"
+    """Settings for people: ``SSH logins: read_only maint``, or an inspected protocol's plug-in
+    title and its ``describe_settings`` line (``TITLE: tune may write ...``);
+    "" for a protocol with neither."""
     if protocol == EndpointProtocol.SSH:
         logins = settings.get("logins", {})
         parts = [f"{op} {' '.join(logins[op])}" for op in OperationClass.ALL if logins.get(op)]
         return f"SSH logins: {'; '.join(parts) if parts else 'none'}"
-    return ""
+    plugin = plugin_for(protocol)
+    text = plugin.describe_settings(settings) if plugin is not None else ""
+    return f"{plugin.title}: {text}" if plugin is not None and text else ""
 
 
 @dataclass(frozen=True)

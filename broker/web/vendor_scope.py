@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -25,9 +24,8 @@ from sessions.models import (
     VendorContract,
     Zone,
 )
-
-MODBUS_READS = "1, 2, 3, 4"
-_TABLES = {"holding_registers": "holding registers", "coils": "coils"}
+from sessions.ot.base import ProtocolPlugin
+from sessions.ot.registry import plugin_for
 
 
 @dataclass
@@ -148,40 +146,27 @@ def _local(port: int) -> int:
     return port if port >= 1024 else port + 1000
 
 
-def _range_text(r: dict[str, Any], default_units: list[int] | None) -> str:
-    span = f"{r['first']}\u2013{r['last']}" if r["last"] != r["first"] else str(r["first"])
-    units = r.get("unit_ids") or default_units
-    unit = f" (unit {', '.join(map(str, units))})" if units else ""
-    return f"{_TABLES.get(r['table'], r['table'])} {span}{unit}"
+def _allows(plugin: ProtocolPlugin, grant: Grant, ep: AssetEndpoint) -> str:
+    """The plug-in's words for what ``grant`` allows at ``ep`` (its obligations line when it
+    has no allowance describer; no line: nothing beyond set-up is allowed)."""
+    if plugin.describe_allowance is not None:
+        return plugin.describe_allowance(grant.obligations, ep.settings, grant.operation_class)
+    return plugin.describe_obligations(grant.obligations) or "no operations allowed"
 
 
 def allowances(g: GrantView, endpoints: list[AssetEndpoint]) -> list[str]:
-    """What the grant allows, in words: logins, Modbus functions and write ranges, the end."""
+    """What the grant allows, in words: logins, each inspected protocol's operations and write
+    ranges (its plug-in's words, :mod:`sessions.ot.registry`), the end."""
     grant, out = g.grant, []
     for ep in endpoints:
         if ep.port not in g.ports:
             continue
         where = f"{ep.name} ({ep.protocol} {ep.host}:{ep.port})"
+        plugin = plugin_for(ep.protocol)
         if ep.protocol == EndpointProtocol.SSH:
             out.append(f"{where}: SSH as {g.login}" if g.login else f"{where}: SSH")
-        elif ep.protocol == EndpointProtocol.MODBUS:
-            modbus = grant.obligations.get("modbus") or {}
-            codes = modbus.get("allow_function_codes")
-            ranges = modbus.get("write_ranges")
-            if ranges is None:
-                ranges = ep.settings.get("write_ranges", {}).get(grant.operation_class, [])
-            text = (
-                f"function codes {', '.join(map(str, codes))}"
-                if codes
-                else f"read functions {MODBUS_READS}"
-            )
-            units = modbus.get("unit_ids") or ep.settings.get("unit_ids")
-            writes = (
-                "writes to " + "; ".join(_range_text(r, units) for r in ranges)
-                if ranges
-                else "no writes"
-            )
-            out.append(f"{where}: {text}; {writes}")
+        elif plugin is not None:
+            out.append(f"{where}: {_allows(plugin, grant, ep)}")
         else:
             out.append(f"{where}: {ep.protocol} connection")
     out.append(f"until {grant.ends_at:%Y-%m-%d %H:%M} UTC")

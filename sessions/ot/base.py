@@ -148,17 +148,50 @@ class Inspector(Protocol):
 InspectorFactory = Callable[[Obligations | None, Clock, TokenBucket | None], Inspector]
 # (settings, where) -> normalized settings; raises sessions.errors.ValidationError.
 SettingsValidator = Callable[[Mapping[str, Any], str], dict[str, Any]]
+# The whole obligations object (JSON) -> one line for people about this protocol's part of
+# it, or None when it holds nothing for the protocol. Pure; never raises (a malformed block
+# reads as words saying so).
+ObligationsDescriber = Callable[[Mapping[str, Any]], str | None]
+# An endpoint's settings (as its validator returned them) -> one line for people ("" when
+# there is nothing to say). Pure; never raises.
+SettingsDescriber = Callable[[Mapping[str, Any]], str]
+# (a grant's obligations, the endpoint's settings, the grant's operation class) -> what the
+# grant allows at that endpoint, for the vendor. Pure; never raises.
+AllowanceDescriber = Callable[[Mapping[str, Any], Mapping[str, Any], str], str]
 
 
 @dataclass(frozen=True, slots=True)
 class ProtocolPlugin:
     """One OT protocol: its name (as endpoints declare it), its well-known port (the server
-    port written to pcaps so stock tshark decodes them), its inspector and settings."""
+    port written to pcaps so stock tshark decodes them), its inspector and settings, and the
+    words the pages show for it (``broker/`` holds no protocol-specific text):
+
+    - ``title``: the row label and settings prefix people read (``Modbus``, ``S7``);
+    - ``describe_obligations``: its obligations block as one line (the obligations renderer);
+    - ``describe_settings``: an endpoint's settings as one line (the plant page);
+    - ``describe_allowance``: what a grant allows at one endpoint (the vendor's grant list);
+      None: the obligations line;
+    - ``obligation_keys``: top-level obligations keys its obligations line already states
+      (Modbus: the legacy ``modbus`` block and ``rate_limit_rps``), so the renderer does not
+      show them again.
+    """
 
     name: str
     well_known_port: int
     inspector: InspectorFactory
     validate_settings: SettingsValidator
+    title: str
+    describe_obligations: ObligationsDescriber
+    describe_settings: SettingsDescriber
+    describe_allowance: AllowanceDescriber | None = None
+    obligation_keys: frozenset[str] = frozenset()
+
+
+def shown_block(obligations: Mapping[str, Any], name: str) -> Any:
+    """``obligations.protocols.<name>`` as stored (any JSON value; None when absent), for the
+    describers: unlike :func:`protocol_block` it never raises."""
+    blocks = obligations.get("protocols")
+    return blocks.get(name) if isinstance(blocks, Mapping) else None
 
 
 def protocol_block(obligations: Obligations | None, name: str) -> Mapping[str, Any] | None:

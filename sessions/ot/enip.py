@@ -52,6 +52,7 @@ from sessions.ot.base import (
     Record,
     iso,
     protocol_block,
+    shown_block,
 )
 from sessions.ot.enip_wire import (
     CONNECTION_MANAGER,
@@ -77,6 +78,7 @@ from sessions.ot.enip_wire import (
 from sessions.ot.framed import FramedInspector
 from sessions.ot.pacing import Queued, TokenBucket
 from sessions.ot.settings import fail, unknown_keys
+from sessions.ot.wording import compact_json, operation_names, refused
 
 OPERATIONS: Mapping[str, str] = {
     "read_tag": OpClass.READ,
@@ -201,6 +203,10 @@ def enip_obligations(obligations: Obligations | None) -> frozenset[str]:
     block = protocol_block(obligations, "enip")
     if block is None:
         return frozenset()
+    return _parse_block(block)
+
+
+def _parse_block(block: Mapping[str, Any]) -> frozenset[str]:
     where = "obligations.protocols.enip"
     try:
         unknown_keys(block, {"allow"}, where, "key(s)")
@@ -224,4 +230,28 @@ def _build(
     return EnipInspector(obligations, clock, limiter=limiter)
 
 
-PLUGIN = ProtocolPlugin("enip", 44818, _build, validate_enip_settings)
+def describe_enip_obligations(obligations: Mapping[str, Any]) -> str | None:
+    """``operations read tag, read attribute``; None without a block; a block the inspector
+    would refuse reads as such."""
+    block = shown_block(obligations, "enip")
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        return refused(f"obligations.protocols.enip must be an object, not {compact_json(block)}")
+    try:
+        _parse_block(block)
+    except ObligationsError as exc:
+        return refused(str(exc))
+    allow = block.get("allow") or []
+    return f"operations {operation_names(allow)}" if allow else "no operations allowed"
+
+
+def describe_enip_settings(settings: Mapping[str, Any]) -> str:
+    """EtherNet/IP endpoints take no settings: the operation class alone decides."""
+    return "no settings (the operation class decides)"
+
+
+PLUGIN = ProtocolPlugin(
+    "enip", 44818, _build, validate_enip_settings, "EtherNet/IP",
+    describe_enip_obligations, describe_enip_settings,
+)  # fmt: skip

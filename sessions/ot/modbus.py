@@ -1,7 +1,7 @@
 """Modbus/TCP inspection: policy enforcement (sans-IO; framing and decoding: modbus_wire).
 
 The relay hands every byte to a :class:`ModbusInspector` and writes back only what it returns;
-no I/O here, time from the injected :class:`Clock`.
+no I/O here, time from the injected :class:`Clock` (driving it, OT-safe drain: :mod:`.base`).
 
 Obligations (``obligations.protocols.modbus``, else the legacy ``obligations.modbus``;
 docs/policy.md "OT operation table")::
@@ -40,8 +40,6 @@ Outcomes per client request, in this order:
 * otherwise queued, and forwarded once the token bucket (``rate_limit_rps``) and the
   concurrency cap allow it.  Exception responses go straight back to the client with the
   request's transaction and unit ids; the connection stays up.
-
-Driving it and ending a session (OT-safe drain): :mod:`sessions.ot.base`.
 """
 
 from __future__ import annotations
@@ -58,6 +56,7 @@ from policies.decision import (
     parse_modbus_obligations,
 )
 from sessions.clock import Clock
+from sessions.ot import modbus_text as words
 from sessions.ot.base import (
     ObligationsError,
     Operation,
@@ -477,8 +476,7 @@ def _merge(ranges: tuple[WriteRange, ...], table: str, unit: int) -> list[tuple[
 
 
 def modbus_obligations(obligations: Obligations | None) -> ModbusObligations:
-    """The Modbus block: ``protocols.modbus`` when present, else the legacy ``modbus`` block;
-    no obligations: the read-only default. Raises ObligationsError for a malformed block."""
+    """``protocols.modbus``, else legacy ``modbus``; None: read-only. ObligationsError if bad."""
     if obligations is None:
         return ModbusObligations(READ_ONLY_FUNCTION_CODES)
     block = protocol_block(obligations, "modbus")
@@ -496,4 +494,7 @@ def _build(
     return ModbusInspector(obligations, clock, limiter=limiter)
 
 
-PLUGIN = ProtocolPlugin("modbus", 502, _build, validate_modbus_settings)
+PLUGIN = ProtocolPlugin(
+    "modbus", 502, _build, validate_modbus_settings, "Modbus", words.describe_modbus_obligations,
+    words.describe_modbus_settings, words.describe_modbus_allowance, words.OBLIGATION_KEYS,
+)  # fmt: skip

@@ -21,3 +21,8 @@ PLUGINS: Mapping[str, ProtocolPlugin] = {
 def plugin_for(protocol: str) -> ProtocolPlugin | None:
     """The plug-in that inspects ``protocol``, or None (relayed as plain TCP, if policy lets)."""
     return PLUGINS.get(protocol)
+
+
+def registered() -> Mapping[str, ProtocolPlugin]:
+    """Every plug-in, in registry order (read at call time, so a test may register one)."""
+    return PLUGINS

@@ -50,6 +50,7 @@ from typing import Any
 from policies.decision import Obligations
 from sessions.clock import Clock
 from sessions.errors import ValidationError
+from sessions.models import OperationClass
 from sessions.ot.base import (
     ObligationsError,
     OpClass,
@@ -58,6 +59,7 @@ from sessions.ot.base import (
     Record,
     iso,
     protocol_block,
+    shown_block,
 )
 from sessions.ot.framed import FramedInspector
 from sessions.ot.pacing import Queued, TokenBucket
@@ -89,6 +91,7 @@ from sessions.ot.s7_wire import (
     userdata_refusal,
 )
 from sessions.ot.settings import fail, integer, operation_class, unknown_keys
+from sessions.ot.wording import compact_json, operation_names, refused, span
 
 OPERATIONS: Mapping[str, str] = {
     "read_var": OpClass.READ,
@@ -279,6 +282,10 @@ def s7_obligations(obligations: Obligations | None) -> tuple[frozenset[str], tup
     block = protocol_block(obligations, "s7")
     if block is None:
         return frozenset(), ()
+    return _parse_block(block)
+
+
+def _parse_block(block: Mapping[str, Any]) -> tuple[frozenset[str], tuple[S7Range, ...]]:
     where = "obligations.protocols.s7"
     try:
         unknown_keys(block, {"allow", "write_ranges"}, where, "key(s)")
@@ -318,4 +325,48 @@ def _build(
     return S7Inspector(obligations, clock, limiter=limiter)
 
 
-PLUGIN = ProtocolPlugin("s7", 102, _build, validate_s7_settings)
+# ---- for people (the plug-in's describers) -----------------------------------------------
+
+
+def _range_words(r: Mapping[str, Any]) -> str:
+    area, db = str(r.get("area") or "any area"), r.get("db")
+    where = (f"DB{db}" if db is not None else "any DB") if area == "DB" else area
+    return f"{where} bytes {span(r.get('first'), r.get('last'))}"
+
+
+def describe_s7_obligations(obligations: Mapping[str, Any]) -> str | None:
+    """``operations read var, write var; writes to DB1 bytes 0-15``; None without a block;
+    a block the inspector would refuse reads as such."""
+    block = shown_block(obligations, "s7")
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        return refused(f"obligations.protocols.s7 must be an object, not {compact_json(block)}")
+    try:
+        _parse_block(block)
+    except ObligationsError as exc:
+        return refused(str(exc))
+    allow = block.get("allow") or []
+    parts = [f"operations {operation_names(allow)}" if allow else "no operations allowed"]
+    ranges = block.get("write_ranges") or []
+    if ranges:
+        parts.append("writes to " + "; ".join(_range_words(r) for r in ranges))
+    return "; ".join(parts)
+
+
+def describe_s7_settings(settings: Mapping[str, Any]) -> str:
+    """``tune may write DB1 bytes 0-15``, per operation class (settings as validated)."""
+    ranges = settings.get("write_ranges")
+    ranges = ranges if isinstance(ranges, Mapping) else {}
+    parts = [
+        f"{op} may write "
+        + ", ".join(_range_words(r) for r in ranges[op] if isinstance(r, Mapping))
+        for op in OperationClass.ALL
+        if isinstance(ranges.get(op), list) and ranges[op]
+    ]
+    return "; ".join(parts) or "no writes"
+
+
+PLUGIN = ProtocolPlugin(
+    "s7", 102, _build, validate_s7_settings, "S7", describe_s7_obligations, describe_s7_settings
+)
