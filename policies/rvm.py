@@ -31,8 +31,9 @@ from typing import Any
 import regorus
 
 from policies.bundle import Bundle, compile_bundle, engine_error
+from policies.canonical import canonical_json
 from policies.corpus import Case, contract_corpus, data_corpus
-from policies.decision import DECISION_QUERY, canonical_json
+from policies.decision import DECISION_QUERY
 from policies.errors import BundleError
 
 UNDEFINED = '"<undefined>"'  # what Rvm.execute returns for an undefined result
