@@ -78,7 +78,7 @@ async def ssh_cert(request: Request) -> Response:
     fingerprint = SshKeys.fingerprint(public_key)
     valid_before = min(
         int(principal.expires_at.timestamp()),
-        int(svc.clock.now().timestamp()) + svc.settings.ssh.cert_max_s,
+        int(svc.ssh_keys.clock.now().timestamp()) + svc.settings.ssh.cert_max_s,
     )
     key_id = principal.email or principal.sub
     serial = await run_in_threadpool(

@@ -65,8 +65,12 @@ def build_services(
         min_free_bytes=int(settings.recording.min_free_mb * (1 << 20)),
         probe_interval_s=settings.recording.probe_interval_s,
     )
+    # Certificates are checked by their holders' peers (agents, sshd, the front door's asyncssh)
+    # against the real time, so their windows come from the system clock, not the injected one
+    # (tests move that one).
+    cert_clock = SystemClock()
     agent_keys = load_agent_keys(
-        settings.agent_key_dir, settings.agents.cert_validity_days * 86400, clock
+        settings.agent_key_dir, settings.agents.cert_validity_days * 86400, cert_clock
     )
     return Services(
         settings=settings,
@@ -92,7 +96,7 @@ def build_services(
         agent_keys=agent_keys,
         maintenance=maintenance,
         live=LiveSessions(clock, settings.ssh.watchdog_interval_s),
-        ssh_keys=load_ssh_keys(settings.agent_key_dir, clock),
+        ssh_keys=load_ssh_keys(settings.agent_key_dir, cert_clock),
         recorder=RecorderFactory(
             settings.recordings_dir,
             signer,

@@ -104,7 +104,10 @@ class WebhookNotifier:
         )
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the delivery task and wait for it; events queued later are dropped."""
+        self._loop = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
