@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +101,33 @@ def test_no_project_task_outlives_the_shutdown(make_settings: Callable[..., Sett
     left, written = asyncio.run(_run(settings))
     assert not left, f"tasks still pending after shutdown: {left}"
     assert written, "an audit event posted at shutdown was lost"
+
+
+async def _start_failing(settings: Settings) -> tuple[list[str], bool]:
+    before = set(asyncio.all_tasks())
+    app = create_app(settings)
+    svc: Services = app.state.services
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=settings.listen_port, log_level="critical")
+    )
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn's answer to a failed lifespan start-up
+        failed = exc.code == 3
+    else:
+        failed = False
+    left = _project_tasks(set(asyncio.all_tasks()) - before)
+    svc.engine.dispose()
+    return left, failed
+
+
+def test_a_failed_start_stops_what_had_started(make_settings: Callable[..., Settings]) -> None:
+    # The SSH front door starts late (after the gateway, checkpoints, storage probe...): give
+    # it a port that is taken, so its start step fails with the earlier parts running.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = make_settings(ssh={"listen_port": taken.getsockname()[1]})
+        left, failed = asyncio.run(_start_failing(settings))
+    assert failed, "the broker started although its SSH port was taken"
+    assert not left, f"tasks left running by a failed start: {left}"
