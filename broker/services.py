@@ -1,4 +1,5 @@
-"""The broker's service container, built once by :func:`broker.app.create_app`."""
+"""The broker's service container, built once by :func:`broker.app.create_app`
+(:func:`broker.app.assembly.build_services`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
@@ -100,12 +100,15 @@ class Services:
         subject: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
-        """Append an audit event off the event loop (the append takes a DB write lock)."""
-        ip = client_ip(request) if request is not None else None
-        await run_in_threadpool(
-            lambda: self.audit.append(
-                kind, actor=actor, outcome=outcome, subject=subject, source_ip=ip, details=details
-            )
+        """The HTTP adapter of :meth:`AuditLog.record`: adds the client's address (None
+        without a request) and awaits the append. Raises what the append raises."""
+        await self.audit.record(
+            kind,
+            actor=actor,
+            outcome=outcome,
+            subject=subject,
+            source_ip=client_ip(request) if request is not None else None,
+            details=details,
         )
 
 

@@ -238,6 +238,13 @@ GRANTS: tuple[Any, ...] = (
 
 def _variants() -> Iterator[tuple[Doc, Doc]]:
     """(input patch, data patch) pairs."""
+    yield from _who_and_what()
+    yield from _assets_and_time()
+    yield from _contracts()
+    yield from _lockouts_and_windows()
+
+
+def _who_and_what() -> Iterator[tuple[Doc, Doc]]:
     # Who, doing what, under which grant (a spread, not the full product).
     for i, (user, kind) in enumerate(
         itertools.product(USERS, (*CONNECTIONS, "request", "approve"))
@@ -256,6 +263,9 @@ def _variants() -> Iterator[tuple[Doc, Doc]]:
     # Every grant variant on a vendor connection and an admin's.
     for grant, user in itertools.product(GRANTS, ({}, ADMIN)):
         yield {"user": user, "grant": grant}, {}
+
+
+def _assets_and_time() -> Iterator[tuple[Doc, Doc]]:
     # Operation classes, Purdue levels, criticality, assets the data does (not) know.
     for op, level in itertools.product(CLASSES, range(6)):
         crit = ("low", "medium", "high", "critical")[level % 4]
@@ -296,7 +306,9 @@ def _variants() -> Iterator[tuple[Doc, Doc]]:
         )
     for agent in (False, None, "yes"):
         yield {"context": {"agent_online": agent}}, {}
-    # Contracts.
+
+
+def _contracts() -> Iterator[tuple[Doc, Doc]]:
     contracts: list[list[Doc]] = [
         [],
         [_contract(valid_until=NOW)],
@@ -314,7 +326,10 @@ def _variants() -> Iterator[tuple[Doc, Doc]]:
             {"action": {"kind": kind}, "grant": grant},
             {"plant": {"vendor_orgs": {ORG: {"contracts": cs}}}},
         )
-    # The lockout, the sites' windows, no data at all.
+
+
+def _lockouts_and_windows() -> Iterator[tuple[Doc, Doc]]:
+    """The lockout, the sites' windows, no data at all."""
     lockouts: tuple[Doc, ...] = (
         {"vendors": True, "reason": "incident INC-7"},
         {"vendors": True},

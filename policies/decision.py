@@ -26,21 +26,14 @@ when present, takes precedence).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from policies.canonical import canonical_json
+
 DECISION_QUERY = "data.conduit.access.decision"
 RECORD_MODES = ("strict", "best_effort")
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8: the form that is hashed."""
-    return _CANONICAL.encode(value)
 
 
 def input_hash(document: Mapping[str, Any]) -> str:

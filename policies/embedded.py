@@ -34,11 +34,11 @@ from typing import Any
 import regorus
 
 from policies.bundle import Bundle, compile_bundle, engine_error, load_bundle
+from policies.canonical import canonical_json
 from policies.corpus import contract_corpus, data_corpus
 from policies.decision import (
     DECISION_QUERY,
     Decision,
-    canonical_json,
     decision_from,
     deny,
     input_hash,

@@ -17,10 +17,11 @@ import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from policies.clock import Clock, SystemClock
 from policies.decision import Decision, deny
 from policies.embedded import DEFAULT_BUDGET_MS, EmbeddedEngine
 from policies.errors import BundleError
@@ -65,8 +66,10 @@ class PolicyManager:
         validate_timeout_s: float = DEFAULT_TIMEOUT_S,
         budget_ms: float = DEFAULT_BUDGET_MS,
         rvm: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
+        self._clock = clock or SystemClock()  # stamps activated_at
         self._rvm = rvm  # True: the compiled VM decides once verified (policies.embedded)
         self._on_event = on_event or (lambda kind, details: None)
         self._timeout = validate_timeout_s
@@ -132,7 +135,7 @@ class PolicyManager:
             previous = self.version
             if self._data:
                 engine.set_data(self._data)
-            self._active, self._activated_at = engine, datetime.now(UTC)
+            self._active, self._activated_at = engine, self._clock.now()
             self._last_error, self._last_problems = None, ()
             self._on_event(
                 "policy.activated",

@@ -43,7 +43,6 @@ project's HTTP client) directly with the same REST calls.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import ssl
 import time
@@ -54,6 +53,8 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from policies.canonical import canonical_bytes
+from policies.clock import Clock, SystemClock
 from policies.decision import (
     DECISION_QUERY,
     Decision,
@@ -90,6 +91,7 @@ class OpaEngine:
         timeout_s: float = 0.5,
         retries: int = 1,
         query: str = DECISION_QUERY,
+        clock: Clock | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -129,9 +131,10 @@ class OpaEngine:
             trust_env=False,
             follow_redirects=False,
         )
+        self._clock = clock or SystemClock()  # the status cache's age
         self._closed = False
         self._status_version: str | None = None
-        self._status_checked = -STATUS_TTL_S
+        self._status_checked = float("-inf")
 
     def __repr__(self) -> str:
         return f"OpaEngine(url={self.url!r}, query={self.query!r})"
@@ -139,22 +142,15 @@ class OpaEngine:
     async def decide(self, document: Mapping[str, Any]) -> Decision:
         """Ask OPA for one decision; never raises (see the module docstring for the denies)."""
         start = time.perf_counter_ns()
-        try:  # canonical_json's form, but strict: NaN/Infinity are not JSON and OPA rejects them
-            body = json.dumps(
-                {"input": dict(document)},
-                sort_keys=True,
-                separators=(",", ":"),
-                ensure_ascii=False,
-                default=str,
-                allow_nan=False,
-            )
+        try:  # NaN/Infinity are not JSON (OPA rejects them): canonical_json refuses them
+            body = canonical_bytes({"input": dict(document)})
+            digest = input_hash(dict(document))  # the same canonical form as the body's input
         except (TypeError, ValueError) as exc:
             return deny(f"policy input is not a JSON document: {exc}", engine=self.name)
-        digest = input_hash(dict(document))  # the same canonical form as the body's input
         if self._closed:
             decision, version = deny("policy engine is closed"), None
         else:
-            decision, version = await self._ask(body.encode())
+            decision, version = await self._ask(body)
         return decision.stamped(
             engine=self.name,
             bundle_version=version,
@@ -173,19 +169,12 @@ class OpaEngine:
                     code="opa_data_push",
                 )
             try:
-                body = json.dumps(
-                    value,
-                    sort_keys=True,
-                    separators=(",", ":"),
-                    ensure_ascii=False,
-                    default=str,
-                    allow_nan=False,
-                )
+                body = canonical_bytes(value)
             except (TypeError, ValueError) as exc:
                 raise PolicyError(
                     f"pushing data.{name}: not a JSON document: {exc}", code="opa_data_push"
                 ) from exc
-            problem = await self._put(f"{self.url}/v1/data/{name}", body.encode())
+            problem = await self._put(f"{self.url}/v1/data/{name}", body)
             if problem is not None:
                 raise PolicyError(f"pushing data.{name} failed: {problem}", code="opa_data_push")
 
@@ -278,7 +267,7 @@ class OpaEngine:
 
     async def _status_bundle_version(self) -> str | None:
         """Bundle revision(s) from ``GET /v1/status``, asked at most once per STATUS_TTL_S."""
-        now = time.monotonic()
+        now = self._clock.now().timestamp()
         if now - self._status_checked < STATUS_TTL_S:
             return self._status_version
         self._status_checked = now

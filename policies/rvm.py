@@ -31,8 +31,9 @@ from typing import Any
 import regorus
 
 from policies.bundle import Bundle, compile_bundle, engine_error
+from policies.canonical import canonical_json
 from policies.corpus import Case, contract_corpus, data_corpus
-from policies.decision import DECISION_QUERY, canonical_json
+from policies.decision import DECISION_QUERY
 from policies.errors import BundleError
 
 UNDEFINED = '"<undefined>"'  # what Rvm.execute returns for an undefined result
@@ -185,6 +186,9 @@ def verify(
     when both give the same value, both are undefined or both fail. ``pause`` yields the GIL
     between cases (this runs beside live decisions). Runs on the calling thread.
     """
+    # This experimental evaluator times its own verification run against ``deadline_s`` with
+    # the monotonic clock: a duration, never a timestamp, and no test moves it (the one
+    # allowed direct read, see tests/test_clock_reads.py).
     start = time.monotonic()
     checked = 0
     try:

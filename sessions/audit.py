@@ -5,8 +5,9 @@ Each :class:`~sessions.models.AuditEvent` carries ``seq`` (1, 2, 3 … without g
 
     hash = sha256_hex(prev_hash + canonical_json(every field except hash))
 
-where :func:`canonical_json` sorts keys, uses no whitespace, encodes as UTF-8 (non-ASCII kept
-as is) and writes timestamps as ISO-8601 UTC with microseconds and a ``Z``.  Changing any
+where :func:`canonical_json` is the project's one canonical JSON (:mod:`policies.canonical`,
+re-exported here): sorted keys, no whitespace, UTF-8 (non-ASCII kept as is), timestamps as
+ISO-8601 UTC with microseconds and a ``Z``.  Changing any
 stored field breaks that event's hash; deleting an event leaves a gap in ``seq``; re-hashing a
 changed event breaks the next event's ``prev_hash``.  Removing events from the *end*, or
 rewriting events and recomputing every later hash, is only detectable against a head hash kept
@@ -35,6 +36,8 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from policies.canonical import canonical_json as canonical_json
+from policies.canonical import format_timestamp as format_timestamp
 from sessions.checkpoints import Checkpoint, CheckpointMatcher
 from sessions.clock import Clock
 from sessions.db import is_sqlite, session_scope, write_connection
@@ -70,38 +73,6 @@ _log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- pure functions
-
-
-def format_timestamp(value: datetime) -> str:
-    """``2025-01-01T12:00:00.000000Z``: ISO-8601 UTC, always with microseconds.
-
-    Raises :class:`ValueError` for naive datetimes (their instant is unknown).
-    """
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("canonical_json: naive datetime cannot be encoded")
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    raise TypeError(f"canonical_json: {type(value).__name__} is not JSON-serialisable")
-
-
-def canonical_json(obj: object) -> str:
-    """Encode ``obj`` canonically: sorted keys, no whitespace, non-ASCII unescaped, no NaN.
-
-    Datetimes become :func:`format_timestamp` strings.  Raises :class:`TypeError` or
-    :class:`ValueError` for anything JSON cannot represent exactly.
-    """
-    return json.dumps(
-        obj,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_json_default,
-    )
 
 
 def event_hash(prev_hash: str, fields: Mapping[str, object]) -> str:

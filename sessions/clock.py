@@ -2,26 +2,14 @@
 
 Code that needs "now" takes a :class:`Clock` instead of calling :func:`datetime.now`, so tests
 can drive expiry, windows and timestamps deterministically (see
-:class:`sessions.testing.ManualClock`).
+:class:`sessions.testing.ManualClock`). Composition roots (the app, CLI commands) construct a
+:class:`SystemClock` and pass it down. Both are defined in :mod:`policies.clock` (the leaf
+package, so the policy engines take the same clock) and re-exported here.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Protocol
+from policies.clock import Clock as Clock
+from policies.clock import SystemClock as SystemClock
 
-
-class Clock(Protocol):
-    """A source of the current time."""
-
-    def now(self) -> datetime:
-        """Return the current time as a timezone-aware datetime in UTC."""
-        ...
-
-
-class SystemClock:
-    """The wall clock, in UTC."""
-
-    def now(self) -> datetime:
-        """Return ``datetime.now(UTC)``."""
-        return datetime.now(UTC)
+__all__ = ["Clock", "SystemClock"]

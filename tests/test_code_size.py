@@ -13,16 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-# Pinned while a split is in flight: the most each may have. Empty when done.
-MODULES_OVER: dict[str, int] = {
-    "broker/app.py": 506,
-    "sessions/audit.py": 580,
-}
-FUNCTIONS_OVER: dict[str, int] = {
-    "broker/app.py::create_app": 162,
-    "broker/app.py::lifespan": 102,
-    "broker/dev/devidp.py::start_dev_idp": 88,
-}
+# Exceptions, each pinned at the most it may have: none since issue 16.
+MODULES_OVER: dict[str, int] = {}
+FUNCTIONS_OVER: dict[str, int] = {}
 
 
 def _modules() -> list[Path]:
@@ -39,7 +32,7 @@ def _modules() -> list[Path]:
 def test_the_scan_sees_the_code() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in _modules()}
     assert {
-        "broker/app.py",
+        "broker/app/__init__.py",
         "sessions/audit.py",
         "broker/ssh/front.py",
         "broker/core/session.py",

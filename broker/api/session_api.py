@@ -10,7 +10,6 @@ their groups own, others their own); ``POST /api/sessions/{id}/kill`` (admin) en
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
@@ -78,7 +77,8 @@ async def ssh_cert(request: Request) -> Response:
         raise BadRequest("this credential cannot mint SSH certificates")
     fingerprint = SshKeys.fingerprint(public_key)
     valid_before = min(
-        int(principal.expires_at.timestamp()), int(time.time()) + svc.settings.ssh.cert_max_s
+        int(principal.expires_at.timestamp()),
+        int(svc.ssh_keys.clock.now().timestamp()) + svc.settings.ssh.cert_max_s,
     )
     key_id = principal.email or principal.sub
     serial = await run_in_threadpool(

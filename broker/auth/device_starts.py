@@ -60,7 +60,7 @@ class DeviceStarts:
         self._tallies: dict[str, _Tally] = {}
         self._lock = threading.Lock()
         self._periodic = Periodic(
-            self._flush_round, interval_s, "writing device sign-in audit events", log
+            self.flush, interval_s, "writing device sign-in audit events", log
         )
 
     def retry_after(self, ip: str | None) -> int | None:
@@ -95,37 +95,43 @@ class DeviceStarts:
             if client_name not in tally.names and len(tally.names) < MAX_NAMES:
                 tally.names.append(client_name)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
         """Write one event per address (and outcome) for what was tallied; purge expired rows."""
         with self._lock:
             tallies, self._tallies = self._tallies, {}
         for ip, tally in tallies.items():
-            common = {
-                "first_at": tally.first.isoformat() if tally.first else None,
-                "last_at": tally.last.isoformat() if tally.last else None,
-                "client_names": tally.names,
-            }
-            source = None if ip == "unknown" else ip
-            if tally.started:
-                self._audit.append(
-                    "cli.device_started",
-                    actor="anonymous",
-                    outcome="ok",
-                    source_ip=source,
-                    details={"count": tally.started, **common},
-                )
-            if tally.refused:
-                self._audit.append(
-                    "cli.device_refused",
-                    actor="anonymous",
-                    outcome="rejected",
-                    source_ip=source,
-                    details={
-                        "count": tally.refused,
-                        "reason": f"more than {self._limit} pending device sign-ins",
-                        **common,
-                    },
-                )
+            await self._record(ip, tally)
+        await asyncio.to_thread(self._purge_expired)
+
+    async def _record(self, ip: str, tally: _Tally) -> None:
+        common = {
+            "first_at": tally.first.isoformat() if tally.first else None,
+            "last_at": tally.last.isoformat() if tally.last else None,
+            "client_names": tally.names,
+        }
+        source = None if ip == "unknown" else ip
+        if tally.started:
+            await self._audit.record(
+                "cli.device_started",
+                actor="anonymous",
+                outcome="ok",
+                source_ip=source,
+                details={"count": tally.started, **common},
+            )
+        if tally.refused:
+            await self._audit.record(
+                "cli.device_refused",
+                actor="anonymous",
+                outcome="rejected",
+                source_ip=source,
+                details={
+                    "count": tally.refused,
+                    "reason": f"more than {self._limit} pending device sign-ins",
+                    **common,
+                },
+            )
+
+    def _purge_expired(self) -> None:
         with session_scope(self._engine, write=True) as db:
             db.exec(
                 delete(CliAuthorization).where(
@@ -133,16 +139,14 @@ class DeviceStarts:
                 )
             )
 
-    async def _flush_round(self) -> None:
-        # The tallies of a failed round are lost; the next one runs.
-        await asyncio.to_thread(self.flush)
-
     def start(self) -> None:
+        """Start the periodic flush (owned: stopped and awaited by :meth:`aclose`)."""
         self._periodic.start()
 
     async def aclose(self) -> None:
+        """Stop the periodic flush, then write what is still tallied."""
         await self._periodic.aclose()
-        await asyncio.to_thread(self.flush)
+        await self.flush()
 
 
 def _aware(value: datetime) -> datetime:

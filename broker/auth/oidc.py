@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,9 +113,13 @@ class OidcClient:
             raise IdpUnavailable(f"identity provider sent a non-object for {what}")
         return data
 
+    def _seconds(self) -> float:
+        """Now on the injected clock, in seconds (the caches' ages)."""
+        return self._clock.now().timestamp()
+
     async def metadata(self) -> dict[str, Any]:
         """The provider's discovery document, cached for an hour; issuer must match exactly."""
-        if self._metadata is not None and time.monotonic() - self._metadata_at < DISCOVERY_TTL_S:
+        if self._metadata is not None and self._seconds() - self._metadata_at < DISCOVERY_TTL_S:
             return self._metadata
         url = self._s.issuer.rstrip("/") + "/.well-known/openid-configuration"
         meta = await self._get_json(url, "the discovery document")
@@ -130,12 +133,12 @@ class OidcClient:
         methods = meta.get("code_challenge_methods_supported")
         if isinstance(methods, list) and "S256" not in methods:
             raise IdpUnavailable("identity provider does not support PKCE S256")
-        self._metadata, self._metadata_at = meta, time.monotonic()
+        self._metadata, self._metadata_at = meta, self._seconds()
         return meta
 
     async def _keyset(self, *, refresh: bool = False) -> KeySet:
-        stale = time.monotonic() - self._jwks_at > DISCOVERY_TTL_S
-        can_refresh = time.monotonic() - self._jwks_at > JWKS_MIN_REFRESH_S
+        stale = self._seconds() - self._jwks_at > DISCOVERY_TTL_S
+        can_refresh = self._seconds() - self._jwks_at > JWKS_MIN_REFRESH_S
         if self._jwks is None or stale or (refresh and can_refresh):
             meta = await self.metadata()
             data = await self._get_json(meta["jwks_uri"], "the signing keys (JWKS)")
@@ -143,7 +146,7 @@ class OidcClient:
                 self._jwks = KeySet.import_key_set(data)  # type: ignore[arg-type]
             except (JoseError, ValueError, TypeError, KeyError) as exc:
                 raise IdpUnavailable("identity provider published malformed signing keys") from exc
-            self._jwks_at = time.monotonic()
+            self._jwks_at = self._seconds()
         return self._jwks
 
     async def authorization_url(self, *, state: str, nonce: str, code_verifier: str) -> str:

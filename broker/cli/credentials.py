@@ -12,11 +12,12 @@ import os
 import stat
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from broker.runtime.errors import BrokerError
+from sessions.clock import SystemClock
 
 
 def config_dir() -> Path:
@@ -37,7 +38,7 @@ class StoredToken:
     email: str
 
     def expired(self, now: datetime | None = None) -> bool:
-        return datetime.fromisoformat(self.expires_at) <= (now or datetime.now(UTC))
+        return datetime.fromisoformat(self.expires_at) <= (now or SystemClock().now())
 
 
 def _read() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import webbrowser
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -25,6 +26,7 @@ import httpx2
 from broker.cli import credentials, ssh_cmd
 from broker.cli.api_client import unreachable
 from broker.runtime.errors import BrokerError
+from sessions.clock import SystemClock
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 LOGIN_TIMEOUT_S = 300.0
@@ -116,8 +118,10 @@ def _device_login(client: httpx2.Client, broker: str, timeout: float) -> int:
     print(f"and type the code {start['user_code']}")
     print("Waiting for approval...", flush=True)
     interval = max(1.0, float(start.get("interval", 2)))
-    deadline = time.monotonic() + min(timeout, float(start.get("expires_in", timeout)))
-    while time.monotonic() < deadline:
+    clock = SystemClock()
+    wait_s = min(timeout, float(start.get("expires_in", timeout)))
+    deadline = clock.now() + timedelta(seconds=wait_s)
+    while clock.now() < deadline:
         time.sleep(interval)
         tok = _post_token(
             client, broker, {"grant_type": DEVICE_GRANT, "device_code": start["device_code"]}

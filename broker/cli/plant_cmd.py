@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from broker.cli.api_client import call
 from broker.runtime.errors import BrokerError
+from sessions.clock import SystemClock
 
 _MARKS = {"created": "+", "changed": "~", "removed": "-", "archived": "-"}
 
@@ -62,7 +62,7 @@ def load_file(path: Path) -> Any:
         raise BrokerError(f"plant apply: {path} is not UTF-8 text", code="invalid_plant") from exc
     try:
         data, lines = load_yaml(text)
-        parse(data, datetime.now(UTC))
+        parse(data, SystemClock().now())
     except PlantError as exc:
         line = line_of(lines, exc.path)
         where = f"{path}:{line}" if line is not None else str(path)

@@ -31,7 +31,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +42,7 @@ from broker.cli.api_client import call, signed_in
 from broker.cli.grant_check import check_forward
 from broker.cli.ids import missing, resolve
 from broker.runtime.errors import BrokerError
+from sessions.clock import SystemClock
 
 KEY_NAME = "id_ed25519"
 RENEW_MARGIN_S = 60
@@ -127,7 +127,7 @@ class CertInfo:
 
     def fresh(self, broker: str, public_key: str, now: float | None = None) -> bool:
         """True if made by ``broker`` for ``public_key`` and valid for another minute."""
-        now = time.time() if now is None else now
+        now = SystemClock().now().timestamp() if now is None else now
         return (
             self.broker == broker
             and self.public_key == public_key
@@ -311,7 +311,7 @@ def _split_rest(args: argparse.Namespace) -> list[str]:
 def ssh_cert(args: argparse.Namespace) -> int:
     info = renew()
     paths = _paths()
-    left = max(0, info.valid_before - int(time.time()))
+    left = max(0, info.valid_before - int(SystemClock().now().timestamp()))
     print(f"Certificate {paths['cert']}")
     print(f"  valid until {_until(info.valid_before)} ({left // 60} min)")
     print(f"  front door {info.host}:{info.port}; host key pinned in {paths['known_hosts']}")

@@ -31,7 +31,8 @@ from typing import Any, Protocol, cast
 
 import asyncssh
 
-from broker.gateway.agent_gateway import AgentChannel, AgentGateway, AgentUnavailable
+from broker.gateway.agent_gateway import AgentGateway
+from broker.gateway.channel import AgentChannel, AgentUnavailable
 from broker.gateway.tunnel import AgentTunnel, ChannelEnd
 from broker.keys.ssh import SshKeys
 from sessions.access import AccessDenied

@@ -19,7 +19,7 @@ import asyncssh
 from broker.core.asset_link import error_text
 from broker.core.relay import ASSET_CLOSED, ForwardRelay, StreamReader, StreamWriter
 from broker.core.session import MaintenanceSession
-from broker.gateway.agent_gateway import AgentChannel, AgentUnavailable, ChannelRefused
+from broker.gateway.channel import AgentChannel, AgentUnavailable, ChannelRefused
 from broker.runtime.session_recorder import TcpRecording
 from sessions.access import AccessDenied
 from sessions.clock import Clock

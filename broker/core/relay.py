@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from broker.gateway.agent_gateway import AgentChannel
+from broker.gateway.channel import AgentChannel
 from broker.runtime.live_sessions import LiveSession
 from broker.runtime.session_recorder import TcpRecording
 from sessions.clock import Clock

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,14 @@ from sessions.db import create_db_engine, migrate, session_scope
 from sessions.errors import SessionsError
 from sessions.models import AgentState, Asset, AssetEndpoint, Site
 from sessions.plant import PlantDoc, load_yaml, parse
+
+# The dev tools are composition roots: their waits read this clock.
+_CLOCK = SystemClock()
+
+
+def _now_s() -> float:
+    return _CLOCK.now().timestamp()
+
 
 DEMO_PLANT_PATH = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "plant.yaml"
 DEMO_SITE = "Riverside Plant"
@@ -96,7 +104,7 @@ def demo_endpoints(moved: Moved | None = None) -> list[tuple[str, int, str, str]
     simulated PLC, the demo sshd).
     """
     seen: dict[int, tuple[str, int, str, str]] = {}
-    for asset in demo_plant(datetime.now(UTC)).assets:
+    for asset in demo_plant(_CLOCK.now()).assets:
         for ep in asset.endpoints:
             port = (moved or {}).get((asset.name, ep.protocol), ep.port)
             seen.setdefault(port, (f"{ep.protocol}-{port}", port, ep.protocol, asset.name))
@@ -211,8 +219,8 @@ def start_demo_agent(
 
 
 def _wait_connected(svc: Services, agent: DemoAgent, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and agent.proc.poll() is None:
+    deadline = _now_s() + timeout
+    while _now_s() < deadline and agent.proc.poll() is None:
         live = svc.gateway.live().get(agent.agent_id) if svc.gateway else None
         if live is not None and live.hello.is_set():
             return True
@@ -223,9 +231,9 @@ def _wait_connected(svc: Services, agent: DemoAgent, timeout: float = 15) -> boo
 def _serve(server: uvicorn.Server) -> threading.Thread:
     thread = threading.Thread(target=server.run, name="broker", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = _now_s() + 30
     while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+        if not thread.is_alive() or _now_s() > deadline:
             raise BrokerError("demo: the broker did not start", code="demo_broker")
         time.sleep(0.05)
     return thread

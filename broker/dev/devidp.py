@@ -13,13 +13,22 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from joserfc.jwk import RSAKey
+
+from sessions.clock import SystemClock
+
+# The dev tools are composition roots: their waits read this clock.
+_CLOCK = SystemClock()
+
+
+def _now_s() -> float:
+    return _CLOCK.now().timestamp()
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IDP_DIR = REPO_ROOT / "deploy" / "dev-idp"
@@ -129,34 +138,13 @@ def start_dev_idp(
     missing, if the process exits before it is ready (message includes its output), or if it is
     not ready within 20 s.
     """
-    if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
-        raise RuntimeError(
-            f"{IDP_DIR / 'node_modules'} is missing: run `make deps` "
-            "(or `npm ci` in deploy/dev-idp) first"
-        )
-    node = shutil.which("node")
-    if node is None:
-        raise RuntimeError("node is not on PATH: the dev IdP needs Node.js 20+")
-
+    node = _node()
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port() if port is None else port
     issuer = f"http://127.0.0.1:{port}"
     users = (users_path or DEFAULT_USERS_PATH).resolve()
     jwks = generate_rsa_jwks()
-    jwks_path = workdir / "private-jwks.json"
-    jwks_path.write_text(json.dumps(jwks), encoding="utf-8")
-    jwks_path.chmod(0o600)
-    config = {
-        "issuer": issuer,
-        "port": port,
-        "host": "127.0.0.1",
-        "jwks_path": str(jwks_path),
-        "users_path": str(users),
-        "clients": clients,
-        "cookie_keys": [secrets.token_urlsafe(32)],
-    }
-    config_path = workdir / "config.json"
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    config_path = _write_config(workdir, issuer, port, jwks, users, clients)
     log_path = workdir / "dev-idp.log"
     log_path.write_text("", encoding="utf-8")
 
@@ -185,24 +173,69 @@ def start_dev_idp(
     )
     pump.start()
     running._pump = pump
+    _wait_ready(running, ready, early)
+    return running
 
-    deadline = time.monotonic() + _START_TIMEOUT_S
+
+def _node() -> str:
+    """The node binary, once the dev IdP's npm dependencies are known to be installed."""
+    if not (IDP_DIR / "node_modules" / "oidc-provider").is_dir():
+        raise RuntimeError(
+            f"{IDP_DIR / 'node_modules'} is missing: run `make deps` "
+            "(or `npm ci` in deploy/dev-idp) first"
+        )
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not on PATH: the dev IdP needs Node.js 20+")
+    return node
+
+
+def _write_config(
+    workdir: Path,
+    issuer: str,
+    port: int,
+    jwks: dict[str, Any],
+    users: Path,
+    clients: list[dict[str, Any]],
+) -> Path:
+    """Write ``private-jwks.json`` (0600) and ``config.json`` into ``workdir``."""
+    jwks_path = workdir / "private-jwks.json"
+    jwks_path.write_text(json.dumps(jwks), encoding="utf-8")
+    jwks_path.chmod(0o600)
+    config = {
+        "issuer": issuer,
+        "port": port,
+        "host": "127.0.0.1",
+        "jwks_path": str(jwks_path),
+        "users_path": str(users),
+        "clients": clients,
+        "cookie_keys": [secrets.token_urlsafe(32)],
+    }
+    config_path = workdir / "config.json"
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return config_path
+
+
+def _wait_ready(running: RunningIdP, ready: threading.Event, early: list[str]) -> None:
+    """Wait for the ready line announcing ``running.issuer``; stop the IdP and raise if it
+    exits first, takes longer than the start timeout or announces another issuer."""
+    proc = running.process
+    deadline = _now_s() + _START_TIMEOUT_S
     while not ready.wait(0.05):
         if proc.poll() is not None:
             running.stop()
             raise RuntimeError(
                 f"dev IdP exited with code {proc.returncode} before it was ready:\n{running.logs()}"
             )
-        if time.monotonic() > deadline:
+        if _now_s() > deadline:
             running.stop()
             raise RuntimeError(
                 f"dev IdP not ready after {_START_TIMEOUT_S:.0f} s:\n{running.logs()}"
             )
     ready_line = next(line for line in early if line.startswith(_READY_PREFIX))
-    if ready_line.strip() != f"{_READY_PREFIX}{issuer}":
+    if ready_line.strip() != f"{_READY_PREFIX}{running.issuer}":
         running.stop()
         raise RuntimeError(f"dev IdP announced an unexpected issuer: {ready_line.strip()!r}")
-    return running
 
 
 def _free_port() -> int:

@@ -28,6 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from sessions.clock import SystemClock
+
+# The dev tools are composition roots: their waits read this clock.
+_CLOCK = SystemClock()
+
+
+def _now_s() -> float:
+    return _CLOCK.now().timestamp()
+
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 30.0
 _USER_LOCK = Path("/run/lock/conduit-harness-useradd.lock")
@@ -289,8 +299,8 @@ def _run(argv: list[str], what: str) -> None:
 
 
 def _wait_for_banner(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    deadline = _now_s() + START_TIMEOUT
+    while _now_s() < deadline:
         if process.poll() is not None:
             raise SshdError(
                 f"start sshd: exited with {process.returncode}: "
@@ -298,7 +308,7 @@ def _wait_for_banner(process: subprocess.Popen[bytes], port: int, log_path: Path
             )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                sock.settimeout(max(0.1, deadline - _now_s()))
                 if sock.makefile("rb").readline().startswith(b"SSH-2.0-"):
                     return
         except OSError:
@@ -337,8 +347,8 @@ def _terminate_tree(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             _signal(process.pid, victims, signal.SIGKILL)
             process.wait(timeout=5)
-        deadline = time.monotonic() + 2
-        while victims and time.monotonic() < deadline:
+        deadline = _now_s() + 2
+        while victims and _now_s() < deadline:
             victims = [v for v in victims if Path(f"/proc/{v}").exists() and not _zombie(v)]
             if victims:
                 time.sleep(0.02)

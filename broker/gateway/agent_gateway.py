@@ -61,8 +61,7 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.errors import SessionsError
 
-# Re-exported: broker/ssh/front.py and broker/ssh/tcp_forward.py import these from here.
-__all__ = ["AgentChannel", "AgentGateway", "AgentUnavailable", "ChannelRefused"]
+__all__ = ["AgentGateway"]
 
 log = logging.getLogger("conduit.gateway")
 T = TypeVar("T")

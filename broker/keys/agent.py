@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
 
 from agents.wire import AGENT_PRINCIPAL, key_pin
 from broker.runtime.errors import BrokerError
+from sessions.clock import Clock, SystemClock
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class AgentKeys:
     ca: asyncssh.SSHKey
     gateway: asyncssh.SSHKey
     cert_validity_s: int
+    clock: Clock = field(default_factory=SystemClock)  # validity windows start at its now
 
     @property
     def ca_public(self) -> str:
@@ -48,7 +49,7 @@ class AgentKeys:
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise BrokerError("agent public key is malformed", code="bad_key", status=400) from exc
         serial = secrets.randbits(63)
-        now = int(time.time())
+        now = int(self.clock.now().timestamp())
         cert = self.ca.generate_host_certificate(
             key,
             agent_id,
@@ -82,11 +83,12 @@ def load_or_create_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
-def load_agent_keys(key_dir: Path, cert_validity_s: int) -> AgentKeys:
+def load_agent_keys(key_dir: Path, cert_validity_s: int, clock: Clock | None = None) -> AgentKeys:
     """Load (or on first use create) the CA and gateway keys in ``key_dir``."""
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return AgentKeys(
         ca=load_or_create_key(key_dir / "agent_ca"),
         gateway=load_or_create_key(key_dir / "agent_gateway"),
         cert_validity_s=cert_validity_s,
+        clock=clock or SystemClock(),
     )

@@ -14,14 +14,14 @@ All are Ed25519 keys in ``<data_dir>/keys`` (0600, created on first start).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
 
 from broker.keys.agent import load_or_create_key
 from broker.runtime.errors import BadRequest
+from sessions.clock import Clock, SystemClock
 
 USER_PRINCIPAL = "conduit-user"
 SERIAL_PREFIX = "c:"  # principal naming the certificate's serial (ssh_certificates row)
@@ -42,6 +42,7 @@ class SshKeys:
     host: asyncssh.SSHKey
     user_ca: asyncssh.SSHKey
     asset_ca: asyncssh.SSHKey
+    clock: Clock = field(default_factory=SystemClock)  # validity windows start at its now
 
     @staticmethod
     def public(key: asyncssh.SSHKey) -> str:
@@ -51,6 +52,9 @@ class SshKeys:
     def fingerprint(public_key: str) -> str:
         """``SHA256:...`` of a vendor's public key; raises :class:`BadRequest` for a bad key."""
         return _import(public_key).get_fingerprint("sha256")
+
+    def _now(self) -> int:
+        return int(self.clock.now().timestamp())
 
     def sign_user(
         self, public_key: str, *, user_id: str, key_id: str, valid_before: int, serial: int
@@ -62,7 +66,7 @@ class SshKeys:
             key_id,
             serial=serial,
             principals=[USER_PRINCIPAL, f"u:{user_id}", f"{SERIAL_PREFIX}{serial}"],
-            valid_after=int(time.time()) - 60,
+            valid_after=self._now() - 60,
             valid_before=valid_before,
             permit_x11_forwarding=False,
             permit_agent_forwarding=False,
@@ -75,7 +79,7 @@ class SshKeys:
     ) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
         """A fresh key and a 2-minute certificate for ``login`` on an asset (one session)."""
         key = asyncssh.generate_private_key("ssh-ed25519")
-        now = int(time.time())
+        now = self._now()
         cert = self.asset_ca.generate_user_certificate(
             key,
             key_id,
@@ -89,12 +93,13 @@ class SshKeys:
         return key, cert
 
 
-def load_ssh_keys(key_dir: Path) -> SshKeys:
+def load_ssh_keys(key_dir: Path, clock: Clock | None = None) -> SshKeys:
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return SshKeys(
         host=load_or_create_key(key_dir / "ssh_host_ed25519"),
         user_ca=load_or_create_key(key_dir / "ssh_user_ca"),
         asset_ca=load_or_create_key(key_dir / "ssh_asset_ca"),
+        clock=clock or SystemClock(),
     )
 
 

@@ -1,6 +1,7 @@
 """Outbound webhook: every access state change, POSTed as signed JSON to a configured URL.
 
-Body: ``{"event": kind, "subject": id, "details": {...}, "sent_at": ISO}``. Headers:
+Body: ``{"event": kind, "subject": id, "details": {...}, "sent_at": ISO}`` in canonical JSON
+(:func:`policies.canonical.canonical_bytes`; ``sent_at`` from the injected clock). Headers:
 ``X-Conduit-Timestamp`` (Unix seconds) and ``X-Conduit-Signature: sha256=<hex>``, the
 HMAC-SHA256 of ``timestamp + "." + body`` keyed with ``webhook_secret``; receivers should check
 it and reject timestamps older than a few minutes. Delivery is best effort: three tries with
@@ -13,15 +14,14 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
 
+from policies.canonical import canonical_bytes, format_timestamp
 from sessions.audit import AuditLog
+from sessions.clock import Clock
 
 log = logging.getLogger("conduit.webhook")
 TRIES = 3
@@ -36,8 +36,8 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
 class WebhookNotifier:
     """Owns a delivery task: call :meth:`start` inside the event loop, :meth:`aclose` at exit."""
 
-    def __init__(self, url: str, secret: bytes, audit: AuditLog) -> None:
-        self._url, self._secret, self._audit = url, secret, audit
+    def __init__(self, url: str, secret: bytes, audit: AuditLog, clock: Clock) -> None:
+        self._url, self._secret, self._audit, self._clock = url, secret, audit, clock
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -52,7 +52,7 @@ class WebhookNotifier:
             "event": kind,
             "subject": subject,
             "details": details,
-            "sent_at": datetime.now(UTC).isoformat(),
+            "sent_at": format_timestamp(self._clock.now()),
         }
         if self._loop is None:
             return
@@ -71,10 +71,14 @@ class WebhookNotifier:
                 await self._deliver(client, event)
 
     async def _deliver(self, client: httpx2.AsyncClient, event: dict[str, Any]) -> None:
-        body = json.dumps(event, sort_keys=True, default=str).encode()
+        try:
+            body = canonical_bytes(event)
+        except (TypeError, ValueError) as exc:  # details the audit log took are always JSON
+            await self._failed(event, f"not JSON: {type(exc).__name__}")
+            return
         error = ""
         for attempt in range(TRIES):
-            timestamp = str(int(time.time()))
+            timestamp = str(int(self._clock.now().timestamp()))
             headers = {
                 "Content-Type": "application/json",
                 "X-Conduit-Timestamp": timestamp,
@@ -88,8 +92,10 @@ class WebhookNotifier:
             except httpx2.HTTPError as exc:
                 error = type(exc).__name__
             await asyncio.sleep(0.2 * 2**attempt)
-        await asyncio.to_thread(
-            self._audit.append,
+        await self._failed(event, error)
+
+    async def _failed(self, event: dict[str, Any], error: str) -> None:
+        await self._audit.record(
             "webhook.failed",
             actor="system",
             outcome="error",
@@ -98,7 +104,10 @@ class WebhookNotifier:
         )
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the delivery task and wait for it; events queued later are dropped."""
+        self._loop = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task

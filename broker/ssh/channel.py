@@ -19,7 +19,7 @@ import asyncssh
 
 from broker.core.asset_link import GRACE, AssetCommand, error_text
 from broker.core.session import MaintenanceSession, Recorder
-from broker.gateway.agent_gateway import AgentUnavailable, ChannelRefused
+from broker.gateway.channel import AgentUnavailable, ChannelRefused
 from sessions.access import AccessDenied
 from sessions.recording import RecordingError
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for

@@ -4,7 +4,7 @@ timestamps and the column helpers (see :mod:`sessions.models` for the contracts)
 from __future__ import annotations
 
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from uuid import uuid4
 
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from sessions.clock import SystemClock
 from sessions.errors import ValidationError
 from sessions.types import JSONDocument, UTCDateTime
 
@@ -43,9 +44,12 @@ def new_id() -> str:
     return str(uuid4())
 
 
+_SYSTEM_CLOCK = SystemClock()
+
+
 def utc_now() -> datetime:
     """Wall-clock fallback for ``created_at``; domain code should pass ``clock.now()``."""
-    return datetime.now(UTC)
+    return _SYSTEM_CLOCK.now()
 
 
 def check_timezone(name: str) -> str:

@@ -1,6 +1,6 @@
 """What every OT inspector shares: the interface, verdicts, typed operation records, plug-ins.
 
-An inspector is sans-IO and owns one client connection. The relay (``broker.ssh.tcp_forward``)
+An inspector is sans-IO and owns one client connection. The relay (``broker.core.relay``)
 hands it every byte it reads and writes back only what the :class:`Verdicts` say::
 
     v = inspector.from_client(data)   # or from_server(data), poll(), begin_close(reason)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from policies.canonical import canonical_bytes
 from sessions.errors import SessionsError
 
 FORMAT_VERSION = 1
@@ -39,10 +39,9 @@ class RecordingError(SessionsError):
 
 
 def canonical_json(obj: object) -> bytes:
-    """Sorted keys, no whitespace, UTF-8, no NaN: the bytes that are hashed and signed."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    """Sorted keys, no whitespace, UTF-8, no NaN: the bytes that are hashed and signed
+    (:func:`policies.canonical.canonical_bytes`, the project's one canonical JSON)."""
+    return canonical_bytes(obj)
 
 
 def format_time(dt: datetime) -> str:

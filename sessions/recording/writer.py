@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -81,7 +80,6 @@ class RecordingWriter:
         self._buf = bytearray()
         self._buf_lock = threading.Lock()
         self._io_lock = threading.Lock()
-        self._pending_since: float | None = None
         self._wake: Callable[[], None] | None = None
         self._seq = 0
         self._size = 0
@@ -110,11 +108,6 @@ class RecordingWriter:
         return len(self._buf)
 
     @property
-    def pending_since(self) -> float | None:
-        """``time.monotonic()`` of the oldest unflushed byte, or None."""
-        return self._pending_since
-
-    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -123,7 +116,8 @@ class RecordingWriter:
         return self._failed
 
     def set_wake(self, callback: Callable[[], None] | None) -> None:
-        """Called (from the writing thread) when the buffer reaches ``max_chunk_bytes``."""
+        """Called (from the writing thread) when the buffer gets its first unflushed byte and
+        when it reaches ``max_chunk_bytes``: the flush timer's two cues."""
         self._wake = callback
 
     def write(self, data: bytes) -> None:
@@ -135,11 +129,10 @@ class RecordingWriter:
             self._check_open("writing")
             if not data:
                 return
-            if not self._buf:
-                self._pending_since = time.monotonic()
+            first = not self._buf
             self._buf += data
             full = len(self._buf) >= self.max_chunk_bytes
-        if full and self._wake is not None:
+        if (first or full) and self._wake is not None:
             self._wake()
 
     def flush(self) -> dict[str, Any] | None:
@@ -205,7 +198,6 @@ class RecordingWriter:
             # Swap the buffer out (copy it below, outside the lock): the event loop's write()
             # waits on this lock, and copying a megabyte under it showed in bulk profiles.
             swapped, self._buf = self._buf, bytearray()
-            self._pending_since = None
         data = bytes(swapped)
         if not data:
             return None
@@ -288,17 +280,27 @@ class FlushTimer:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def _until_full(self) -> None:
+        writer = self._writer
+        while True:
+            self._wake.clear()
+            if writer.closed or not 0 < writer.pending < writer.max_chunk_bytes:
+                return
+            await self._wake.wait()
+
     async def _run(self) -> None:
         writer = self._writer
         while not writer.closed:
-            since = writer.pending_since
-            due = self._interval if since is None else since + self._interval - time.monotonic()
-            if due > 0 and writer.pending < writer.max_chunk_bytes:
-                self._wake.clear()
+            self._wake.clear()  # before looking: a wake from now on is not lost
+            if writer.pending == 0:  # idle: until the first byte (re-checking closed)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(due):
+                    async with asyncio.timeout(self._interval):
                         await self._wake.wait()
                 continue
+            # The first byte's wake started this interval: no clock read needed.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._until_full()
             try:
                 await asyncio.to_thread(writer.flush)
             except RecordingError as exc:
