@@ -1,6 +1,6 @@
 """The one state a request is shown in, everywhere (web, API, CLI).
 
-A request's own state machine ends at ``approved`` (sessions/access.py); from then on its
+A request's own state machine ends at ``approved`` (sessions/access/); from then on its
 grant carries the story (``approved`` → ``active`` → ``expired``, or ``revoked``). Listings
 show :func:`shown_state`: the grant's state once there is a grant, else the request's own, so
 a revoked grant's request never reads "approved".

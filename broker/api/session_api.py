@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.api.access_api import _json
-from broker.auth.auth import Principal
+from broker.http.live_session_end import end_live_session
+from broker.http.request_input import json_object
 from broker.http.visibility import live_rows
 from broker.http.web import require
 from broker.keys.ssh import SshKeys, asset_ca_setup
@@ -68,7 +68,7 @@ async def ssh_cert(request: Request) -> Response:
     it and refuses it once that credential, or the user, is revoked."""
     principal = await require(request, VENDOR, ADMIN)
     svc = services(request)
-    body = await _json(request)
+    body = await json_object(request)
     public_key = body.get("public_key")
     if not isinstance(public_key, str) or len(public_key) > 8192:
         raise BadRequest("public_key must be an OpenSSH public key")
@@ -129,23 +129,6 @@ async def list_sessions(request: Request) -> Response:
     svc = services(request)
     rows = await run_in_threadpool(live_rows, svc.engine, principal, svc.live.list())
     return JSONResponse({"sessions": rows})
-
-
-async def end_live_session(request: Request, principal: Principal, session_id: str) -> str | None:
-    """End a live session for an admin (audited); the reason, or None if it is not live here."""
-    svc = services(request)
-    reason = f"terminated by an administrator ({principal.name or principal.email})"
-    if not svc.live.kill(session_id, reason):
-        return None
-    await svc.record(
-        request,
-        "session.killed",
-        actor=principal.user_id,
-        outcome="ok",
-        subject=f"session:{session_id}",
-        details={"reason": reason},
-    )
-    return reason
 
 
 async def kill_session(request: Request) -> Response:

@@ -84,7 +84,7 @@ def add_parser(sub: Any) -> None:
         help="forward a local port to an asset's port (Modbus, OPC UA, VNC...) through the broker",
         description="Example: conduit forward plc-press-3 502 --local-port 1502, then point "
         "the engineering tool at 127.0.0.1:1502. Every connection is authorized against the "
-        "active grant, inspected (Modbus) and recorded as pcap.",
+        "active grant, inspected by its protocol (Modbus, S7, EtherNet/IP) and recorded as pcap.",
     )
     f.add_argument("asset")
     f.add_argument("port", type=int, help="the asset's port")

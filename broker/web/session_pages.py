@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.api.session_api import end_live_session
+from broker.http.live_session_end import end_live_session
 from broker.http.visibility import live_rows
 from broker.http.web import check_csrf, render, require
 from broker.services import services
