@@ -27,7 +27,7 @@ from tests.harness.wait import TIMEOUT_S
 
 BUNDLE = Path(__file__).resolve().parents[1] / "policies" / "bundle"
 # The demo plant's plc-press-3 (Purdue level 1) declares these tune write ranges.
-TUNE_WRITES = "writes to coils 0–15; holding registers 0–99"
+TUNE_WRITES = "writes to coils 0\u201315; holding registers 0\u201399"  # en dashes
 TUNE_RANGES = [
     {"table": "coils", "first": 0, "last": 15, "unit_ids": None},
     {"table": "holding_registers", "first": 0, "last": 99, "unit_ids": None},
