@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from broker.dev.demo import seed
+from tests.harness.browser import screenshot
 from tests.harness.broker import RunningBroker, same_origin_api, web_login
 from tests.harness.cli import cli_env, run_conduit
 from tests.harness.wait import TIMEOUT_S
@@ -97,8 +98,8 @@ def test_queue_shows_the_filing_obligations_and_the_decisions_mfa_warning(
     for html in (row, detail):
         assert TUNE_WRITES in html and STRICT in html
         assert "<dt>MFA</dt><dd>required at connect</dd>" in html
-        assert f"policy bundle <code>{version}</code>" in html
-        assert "approving asks policy again" in html
+        assert f"(policy bundle <code>{version}</code>)" in html
+        assert "Approving asks policy again" in html
         assert "requires MFA at connect (require_mfa)" in html and "amr: pwd" in html
     assert f'id="mfa-warning-{rid}"' in row and 'id="mfa-warning"' in detail
 
@@ -201,7 +202,7 @@ def test_requests_filed_before_obligations_were_stored_say_so(
 
 @pytest.mark.browser
 def test_queue_page_in_chromium_shows_the_write_ranges(
-    plant: RunningBroker, chromium: Browser
+    plant: RunningBroker, chromium: Browser, tmp_path: Path
 ) -> None:
     """The approver's queue in a real browser: the filing obligations of a tune request,
     record mode and write ranges, next to the MFA warning."""
@@ -218,6 +219,8 @@ def test_queue_page_in_chromium_shows_the_write_ranges(
     expect(shown).to_contain_text(TUNE_WRITES)
     expect(shown).to_contain_text(STRICT)
     expect(page.locator(f"#mfa-warning-{rid}")).to_contain_text("requires MFA at connect")
+    screenshot(page, tmp_path, "approvals-filing-obligations")
     page.click(f"#details-{rid}")
     expect(page.locator("#filing-obligations")).to_contain_text(TUNE_WRITES)
+    screenshot(page, tmp_path, "request-filing-obligations")
     page.context.close()
