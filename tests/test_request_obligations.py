@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, expect
 
 from broker.dev.demo import seed
-from tests.harness.browser import screenshot
 from tests.harness.broker import RunningBroker, same_origin_api, web_login
+from tests.harness.browser import screenshot
 from tests.harness.cli import cli_env, run_conduit
 from tests.harness.wait import TIMEOUT_S
 
