@@ -56,12 +56,17 @@ def test_shown_state_follows_the_grant() -> None:
     assert shown_state("denied", None) == "denied"
 
 
-def test_mfa_warning_only_where_policy_needs_mfa() -> None:
-    assert mfa_warning(["pwd"], 1, "read_only") is not None
-    assert "Purdue level 2" in (mfa_warning([], 2, "tune") or "")
-    assert mfa_warning(["pwd", "otp"], 1, "read_only") is None
-    assert mfa_warning(["pwd"], 3, "read_only") is None
-    assert "program work" in (mfa_warning(["pwd"], 3, "program") or "")
+def test_mfa_warning_follows_the_decisions_require_mfa() -> None:
+    """The warning is the stored decision's ``require_mfa`` against the sign-in's amr; no rule
+    of its own (the policy decides when MFA is needed)."""
+    needs, free = Obligations(require_mfa=True).as_dict(), Obligations().as_dict()
+    assert "requires MFA at connect" in (mfa_warning(["pwd"], needs) or "")
+    assert "amr: none" in (mfa_warning([], needs) or "")
+    assert mfa_warning(["pwd", "otp"], needs) is None
+    assert mfa_warning(["pwd"], free) is None
+    # filed before obligations were stored: no guess, the need is said to be unknown
+    assert "not known" in (mfa_warning(["pwd"], None) or "")
+    assert mfa_warning(["hwk"], None) is None
 
 
 def test_modbus_rows_only_where_the_grant_reaches_modbus() -> None:

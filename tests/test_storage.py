@@ -265,7 +265,7 @@ def save_world(engine: sa.Engine) -> dict[str, Any]:
 
 def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
     assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
-    assert current_revision(engine) == head_revision() == "0009_endpoint_agents"
+    assert current_revision(engine) == head_revision() == "0010_request_obligations"
     migrate(engine)  # already at head: no-op
     assert current_revision(engine) == head_revision()
 
@@ -829,4 +829,66 @@ def test_migration_gives_existing_endpoints_their_assets_agent(
         command.downgrade(cfg, "0008_plant_model")
     columns = {c["name"] for c in sa.inspect(eng).get_columns("asset_endpoints")}
     assert "agent_id" not in columns and {"host", "port"} <= columns
+    eng.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migration_keeps_requests_with_their_obligations_not_recorded(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """0010: requests filed before it are kept, with no obligations and no policy version
+    (shown as not recorded); new ones store both; the down-migration drops the columns."""
+    from alembic import command
+
+    if backend == "sqlite":
+        eng = create_db_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    else:
+        server = request.getfixturevalue("pg_server")
+        eng = create_db_engine(server.create_database(f"m_{uuid4().hex[:16]}"))
+    cfg = alembic_config()
+    t = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0009_endpoint_agents")
+        for statement in (
+            "INSERT INTO sites (id, name, timezone, description) "
+            "VALUES ('s1', 'plant', 'Europe/Berlin', '')",
+            "INSERT INTO zones (id, site_id, name, purdue_level, description) "
+            "VALUES ('z1', 's1', 'cell', 1, '')",
+            "INSERT INTO assets (id, name, site_id, zone_id, criticality, owner_group, labels, "
+            "created_at) VALUES ('a1', 'a1', 's1', 'z1', 'high', 'ot', '{}', :t)",
+            "INSERT INTO users (id, issuer, sub, email, name, groups, roles, amr, disabled, "
+            "created_at) VALUES ('u1', 'i', 's', '', '', '[]', '[]', '[]', false, :t)",
+            "INSERT INTO access_requests (id, requester_id, asset_id, operation_class, "
+            "protocols, ports, starts_at, ends_at, reason, state, decision_reasons, created_at, "
+            "maintenance_window_only) VALUES ('r1', 'u1', 'a1', 'tune', '[\"modbus\"]', '[502]', "
+            ":t, :e, 'tuning', 'pending', '[\"needs 1 approval(s)\"]', :t, false)",
+        ):
+            conn.execute(sa.text(statement), {"t": t, "e": t + timedelta(hours=1)})
+    migrate(eng)
+    with session_scope(eng) as db:
+        old = db.get(AccessRequest, "r1")
+        assert old is not None
+        kept = (old.state, old.ports, old.reason, old.decision_reasons)
+        assert (old.obligations, old.policy_version) == (None, None)
+        new = AccessRequest(
+            requester_id="u1", asset_id="a1", operation_class="tune", starts_at=old.starts_at,
+            ends_at=old.ends_at, reason="again", created_at=old.created_at,
+            obligations={"record": "strict", "require_mfa": True}, policy_version="b1",
+        )  # fmt: skip
+        db.add(new)
+        db.commit()
+        new_id = new.id
+    assert kept == ("pending", [502], "tuning", ["needs 1 approval(s)"])
+    with session_scope(eng) as db:
+        stored = db.get(AccessRequest, new_id)
+        assert stored is not None and stored.policy_version == "b1"
+        assert stored.obligations == {"record": "strict", "require_mfa": True}
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009_endpoint_agents")
+    columns = {c["name"] for c in sa.inspect(eng).get_columns("access_requests")}
+    assert not {"obligations", "policy_version"} & columns and "auth_amr" in columns
     eng.dispose()

@@ -38,7 +38,6 @@ from sessions.models import (
     Grant,
     MaintenanceWindow,
     User,
-    Zone,
 )
 from sessions.request_state import grants_by_request, shown_state
 from sessions.windows import add_window, list_windows, remove_window
@@ -97,6 +96,23 @@ def request_json(
         "reason": req.reason,
         "ticket": req.ticket,
         "policy_reasons": list(req.decision_reasons),
+        **filing_obligations_json(req),
+    }
+
+
+def filing_obligations_json(req: AccessRequest) -> dict[str, Any]:
+    """The obligations of the decision that allowed filing (what approvers see), the bundle
+    version that produced them, and their rows in words. ``obligations`` null: filed before
+    they were recorded (migration 0010). Approval asks policy again (the grant keeps that
+    decision's obligations) and every connection is decided again."""
+    if req.obligations is None:
+        text = ["Obligations at filing: not recorded (filed before Conduit stored them)"]
+    else:
+        text = [f"at filing: {k}: {v}" for k, v in obligation_rows(req.obligations, req.protocols)]
+    return {
+        "obligations": req.obligations,
+        "policy_version": req.policy_version,
+        "obligations_text": text,
     }
 
 
@@ -205,7 +221,6 @@ def _list(
             endpoints.setdefault(ep.asset_id, []).append(ep)
         if what == "requests":
             grants = grants_by_request(db, [req.id for *_, req in rows])
-            levels = dict(db.exec(select(Zone.id, Zone.purdue_level)).all())
             out = [
                 request_json(
                     req,
@@ -213,7 +228,7 @@ def _list(
                     display_name(user),
                     endpoints.get(req.asset_id, []),
                     grants.get(req.id),
-                    mfa_warning(user.amr, levels.get(asset.zone_id), req.operation_class)
+                    mfa_warning(user.amr, req.obligations)
                     if req.state == AccessRequestState.PENDING
                     else None,
                 )

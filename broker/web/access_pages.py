@@ -308,7 +308,7 @@ def _queue(engine: Any, principal: Principal, now: datetime) -> Rows:
                 {
                     "req": req,
                     "requester": person_of(user),
-                    "mfa_warning": mfa_warning(user.amr, level, req.operation_class),
+                    "mfa_warning": mfa_warning(user.amr, req.obligations),
                     "asset": asset,
                     "zone": zone,
                     "level": level,

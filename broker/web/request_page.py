@@ -2,8 +2,9 @@
 
 Shows what the approval queue shows (asset, zone and Purdue level, class, what it reaches,
 window, reason, ticket, the policy's reasons), plus the state it is shown in everywhere
-(:func:`sessions.request_state.shown_state`), every approver's verdict, the grant's
-obligations and, while it is pending, the MFA warning of :mod:`broker.http.mfa_notice`.
+(:func:`sessions.request_state.shown_state`), the obligations of the decision at filing (or
+"not recorded" for requests filed before they were stored), every approver's verdict, the
+grant's obligations and, while it is pending, the MFA warning of :mod:`broker.http.mfa_notice`.
 Who may look: the requester, approvers whose groups include the asset's ``owner_group``
 (the queue's scope) and admins; anyone else gets 404 (no hint that the id exists), audited
 as ``access.denied``.
@@ -68,9 +69,7 @@ def _load(engine: Any, principal: Principal, request_id: str) -> dict[str, Any] 
             "approvals": approvals,
             "people": names,
             "state": shown_state(req.state, grant.state if grant else None),
-            "mfa_warning": mfa_warning(user.amr, level, req.operation_class)
-            if pending and user
-            else None,
+            "mfa_warning": mfa_warning(user.amr, req.obligations) if pending and user else None,
         }
 
 

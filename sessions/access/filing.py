@@ -1,6 +1,8 @@
 """Filing an access request: checked on its face, resolved against the asset's declared
-endpoints, asked of policy (kind ``request``), then stored as ``pending``; every refusal is
-audited (``access.request`` with outcome ``rejected`` or ``deny``).
+endpoints, asked of policy (kind ``request``), then stored as ``pending`` together with that
+decision's obligations and bundle version (what approvers are shown; the grant takes the
+approving decision's); every refusal is audited (``access.request`` with outcome ``rejected``
+or ``deny``).
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class RequestFiling(AccessCore):
                 created_at=f.now,
                 auth_amr=list(f.auth.amr),
                 auth_acr=f.auth.acr,
+                obligations=obligations.as_dict(),
+                policy_version=f.decision.bundle_version,
             )
             db.add(row)
             db.flush()

@@ -31,7 +31,7 @@ from sessions.models.enums import (
     SessionKind,
     SessionState,
 )
-from sessions.types import UTCDateTime, json_field
+from sessions.types import JSONDocument, UTCDateTime, json_field
 
 
 class AccessRequest(TableModel, table=True):
@@ -68,6 +68,12 @@ class AccessRequest(TableModel, table=True):
     # window start with these, not with whatever the requester signed in with since).
     auth_amr: list[str] = added_list()
     auth_acr: str | None = None
+    # The obligations of the policy decision that allowed filing (``Obligations.as_dict()``)
+    # and the bundle version that produced them: what approvers see before deciding. The grant
+    # takes the approving decision's obligations, and each connection is decided again. None
+    # for requests filed before migration 0010 (not recorded).
+    obligations: dict[str, Any] | None = Field(default=None, sa_type=JSONDocument)
+    policy_version: str | None = None
 
 
 class Approval(TableModel, table=True):
