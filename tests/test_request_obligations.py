@@ -140,11 +140,7 @@ def _bundle_without_mfa_at_levels_1_2(target: Path) -> Path:
     text = obligations.read_text(encoding="utf-8")
     assert old_rule in text
     obligations.write_text(text.replace(old_rule, "require_mfa(_, by_class) := by_class\n"))
-    rules = access / "access.rego"
-    text = rules.read_text(encoding="utf-8")
-    old_basis = '\tnot asset.purdue_level in [1, 2]\n\tnot op in ["program", "firmware"]\n'
-    assert old_basis in text
-    rules.write_text(text.replace(old_basis, '\tnot op in ["program", "firmware"]\n'))
+    # One edit: the connect-time refusal (access.rego mfa_needed) follows require_mfa.
     (access / "access_test.rego").unlink()
     return target
 

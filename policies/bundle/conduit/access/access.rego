@@ -234,10 +234,17 @@ deny contains sprintf("agent for %s is offline", [asset_name]) if {
 	not input.context.agent_online == true
 }
 
-# MFA (amr mfa, otp or hwk) for connections to level 1-2 assets and for program/firmware work.
+# MFA (amr mfa, otp or hwk) exactly when the obligation require_mfa says so (obligations.rego:
+# level 1-2 assets, and classes whose row in ot.rego sets require_mfa): one rule for what the
+# approver is warned about, what the grant records and what a connection is refused for.
+mfa_needed(asset, op) if require_mfa(asset.purdue_level, class_requires_mfa(op))
+
+class_requires_mfa(op) := needed if {
+	needed := ot.class(op).require_mfa
+} else := false
+
 mfa_basis(user, asset, op) := "" if {
-	not asset.purdue_level in [1, 2]
-	not op in ["program", "firmware"]
+	not mfa_needed(asset, op)
 } else := concat("", ["MFA present (amr ", methods, ")"]) if {
 	is_array(user.amr)
 	present := [m | some m in user.amr; m in ["mfa", "otp", "hwk"]]
