@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from broker.auth.auth import Principal
-from broker.runtime.errors import BadRequest
+from broker.http.request_input import json_object
 from sessions.models import CliAuthorization
 
 
@@ -27,13 +27,7 @@ def client_name(raw: object) -> str:
 async def read_params(request: Request) -> dict[str, Any]:
     """A JSON object body or form fields; 400 for JSON that is not an object."""
     if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise BadRequest("request body is not valid JSON") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        return body
+        return await json_object(request)
     return dict(await request.form())
 
 
