@@ -1,0 +1,94 @@
+"""When the broker re-checks live grants: after a plant change, a policy bundle reload, and
+periodically as the backstop.
+
+:class:`GrantRecheckRunner` owns one task that runs ``recheck(trigger, data_problem)``
+(:meth:`sessions.access.recheck.GrantRecheck.recheck`) one at a time:
+
+* ``plant change`` at once when :meth:`plant_changed` is called (wired to
+  :attr:`broker.runtime.policy_data_sync.PolicyDataSync.on_change`: after changed plant data
+  reached the engine, or with the problem when it could not be pushed, so nothing is revoked
+  on stale data and the next successful push re-checks again);
+* ``policy bundle <version>`` within ``poll_s`` of the embedded engine activating another
+  bundle (``version()`` changed; an OPA server's bundle is covered by the backstop);
+* ``periodic`` every ``interval_s`` (changes policy sees only through time or through the
+  user's record: a contract's end passing, a user disabled or demoted at sign-in).
+
+A failing re-check is logged and the next trigger retries; the task never stops on an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("conduit.access")
+
+RECHECK_INTERVAL_S = 60.0
+Recheck = Callable[[str, str | None], Awaitable[object]]
+
+
+class GrantRecheckRunner:
+    def __init__(
+        self,
+        recheck: Recheck,
+        version: Callable[[], str | None],
+        *,
+        interval_s: float = RECHECK_INTERVAL_S,
+        poll_s: float = 0.25,
+    ) -> None:
+        self._recheck, self._version = recheck, version
+        self._interval_s, self._poll_s = interval_s, poll_s
+        self._pending: tuple[str | None] | None = None  # a plant change: (data problem,)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="grant-recheck")
+
+    def plant_changed(self, problem: str | None = None) -> None:
+        """The plant data changed (``problem``: it could not be pushed). Any thread."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return
+        self._pending = (problem,)  # the latest word wins
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(wake.set)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop, wake = self._loop, self._wake
+        assert loop is not None
+        assert wake is not None
+        seen, due = self._version(), loop.time() + self._interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_s):
+                    await wake.wait()
+            wake.clear()
+            pending, self._pending = self._pending, None
+            version = self._version()
+            problem: str | None = None
+            if pending is not None:
+                trigger, (problem,) = "plant change", pending
+            elif version != seen:
+                trigger = f"policy bundle {version}"
+            elif loop.time() >= due:
+                trigger = "periodic"
+            else:
+                continue
+            seen, due = version, loop.time() + self._interval_s
+            try:
+                await self._recheck(trigger, problem)
+            except Exception:  # the next trigger retries
+                log.exception("re-checking grants (%s) failed", trigger)
