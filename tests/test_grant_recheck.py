@@ -5,6 +5,7 @@ engine that fails during the re-check revokes nothing (docs/policy.md "Re-checki
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,6 +142,16 @@ def test_ending_the_contract_ends_the_live_session_and_revokes_the_grant(rig: Ss
     assert again.returncode != 0
 
 
+def test_archiving_the_asset_ends_the_live_session(rig: SshRig) -> None:
+    grant_id = rig.grant()
+    proc = _start(rig)
+    _plant(rig, "POST", "assets/lab-ssh/archive")
+    [line] = _vendor_sees(proc)
+    assert line == "conduit: session ended: grant revoked: asset lab-ssh was archived"
+    wait_until(lambda: _asset_connections(rig) == 0, "the asset-side SSH connection to close")
+    assert _grant(rig, grant_id)["revoke_reason"] == "asset lab-ssh was archived"
+
+
 def test_a_change_to_another_contract_leaves_the_session_running(rig: SshRig) -> None:
     grant_id = rig.grant()
     proc = _start(rig)
@@ -213,3 +224,47 @@ def test_an_engine_failure_during_the_recheck_revokes_nothing(
             rig.close()
     finally:
         opa.stop()
+
+
+RETIRE = """
+retired(asset) if asset.name == "lab-ssh"
+
+deny contains "lab-ssh is retired by the plant's policy" if retired(input.asset)
+"""
+
+
+def test_a_bundle_that_denies_ends_the_session_once_it_is_active(
+    make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    """The policy admin activates a bundle under which the grant is no longer eligible: the
+    re-check on the reload ends the session, naming the new bundle's reason."""
+    bundle = shutil.copytree(default_bundle_dir(), tmp_path / "bundle")
+    broker = make_broker(policy={"bundle_dir": str(bundle), "watch_interval_s": 0.2})
+    rig = SshRig.build(broker, tmp_path / "rig")
+    try:
+        rig.vendor("alice")
+        grant_id = rig.grant()
+        proc = _start(rig)
+        before = broker.services.policy_version()
+        access = bundle / "conduit" / "access" / "access.rego"
+        text = access.read_text()
+        assert text.count("\tinput.asset.purdue_level != 0\n") == 1
+        changed = text.replace(
+            "\tinput.asset.purdue_level != 0\n",
+            "\tinput.asset.purdue_level != 0\n\tnot retired(input.asset)\n",
+        )
+        access.write_text(changed + RETIRE)
+
+        [line] = _vendor_sees(proc)
+        assert line == (
+            "conduit: session ended: grant revoked: eligibility lost: "
+            "lab-ssh is retired by the plant's policy"
+        )
+        after = broker.services.policy_version()
+        assert after != before
+        [revoked] = [e for e in audit_events(broker, "grant.revoked") if e["subject"] == grant_id]
+        assert revoked["details"]["trigger"] == f"policy bundle {after}"
+        assert revoked["details"]["bundle_version"] == after
+        assert _grant(rig, grant_id)["state"] == "revoked"
+    finally:
+        rig.close()
