@@ -245,6 +245,7 @@ class BrokerLifespan:
         runner = GrantRecheckRunner(
             lambda trigger, problem: svc.access.recheck(trigger, data_problem=problem),
             svc.policy_version,
+            lambda: svc.policy_data.problem,
         )
         runner.start()
         svc.policy_data.on_change = runner.plant_changed

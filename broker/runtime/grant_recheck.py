@@ -11,9 +11,13 @@ periodically as the backstop.
 * ``policy bundle <version>`` within ``poll_s`` of the embedded engine activating another
   bundle (``version()`` changed; an OPA server's bundle is covered by the backstop);
 * ``periodic`` every ``interval_s`` (changes policy sees only through time or through the
-  user's record: a contract's end passing, a user disabled or demoted at sign-in).
+  user's record: a contract's end passing, a user disabled or demoted at sign-in);
+* ``retry`` after a re-check some of whose decisions failed (the engine erred): after
+  ``retry_s``, doubling while it keeps failing, at most ``interval_s``.
 
-A failing re-check is logged and the next trigger retries; the task never stops on an error.
+Every re-check is told the plant data's push problem (``data_problem()``, or the one a plant
+change came with), so no deny is trusted while the engine may hold stale data. A re-check that
+raises is logged and the next trigger retries; the task never stops on an error.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from sessions.access.recheck import RecheckReport
+
 log = logging.getLogger("conduit.access")
 
 RECHECK_INTERVAL_S = 60.0
-Recheck = Callable[[str, str | None], Awaitable[object]]
+RETRY_S = 5.0
+Recheck = Callable[[str, str | None], Awaitable[RecheckReport]]
 
 
 class GrantRecheckRunner:
@@ -34,12 +41,14 @@ class GrantRecheckRunner:
         self,
         recheck: Recheck,
         version: Callable[[], str | None],
+        data_problem: Callable[[], str | None],
         *,
         interval_s: float = RECHECK_INTERVAL_S,
+        retry_s: float = RETRY_S,
         poll_s: float = 0.25,
     ) -> None:
-        self._recheck, self._version = recheck, version
-        self._interval_s, self._poll_s = interval_s, poll_s
+        self._recheck, self._version, self._data_problem = recheck, version, data_problem
+        self._interval_s, self._retry_s, self._poll_s = interval_s, retry_s, poll_s
         self._pending: tuple[str | None] | None = None  # a plant change: (data problem,)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -71,6 +80,7 @@ class GrantRecheckRunner:
         assert loop is not None
         assert wake is not None
         seen, due = self._version(), loop.time() + self._interval_s
+        retry, backoff = False, self._retry_s
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_s):
@@ -78,17 +88,23 @@ class GrantRecheckRunner:
             wake.clear()
             pending, self._pending = self._pending, None
             version = self._version()
-            problem: str | None = None
+            problem = self._data_problem()
             if pending is not None:
-                trigger, (problem,) = "plant change", pending
+                trigger, problem = "plant change", pending[0] or problem
             elif version != seen:
                 trigger = f"policy bundle {version}"
             elif loop.time() >= due:
-                trigger = "periodic"
+                trigger = "retry" if retry else "periodic"
             else:
                 continue
-            seen, due = version, loop.time() + self._interval_s
+            seen = version
             try:
-                await self._recheck(trigger, problem)
+                report = await self._recheck(trigger, problem)
             except Exception:  # the next trigger retries
                 log.exception("re-checking grants (%s) failed", trigger)
+                report = None
+            retry = report is None or bool(report.failed)
+            if retry:  # sooner than the backstop, backing off while the engine stays down
+                due, backoff = loop.time() + backoff, min(backoff * 2, self._interval_s)
+            else:
+                due, backoff = loop.time() + self._interval_s, self._retry_s
