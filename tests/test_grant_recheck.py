@@ -152,6 +152,17 @@ def test_archiving_the_asset_ends_the_live_session(rig: SshRig) -> None:
     assert _grant(rig, grant_id)["revoke_reason"] == "asset lab-ssh was archived"
 
 
+def test_a_login_no_longer_declared_ends_the_live_session(rig: SshRig) -> None:
+    """The admin changes the SSH endpoint's logins: the grant's login is no longer one of them."""
+    grant_id = rig.grant()
+    proc = _start(rig)
+    rig.declare("lab-ssh", {"logins": ["someone-else"]})
+    [line] = _vendor_sees(proc)
+    assert line.startswith("conduit: session ended: grant revoked: eligibility lost: ")
+    assert f"login {rig.sshd.user} is not declared for read_only on lab-ssh" in line
+    assert _grant(rig, grant_id)["state"] == "revoked"
+
+
 def test_a_change_to_another_contract_leaves_the_session_running(rig: SshRig) -> None:
     grant_id = rig.grant()
     proc = _start(rig)
