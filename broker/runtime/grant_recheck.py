@@ -37,6 +37,9 @@ Recheck = Callable[[str, str | None], Awaitable[RecheckReport]]
 
 
 class GrantRecheckRunner:
+    """Owns the re-check task (see the module); :meth:`start` and :meth:`aclose` on the loop,
+    :meth:`plant_changed` from any thread (ignored before start and after the loop closed)."""
+
     def __init__(
         self,
         recheck: Recheck,
