@@ -87,7 +87,8 @@ class Services:
         return await self.policy_data.refresh()
 
     def plant_changed(self) -> None:
-        """Something in ``data.plant`` changed: push it within ~0.05 s (any thread)."""
+        """Something in ``data.plant`` changed: push it within ~0.05 s (any thread); once
+        pushed, every active grant is re-checked (:mod:`broker.runtime.grant_recheck`)."""
         self.policy_data.changed()
 
     async def record(

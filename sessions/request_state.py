@@ -1,7 +1,9 @@
 """The one state a request is shown in, everywhere (web, API, CLI).
 
 A request's own state machine ends at ``approved`` (sessions/access/); from then on its
-grant carries the story (``approved`` → ``active`` → ``expired``, or ``revoked``). Listings
+grant carries the story (``approved`` → ``active`` → ``expired``, or ``revoked``: by a person,
+or by the broker when policy no longer finds the grant eligible, at activation or mid-window,
+:mod:`sessions.access.recheck`; ``revoke_reason`` says which). Listings
 show :func:`shown_state`: the grant's state once there is a grant, else the request's own, so
 a revoked grant's request never reads "approved".
 """

@@ -88,3 +88,26 @@ async def test_failures_are_reported_once_then_the_recovery() -> None:
     await sync.aclose()
     assert reports == ["pushing data.plant failed: server down", None]
     assert sync.problem is None and sync.pushes == 2
+
+
+async def test_changed_data_is_announced_once_pushed_and_once_when_it_fails() -> None:
+    """``on_change`` (the grant re-check) hears of data the engine has not taken yet: None
+    once it was pushed, the problem on the first failed push of it; unchanged data is silent."""
+    engine, version = RecordingEngine(), [0]
+    heard: list[str | None] = []
+    sync = PolicyDataSync(lambda: {"plant": {"version": version[0]}}, engine, interval_s=3600)
+    await sync.start()
+    sync.on_change = heard.append
+    assert await sync.refresh() is True  # the same data again: nothing to say
+    version[0] = 1
+    assert await sync.refresh() is True
+    assert heard == [None]
+    engine.down, version[0] = True, 2
+    assert await sync.refresh() is False
+    assert await sync.refresh() is False  # the same failure again: said once
+    assert heard == [None, "pushing data.plant failed: server down"]
+    engine.down = False
+    assert await sync.refresh() is True  # taken at last: the re-check runs on it
+    assert await sync.refresh() is True
+    assert heard == [None, "pushing data.plant failed: server down", None]
+    await sync.aclose()

@@ -26,6 +26,7 @@ from broker.runtime.audit_checkpoints import (
     SyslogTarget,
     WebhookTarget,
 )
+from broker.runtime.grant_recheck import GrantRecheckRunner
 from broker.runtime.periodic import Periodic
 from broker.runtime.webhook import WebhookNotifier
 from broker.services import Services
@@ -72,6 +73,7 @@ class BrokerLifespan:
             self._live,
             self._ssh,
             self._grant_clock,
+            self._grant_recheck,
         )
         for step in steps:
             await step()
@@ -237,6 +239,17 @@ class BrokerLifespan:
         grant_clock = Periodic(tick, svc.settings.grant_tick_s, "grant tick", log)
         grant_clock.start()
         self._owns("grant clock", grant_clock.aclose)
+
+    async def _grant_recheck(self) -> None:
+        svc = self._svc  # ends grants whose basis went away (plant change, bundle, periodic)
+        runner = GrantRecheckRunner(
+            lambda trigger, problem: svc.access.recheck(trigger, data_problem=problem),
+            svc.policy_version,
+            lambda: svc.policy_data.problem,
+        )
+        runner.start()
+        svc.policy_data.on_change = runner.plant_changed
+        self._owns("grant re-check", runner.aclose)
 
     # ---- helpers --------------------------------------------------------------------------
 

@@ -7,16 +7,23 @@ from any thread: a burst of changes becomes one push) and every ``interval_s`` a
 serialised, so data built later is never overwritten by data built earlier. A push the
 engine refuses (an OPA server down) is logged every time and reported through ``on_status``
 when the state changes: the problem on the first failure, None on the next success.
+
+``on_change`` hears about data that differs from the last data the engine took: called with
+None after it was pushed, and with the problem after the first failed push of it (the grant
+re-check, :mod:`broker.runtime.grant_recheck`, runs then; it trusts no deny while the push
+fails). A backstop push of unchanged data calls nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from policies.canonical import canonical_bytes
 from policies.engine import Engine as PolicyEngine
 from policies.errors import PolicyError
 
@@ -25,6 +32,7 @@ log = logging.getLogger("conduit.policy")
 DEBOUNCE_S = 0.05
 
 StatusHandler = Callable[[str | None], Awaitable[None]]
+ChangeHandler = Callable[[str | None], None]
 
 
 class PolicyDataSync:
@@ -39,6 +47,9 @@ class PolicyDataSync:
         self._build, self._engine = build, engine
         self._interval_s, self._debounce_s = interval_s, debounce_s
         self.on_status: StatusHandler | None = None
+        self.on_change: ChangeHandler | None = None
+        self._pushed: str | None = None  # digest of the data the engine last took
+        self._tried: str | None = None  # digest of the data last attempted
         self.problem: str | None = None  # the last push's failure, None after a success
         self.pushes = 0  # successful pushes
         self._lock = asyncio.Lock()
@@ -73,15 +84,30 @@ class PolicyDataSync:
         """
         async with self._lock:
             data = await asyncio.to_thread(self._build)
+            digest = hashlib.sha256(canonical_bytes(data)).hexdigest()
+            tried, self._tried = self._tried, digest
             try:
                 await self._engine.push_data(data)
             except PolicyError as exc:
                 log.warning("policy data not pushed: %s", exc.message)
                 await self._report(exc.message)
+                if digest not in (self._pushed, tried):  # a change, first failure: say so once
+                    self._changed(exc.message)
                 return False
             self.pushes += 1
+            pushed, self._pushed = self._pushed, digest
             await self._report(None)
+            if digest != pushed:
+                self._changed(None)
             return True
+
+    def _changed(self, problem: str | None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(problem)
+        except Exception:  # a listener must not stop the pushes
+            log.exception("announcing changed policy data failed")
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

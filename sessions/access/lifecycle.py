@@ -73,7 +73,7 @@ class GrantClock(AccessCore):
                 assert user is not None
                 if locked and VENDOR in user.roles:
                     continue  # suspended: activated (policy asked) once the lockout ends
-                due.append((grant.id, _activation_input(db, grant, user, now), user.id))
+                due.append((grant.id, eligibility_input(db, grant, user, now), user.id))
             return due
 
     def _activate(self, grant_id: str, state: str, decision: Decision) -> bool:
@@ -91,8 +91,10 @@ class GrantClock(AccessCore):
             return True
 
 
-def _activation_input(db: Session, grant: Grant, user: User, now: datetime) -> dict[str, Any]:
-    """The policy input re-checking a grant's request at its window start."""
+def eligibility_input(db: Session, grant: Grant, user: User, now: datetime) -> dict[str, Any]:
+    """The policy input re-checking a grant's request (kind ``request``, the request's ports,
+    login and credential context): at its window start, and mid-window
+    (:mod:`sessions.access.recheck`)."""
     asset = db.get(Asset, grant.asset_id)
     grant_req = db.get(AccessRequest, grant.request_id)
     assert asset is not None
