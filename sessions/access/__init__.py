@@ -11,14 +11,16 @@ State machines (constants in :mod:`sessions.models`):
 Policy is asked on every request (kind ``request``: role, contract, Purdue level, lockout;
 its obligations bound the window and name how many approvals are needed), on every approval
 (kind ``approve``: owner group, never one's own request, each person once) and again at
-activation. Every step is an audit event. Time comes from the injected clock; ``tick``
+activation; an active grant is re-asked when the plant or the bundle changes (and every
+minute), and revoked with the policy's reasons when it is no longer eligible. Every step is an
+audit event. Time comes from the injected clock; ``tick``
 moves grants along and is called by the broker's scheduler (and by tests, with a manual
 clock). ``on_grant_ended`` callbacks receive ``(grant_id, reason)`` so live sessions can be cut.
 
 Modules: :mod:`.request_spec` (a request on its face and what it reaches), :mod:`.base` (shared
 dependencies, the audited transaction, :class:`AccessDenied`), :mod:`.filing` (requests),
 :mod:`.approvals` (approve, deny, cancel), :mod:`.lifecycle` (``tick``),
-:mod:`.revocation` (revoke, lockout) and :mod:`.service` (:class:`AccessService`, all of them).
+:mod:`.revocation` (revoke, lockout), :mod:`.recheck` (eligibility of active grants) and :mod:`.service` (:class:`AccessService`, all of them).
 Callers import a name from the module that defines it.
 """
 
