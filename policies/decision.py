@@ -133,6 +133,11 @@ class Decision:
     input_hash: str = ""
     elapsed_ms: float = 0.0
     evaluator: str = ""  # embedded engine: "rvm" or "interpreter" (not part of as_dict)
+    # True when the engine could not decide (unreachable, no bundle, malformed answer, over its
+    # budget): a fail-closed deny from :func:`deny`, not the policy saying no. Callers that act
+    # on a deny after the fact (the grant re-check) must not treat it as the policy's verdict.
+    # Not part of as_dict.
+    engine_failed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,8 +154,9 @@ class Decision:
 
 
 def deny(reason: str, **fields: Any) -> Decision:
-    """A fail-closed decision with one reason."""
-    return Decision(allow=False, reasons=(reason,), **fields)
+    """A fail-closed decision with one reason: the engine could not decide
+    (``engine_failed``)."""
+    return Decision(allow=False, reasons=(reason,), engine_failed=True, **fields)
 
 
 class MalformedDecision(ValueError):

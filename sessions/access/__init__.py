@@ -19,9 +19,9 @@ clock). ``on_grant_ended`` callbacks receive ``(grant_id, reason)`` so live sess
 
 Modules: :mod:`.request_spec` (a request on its face and what it reaches), :mod:`.base` (shared
 dependencies, the audited transaction, :class:`AccessDenied`), :mod:`.filing` (requests),
-:mod:`.approvals` (approve, deny, cancel), :mod:`.lifecycle` (``tick``),
-:mod:`.revocation` (revoke, lockout), :mod:`.recheck` (eligibility of active grants) and :mod:`.service` (:class:`AccessService`, all of them).
-Callers import a name from the module that defines it.
+:mod:`.approvals` (approve, deny, cancel), :mod:`.lifecycle` (``tick``), :mod:`.revocation`
+(revoke, lockout), :mod:`.recheck` (eligibility of active grants) and :mod:`.service`
+(:class:`AccessService`, all of them). Callers import a name from the module that defines it.
 """
 
 # Re-exported for broker/ssh/front.py, broker/services.py, broker/app.py and

@@ -9,14 +9,14 @@ hash and bundle version (the decision itself is the ``policy.decision`` event, p
 ``recheck:<trigger>``); ``on_grant_ended`` then ends the grant's live sessions. Two things
 policy does not see are checked here: a disabled user and an archived asset.
 
-Not trigger-happy: a deny that says the engine failed (:data:`ENGINE_FAILURES`: OPA down, no
-bundle, evaluation error, the plant data missing), or any deny while the caller reports the
-plant data could not be pushed (``data_problem``), revokes nothing: it is audited as
-``grant.recheck_failed`` (outcome ``error``) and the next re-check tries again. Vendor grants
-are skipped while the emergency lockout is on (they are suspended, not ineligible).
-``approved`` grants are not re-checked here: activation asks policy at window start.
-What narrows obligations only (a smaller Modbus write range) still allows, changes nothing
-here and applies from the next connection.
+Not trigger-happy: a deny that says the engine failed (``Decision.engine_failed``: OPA down, no
+bundle, evaluation error; or the bundle's answer that the plant data is missing), or any deny
+while the caller reports the plant data could not be pushed (``data_problem``), revokes nothing:
+it is audited as ``grant.recheck_failed`` (outcome ``error``) and the next re-check tries again.
+Vendor grants are skipped while the emergency lockout is on (they are suspended, not
+ineligible). ``approved`` grants are not re-checked here: activation asks policy at window
+start. What narrows obligations only (a smaller Modbus write range) still allows, changes
+nothing here and applies from the next connection.
 """
 
 from __future__ import annotations
@@ -37,16 +37,8 @@ from sessions.models import Asset, Grant, GrantState, User
 
 # Deny reasons that are the engine failing, not policy saying no (policies/opa.py,
 # policies/embedded.py, policies/manager.py, and the default bundle without data.plant).
-ENGINE_FAILURES = (
-    "policy server ",
-    "policy engine ",
-    "policy evaluation ",
-    "policy returned ",
-    "policy query failed",
-    "policy input is not",
-    "no valid policy bundle",
-    "emergency lockout assumed",
-)
+# The bundled policy's answer when data.plant is missing: the data, not the vendor, is wrong.
+NO_PLANT_DATA = "emergency lockout assumed"
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,9 @@ def engine_failure(decision: Decision) -> str | None:
     """The reason of a deny that reports the engine failing, else None."""
     if decision.allow:
         return None
-    return next((r for r in decision.reasons if r.startswith(ENGINE_FAILURES)), None)
+    if decision.engine_failed:
+        return decision.reasons[0]
+    return next((r for r in decision.reasons if r.startswith(NO_PLANT_DATA)), None)
 
 
 class GrantRecheck(AccessCore):
