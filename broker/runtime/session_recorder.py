@@ -20,6 +20,7 @@ recording from a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from sessions.maintenance import MaintenanceService
 from sessions.pcap import OpsLogRecorder, PcapRecorder
 from sessions.recording import FlushTimer, LocalStore, RecordingError, RecordingWriter, Signer
 from sessions.recording_end import RECORDING_CLOSED, closed_details, subject
+from sessions.session_end import recording_entry
 
 log = logging.getLogger("conduit.recording")
 # Terminal output within 20 ms becomes one asciicast event (bulk output: one JSON line per
@@ -70,12 +72,38 @@ class _FailurePolicy:
         self._report = report
         self.broken = False
         self.closed = False
+        self._done = asyncio.Event()  # set once closing has finished (cleanly or not)
+        self._why: str | None = None  # why the recording is incomplete
+
+    def _writers_of(self) -> list[RecordingWriter]:
+        raise NotImplementedError
+
+    async def evidence(self, wait_s: float) -> list[dict[str, Any]]:
+        """Wait up to ``wait_s`` for closing to finish; then one ``session.ended`` entry
+        per file: its final chain hash, or ``incomplete`` and why."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), wait_s)
+        entries = []
+        for writer in self._writers_of():
+            clean = self._done.is_set() and writer.closed and writer.failed is None
+            why = None
+            if not clean:
+                why = self._why or (
+                    "recording failed" if self.broken else "not closed when the session ended"
+                )
+            entries.append(
+                recording_entry(
+                    writer.recording_id, writer.kind, writer.chain_head if clean else None, why
+                )
+            )
+        return entries
 
     def _failed(self, exc: RecordingError, doing: str = "writing") -> None:
         """Event loop only: log, audit, and in strict mode end the session."""
         if self.broken:
             return
         self.broken = True
+        self._why = f"failed while {doing}: {reason_for(exc)}"
         log.error(
             "recording %s failed while %s: %s (%s)",
             self._name,
@@ -115,8 +143,12 @@ class ChannelRecorder(_FailurePolicy):
         self.recording_id, self.writer, self.cast = recording_id, writer, cast
         self._finished = finished
         self.timer = FlushTimer(writer, on_error=self._failed)
+        self._writer = writer
         self.timer.start()
         self._pending_timer: asyncio.TimerHandle | None = None
+
+    def _writers_of(self) -> list[RecordingWriter]:
+        return [self._writer]
 
     def output(self, data: bytes) -> None:
         self._guard(lambda: self.cast.output(data))
@@ -148,13 +180,16 @@ class ChannelRecorder(_FailurePolicy):
             self._pending_timer = None
         self._guard(self.cast.flush_pending)
         self.closed = True
-        await self.timer.aclose()
-        if not self.broken:
-            try:
-                await asyncio.to_thread(self.cast.close, reason)
-            except RecordingError as exc:
-                self._failed(exc, "closing")
-        await asyncio.to_thread(self._finished, self, reason)
+        try:
+            await self.timer.aclose()
+            if not self.broken:
+                try:
+                    await asyncio.to_thread(self.cast.close, reason)
+                except RecordingError as exc:
+                    self._failed(exc, "closing")
+            await asyncio.to_thread(self._finished, self, reason)
+        finally:
+            self._done.set()
         return not self.broken
 
 
@@ -435,6 +470,9 @@ class TcpRecording(_FailurePolicy):
         for timer in self._timers:
             timer.start()
 
+    def _writers_of(self) -> list[RecordingWriter]:
+        return list(self._writers)
+
     def client_data(self, data: bytes) -> None:
         self._guard(lambda: self.pcap.client_data(data))
 
@@ -469,6 +507,9 @@ class TcpRecording(_FailurePolicy):
                 self._finished(writer, reason)
             return error
 
-        error = await asyncio.to_thread(close_all)
-        if error is not None:
-            self._failed(error, "closing")
+        try:
+            error = await asyncio.to_thread(close_all)
+            if error is not None:
+                self._failed(error, "closing")
+        finally:
+            self._done.set()
