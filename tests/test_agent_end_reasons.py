@@ -58,7 +58,7 @@ def test_kill_switch_tells_the_ssh_vendor_why(rig: SshRig) -> None:
     rig.grant()
     proc = _start(rig)
     _stop_all(rig)
-    _ended(rig, proc, KILL_SWITCH)
+    _ended(rig, proc, KILL_SWITCH, "agent_kill_switch", "deny")
     assert proc.returncode == 1
 
 
@@ -66,7 +66,7 @@ def test_a_dead_agent_tells_the_ssh_vendor_why(rig: SshRig) -> None:
     rig.grant()
     proc = _start(rig)
     rig.agent.proc.kill()  # the agent host lost power, say
-    _ended(rig, proc, "the agent for lab-ssh disconnected")
+    _ended(rig, proc, "the agent for lab-ssh disconnected", "agent_gone", "error")
     assert proc.returncode == 1
 
 
