@@ -153,7 +153,8 @@ async def open_forward(session: MaintenanceSession, host: str, port: int) -> For
     except Exception as exc:
         channel.close()
         if isinstance(exc, RecordingError):  # strict: no recording, no session
-            session.recording_refused(f"{session.record.id}-tcp{number}", "pcap", exc.message)
+            recording_id = f"{session.record.id}-tcp{number}"
+            session.recording_refused(exc.message, recording_id=recording_id)
         raise ForwardRefused(error_text(exc), prohibited=False) from None
     if recording is not None:
         session.keep(recording)

@@ -280,10 +280,12 @@ class MaintenanceSession:
         """A strict recording failed while the session ran: end it (``recording_failed``)."""
         self.kill(Ending(EndCode.RECORDING_FAILED, text))
 
-    def recording_refused(self, recording_id: str, kind: str, text: str) -> None:
-        """A strict recording could not start: listed as incomplete, and the session ends
-        (``recording_refused``)."""
-        self._lost.append(recording_entry(recording_id, kind, None, f"could not start: {text}"))
+    def recording_refused(self, text: str, *, recording_id: str | None = None) -> None:
+        """A strict recording could not start: the session ends (``recording_refused``);
+        ``recording_id`` (a forward's pcap) is listed as incomplete."""
+        if recording_id is not None:
+            why = f"could not start: {text}"
+            self._lost.append(recording_entry(recording_id, "pcap", None, why))
         self.kill(Ending(EndCode.RECORDING_REFUSED, text))
 
     def keep(self, evidence: Evidence) -> None:
@@ -337,8 +339,9 @@ class MaintenanceSession:
                 on_failure=self.recording_failed,
                 pty=pty,
             )
-        except RecordingError as exc:
-            self.recording_refused(f"{record.id}-{number}", "asciicast", exc.message)
+        except RecordingError as exc:  # the caller refuses the channel, then ends the session
+            why = f"could not start: {exc.message}"
+            self._lost.append(recording_entry(f"{record.id}-{number}", "asciicast", None, why))
             raise
         if recorder is not None:
             self.keep(recorder)

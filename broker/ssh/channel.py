@@ -145,8 +145,9 @@ class VendorChannel(asyncssh.SSHServerSession[bytes]):
             self.recorder = await session.terminal_recorder(
                 self.number, width, height, pty=self.pty is not None
             )
-        except RecordingError as exc:  # strict: refused (the session has ended with it)
+        except RecordingError as exc:  # strict: refused, and the session ends with it
             self.refuse(f"session refused: {exc.message}")
+            session.recording_refused(exc.message)
             return False
         return True
 
