@@ -42,6 +42,8 @@ from sessions.models import (
     OperationClass,
     Recording,
     RecordingIntegrity,
+    SessionKind,
+    SessionProtocol,
     SessionState,
     User,
     route_agent,
@@ -329,6 +331,8 @@ class MaintenanceService:
             db.add(row)
             db.flush()
             session_id = row.id
+            if kind == SessionKind.TCP:  # shown as the endpoint's protocol (Modbus, S7 …)
+                db.add(SessionProtocol(session_id=session_id, protocol=auth.endpoint.protocol))
         self._audit.append(
             "session.started",
             actor=auth.user.id,

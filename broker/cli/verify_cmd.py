@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli import recordings_list
 from broker.cli.common import add_config_arg
 from broker.cli.local import locate
 from broker.cli.recording_lookup import find
@@ -62,6 +63,7 @@ def add_parser(sub: Any) -> None:
     e.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
     e.add_argument("--no-verify", action="store_true", help="export without verifying")
     e.set_defaults(func=export)
+    recordings_list.add_parser(rsub)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:

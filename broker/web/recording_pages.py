@@ -37,6 +37,7 @@ from broker.web.recording_access import recording_directory, visible_recording
 from sessions.db import session_scope
 from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
 from sessions.models import Recording, RecordingFormat, RecordingIntegrity
+from sessions.ot.registry import registered
 from sessions.recording import (
     KIND_EXTENSIONS,
     RecordingError,
@@ -81,7 +82,10 @@ async def recordings_page(request: Request) -> Response:
         {
             "recordings": rows,
             "assets": assets,
-            "kinds": RecordingFormat.ALL,
+            "kinds": [  # (value, label): the recording formats, then the OT protocols
+                *((f, f) for f in RecordingFormat.ALL),
+                *((name, plugin.title) for name, plugin in registered().items()),
+            ],
             "filters": filters,
             "sees_all": sees_all(principal) or owns_assets(principal),
             "limited": len(rows) == LIST_LIMIT,

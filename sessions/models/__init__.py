@@ -92,6 +92,7 @@ from sessions.models.organisation import (
     Zone,
     route_agent,
 )
+from sessions.models.session_protocol import SessionProtocol
 
 __all__ = [
     "CASCADE",
@@ -129,6 +130,7 @@ __all__ = [
     "RecordingFormat",
     "RecordingIntegrity",
     "SessionKind",
+    "SessionProtocol",
     "SessionState",
     "Site",
     "SshCertificate",
