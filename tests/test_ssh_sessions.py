@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from sessions.recording import assemble
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
+from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
 from tests.harness.wait import TIMEOUT_S, wait_until
 from tests.test_recording_asciinema import asciinema_cat
@@ -111,6 +114,48 @@ def test_revoke_ends_the_session(rig: SshRig) -> None:
     _token(rig, "adam")
     rig.broker.services.access.revoke(grant_id, rig.users["adam"], "vendor done")
     _ended(rig, proc, "grant revoked", "grant_revoked", "deny")
+
+
+def test_leaving_after_a_refused_forward_ends_as_refused_by_authorization(rig: SshRig) -> None:
+    """The session runs (a command); a forward the grant does not cover is refused; the
+    vendor leaves next: that refusal is why the session ended (deny), not "ok"."""
+    rig.grant()
+    local = free_port()
+    proc = subprocess.Popen(
+        [*rig.ssh_argv("alice", "-L", f"127.0.0.1:{local}:127.0.0.1:9"), "echo ready; read x"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    with socket.create_connection(("127.0.0.1", local), timeout=TIMEOUT_S) as conn:
+        conn.settimeout(TIMEOUT_S)
+        with contextlib.suppress(ConnectionResetError):
+            assert conn.recv(10) == b""  # refused: closed without a byte
+    wait_until(lambda: bool(audit_events(rig.broker, "session.denied")), "the refusal's audit")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0
+    ended = ended_event(rig, "authorization_refused", "deny")
+    assert ended["details"]["reason"].startswith("access denied")
+
+
+def test_broker_shutdown_ends_the_session_as_an_error(
+    make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    broker = make_broker()
+    rig = SshRig.build(broker, tmp_path)
+    try:
+        rig.vendor("alice")
+        rig.grant()
+        proc = _start(rig)
+        broker.stop()
+        proc.communicate(timeout=TIMEOUT_S)
+        ended = ended_event(rig, "broker_shutdown", "error")
+        [recording] = ended["details"]["recordings"]
+        assert recording["kind"] == "asciicast" and recording["final_chain"] != "incomplete"
+    finally:
+        rig.close()
 
 
 def _lockout(rig: SshRig, on: bool, reason: str) -> dict[str, object]:
@@ -374,6 +419,7 @@ def test_ending_a_session_ends_the_commands_it_started_on_the_asset(
     if how == "disconnect":  # the vendor's ssh is killed: nobody is told, the asset is cleaned
         proc.kill()
         proc.communicate()
+        ended_event(rig, "connection_lost", "error")
     else:
         reason = {"revoke": "grant revoked", "lockout": "emergency lockout"}.get(how, "grant")
         code = {"revoke": "grant_revoked", "lockout": "lockout"}.get(how, "grant_expired")
