@@ -171,6 +171,14 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
     with session_scope(rig.broker.services.engine) as db:
         states = {s.state for s in db.exec(select(MaintenanceSession)).all()}
     assert states == {"failed"}  # the session rows agree with the audit log
+    listed = httpx2.get(
+        f"{rig.broker.url}/api/recordings",
+        headers={"Authorization": f"Bearer {rig.sign_in('adam')}"},
+        timeout=30,
+    ).json()["recordings"]
+    assert [(r["session_id"], r["session_state"]) for r in listed] == [
+        (ended[0]["subject"].removeprefix("session:"), "failed")
+    ]
     assert [e["subject"] for e in failed] == [e["subject"] for e in ended]  # one per session
     logged = [r.getMessage() for r in caplog.records if r.name == "conduit.recording"]
     assert sum("could not start" in m for m in logged) == 3

@@ -39,6 +39,7 @@ def recording_json(row: RecordingRow) -> dict[str, object]:
         "started_at": iso(row.started_at),
         "ended_at": iso(row.ended_at) if row.ended_at else None,
         "end_reason": row.end_reason,
+        "session_state": row.session_state,
         "size_bytes": row.size_bytes,
         "finalized": row.finalized,
         "integrity": row.integrity,

@@ -51,6 +51,7 @@ class RecordingRow:
     started_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    session_state: str  # active, closed, or failed (its end was an error or a refusal)
     size_bytes: int
     finalized: bool
     integrity: str
@@ -135,6 +136,7 @@ def load_recordings(
                 started_at=ms.started_at,
                 ended_at=ms.ended_at,
                 end_reason=ms.end_reason,
+                session_state=ms.state,
                 size_bytes=rec.size_bytes,
                 finalized=rec.finalized_at is not None,
                 integrity=rec.integrity,
