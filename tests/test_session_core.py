@@ -22,7 +22,7 @@ from broker.runtime.live_sessions import LiveSessions
 from sessions.access import AccessDenied
 from sessions.credentials import CredentialRefused
 from sessions.ot.base import Verdicts
-from sessions.session_end import EndCode, Ending
+from sessions.session_end import EndCode, Ending, grant_ending
 from sessions.testing import ManualClock
 from tests.harness.wait import async_wait_until
 from tests.test_tcp_forward import _Channel, _Vendor
@@ -316,3 +316,16 @@ async def test_relay_with_any_inspector_applies_its_verdicts() -> None:
     assert bytes(vendor.written) == b"NO"
     assert [(k, d["protocol"], d["allowed"]) for k, d in alerts] == [("ot.refused", "fake", False)]
     assert vendor.closed
+
+
+def test_grant_endings_map_the_access_services_words_to_codes() -> None:
+    """``AccessService.on_grant_ended`` passes text; each known ending gets its code."""
+    assert grant_ending("grant expired").code == EndCode.GRANT_EXPIRED
+    assert grant_ending("grant revoked: vendor done").code == EndCode.REVOKED
+    lockout = grant_ending("emergency lockout: vendor access is suspended")
+    assert (lockout.code, lockout.outcome) == (EndCode.LOCKOUT, "deny")
+    assert grant_ending("eligibility lost before the window opened").code == "eligibility_lost"
+    other = grant_ending("something new")  # deny by default, never "ok"
+    assert (other.code, other.outcome, other.text) == ("grant_ended", "deny", "something new")
+    with pytest.raises(ValueError, match="unknown session end code"):
+        Ending("made_up", "text")
