@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from sessions.asciicast import BINARY_EVENT, output_bytes
 from sessions.db import session_scope
 from sessions.models import Asset, Grant, Recording
 from sessions.recording import assemble
-from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
 from tests.harness.ports import free_port
@@ -353,6 +354,18 @@ def test_verify_checks_the_recording_against_the_sessions_end(rig: SshRig) -> No
     broken = run_conduit("verify", str(recording), *database)
     assert broken.returncode == 1 and broken.stdout.startswith("BROKEN"), broken.stdout
     assert event in broken.stdout and named["final_chain"][:16] in broken.stdout
+
+    # The recordings page's verify says the same to a security reviewer.
+    with session_scope(rig.broker.services.engine) as db:
+        row = db.exec(select(Recording)).one()
+    with httpx2.Client(timeout=TIMEOUT_S) as sam:
+        web_login(sam, rig.broker.url, "sam", "sam-demo-pw")
+        page = sam.get(f"{rig.broker.url}/recordings/{row.id}")
+        csrf = form_values(page.text)["csrf"]
+        verified = sam.post(f"{rig.broker.url}/recordings/{row.id}/verify", data={"csrf": csrf})
+        assert verified.status_code == 303
+        shown = sam.get(rig.broker.url + verified.headers["location"])
+    assert "BROKEN" in shown.text and html.escape(event) in shown.text
 
 
 def test_binary_exec_output_is_recorded_exactly(rig: SshRig, tmp_path: Path) -> None:
