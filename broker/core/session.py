@@ -16,10 +16,14 @@
   (:mod:`broker.core.forward`).
 * **its tasks**: everything it starts goes through :meth:`MaintenanceSession.own`;
   :meth:`MaintenanceSession.aclose` waits for all of them (and the link's).
-* **ending**: :meth:`MaintenanceSession.end` (idempotent) tells the edge, stops the asset's
-  commands and the relays (OT answers already asked for still come back), closes the user's
-  connection shortly after and closes the session's row (``session.closed`` audited once, by
-  :meth:`sessions.maintenance.MaintenanceService.close`).
+* **ending**: :meth:`MaintenanceSession.end` (idempotent) takes an
+  :class:`sessions.session_end.Ending` (reason code, text, outcome), tells the edge, stops the
+  asset's commands and the relays (OT answers already asked for still come back), closes the
+  user's connection shortly after and, once the session's recordings have closed, closes its
+  row (``session.ended`` audited once with the outcome, the reason code and each recording's
+  final chain hash, by :meth:`sessions.maintenance.MaintenanceService.close`). When the user
+  leaves, :meth:`MaintenanceSession.client_ending` says why: the connection was lost, a channel
+  was refused just before, the last command failed, or a clean exit.
 """
 
 from __future__ import annotations
