@@ -24,6 +24,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException
 
 from sessions.recording import assemble, load_public_key, verify_recording
+from sessions.session_end import EndCode, Ending
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs, require
 from tests.harness.plc import PlcServer
@@ -270,7 +271,8 @@ def test_a_transaction_sent_before_the_cut_is_answered(
         assert slow.arrived.wait(30)  # the request is on its way to the PLC, unanswered
         [live] = broker.services.live.list()
         assert broker.services.live.kill is not None
-        _on_loop(broker, lambda: broker.services.live.kill(live.id, "terminated by test"))
+        cut = Ending(EndCode.ADMIN_KILL, "terminated by test")
+        _on_loop(broker, lambda: broker.services.live.kill(live.id, cut))
         writer.join(10)
         assert not result["answer"].isError(), result  # the answer was delivered before the cut
         assert plc.holding(5) == [321]

@@ -91,12 +91,13 @@ def test_a_modbus_forward_shows_its_protocol_everywhere(
         assert page.status_code == 200 and f"{pcap['session_id']} (Modbus)" in page.text
 
     # And the CLI.
-    listed = run_conduit(
-        "recordings", "list", "--kind", "modbus", env=cli_env(rig.broker, tmp_path, "adam")
-    )
+    env = cli_env(rig.broker, tmp_path, "adam")
+    listed = run_conduit("recordings", "list", "--kind", "modbus", env=env)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert len(lines) == 2 and all(" Modbus " in line for line in lines), listed.stdout
+    everything = run_conduit("recordings", env=env)  # plain `conduit recordings` lists too
+    assert everything.returncode == 0 and len(everything.stdout.splitlines()) == 3
 
 
 def test_older_sessions_keep_their_stored_kind() -> None:

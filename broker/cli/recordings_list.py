@@ -1,4 +1,4 @@
-"""``conduit recordings list``: the recordings the signed-in user may see (``GET /api/recordings``).
+"""``conduit recordings [list]``: the recordings you may see (``GET /api/recordings``).
 
 Filters as on the Recordings page: ``--user``, ``--asset``, ``--kind`` (a recording format such
 as ``pcap``, or a forward's protocol such as ``modbus``), ``--from``/``--to`` (``YYYY-MM-DD``,
@@ -28,7 +28,7 @@ def add_parser(rsub: Any) -> None:
 def list_recordings(args: argparse.Namespace) -> int:
     params = {k: v for k in FILTERS if (v := getattr(args, f"filter_{k}", None))}
     rows = call("GET", "/api/recordings", params=params)["recordings"]
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:

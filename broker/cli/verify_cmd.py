@@ -57,7 +57,8 @@ def add_parser(sub: Any) -> None:
     _common_args(v)
     v.set_defaults(func=verify)
     r: argparse.ArgumentParser = sub.add_parser("recordings", help="session recordings")
-    rsub = r.add_subparsers(dest="recordings_command", required=True, metavar="ACTION")
+    r.set_defaults(func=recordings_list.list_recordings)  # plain `conduit recordings`: list
+    rsub = r.add_subparsers(dest="recordings_command", metavar="ACTION")
     e = rsub.add_parser("export", help="write a recording's content to one file")
     _common_args(e)
     e.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
