@@ -195,6 +195,7 @@ class SlowPlc:
     def __init__(self, plc_port: int, delay_s: float) -> None:
         self.plc_port, self.delay_s = plc_port, delay_s
         self.arrived = threading.Event()  # a request reached the delay line
+        self._handlers: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -206,6 +207,12 @@ class SlowPlc:
         return port
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Held here until done: asyncio keeps only a weak reference to a handler's task, and
+        # one waiting on a closing transport could otherwise be collected while pending.
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         plc_r, plc_w = await asyncio.open_connection("127.0.0.1", self.plc_port)
 
         async def up() -> None:
