@@ -14,7 +14,7 @@ Session lifecycle (:class:`sessions.models.SessionState`): ``active`` when opene
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -35,16 +35,20 @@ from sessions.models import (
     AccessRequest,
     Asset,
     AssetEndpoint,
+    AuditOutcome,
     Grant,
     GrantState,
     MaintenanceSession,
     OperationClass,
     Recording,
     RecordingIntegrity,
+    SessionKind,
+    SessionProtocol,
     SessionState,
     User,
     route_agent,
 )
+from sessions.session_end import SESSION_ENDED, Ending, ended_details
 
 
 @dataclass(frozen=True)
@@ -327,6 +331,8 @@ class MaintenanceService:
             db.add(row)
             db.flush()
             session_id = row.id
+            if kind == SessionKind.TCP:  # shown as the endpoint's protocol (Modbus, S7 …)
+                db.add(SessionProtocol(session_id=session_id, protocol=auth.endpoint.protocol))
         self._audit.append(
             "session.started",
             actor=auth.user.id,
@@ -348,9 +354,19 @@ class MaintenanceService:
         return session_id
 
     def close(
-        self, session_id: str, *, reason: str, bytes_up: int, bytes_down: int, failed: bool = False
+        self,
+        session_id: str,
+        ending: Ending,
+        *,
+        bytes_up: int,
+        bytes_down: int,
+        recordings: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Mark the session ended (idempotent: a closed session stays as it was)."""
+        """Mark the session ended and audit ``session.ended`` with the ending's outcome, its
+        reason code and the recordings it produced (:func:`sessions.session_end.ended_details`).
+        Idempotent: a closed session stays as it was. An ``error`` or ``refused`` ending leaves
+        the row ``failed``."""
+        failed = ending.outcome in (AuditOutcome.ERROR, AuditOutcome.REFUSED)
         with session_scope(self._engine, write=True) as db:
             row = db.get(MaintenanceSession, session_id)
             if row is None:
@@ -359,15 +375,17 @@ class MaintenanceService:
                 return
             row.state = SessionState.FAILED if failed else SessionState.CLOSED
             row.ended_at = self._clock.now()
-            row.end_reason = reason[:500]
+            row.end_reason = ending.text[:500]
             row.bytes_up, row.bytes_down = bytes_up, bytes_down
             user_id = row.user_id
         self._audit.append(
-            "session.ended",
+            SESSION_ENDED,
             actor=user_id,
-            outcome="error" if failed else "ok",
+            outcome=ending.outcome,
             subject=f"session:{session_id}",
-            details={"reason": reason[:500], "bytes_up": bytes_up, "bytes_down": bytes_down},
+            details=ended_details(
+                ending, bytes_up=bytes_up, bytes_down=bytes_down, recordings=recordings
+            ),
         )
 
     def add_recording(self, session_id: str, *, fmt: str, path: str) -> str:

@@ -10,16 +10,22 @@ log shows as ended cleanly but which lacks that end (or ends differently) into B
 The event is only as good as the audit chain: deleting it breaks the chain, and deleting it
 together with everything after it is caught by the signed checkpoints (``conduit audit verify
 --checkpoints``).
+
+The session's end binds its recordings too: ``session.ended`` lists each recording of the
+session with its final chain hash (or ``incomplete`` and why); :func:`check_session_end` makes
+a recording whose end differs from that hash BROKEN, naming the event.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sessions.recording import VerifyResult, VerifyStatus, genesis
+from sessions.session_end import INCOMPLETE
 
 RECORDING_CLOSED = "recording.closed"
 
@@ -117,3 +123,72 @@ def check_end(result: VerifyResult, ends: Iterable[AuditedEnd], *, source: str) 
 
 def _broken(result: VerifyResult, reason: str) -> VerifyResult:
     return dataclasses.replace(result, status=VerifyStatus.BROKEN, reason=reason)
+
+
+# ---- the session's end: session.ended names each recording's final chain hash --------------
+
+_RECORDING_ID = re.compile(r"^(?P<session>.+)-(?:\d+|tcp\d+(?:-ops)?)$")
+
+
+def session_of(recording_id: str) -> str | None:
+    """The session id a recording id (``<session>-<channel>``, ``<session>-tcp<n>[-ops]``)
+    belongs to; None if it is not one of those forms."""
+    match = _RECORDING_ID.match(recording_id)
+    return match.group("session") if match else None
+
+
+@dataclass(frozen=True)
+class SessionBinding:
+    """What a ``session.ended`` event records about one recording of the session."""
+
+    seq: int
+    session_id: str
+    final_chain: str  # the chain hash, or "incomplete"
+    why: str | None = None
+
+    @classmethod
+    def from_event(
+        cls, seq: int, subject: str | None, details: Mapping[str, Any], recording_ids: set[str]
+    ) -> SessionBinding | None:
+        """The entry for one of ``recording_ids`` in a ``session.ended`` event, or None."""
+        entries = details.get("recordings")
+        if not isinstance(entries, list):
+            return None
+        session_id = (subject or "").removeprefix("session:")
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("id") in recording_ids:
+                final, why = entry.get("final_chain"), entry.get("why")
+                if isinstance(final, str):
+                    return cls(seq, session_id, final, why if isinstance(why, str) else None)
+        return None
+
+
+def check_session_end(
+    result: VerifyResult, bindings: Iterable[SessionBinding], *, source: str
+) -> VerifyResult:
+    """``result`` checked against what ``session.ended`` (in ``source``) records for the same
+    recording: a recording whose verified end is not the final chain hash the event names is
+    BROKEN, and the message names the event. No event: unchanged, with a note (the session
+    is still live, or it predates these events)."""
+    found = list(bindings)
+    if not found:
+        note = f"{source}: no session.ended event names this recording (live, or older)"
+        return dataclasses.replace(result, notes=(*result.notes, note))
+    bound = found[0]
+    event = f"session.ended (event {bound.seq}, session {bound.session_id})"
+    if bound.final_chain == INCOMPLETE:
+        note = f"{source}: {event} records it as incomplete ({bound.why or 'no reason given'})"
+        return dataclasses.replace(result, notes=(*result.notes, note))
+    head = result.head or genesis(result.recording_id or "")
+    said = f"{event} in {source} records final chain {bound.final_chain[:16]}…"
+    if result.status == VerifyStatus.BROKEN:
+        return _broken(result, f"{result.reason}; {said}")
+    if result.status == VerifyStatus.INCOMPLETE or head != bound.final_chain:
+        return _broken(
+            result,
+            f"final chain hash does not match the session's end: {said}, "
+            f"the recording ends at {head[:16]}…"
+            + (" without a manifest" if result.status == VerifyStatus.INCOMPLETE else ""),
+        )
+    note = f"{source}: the final chain hash matches {event}"
+    return dataclasses.replace(result, notes=(*result.notes, note))

@@ -25,7 +25,7 @@ from tests.harness.plc import PlcServer
 from tests.harness.ssh_session import PLC_SETTINGS, SshRig
 from tests.harness.wait import TIMEOUT_S
 from tests.test_ot_sessions import _forward
-from tests.test_ssh_sessions import _ended, _start
+from tests.test_ssh_sessions import _ended, _start, ended_event
 
 pytestmark = needs("sshd")
 KILL_SWITCH = "the plant's agent stopped all sessions (kill switch)"
@@ -58,7 +58,7 @@ def test_kill_switch_tells_the_ssh_vendor_why(rig: SshRig) -> None:
     rig.grant()
     proc = _start(rig)
     _stop_all(rig)
-    _ended(rig, proc, KILL_SWITCH)
+    _ended(rig, proc, KILL_SWITCH, "agent_kill_switch", "deny")
     assert proc.returncode == 1
 
 
@@ -66,7 +66,7 @@ def test_a_dead_agent_tells_the_ssh_vendor_why(rig: SshRig) -> None:
     rig.grant()
     proc = _start(rig)
     rig.agent.proc.kill()  # the agent host lost power, say
-    _ended(rig, proc, "the agent for lab-ssh disconnected")
+    _ended(rig, proc, "the agent for lab-ssh disconnected", "agent_gone", "error")
     assert proc.returncode == 1
 
 
@@ -83,6 +83,10 @@ def test_kill_switch_tells_conduit_forward_why(rig: SshRig, plc: PlcServer) -> N
         client.close()
         proc.kill()
     assert f"conduit: session ended: {KILL_SWITCH}" in err, err
+    ended = ended_event(rig, "agent_kill_switch", "deny")
+    kinds = sorted(r["kind"] for r in ended["details"]["recordings"])
+    assert kinds == ["ops_jsonl", "pcap"]  # the forward's evidence, each with its final hash
+    assert all(r["final_chain"] != "incomplete" for r in ended["details"]["recordings"])
 
 
 def test_an_agents_close_reason_cannot_drive_the_vendors_terminal() -> None:

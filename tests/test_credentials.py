@@ -581,6 +581,10 @@ def test_conduit_logout_revokes_the_token_and_the_certificates_it_minted(
         "session.ended with the revocation as its reason",
         timeout=10,
     )
+    cut = [e for e in audit_events(broker, "session.ended") if "revoked" in e["details"]["reason"]]
+    assert [(e["outcome"], e["details"]["reason_code"]) for e in cut] == [
+        ("deny", "credential_revoked")
+    ]
 
 
 @needs("sshd")

@@ -137,6 +137,8 @@ def test_ending_the_contract_ends_the_live_session_and_revokes_the_grant(rig: Ss
     assert deny["details"]["reasons"] == revoked["details"]["reasons"]
     ended = [e for e in audit_events(rig.broker, "session.ended")]
     assert ended and "eligibility lost" in ended[-1]["details"]["reason"]
+    assert ended[-1]["details"]["reason_code"] == "eligibility_lost"
+    assert ended[-1]["outcome"] == "deny"
     # The contract no longer covers lab-ssh for new connections either.
     again = rig.ssh("true")
     assert again.returncode != 0

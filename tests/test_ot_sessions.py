@@ -24,6 +24,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException
 
 from sessions.recording import assemble, load_public_key, verify_recording
+from sessions.session_end import EndCode, Ending
 from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs, require
 from tests.harness.plc import PlcServer
@@ -194,6 +195,7 @@ class SlowPlc:
     def __init__(self, plc_port: int, delay_s: float) -> None:
         self.plc_port, self.delay_s = plc_port, delay_s
         self.arrived = threading.Event()  # a request reached the delay line
+        self._handlers: set[asyncio.Task[None]] = set()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -205,6 +207,12 @@ class SlowPlc:
         return port
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Held here until done: asyncio keeps only a weak reference to a handler's task, and
+        # one waiting on a closing transport could otherwise be collected while pending.
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         plc_r, plc_w = await asyncio.open_connection("127.0.0.1", self.plc_port)
 
         async def up() -> None:
@@ -270,7 +278,8 @@ def test_a_transaction_sent_before_the_cut_is_answered(
         assert slow.arrived.wait(30)  # the request is on its way to the PLC, unanswered
         [live] = broker.services.live.list()
         assert broker.services.live.kill is not None
-        _on_loop(broker, lambda: broker.services.live.kill(live.id, "terminated by test"))
+        cut = Ending(EndCode.ADMIN_KILL, "terminated by test")
+        _on_loop(broker, lambda: broker.services.live.kill(live.id, cut))
         writer.join(10)
         assert not result["answer"].isError(), result  # the answer was delivered before the cut
         assert plc.holding(5) == [321]

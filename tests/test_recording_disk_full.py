@@ -26,7 +26,7 @@ from sqlmodel import select
 
 from broker.runtime.session_recorder import RecorderFactory
 from sessions.db import session_scope
-from sessions.models import Asset
+from sessions.models import Asset, MaintenanceSession
 from sessions.recording import Ed25519Signer, RecordingError
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events
@@ -157,6 +157,28 @@ def test_strict_sessions_fail_closed_on_a_full_disk(
     )
     ended = audit_events(rig.broker, "session.ended")
     assert all("strict recording is required" in e["details"]["reason"] for e in ended)
+    # Cut while running: error; refused at the start: refused. Never "ok".
+    assert [(e["outcome"], e["details"]["reason_code"]) for e in ended] == [
+        ("error", "recording_failed"),
+        *[("refused", "recording_refused")] * 3,
+    ]
+    cut = ended[0]["details"]["recordings"]
+    assert [r["final_chain"] for r in cut] == ["incomplete"]
+    assert "No space left on device" in cut[0]["why"]
+    for refused in ended[1:]:
+        [entry] = refused["details"]["recordings"]
+        assert entry["final_chain"] == "incomplete" and entry["why"].startswith("could not start")
+    with session_scope(rig.broker.services.engine) as db:
+        states = {s.state for s in db.exec(select(MaintenanceSession)).all()}
+    assert states == {"failed"}  # the session rows agree with the audit log
+    listed = httpx2.get(
+        f"{rig.broker.url}/api/recordings",
+        headers={"Authorization": f"Bearer {rig.sign_in('adam')}"},
+        timeout=30,
+    ).json()["recordings"]
+    assert [(r["session_id"], r["session_state"]) for r in listed] == [
+        (ended[0]["subject"].removeprefix("session:"), "failed")
+    ]
     assert [e["subject"] for e in failed] == [e["subject"] for e in ended]  # one per session
     logged = [r.getMessage() for r in caplog.records if r.name == "conduit.recording"]
     assert sum("could not start" in m for m in logged) == 3
@@ -285,6 +307,9 @@ def test_a_strict_forward_on_a_full_disk_never_reaches_the_plc(
     wait_until(lambda: bool(audit_events(rig.broker, "session.ended")), "session.ended", timeout=15)
     [ended] = audit_events(rig.broker, "session.ended")
     assert "strict recording is required" in str(ended["details"]["reason"])
+    assert (ended["outcome"], ended["details"]["reason_code"]) == ("refused", "recording_refused")
+    [entry] = ended["details"]["recordings"]
+    assert (entry["kind"], entry["final_chain"]) == ("pcap", "incomplete")
     [failed] = audit_events(rig.broker, "recording.failed")
     assert failed["details"]["strict"] and failed["details"]["while"] == "starting"
 

@@ -33,6 +33,7 @@ from sessions.models import (
     User,
 )
 from sessions.recording import LocalStore, RecordingWriter
+from sessions.session_end import EndCode, Ending
 from sessions.testing import ManualClock
 from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.wait import TIMEOUT_S
@@ -290,7 +291,7 @@ def test_path_outside_the_store_is_refused(
 
 
 def test_live_sessions_page_and_kill(plant: RunningBroker, login: Login) -> None:
-    killed: list[str] = []
+    killed: list[Ending] = []
     now = datetime.now(UTC)
     plant.services.live.add(
         LiveSession(
@@ -304,7 +305,7 @@ def test_live_sessions_page_and_kill(plant: RunningBroker, login: Login) -> None
             source_ip="127.0.0.1",
             started_at=now,
             deadline=now + timedelta(hours=1),
-            deadline_reason="grant window ended",
+            deadline_reason=Ending(EndCode.GRANT_EXPIRED, "grant window ended"),
             idle_timeout_s=3600,
             last_activity=now,
             kill=killed.append,
@@ -330,7 +331,9 @@ def test_live_sessions_page_and_kill(plant: RunningBroker, login: Login) -> None
     assert adam.post(f"{plant.url}/sessions/sess-test-1/kill", data={}).status_code == 400
     done = adam.post(f"{plant.url}/sessions/sess-test-1/kill", data={"csrf": csrf})
     assert done.status_code == 303
-    assert killed == ["terminated by an administrator (Adam Admin)"]
+    assert [(k.code, k.text) for k in killed] == [
+        ("admin_kill", "terminated by an administrator (Adam Admin)")
+    ]
     event = audit_events(plant, "session.killed")[-1]
     assert event["subject"] == "session:sess-test-1"
     assert event["actor"] == _user_id(plant, "adam")

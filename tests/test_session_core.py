@@ -22,6 +22,7 @@ from broker.runtime.live_sessions import LiveSessions
 from sessions.access import AccessDenied
 from sessions.credentials import CredentialRefused
 from sessions.ot.base import Verdicts
+from sessions.session_end import EndCode, Ending, grant_ending
 from sessions.testing import ManualClock
 from tests.harness.wait import async_wait_until
 from tests.test_tcp_forward import _Channel, _Vendor
@@ -45,6 +46,7 @@ class _Maintenance:
         self.clock = clock
         self.opened: list[str] = []
         self.closed: list[tuple[str, str]] = []
+        self.endings: list[Ending] = []
 
     async def authorize(self, **kw: Any) -> Any:
         ends = self.clock.now() + timedelta(hours=1)
@@ -63,8 +65,9 @@ class _Maintenance:
         self.opened.append(kind)
         return f"s-{len(self.opened)}"
 
-    def close(self, session_id: str, *, reason: str, bytes_up: int, bytes_down: int) -> None:
-        self.closed.append((session_id, reason))
+    def close(self, session_id: str, ending: Ending, **kw: Any) -> None:
+        self.closed.append((session_id, ending.text))
+        self.endings.append(ending)
 
 
 class _Edge:
@@ -129,13 +132,16 @@ async def test_end_is_idempotent_tells_the_edge_once_and_closes_the_row_once() -
         finished.append("work")
 
     session.own(work())
-    session.end("grant revoked")
-    session.end("again")
-    live.kill(session.record.id, "and again")  # the registry no longer has it
+    session.end(Ending(EndCode.REVOKED, "grant revoked"))
+    session.end(Ending(EndCode.ADMIN_KILL, "again"))
+    live.kill(
+        session.record.id, Ending(EndCode.ADMIN_KILL, "and again")
+    )  # the registry no longer has it
     await session.aclose()
     assert edge.told == ["grant revoked"]
     assert edge.disconnected == ["grant revoked"]
     assert maintenance.closed == [("s-1", "grant revoked")]
+    assert [(e.code, e.outcome) for e in maintenance.endings] == [("grant_revoked", "deny")]
     assert finished == ["work"]
     assert live.get(session.record.id) is None
     with pytest.raises(AccessDenied, match="session ended: grant revoked"):
@@ -146,7 +152,7 @@ async def test_the_live_registry_ends_the_session_through_its_record() -> None:
     session, maintenance, edge, _, live = _session()
     await session.authorize("tcp", host="10.0.0.5", port=502)
     assert session.record is not None
-    assert live.kill(session.record.id, "killed by an admin")
+    assert live.kill(session.record.id, Ending(EndCode.ADMIN_KILL, "killed by an admin"))
     await session.aclose()
     assert session.ended == "killed by an admin"
     assert maintenance.closed == [("s-1", "killed by an admin")]
@@ -169,7 +175,7 @@ async def test_one_grant_per_session_later_authorizations_are_bound() -> None:
     )
     assert maintenance.opened == ["tcp"]  # one session row for both
     assert [(c["bound"], c["grant_id"]) for c in calls] == [(False, None), (True, "g-1")]
-    session.end("done")
+    session.end(Ending(EndCode.CLIENT_DISCONNECTED, "done"))
     await session.aclose()
 
 
@@ -185,7 +191,7 @@ async def test_a_refused_credential_is_denied_and_audited_with_the_edges_details
         "reasons": ["credential refused: certificate revoked"],
         "serial": 7,
     }
-    session.end("client disconnected")
+    session.end(Ending(EndCode.CLIENT_DISCONNECTED, "client disconnected"))
     await session.aclose()
     assert maintenance.closed == [] and edge.told == ["client disconnected"]
 
@@ -310,3 +316,16 @@ async def test_relay_with_any_inspector_applies_its_verdicts() -> None:
     assert bytes(vendor.written) == b"NO"
     assert [(k, d["protocol"], d["allowed"]) for k, d in alerts] == [("ot.refused", "fake", False)]
     assert vendor.closed
+
+
+def test_grant_endings_map_the_access_services_words_to_codes() -> None:
+    """``AccessService.on_grant_ended`` passes text; each known ending gets its code."""
+    assert grant_ending("grant expired").code == EndCode.GRANT_EXPIRED
+    assert grant_ending("grant revoked: vendor done").code == EndCode.REVOKED
+    lockout = grant_ending("emergency lockout: vendor access is suspended")
+    assert (lockout.code, lockout.outcome) == (EndCode.LOCKOUT, "deny")
+    assert grant_ending("eligibility lost before the window opened").code == "eligibility_lost"
+    other = grant_ending("something new")  # deny by default, never "ok"
+    assert (other.code, other.outcome, other.text) == ("grant_ended", "deny", "something new")
+    with pytest.raises(ValueError, match="unknown session end code"):
+        Ending("made_up", "text")

@@ -22,6 +22,7 @@ from tests.harness.broker import RunningBroker, audit_events
 from tests.harness.components import needs
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
+from tests.harness.wait import wait_until
 
 pytestmark = needs("sshd")
 
@@ -193,6 +194,9 @@ def test_idle_timeout_ends_the_session(
         clock.advance(live.idle_timeout_s + 1)
         _, err = proc.communicate(timeout=30)  # the watchdog's next tick (speed: bench/)
         assert f"conduit: session ended: idle for {int(live.idle_timeout_s)} s" in err
+        wait_until(lambda: bool(audit_events(broker, "session.ended")), "session.ended")
+        [ended] = audit_events(broker, "session.ended")
+        assert (ended["outcome"], ended["details"]["reason_code"]) == ("deny", "idle_timeout")
     finally:
         rig.close()
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import html
+import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import httpx2
@@ -16,9 +20,10 @@ from sessions.asciicast import BINARY_EVENT, output_bytes
 from sessions.db import session_scope
 from sessions.models import Asset, Grant, Recording
 from sessions.recording import assemble
-from tests.harness.broker import RunningBroker, audit_events
+from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
+from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
 from tests.harness.wait import TIMEOUT_S, wait_until
 from tests.test_recording_asciinema import asciinema_cat
@@ -41,6 +46,24 @@ def test_exec_with_exit_code_through_agent(rig: SshRig) -> None:
     assert done.returncode == 7
     started = audit_events(rig.broker, "session.started")
     assert started and started[-1]["details"]["asset"] == "lab-ssh"
+    ended = ended_event(rig, "asset_exit_nonzero", "error")  # the command failed
+    assert ended["details"]["exit"] == 7
+
+
+def test_a_clean_exit_ends_ok_and_names_its_recording(rig: SshRig) -> None:
+    rig.grant()
+    done = rig.ssh("echo fine")
+    assert done.returncode == 0, done.stderr
+    ended = ended_event(rig, "client_disconnected", "ok")
+    wait_until(lambda: bool(audit_events(rig.broker, "recording.closed")), "recording.closed")
+    [closed] = audit_events(rig.broker, "recording.closed")
+    [named] = ended["details"]["recordings"]
+    assert named == {
+        "id": closed["details"]["recording"],
+        "kind": "asciicast",
+        "final_chain": closed["details"]["final_chain"],
+    }
+    assert ended["seq"] > closed["seq"]  # the session's end comes after its evidence closed
 
 
 def _start(rig: SshRig, command: str = "echo ready; sleep 60") -> subprocess.Popen[str]:
@@ -60,8 +83,11 @@ def _asset_connections(rig: SshRig) -> int:
     return len(out.stdout.splitlines())
 
 
-def _ended(rig: SshRig, proc: subprocess.Popen[str], reason: str) -> None:
-    """The vendor's ssh ends with ``reason`` and the asset-side connection closes.
+def _ended(
+    rig: SshRig, proc: subprocess.Popen[str], reason: str, code: str, outcome: str
+) -> dict[str, Any]:
+    """The vendor's ssh ends with ``reason``, the asset-side connection closes and
+    ``session.ended`` carries ``outcome`` and the reason ``code``; returns that event.
 
     How fast (the watchdog's 0.25 s tick) is measured by bench/latency_bounds.py, not here.
     """
@@ -71,6 +97,15 @@ def _ended(rig: SshRig, proc: subprocess.Popen[str], reason: str) -> None:
         proc.kill()
     assert f"conduit: session ended: {reason}" in err
     wait_until(lambda: _asset_connections(rig) == 0, "the asset-side SSH connection to close")
+    return ended_event(rig, code, outcome)
+
+
+def ended_event(rig: SshRig, code: str, outcome: str) -> dict[str, Any]:
+    """The one ``session.ended`` event (waited for): its reason code and outcome checked."""
+    wait_until(lambda: bool(audit_events(rig.broker, "session.ended")), "session.ended")
+    [event] = audit_events(rig.broker, "session.ended")
+    assert (event["details"]["reason_code"], event["outcome"]) == (code, outcome), event
+    return event
 
 
 def test_revoke_ends_the_session(rig: SshRig) -> None:
@@ -79,7 +114,49 @@ def test_revoke_ends_the_session(rig: SshRig) -> None:
     assert _asset_connections(rig) == 1
     _token(rig, "adam")
     rig.broker.services.access.revoke(grant_id, rig.users["adam"], "vendor done")
-    _ended(rig, proc, "grant revoked")
+    _ended(rig, proc, "grant revoked", "grant_revoked", "deny")
+
+
+def test_leaving_after_a_refused_forward_ends_as_refused_by_authorization(rig: SshRig) -> None:
+    """The session runs (a command); a forward the grant does not cover is refused; the
+    vendor leaves next: that refusal is why the session ended (deny), not "ok"."""
+    rig.grant()
+    local = free_port()
+    proc = subprocess.Popen(
+        [*rig.ssh_argv("alice", "-L", f"127.0.0.1:{local}:127.0.0.1:9"), "echo ready; read x"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    with socket.create_connection(("127.0.0.1", local), timeout=TIMEOUT_S) as conn:
+        conn.settimeout(TIMEOUT_S)
+        with contextlib.suppress(ConnectionResetError):
+            assert conn.recv(10) == b""  # refused: closed without a byte
+    wait_until(lambda: bool(audit_events(rig.broker, "session.denied")), "the refusal's audit")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0
+    ended = ended_event(rig, "authorization_refused", "deny")
+    assert ended["details"]["reason"].startswith("access denied")
+
+
+def test_broker_shutdown_ends_the_session_as_an_error(
+    make_broker: Callable[..., RunningBroker], tmp_path: Path
+) -> None:
+    broker = make_broker()
+    rig = SshRig.build(broker, tmp_path)
+    try:
+        rig.vendor("alice")
+        rig.grant()
+        proc = _start(rig)
+        broker.stop()
+        proc.communicate(timeout=TIMEOUT_S)
+        ended = ended_event(rig, "broker_shutdown", "error")
+        [recording] = ended["details"]["recordings"]
+        assert recording["kind"] == "asciicast" and recording["final_chain"] != "incomplete"
+    finally:
+        rig.close()
 
 
 def _lockout(rig: SshRig, on: bool, reason: str) -> dict[str, object]:
@@ -99,7 +176,7 @@ def test_lockout_suspends_vendor_sessions_and_off_resumes_the_grant(rig: SshRig)
     grant_id = rig.grant()
     proc = _start(rig)
     assert _lockout(rig, True, "incident")["suspended_grants"] == 1
-    _ended(rig, proc, "emergency lockout: vendor access is suspended")
+    _ended(rig, proc, "emergency lockout: vendor access is suspended", "lockout", "deny")
     refused = rig.ssh("true")
     assert refused.returncode == 1 and "lockout" in refused.stderr
     assert _lockout(rig, False, "all clear")["resumed_grants"] == 1
@@ -123,7 +200,7 @@ def test_grant_expiry_ends_the_session(rig: SshRig) -> None:
     proc = _start(rig)
     with session_scope(rig.broker.services.engine) as db:
         ends = db.exec(select(Grant)).one().ends_at
-    _ended(rig, proc, "grant")
+    _ended(rig, proc, "grant", "grant_expired", "ok")
     assert rig.broker.services.clock.now() >= ends  # it was the expiry, not something earlier
 
 
@@ -138,7 +215,7 @@ def test_admin_kill_ends_the_session(rig: SshRig) -> None:
         timeout=TIMEOUT_S,
     )
     assert resp.status_code == 200, resp.text
-    _ended(rig, proc, "terminated by an administrator")
+    _ended(rig, proc, "terminated by an administrator", "admin_kill", "deny")
     vendor = httpx2.post(
         f"{rig.broker.url}/api/sessions/{live.id}/kill",
         headers={"Authorization": f"Bearer {_token(rig, 'alice')}"},
@@ -254,6 +331,43 @@ def test_session_is_recorded_playable_and_verifiable(rig: SshRig, tmp_path: Path
     assert broken.returncode == 1 and f"chunk 1 ({chunk.name})" in broken.stdout
 
 
+def test_verify_checks_the_recording_against_the_sessions_end(rig: SshRig) -> None:
+    """``session.ended`` names the recording's final chain hash; ``conduit verify`` checks it
+    and a changed last chunk is BROKEN with the audit event named."""
+    rig.grant()
+    done = rig.ssh("echo evidence-line")
+    assert done.returncode == 0, done.stderr
+    ended = ended_event(rig, "client_disconnected", "ok")
+    [named] = ended["details"]["recordings"]
+    settings = rig.broker.services.settings
+    recording = settings.data_dir / "recordings" / named["id"]
+    database = ["--database-url", settings.database_url]
+    event = f"session.ended (event {ended['seq']}"
+    intact = run_conduit("verify", str(recording), *database)
+    assert intact.returncode == 0 and intact.stdout.startswith("OK"), intact.stdout
+    assert f"the final chain hash matches {event}" in intact.stdout
+
+    last = sorted(recording.glob("chunk-*"))[-1]
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    last.write_bytes(bytes(data))
+    broken = run_conduit("verify", str(recording), *database)
+    assert broken.returncode == 1 and broken.stdout.startswith("BROKEN"), broken.stdout
+    assert event in broken.stdout and named["final_chain"][:16] in broken.stdout
+
+    # The recordings page's verify says the same to a security reviewer.
+    with session_scope(rig.broker.services.engine) as db:
+        row = db.exec(select(Recording)).one()
+    with httpx2.Client(timeout=TIMEOUT_S) as sam:
+        web_login(sam, rig.broker.url, "sam", "sam-demo-pw")
+        page = sam.get(f"{rig.broker.url}/recordings/{row.id}")
+        csrf = form_values(page.text)["csrf"]
+        verified = sam.post(f"{rig.broker.url}/recordings/{row.id}/verify", data={"csrf": csrf})
+        assert verified.status_code == 303
+        shown = sam.get(rig.broker.url + verified.headers["location"])
+    assert "BROKEN" in shown.text and html.escape(event) in shown.text
+
+
 def test_binary_exec_output_is_recorded_exactly(rig: SshRig, tmp_path: Path) -> None:
     """An exec without a PTY may print any bytes (``cat fw.bin``): the recording holds them
     exactly (base64 "b" events), the text around them stays playable."""
@@ -318,9 +432,11 @@ def test_ending_a_session_ends_the_commands_it_started_on_the_asset(
     if how == "disconnect":  # the vendor's ssh is killed: nobody is told, the asset is cleaned
         proc.kill()
         proc.communicate()
+        ended_event(rig, "connection_lost", "error")
     else:
         reason = {"revoke": "grant revoked", "lockout": "emergency lockout"}.get(how, "grant")
-        _ended(rig, proc, reason)
+        code = {"revoke": "grant_revoked", "lockout": "lockout"}.get(how, "grant_expired")
+        _ended(rig, proc, reason, code, "ok" if how == "expiry" else "deny")
     wait_until(lambda: not _alive(pid), "the command on the asset to end")
     wait_until(
         lambda: (

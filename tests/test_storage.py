@@ -265,7 +265,7 @@ def save_world(engine: sa.Engine) -> dict[str, Any]:
 
 def test_migrate_creates_every_table_and_is_idempotent(engine: sa.Engine) -> None:
     assert set(sa.inspect(engine).get_table_names()) >= set(metadata.tables)
-    assert current_revision(engine) == head_revision() == "0010_request_obligations"
+    assert current_revision(engine) == head_revision() == "0011_session_protocols"
     migrate(engine)  # already at head: no-op
     assert current_revision(engine) == head_revision()
 

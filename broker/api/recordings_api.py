@@ -1,10 +1,12 @@
 """``GET /api/recordings``: the recordings list of ``/recordings`` as JSON, for scripts.
 
-Same query (:mod:`broker.http.recording_rows`), filters (``user``, ``asset``, ``kind``, ``from``,
-``to``; dates are session start, UTC) and visibility (``broker/http/visibility.py``) as the page:
-admins and security reviewers all, approvers their own and those on assets their groups own,
-vendors their own. No file system path is ever included. Newest session first, at most
-``LIST_LIMIT`` rows.
+Same query (:mod:`broker.http.recording_rows`), filters (``user``, ``asset``, ``kind``: a
+format or a forward's protocol; ``from``, ``to``: session start, UTC) and visibility
+(``broker/http/visibility.py``) as the page: admins and security reviewers all, approvers
+their own and those on assets their groups own, vendors their own. ``session_kind`` is what
+people read (a forward's protocol title: ``Modbus``), ``protocol`` the endpoint's declared
+protocol (None for terminal sessions and older forwards). No file system path is ever
+included. Newest session first, at most ``LIST_LIMIT`` rows.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def recording_json(row: RecordingRow) -> dict[str, object]:
         "format": row.format,
         "session_id": row.session_id,
         "session_kind": row.session_kind,
+        "protocol": row.protocol,
         "user": row.user.name,
         "user_id": row.user_id,
         "asset": row.asset,
@@ -36,6 +39,7 @@ def recording_json(row: RecordingRow) -> dict[str, object]:
         "started_at": iso(row.started_at),
         "ended_at": iso(row.ended_at) if row.ended_at else None,
         "end_reason": row.end_reason,
+        "session_state": row.session_state,
         "size_bytes": row.size_bytes,
         "finalized": row.finalized,
         "integrity": row.integrity,

@@ -12,6 +12,8 @@ recording key (``keys/recording_ed25519.pub`` beside the recordings folder); ``-
 * 1 ``BROKEN: chunk N (file): reason`` — tampered with or damaged; the first fault is named;
 * 1 ``BROKEN: truncated: ...`` — the audit log records a clean end (``recording.closed`` with
   the final chain hash) that the recording lacks: its end was removed, not lost in a crash;
+* 1 ``BROKEN: ... session.ended (event N, session S) ... records final chain ...`` — the
+  session's end names a final chain hash the recording does not end with;
 * 2 — the recording, key or audit log could not be read.
 
 The audit log is consulted when one is given: ``--audit-log FILE`` (an ``audit export`` file,
@@ -34,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.cli import recordings_list
 from broker.cli.common import add_config_arg
 from broker.cli.local import locate
 from broker.cli.recording_lookup import find
@@ -41,7 +44,10 @@ from broker.runtime.errors import BrokerError
 
 if TYPE_CHECKING:
     from sessions.recording import VerifyResult
-    from sessions.recording_end import AuditedEnd
+    from sessions.recording_end import AuditedEnd, SessionBinding
+
+# What the audit log records about a recording: its clean ends, the session's end naming it.
+Audited = tuple[list["AuditedEnd"], list["SessionBinding"], str]
 
 
 def add_parser(sub: Any) -> None:
@@ -51,12 +57,14 @@ def add_parser(sub: Any) -> None:
     _common_args(v)
     v.set_defaults(func=verify)
     r: argparse.ArgumentParser = sub.add_parser("recordings", help="session recordings")
-    rsub = r.add_subparsers(dest="recordings_command", required=True, metavar="ACTION")
+    r.set_defaults(func=recordings_list.list_recordings)  # plain `conduit recordings`: list
+    rsub = r.add_subparsers(dest="recordings_command", metavar="ACTION")
     e = rsub.add_parser("export", help="write a recording's content to one file")
     _common_args(e)
     e.add_argument("-o", "--output", type=Path, required=True, help="file to create (0600)")
     e.add_argument("--no-verify", action="store_true", help="export without verifying")
     e.set_defaults(func=export)
+    recordings_list.add_parser(rsub)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +89,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 def _verify(args: argparse.Namespace) -> VerifyResult:
     """Find the recording (setting ``args.folder``), verify it, check its end if possible."""
     from sessions.recording import VerifyStatus, load_public_key, verify_recording
-    from sessions.recording_end import check_end
+    from sessions.recording_end import check_end, check_session_end
 
     found = find(args)
     args.folder, args.found_in = found.folder, found.database_url
@@ -96,28 +104,40 @@ def _verify(args: argparse.Namespace) -> VerifyResult:
             "whose end was removed cannot be told from a crash"
         )
         return dataclasses.replace(result, notes=(*result.notes, note))
-    ends, source = audited
-    return check_end(result, ends, source=source)
+    ends, bindings, source = audited
+    result = check_end(result, ends, source=source)
+    return check_session_end(result, bindings, source=source)
 
 
-def _audited_ends(
-    args: argparse.Namespace, recording_ids: set[str]
-) -> tuple[list[AuditedEnd], str] | None:
-    """The clean ends the audit log records for the recording, and where they came from."""
-    from sessions.recording_end import RECORDING_CLOSED, AuditedEnd, subject
+def _audited_ends(args: argparse.Namespace, recording_ids: set[str]) -> Audited | None:
+    """The clean ends and the ``session.ended`` entries the audit log records for the
+    recording, and where they came from."""
+    from sessions.recording_end import (
+        RECORDING_CLOSED,
+        AuditedEnd,
+        SessionBinding,
+        session_of,
+        subject,
+    )
+    from sessions.session_end import SESSION_ENDED
 
     subjects = {subject(rid) for rid in recording_ids}
+    sessions = {f"session:{s}" for rid in recording_ids if (s := session_of(rid)) is not None}
     ends: list[AuditedEnd] = []
+    bindings: list[SessionBinding] = []
     if args.audit_log is not None:
         from broker.cli.audit_cmd import read_export
         from sessions.audit import verify_chain
 
         matches: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
 
         def scan() -> Iterator[dict[str, Any]]:
             for record in read_export(args.audit_log):
                 if record.get("kind") == RECORDING_CLOSED and record.get("subject") in subjects:
                     matches.append(record)
+                if record.get("kind") == SESSION_ENDED and record.get("subject") in sessions:
+                    ended.append(record)
                 yield record
 
         chain = verify_chain(scan())
@@ -128,7 +148,17 @@ def _audited_ends(
             end = AuditedEnd.from_event(record["seq"], details if isinstance(details, dict) else {})
             if end is not None:
                 ends.append(end)
-        return ends, f"the audit log {args.audit_log}"
+        for record in ended:
+            details = record.get("details")
+            bound = SessionBinding.from_event(
+                record["seq"],
+                record.get("subject"),
+                details if isinstance(details, dict) else {},
+                recording_ids,
+            )
+            if bound is not None:
+                bindings.append(bound)
+        return ends, bindings, f"the audit log {args.audit_log}"
     url = args.database_url or args.found_in
     configured = ("CONDUIT_CONFIG", "CONDUIT_DATABASE_URL")
     if url is None and (args.config is not None or any(os.environ.get(k) for k in configured)):
@@ -145,7 +175,12 @@ def _audited_ends(
             end = AuditedEnd.from_event(event.seq, event.details)
             if end is not None:
                 ends.append(end)
-    return ends, "the audit log"
+    for name in sorted(sessions):
+        for event in audit.find(SESSION_ENDED, name):
+            bound = SessionBinding.from_event(event.seq, name, event.details, recording_ids)
+            if bound is not None:
+                bindings.append(bound)
+    return ends, bindings, "the audit log"
 
 
 def verify(args: argparse.Namespace) -> int:

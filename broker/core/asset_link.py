@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 
 import asyncssh
 
+from agents.wire import KILL_SWITCH_REASON
 from broker.gateway.agent_gateway import AgentGateway
 from broker.gateway.channel import AgentChannel, AgentUnavailable
 from broker.gateway.tunnel import AgentTunnel, ChannelEnd
@@ -39,6 +40,7 @@ from sessions.access import AccessDenied
 from sessions.audit import AuditLog
 from sessions.maintenance import Authorization
 from sessions.models import AssetEndpoint, route_agent
+from sessions.session_end import EndCode, Ending
 
 GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # design.md: AES-GCM on broker legs
 # The agent's own cut-off trails the broker's deadline by this much, so the broker (which can
@@ -202,9 +204,9 @@ class AssetLink:
         )
         return cast(AssetCommand, side)
 
-    def cut_by_agent(self) -> str | None:
+    def cut_by_agent(self) -> Ending | None:
         """Why the agent ended the SSH login's channel (kill switch, agent gone), or None."""
-        return self._tunnel.ended.explain(self._asset) if self._tunnel is not None else None
+        return agent_ending(self._tunnel.ended, self._asset) if self._tunnel is not None else None
 
     # ---- raw channels (forwards) --------------------------------------------------------
 
@@ -221,7 +223,7 @@ class AssetLink:
 
     async def channel_ended_by_agent(
         self, channel: AgentChannel, asset: str, agent_id: str | None
-    ) -> str | None:
+    ) -> Ending | None:
         """A raw channel's agent side closed: why, if the agent ended it or went away."""
         gateway = self._gateway()
         if gateway is None or agent_id is None:
@@ -229,7 +231,7 @@ class AssetLink:
         why = ChannelEnd()
         why.said((await channel.close_reason()).encode())
         why.lost = not gateway.connected(agent_id)
-        return why.explain(asset)
+        return agent_ending(why, asset)
 
     # ---- ending -------------------------------------------------------------------------
 
@@ -329,3 +331,13 @@ def error_text(exc: BaseException) -> str:
     """One short line about why the asset could not be reached (for the user)."""
     text = getattr(exc, "message", None) or getattr(exc, "reason", None) or str(exc)
     return str(text)[:300] or type(exc).__name__
+
+
+def agent_ending(end: ChannelEnd, asset: str) -> Ending | None:
+    """The session's ending when the agent ended a channel: its kill switch, or gone (None if
+    the agent did not end it)."""
+    text = end.explain(asset)
+    if text is None:
+        return None
+    code = EndCode.KILL_SWITCH if end.reason == KILL_SWITCH_REASON else EndCode.AGENT_GONE
+    return Ending(code, text)

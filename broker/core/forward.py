@@ -28,6 +28,7 @@ from sessions.ot.base import Inspector, ObligationsError, ProtocolPlugin
 from sessions.ot.pacing import TokenBucket
 from sessions.ot.registry import plugin_for
 from sessions.recording import RecordingError
+from sessions.session_end import EndCode
 
 # The pcap's made-up client address when the user's is unknown (RFC 2544 benchmark range).
 UNKNOWN_CLIENT = "198.18.0.1"
@@ -122,14 +123,18 @@ async def open_forward(session: MaintenanceSession, host: str, port: int) -> For
     try:
         auth = await session.authorize("tcp", host=host, port=port)
     except AccessDenied as exc:
+        session.channel_refused(EndCode.AUTHORIZATION_REFUSED, f"access denied: {exc.message}")
         raise ForwardRefused(exc.message, prohibited=True) from None
     except (ChannelRefused, AgentUnavailable, asyncssh.Error, OSError) as exc:
-        raise ForwardRefused(error_text(exc), prohibited=False) from None
+        why = error_text(exc)
+        session.channel_refused(EndCode.ASSET_UNREACHABLE, f"cannot reach the asset: {why}")
+        raise ForwardRefused(why, prohibited=False) from None
     assert session.link is not None
     assert session.record is not None
     try:
         channel = await session.link.open_channel(auth)
     except (ChannelRefused, AgentUnavailable) as exc:
+        session.channel_refused(EndCode.ASSET_UNREACHABLE, f"cannot reach the asset: {exc.message}")
         raise ForwardRefused(exc.message, prohibited=False) from None
     plugin = plugin_for(auth.endpoint.protocol)
     inspector = await _inspector(session, plugin, auth, channel)
@@ -143,13 +148,17 @@ async def open_forward(session: MaintenanceSession, host: str, port: int) -> For
             operations=inspector is not None,
             well_known_port=None if plugin is None else plugin.well_known_port,
             strict=auth.decision.obligations.record != "best_effort",
-            on_failure=session.kill,
+            on_failure=session.recording_failed,
         )
     except Exception as exc:
         channel.close()
         if isinstance(exc, RecordingError):  # strict: no recording, no session
-            session.kill(exc.message)
+            recording_id = f"{session.record.id}-tcp{number}"
+            session.recording_refused(exc.message, recording_id=recording_id)
         raise ForwardRefused(error_text(exc), prohibited=False) from None
+    if recording is not None:
+        session.keep(recording)
+    session.channel_started()
     return Forward(session, auth, channel, recording, inspector)
 
 

@@ -16,10 +16,14 @@
   (:mod:`broker.core.forward`).
 * **its tasks**: everything it starts goes through :meth:`MaintenanceSession.own`;
   :meth:`MaintenanceSession.aclose` waits for all of them (and the link's).
-* **ending**: :meth:`MaintenanceSession.end` (idempotent) tells the edge, stops the asset's
-  commands and the relays (OT answers already asked for still come back), closes the user's
-  connection shortly after and closes the session's row (``session.closed`` audited once, by
-  :meth:`sessions.maintenance.MaintenanceService.close`).
+* **ending**: :meth:`MaintenanceSession.end` (idempotent) takes an
+  :class:`sessions.session_end.Ending` (reason code, text, outcome), tells the edge, stops the
+  asset's commands and the relays (OT answers already asked for still come back), closes the
+  user's connection shortly after and, once the session's recordings have closed, closes its
+  row (``session.ended`` audited once with the outcome, the reason code and each recording's
+  final chain hash, by :meth:`sessions.maintenance.MaintenanceService.close`). When the user
+  leaves, :meth:`MaintenanceSession.client_ending` says why: the connection was lost, a channel
+  was refused just before, the last command failed, or a clean exit.
 """
 
 from __future__ import annotations
@@ -41,11 +45,16 @@ from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused
 from sessions.maintenance import Authorization, MaintenanceService
+from sessions.recording import RecordingError
+from sessions.session_end import EndCode, Ending, recording_entry
 
 if TYPE_CHECKING:
     from broker.core.forward import RateLimiters
 
 log = logging.getLogger("conduit.session")
+# session.ended names the final hash of every recording, so it waits for them to close; one
+# that has not closed by then is listed as incomplete.
+EVIDENCE_WAIT_S = 15.0
 
 # After the end: the reason line reaches the user first; forwards also get their OT answers.
 CLOSE_DELAY_S = 0.2
@@ -77,6 +86,14 @@ class Recorder(Protocol):
 
     async def finish(self, reason: str) -> bool:
         """Close and wait: True if the recording is complete (strict: False ends the session)."""
+        ...
+
+
+class Evidence(Protocol):
+    """A recording (or a forward's set of recordings) the session produced."""
+
+    async def evidence(self, wait_s: float) -> list[dict[str, Any]]:
+        """Wait up to ``wait_s`` for it to close; its :func:`recording_entry` items."""
         ...
 
 
@@ -135,7 +152,12 @@ class MaintenanceSession:
         self.auth: Authorization | None = None  # the first authorization (binds the grant)
         self.link: AssetLink | None = None
         self.ended: str | None = None
+        self.ending: Ending | None = None
         self.relays: set[ForwardRelay] = set()
+        self._evidence: list[Evidence] = []
+        self._lost: list[dict[str, Any]] = []  # recordings that could not start
+        self._refusal: Ending | None = None  # the last channel refused, until one starts
+        self._exit: int | str | None = None  # the last terminal channel's exit
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._forwards = 0
@@ -220,9 +242,9 @@ class MaintenanceSession:
             source_ip=self.peer,
             started_at=now,
             deadline=auth.deadline,
-            deadline_reason="grant window ended"
+            deadline_reason=Ending(EndCode.GRANT_EXPIRED, "grant window ended")
             if grant_end
-            else "maximum session duration reached",
+            else Ending(EndCode.MAX_DURATION, "maximum session duration reached"),
             idle_timeout_s=float(idle),
             last_activity=now,
             kill=self.end,
@@ -253,10 +275,53 @@ class MaintenanceSession:
             record.bytes_down += down
             record.last_activity = self.deps.clock.now()
 
-    def kill(self, reason: str) -> None:
+    def kill(self, ending: Ending) -> None:
         """End the session through the live registry (as the watchdog and an admin do)."""
         if self.record is not None:
-            self.deps.live.kill(self.record.id, reason)
+            self.deps.live.kill(self.record.id, ending)
+
+    def recording_failed(self, text: str) -> None:
+        """A strict recording failed while the session ran: end it (``recording_failed``)."""
+        self.kill(Ending(EndCode.RECORDING_FAILED, text))
+
+    def recording_refused(self, text: str, *, recording_id: str | None = None) -> None:
+        """A strict recording could not start: the session ends (``recording_refused``);
+        ``recording_id`` (a forward's pcap) is listed as incomplete."""
+        if recording_id is not None:
+            why = f"could not start: {text}"
+            self._lost.append(recording_entry(recording_id, "pcap", None, why))
+        self.kill(Ending(EndCode.RECORDING_REFUSED, text))
+
+    def keep(self, evidence: Evidence) -> None:
+        """A recording this session started: ``session.ended`` names its final hash."""
+        self._evidence.append(evidence)
+
+    def channel_refused(self, code: str, text: str) -> None:
+        """A channel or forward was refused (authorization, asset unreachable): if the user
+        leaves before another one starts, that is why the session ended."""
+        self._refusal = Ending(code, text)
+
+    def channel_started(self) -> None:
+        self._refusal = None
+
+    def exited(self, status: int | None, signal: str | None) -> None:
+        """A terminal channel's command ended (its exit status, or the signal)."""
+        self._exit = signal if signal is not None else status
+
+    def client_ending(self, exc: Exception | None) -> Ending:
+        """Why the session ends when the user's connection goes: lost, or the user left
+        (after a refusal; after a failed command; or cleanly)."""
+        if exc is not None:
+            return Ending(EndCode.CONNECTION_LOST, f"connection lost: {exc}")
+        if self._refusal is not None:
+            return self._refusal
+        if self._exit is not None and self._exit != 0:
+            return Ending(
+                EndCode.ASSET_EXIT_NONZERO,
+                f"client disconnected after the command ended with {self._exit}",
+                {"exit": self._exit},
+            )
+        return Ending(EndCode.CLIENT_DISCONNECTED, "client disconnected")
 
     async def terminal_recorder(
         self, number: int, width: int, height: int, *, pty: bool
@@ -267,16 +332,24 @@ class MaintenanceSession:
         record = self.record
         assert record is not None, "authorize first"
         title = f"{record.user} → {self.target.login}@{record.asset}"
-        return await self.deps.recorder(
-            record.id,
-            number,
-            width,
-            height,
-            title,
-            strict=self.strict_recording,
-            on_failure=self.kill,
-            pty=pty,
-        )
+        try:
+            recorder = await self.deps.recorder(
+                record.id,
+                number,
+                width,
+                height,
+                title,
+                strict=self.strict_recording,
+                on_failure=self.recording_failed,
+                pty=pty,
+            )
+        except RecordingError as exc:  # the caller refuses the channel, then ends the session
+            why = f"could not start: {exc.message}"
+            self._lost.append(recording_entry(f"{record.id}-{number}", "asciicast", None, why))
+            raise
+        if recorder is not None:
+            self.keep(recorder)
+        return recorder
 
     def next_forward(self) -> int:
         self._forwards += 1
@@ -291,13 +364,16 @@ class MaintenanceSession:
 
     # ---- ending -------------------------------------------------------------------------
 
-    def end(self, reason: str) -> None:
+    def end(self, ending: Ending) -> None:
         """End the whole session now (idempotent): the edge tells the user and stops its
         channels, the asset's commands are signalled, relays drain, the connection closes
-        shortly after and the session's row is closed (audited once)."""
+        shortly after and, once its recordings have closed, the session's row is closed
+        (``session.ended`` audited once, with ``ending``'s outcome and reason code and each
+        recording's final chain hash)."""
         if self.ended is not None:
             return
-        self.ended = reason
+        reason = ending.text
+        self.ended, self.ending = reason, ending
         forwarding = bool(self.relays)
         self._edge.ending(reason)
         if self.link is not None:
@@ -309,20 +385,27 @@ class MaintenanceSession:
         if record is not None:
             record.ended = True
             self.deps.live.remove(record.id)
-            self.own(self._close_row(record, reason))
+            self.own(self._close_row(record, ending))
 
     async def _disconnect_later(self, reason: str, forwarding: bool) -> None:
         await asyncio.sleep(CLOSE_DELAY_S + (DRAIN_DELAY_S if forwarding else 0.0))
         self._edge.disconnect(reason, forwarding=forwarding)
 
-    async def _close_row(self, record: LiveSession, reason: str) -> None:
+    async def _recordings(self) -> list[dict[str, Any]]:
+        """Every recording of the session, once closed (or listed as incomplete)."""
+        found = await asyncio.gather(*(e.evidence(EVIDENCE_WAIT_S) for e in self._evidence))
+        return [*self._lost, *(entry for entries in found for entry in entries)]
+
+    async def _close_row(self, record: LiveSession, ending: Ending) -> None:
         try:
+            recordings = await self._recordings()
             await asyncio.to_thread(
                 self.deps.maintenance.close,
                 record.id,
-                reason=reason,
+                ending,
                 bytes_up=record.bytes_up,
                 bytes_down=record.bytes_down,
+                recordings=recordings,
             )
         except Exception:
             log.exception("closing session %s failed", record.id)

@@ -11,13 +11,14 @@ from starlette.requests import Request
 
 from broker.auth.auth import Principal
 from broker.services import services
+from sessions.session_end import EndCode, Ending
 
 
 async def end_live_session(request: Request, principal: Principal, session_id: str) -> str | None:
     """End a live session for an admin (audited); the reason, or None if it is not live here."""
     svc = services(request)
     reason = f"terminated by an administrator ({principal.name or principal.email})"
-    if not svc.live.kill(session_id, reason):
+    if not svc.live.kill(session_id, Ending(EndCode.ADMIN_KILL, reason)):
         return None
     await svc.record(
         request,

@@ -3,10 +3,15 @@ pages' access checks and ``GET /api/recordings``.
 
 Visibility is :mod:`broker.http.visibility` (admins and security all, approvers their own and
 those on assets their groups own, vendors their own). Filters: ``user`` (name or e-mail,
-ignored for vendors), ``asset`` (exact name), ``kind`` (recording format), ``from`` and ``to``
+ignored for vendors), ``asset`` (exact name), ``kind`` (a recording format, ``pcap``, or a
+forward's protocol, ``modbus``; case-insensitive), ``from`` and ``to``
 (``YYYY-MM-DD``, session start, UTC; a malformed date is ignored). Newest session first, at
 most :data:`LIST_LIMIT` rows. A row never carries anything secret; its ``path`` is for the
 handlers only and is never shown or sent.
+
+A row's ``session_kind`` is what people read: a forward's endpoint protocol by its plug-in's
+title (``Modbus``, ``S7``, ``EtherNet/IP``; :mod:`sessions.models.session_protocol`), else the
+stored kind (``ssh``, ``sftp``, ``tcp``: also every session from before protocols were stored).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from broker.http.visibility import owns_assets, sees_all, session_filter
 from broker.runtime.people import Person, person_of
 from broker.services import Services
 from sessions.db import session_scope
-from sessions.models import Asset, MaintenanceSession, Recording, User
+from sessions.models import Asset, MaintenanceSession, Recording, SessionProtocol, User
+from sessions.ot.registry import plugin_for
 
 LIST_LIMIT = 200
 
@@ -35,7 +41,8 @@ class RecordingRow:
     id: str
     format: str
     session_id: str
-    session_kind: str
+    session_kind: str  # for people: the protocol's title for an inspected forward
+    protocol: str | None  # a forward's endpoint protocol (None: ssh/sftp, or an older session)
     user_id: str
     user: Person
     asset: str
@@ -44,10 +51,20 @@ class RecordingRow:
     started_at: datetime
     ended_at: datetime | None
     end_reason: str | None
+    session_state: str  # active, closed, or failed (its end was an error or a refusal)
     size_bytes: int
     finalized: bool
     integrity: str
     path: str  # for the handlers only; templates must not show it
+
+
+def kind_label(kind: str, protocol: str | None) -> str:
+    """A session's kind as people read it: an inspected forward's protocol title, another
+    declared protocol by name, else the stored kind."""
+    if not protocol or protocol == kind:
+        return kind
+    plugin = plugin_for(protocol)
+    return plugin.title if plugin is not None else protocol
 
 
 def _day(value: str | None, *, end: bool = False) -> datetime | None:
@@ -66,14 +83,15 @@ def _query(principal: Principal, filters: dict[str, str], recording_id: str | No
     """The list query; with ``recording_id`` that one recording, whoever owns it (the caller
     checks :func:`broker.http.visibility.may_see` and audits a refusal)."""
     query = (
-        select(Recording, MaintenanceSession, User, Asset)
+        sa.select(Recording, MaintenanceSession, User, Asset, SessionProtocol)
         .join(MaintenanceSession, col(MaintenanceSession.id) == col(Recording.session_id))
+        .outerjoin(SessionProtocol, col(SessionProtocol.session_id) == col(MaintenanceSession.id))
         .join(User, col(User.id) == col(MaintenanceSession.user_id))
         .join(Asset, col(Asset.id) == col(MaintenanceSession.asset_id))
         .order_by(col(MaintenanceSession.started_at).desc(), col(Recording.id))
     )
     if recording_id is not None:
-        return query.where(Recording.id == recording_id)
+        return query.where(col(Recording.id) == recording_id)
     query = query.where(session_filter(principal))
     others = sees_all(principal) or owns_assets(principal)  # vendors: no user filter
     if others and (who := filters.get("user", "").strip().lower()):
@@ -84,9 +102,13 @@ def _query(principal: Principal, filters: dict[str, str], recording_id: str | No
             )
         )
     if asset := filters.get("asset", "").strip():
-        query = query.where(Asset.name == asset)
-    if kind := filters.get("kind", ""):
-        query = query.where(Recording.format == kind)
+        query = query.where(col(Asset.name) == asset)
+    if kind := filters.get("kind", "").strip().lower():
+        query = query.where(
+            sa.or_(
+                col(Recording.format) == kind, sa.func.lower(col(SessionProtocol.protocol)) == kind
+            )
+        )
     if (since := _day(filters.get("from"))) is not None:
         query = query.where(col(MaintenanceSession.started_at) >= since)
     if (until := _day(filters.get("to"), end=True)) is not None:
@@ -104,7 +126,8 @@ def load_recordings(
                 id=rec.id,
                 format=rec.format,
                 session_id=ms.id,
-                session_kind=ms.kind,
+                session_kind=kind_label(ms.kind, proto.protocol if proto else None),
+                protocol=proto.protocol if proto else None,
                 user_id=user.id,
                 user=person_of(user),
                 asset=asset.name,
@@ -113,12 +136,15 @@ def load_recordings(
                 started_at=ms.started_at,
                 ended_at=ms.ended_at,
                 end_reason=ms.end_reason,
+                session_state=ms.state,
                 size_bytes=rec.size_bytes,
                 finalized=rec.finalized_at is not None,
                 integrity=rec.integrity,
                 path=rec.path,
             )
-            for rec, ms, user, asset in db.exec(_query(principal, filters, recording_id)).all()
+            for rec, ms, user, asset, proto in db.exec(
+                _query(principal, filters, recording_id)
+            ).all()
         ]
         assets = [] if recording_id else list(db.exec(select(Asset.name).order_by(Asset.name)))
     return rows, assets

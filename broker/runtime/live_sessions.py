@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sessions.clock import Clock
+from sessions.session_end import EndCode, Ending, grant_ending
 
 log = logging.getLogger("conduit.sessions")
 
@@ -38,10 +39,10 @@ class LiveSession:
     source_ip: str | None
     started_at: datetime
     deadline: datetime
-    deadline_reason: str
+    deadline_reason: Ending  # grant window ended, or the policy's maximum duration
     idle_timeout_s: float
     last_activity: datetime
-    kill: Callable[[str], None] = field(repr=False)
+    kill: Callable[[Ending], None] = field(repr=False)
     bytes_up: int = 0
     bytes_down: int = 0
     ended: bool = False
@@ -83,15 +84,18 @@ class LiveSessions:
     def list(self) -> list[LiveSession]:
         return sorted(self._sessions.values(), key=lambda s: s.started_at)
 
-    def kill(self, session_id: str, reason: str) -> bool:
+    def kill(self, session_id: str, ending: Ending) -> bool:
+        """End one live session; False if it is not live here."""
         session = self._sessions.get(session_id)
         if session is None:
             return False
-        self._end(session, reason)
+        self._end(session, ending)
         return True
 
     def end_grant(self, grant_id: str, reason: str) -> None:
-        """End every session of ``grant_id``; callable from any thread."""
+        """End every session of ``grant_id``; callable from any thread. ``reason`` is
+        ``AccessService``'s text; its reason code is derived from it
+        (:func:`sessions.session_end.grant_ending`)."""
         loop = self._loop
         if loop is None:
             return
@@ -105,10 +109,11 @@ class LiveSessions:
             loop.call_soon_threadsafe(self._end_grant, grant_id, reason)
 
     def _end_grant(self, grant_id: str, reason: str) -> None:
+        ending = grant_ending(reason)
         for session in [s for s in self._sessions.values() if s.grant_id == grant_id]:
-            self._end(session, reason)
+            self._end(session, ending)
 
-    def _end(self, session: LiveSession, reason: str) -> None:
+    def _end(self, session: LiveSession, reason: Ending) -> None:
         if session.ended:
             return
         session.ended = True
@@ -125,7 +130,8 @@ class LiveSessions:
             if now >= session.deadline:
                 self._end(session, session.deadline_reason)
             elif (now - session.last_activity).total_seconds() >= session.idle_timeout_s:
-                self._end(session, f"idle for {int(session.idle_timeout_s)} s")
+                idle = f"idle for {int(session.idle_timeout_s)} s"
+                self._end(session, Ending(EndCode.IDLE_TIMEOUT, idle))
 
     async def _watch(self) -> None:
         while True:
@@ -138,7 +144,7 @@ class LiveSessions:
 
     async def aclose(self, reason: str = "broker shutting down") -> None:
         for session in list(self._sessions.values()):
-            self._end(session, reason)
+            self._end(session, Ending(EndCode.BROKER_SHUTDOWN, reason))
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

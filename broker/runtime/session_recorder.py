@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from broker.runtime.recording_failure import FailurePolicy, Report, reason_for
 from broker.runtime.recording_storage import RecordingStorage
 from sessions.asciicast import AsciicastRecorder
 from sessions.audit import AuditLog
@@ -40,64 +41,9 @@ log = logging.getLogger("conduit.recording")
 # window, not per packet); held-back output reaches the writer within 50 ms.
 COALESCE_S = 0.02
 PENDING_FLUSH_S = 0.05
-# (recording id, error, strict, what it was doing): audit + storage state, set by the factory.
-Report = Callable[[str, RecordingError, bool, str], None]
 
 
-def reason_for(exc: BaseException) -> str:
-    """What the vendor is told: the operating system's words (``No space left on device``)
-    rather than the broker's paths; the full message goes to the log and the audit event."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__
-    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
-
-
-class _FailurePolicy:
-    """Shared by the recorders: what a write failure means (strict: end the session)."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        strict: bool,
-        on_failure: Callable[[str], None],
-        report: Report | None = None,
-    ) -> None:
-        self._name, self._strict, self._on_failure = name, strict, on_failure
-        self._report = report
-        self.broken = False
-        self.closed = False
-
-    def _failed(self, exc: RecordingError, doing: str = "writing") -> None:
-        """Event loop only: log, audit, and in strict mode end the session."""
-        if self.broken:
-            return
-        self.broken = True
-        log.error(
-            "recording %s failed while %s: %s (%s)",
-            self._name,
-            doing,
-            exc.message,
-            "strict: ending the session" if self._strict else "best effort: not recorded",
-        )
-        if self._report is not None:
-            self._report(self._name, exc, self._strict, doing)
-        if self._strict:
-            self._on_failure(f"recording failed ({reason_for(exc)}); strict recording is required")
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        if self.broken or self.closed:
-            return
-        try:
-            action()
-        except RecordingError as exc:
-            self._failed(exc)
-
-
-class ChannelRecorder(_FailurePolicy):
+class ChannelRecorder(FailurePolicy):
     """Implements the front door's ``Recorder`` protocol for one channel (event loop only)."""
 
     def __init__(
@@ -115,8 +61,12 @@ class ChannelRecorder(_FailurePolicy):
         self.recording_id, self.writer, self.cast = recording_id, writer, cast
         self._finished = finished
         self.timer = FlushTimer(writer, on_error=self._failed)
+        self._writer = writer
         self.timer.start()
         self._pending_timer: asyncio.TimerHandle | None = None
+
+    def _writers_of(self) -> list[RecordingWriter]:
+        return [self._writer]
 
     def output(self, data: bytes) -> None:
         self._guard(lambda: self.cast.output(data))
@@ -148,13 +98,16 @@ class ChannelRecorder(_FailurePolicy):
             self._pending_timer = None
         self._guard(self.cast.flush_pending)
         self.closed = True
-        await self.timer.aclose()
-        if not self.broken:
-            try:
-                await asyncio.to_thread(self.cast.close, reason)
-            except RecordingError as exc:
-                self._failed(exc, "closing")
-        await asyncio.to_thread(self._finished, self, reason)
+        try:
+            await self.timer.aclose()
+            if not self.broken:
+                try:
+                    await asyncio.to_thread(self.cast.close, reason)
+                except RecordingError as exc:
+                    self._failed(exc, "closing")
+            await asyncio.to_thread(self._finished, self, reason)
+        finally:
+            self._done.set()
         return not self.broken
 
 
@@ -406,7 +359,7 @@ class RecorderFactory:
         )
 
 
-class TcpRecording(_FailurePolicy):
+class TcpRecording(FailurePolicy):
     """One forwarded TCP connection's recordings: pcap, plus a JSONL operations log (Modbus).
 
     Writes come from the event loop; each writer has its own flush timer. A write failure in
@@ -434,6 +387,9 @@ class TcpRecording(_FailurePolicy):
         self._timers = [FlushTimer(w, on_error=self._failed) for w in self._writers]
         for timer in self._timers:
             timer.start()
+
+    def _writers_of(self) -> list[RecordingWriter]:
+        return list(self._writers)
 
     def client_data(self, data: bytes) -> None:
         self._guard(lambda: self.pcap.client_data(data))
@@ -469,6 +425,9 @@ class TcpRecording(_FailurePolicy):
                 self._finished(writer, reason)
             return error
 
-        error = await asyncio.to_thread(close_all)
-        if error is not None:
-            self._failed(error, "closing")
+        try:
+            error = await asyncio.to_thread(close_all)
+            if error is not None:
+                self._failed(error, "closing")
+        finally:
+            self._done.set()

@@ -22,6 +22,7 @@ from broker.core.session import MaintenanceSession, Recorder
 from broker.gateway.channel import AgentUnavailable, ChannelRefused
 from sessions.access import AccessDenied
 from sessions.recording import RecordingError
+from sessions.session_end import EndCode
 from sessions.transfer_audit import TransferAuditor, TransferEvent, auditor_for
 
 if TYPE_CHECKING:
@@ -114,18 +115,23 @@ class VendorChannel(asyncssh.SSHServerSession[bytes]):
                 subsystem=self.subsystem,
             )
         except AccessDenied as exc:
-            self.refuse(f"access denied: {'; '.join(exc.reasons) or exc.message}")
+            why = "; ".join(exc.reasons) or exc.message
+            self._refused(session, EndCode.AUTHORIZATION_REFUSED, f"access denied: {why}")
             return
         except (ChannelRefused, AgentUnavailable) as exc:
-            self.refuse(f"cannot reach the asset: {exc.message}")
+            self._refused(
+                session, EndCode.ASSET_UNREACHABLE, f"cannot reach the asset: {exc.message}"
+            )
             return
         except (asyncssh.Error, OSError) as exc:
-            self.refuse(f"cannot reach the asset: {error_text(exc)}")
+            why = error_text(exc)
+            self._refused(session, EndCode.ASSET_UNREACHABLE, f"cannot reach the asset: {why}")
             return
         except Exception as exc:  # e.g. strict recording could not start
             log.exception("starting channel failed")
             self.refuse(f"session refused: {error_text(exc)}")
             return
+        session.channel_started()
         self.asset = command
         if self.done:  # the session ended while the asset was starting the command
             self._stop_asset(session.ended or "channel closed")
@@ -141,9 +147,14 @@ class VendorChannel(asyncssh.SSHServerSession[bytes]):
             )
         except RecordingError as exc:  # strict: refused, and the session ends with it
             self.refuse(f"session refused: {exc.message}")
-            session.kill(exc.message)
+            session.recording_refused(exc.message)
             return False
         return True
+
+    def _refused(self, session: MaintenanceSession, code: str, message: str) -> None:
+        """Refuse this channel; the session remembers why (the user may leave next)."""
+        session.channel_refused(code, message)
+        self.refuse(message)
 
     def _relay_pending(self, command: AssetCommand) -> None:
         chan = command.chan
@@ -303,6 +314,9 @@ class VendorChannel(asyncssh.SSHServerSession[bytes]):
         if self.chan is None or self.done:
             return
         self.done = True
+        if self.session is not None:
+            signal = command.exit_signal[0] if command.exit_signal is not None else None
+            self.session.exited(command.exit_status, signal)
         with contextlib.suppress(Exception):
             if command.exit_signal is not None:
                 sig, core, msg, lang = command.exit_signal

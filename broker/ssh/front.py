@@ -50,6 +50,7 @@ from broker.ssh.vendor import VendorConnection
 from sessions.audit import AuditLog
 from sessions.clock import Clock
 from sessions.maintenance import MaintenanceService
+from sessions.session_end import EndCode, Ending
 
 log = logging.getLogger("conduit.ssh")
 
@@ -142,7 +143,7 @@ class FrontDoor:
             await self._server.wait_closed()
         self.listener.abort_unauthenticated()
         for session in list(self._sessions):
-            session.end("broker shutting down")
+            session.end(Ending(EndCode.BROKER_SHUTDOWN, "broker shutting down"))
             self.retire(session)
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)

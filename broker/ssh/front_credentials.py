@@ -24,6 +24,7 @@ from broker.runtime.live_sessions import LiveSessions
 from broker.runtime.periodic import Periodic
 from broker.ssh.clientless import ClientlessApprovals, Pending
 from sessions.credentials import AuthContext, CredentialRef, CredentialRefused, CredentialService
+from sessions.session_end import EndCode, Ending
 
 log = logging.getLogger("conduit.credentials")
 
@@ -100,7 +101,9 @@ class CredentialWatch:
         dead = await asyncio.to_thread(self._credentials.revoked, dict(self._tracked))
         for session_id, why in dead.items():
             self._tracked.pop(session_id, None)
-            self._live.kill(session_id, f"credential revoked: {why}")
+            self._live.kill(
+                session_id, Ending(EndCode.CREDENTIAL_REVOKED, f"credential revoked: {why}")
+            )
 
     def start(self) -> None:
         self._periodic.start()

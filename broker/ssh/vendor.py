@@ -228,5 +228,5 @@ class VendorConnection(asyncssh.SSHServer):
         self._login_timer = self._code_timer = None
         session = self.session
         if session is not None:
-            session.end("client disconnected" if exc is None else f"connection lost: {exc}")
+            session.end(session.client_ending(exc))
             self.door.retire(session)

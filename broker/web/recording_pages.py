@@ -37,6 +37,7 @@ from broker.web.recording_access import recording_directory, visible_recording
 from sessions.db import session_scope
 from sessions.identity import ADMIN, APPROVER, SECURITY, VENDOR
 from sessions.models import Recording, RecordingFormat, RecordingIntegrity
+from sessions.ot.registry import registered
 from sessions.recording import (
     KIND_EXTENSIONS,
     RecordingError,
@@ -45,8 +46,15 @@ from sessions.recording import (
     load_public_key,
     verify_recording,
 )
-from sessions.recording_end import RECORDING_CLOSED, AuditedEnd, check_end
+from sessions.recording_end import (
+    RECORDING_CLOSED,
+    AuditedEnd,
+    SessionBinding,
+    check_end,
+    check_session_end,
+)
 from sessions.recording_end import subject as end_subject
+from sessions.session_end import SESSION_ENDED
 
 MEDIA_TYPES = {
     RecordingFormat.ASCIICAST: "application/x-asciicast",
@@ -74,7 +82,10 @@ async def recordings_page(request: Request) -> Response:
         {
             "recordings": rows,
             "assets": assets,
-            "kinds": RecordingFormat.ALL,
+            "kinds": [  # (value, label): the recording formats, then the OT protocols
+                *((f, f) for f in RecordingFormat.ALL),
+                *((name, plugin.title) for name, plugin in registered().items()),
+            ],
             "filters": filters,
             "sees_all": sees_all(principal) or owns_assets(principal),
             "limited": len(rows) == LIST_LIMIT,
@@ -145,6 +156,14 @@ def _verify(svc: Services, row: RecordingRow) -> tuple[str, str]:
         if (end := AuditedEnd.from_event(event.seq, event.details)) is not None
     ]
     result = check_end(result, ends, source="the audit log")
+    session = f"session:{row.session_id}"
+    bindings = [  # the session's end names the recording's final chain hash
+        bound
+        for event in svc.audit.find(SESSION_ENDED, session)
+        if (bound := SessionBinding.from_event(event.seq, session, event.details, {directory.name}))
+        is not None
+    ]
+    result = check_session_end(result, bindings, source="the audit log")
     integrity = {
         VerifyStatus.OK: RecordingIntegrity.OK,
         VerifyStatus.BROKEN: RecordingIntegrity.BROKEN,

@@ -18,7 +18,8 @@ Contracts shared by every table:
   constraints and the few ``@validates`` hooks here are the enforcement.
 * Modules: :mod:`.base` (metadata, ``TableModel``, column helpers), :mod:`.enums`,
   :mod:`.organisation` (the plant and who works on it), :mod:`.access` (requests to recordings
-  and the audit log), :mod:`.identity` (sign-in state, credentials); this package re-exports
+  and the audit log), :mod:`.session_protocol` (a forward session's endpoint protocol),
+  :mod:`.identity` (sign-in state, credentials); this package re-exports
   them, so callers import from ``sessions.models``.
 * All tables live in :data:`metadata`, not ``SQLModel.metadata``; Alembic migrations in
   ``sessions/migrations`` create them (see :func:`sessions.db.migrate`).
@@ -92,6 +93,7 @@ from sessions.models.organisation import (
     Zone,
     route_agent,
 )
+from sessions.models.session_protocol import SessionProtocol
 
 __all__ = [
     "CASCADE",
@@ -129,6 +131,7 @@ __all__ = [
     "RecordingFormat",
     "RecordingIntegrity",
     "SessionKind",
+    "SessionProtocol",
     "SessionState",
     "Site",
     "SshCertificate",
