@@ -149,9 +149,12 @@ def test_archiving_the_asset_ends_the_live_session(rig: SshRig) -> None:
     proc = _start(rig)
     _plant(rig, "POST", "assets/lab-ssh/archive")
     [line] = _vendor_sees(proc)
-    assert line == "conduit: session ended: grant revoked: asset lab-ssh was archived"
+    assert (
+        line
+        == "conduit: session ended: grant revoked: eligibility lost: asset lab-ssh was archived"
+    )
     wait_until(lambda: _asset_connections(rig) == 0, "the asset-side SSH connection to close")
-    assert _grant(rig, grant_id)["revoke_reason"] == "asset lab-ssh was archived"
+    assert _grant(rig, grant_id)["revoke_reason"] == "eligibility lost: asset lab-ssh was archived"
 
 
 def test_a_login_no_longer_declared_ends_the_live_session(rig: SshRig) -> None:
@@ -219,7 +222,8 @@ def test_an_engine_failure_during_the_recheck_revokes_nothing(
             failed = wait_until(
                 lambda: audit_events(broker, "grant.recheck_failed"), "the failed re-check"
             )
-            assert [e["subject"] for e in failed] == [grant_id]
+            # One or more (the runner retries every few seconds), all for this grant.
+            assert {e["subject"] for e in failed} == {grant_id}
             assert failed[0]["outcome"] == "error"
             assert "unreachable" in failed[0]["details"]["problem"]
             assert proc.poll() is None

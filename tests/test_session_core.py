@@ -8,6 +8,7 @@ agents, PLCs) is in tests/test_ssh_sessions.py, test_ssh_channels.py and test_ot
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -329,3 +330,83 @@ def test_grant_endings_map_the_access_services_words_to_codes() -> None:
     assert (other.code, other.outcome, other.text) == ("grant_ended", "deny", "something new")
     with pytest.raises(ValueError, match="unknown session end code"):
         Ending("made_up", "text")
+
+
+async def test_ended_while_its_row_was_opening_the_row_is_closed_and_nothing_is_live() -> None:
+    """The user leaves (or the broker stops) during the first authorization: the row opened
+    meanwhile is closed with that ending, the session is never listed, the channel refused."""
+    session, maintenance, edge, _, live = _session()
+    opening, release = threading.Event(), threading.Event()
+    open_row = maintenance.open
+
+    def slow_open(auth: Any, **kw: Any) -> str:
+        opening.set()
+        release.wait(10)
+        return open_row(auth, **kw)
+
+    maintenance.open = slow_open  # type: ignore[method-assign]
+    attempt = asyncio.ensure_future(session.authorize("tcp", host="10.0.0.5", port=502))
+    await async_wait_until(opening.is_set, "the row to start opening")
+    session.end(Ending(EndCode.CLIENT_DISCONNECTED, "client disconnected"))
+    release.set()
+    with pytest.raises(AccessDenied):
+        await attempt
+    await session.aclose()
+    assert maintenance.closed == [("s-1", "client disconnected")]
+    assert live.list() == []
+    assert edge.told == ["client disconnected"]
+
+
+async def test_a_grant_that_ends_during_authorization_ends_the_new_session() -> None:
+    """The grant is revoked after policy said yes but before the session was listed: the
+    revocation could not reach it, so listing it ends it; a grant resumed earlier does not."""
+    session, maintenance, _, _, live = _session()
+    live.start()
+    try:
+        live.end_grant("g-1", "emergency lockout: vendor access is suspended")  # before: ignored
+        asked = asyncio.Event()
+        authorize = maintenance.authorize
+
+        async def slow_authorize(**kw: Any) -> Any:
+            auth = await authorize(**kw)
+            asked.set()
+            await asyncio.sleep(0)  # the revocation lands here
+            live.end_grant("g-1", "grant revoked: by admin")
+            return auth
+
+        maintenance.authorize = slow_authorize  # type: ignore[method-assign]
+        with pytest.raises(AccessDenied):
+            await session.authorize("tcp", host="10.0.0.5", port=502)
+        await session.aclose()
+        assert asked.is_set()
+        assert maintenance.closed == [("s-1", "grant revoked: by admin")]
+        assert [e.code for e in maintenance.endings] == ["grant_revoked"]
+        assert live.list() == []
+
+        again, maintenance2, _, _, live2 = _session()
+        live2.start()
+        try:
+            live2.end_grant("g-1", "emergency lockout: vendor access is suspended")
+            await again.authorize("tcp", host="10.0.0.5", port=502)  # resumed before: allowed
+            assert again.record is not None and live2.get(again.record.id) is again.record
+            again.end(Ending(EndCode.CLIENT_DISCONNECTED, "client disconnected"))
+            await again.aclose()
+            assert maintenance2.closed == [("s-1", "client disconnected")]
+        finally:
+            await live2.aclose()
+    finally:
+        await live.aclose()
+
+
+async def test_an_ending_step_that_raises_does_not_leave_the_row_open() -> None:
+    session, maintenance, edge, _, live = _session()
+    await session.authorize("tcp", host="10.0.0.5", port=502)
+
+    def broken(reason: str) -> None:
+        raise RuntimeError("edge gone")
+
+    edge.ending = broken  # type: ignore[method-assign]
+    session.end(Ending(EndCode.ADMIN_KILL, "terminated by an administrator"))
+    await session.aclose()
+    assert maintenance.closed == [("s-1", "terminated by an administrator")]
+    assert live.list() == []

@@ -165,6 +165,9 @@ class AssetLink:
         except asyncssh.HostKeyNotVerifiable:
             why = f"{asset.name} presented an SSH host key that does not match the pinned one"
             raise await self._refused(why, "error") from None
+        if self._closing:  # the session ended while the login was being dialled
+            self._conn.close()
+            raise AccessDenied("session ended", ("session ended",))
         if not pinned:
             host_key = self._conn.get_server_host_key()
             if host_key is not None:
@@ -216,10 +219,16 @@ class AssetLink:
         gateway, agent_id = self._gateway(), route_agent(auth.asset, auth.endpoint)
         if gateway is None or agent_id is None:
             raise AgentUnavailable("no agent")
+        if self._closing:
+            raise AgentUnavailable("the session has ended")
         endpoint = auth.endpoint
-        return await gateway.open_channel(
+        channel = await gateway.open_channel(
             agent_id, endpoint.host, endpoint.port, expires_at=auth.deadline + GRACE
         )
+        if self._closing:  # the session ended while the channel was being opened
+            channel.close()
+            raise AgentUnavailable("the session has ended")
+        return channel
 
     async def channel_ended_by_agent(
         self, channel: AgentChannel, asset: str, agent_id: str | None

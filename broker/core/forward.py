@@ -94,6 +94,12 @@ class Forward:
         """Relay until either side ends or the session does; if the agent ended the channel
         (kill switch) or went away, the whole session ends and says why."""
         session = self._session
+        if session.ended is not None:  # ended between opening and running: relay nothing
+            self._channel.close()
+            if self._recording is not None:
+                await self._recording.aclose(session.ended)
+            user_out.close()
+            return
         relay = ForwardRelay(
             vendor_in=user_in,
             vendor_out=user_out,
@@ -158,6 +164,11 @@ async def open_forward(session: MaintenanceSession, host: str, port: int) -> For
         raise ForwardRefused(error_text(exc), prohibited=False) from None
     if recording is not None:
         session.keep(recording)
+    if session.ended is not None:  # ended while the forward was opening: nothing is relayed
+        channel.close()
+        if recording is not None:
+            await recording.aclose(session.ended)
+        raise ForwardRefused(f"session ended: {session.ended}", prohibited=True)
     session.channel_started()
     return Forward(session, auth, channel, recording, inspector)
 

@@ -29,8 +29,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,6 +53,17 @@ if TYPE_CHECKING:
     from broker.core.forward import RateLimiters
 
 log = logging.getLogger("conduit.session")
+
+
+@contextlib.contextmanager
+def _logged(step: str) -> Iterator[None]:
+    """Run one step of ending a session; an error is logged, never raised (the rest runs)."""
+    try:
+        yield
+    except Exception:
+        log.exception("ending a session: %s failed", step)
+
+
 # session.ended names the final hash of every recording, so it waits for them to close; one
 # that has not closed by then is listed as incomplete.
 EVIDENCE_WAIT_S = 15.0
@@ -179,6 +191,7 @@ class MaintenanceSession:
         live = gateway.live() if gateway is not None else {}
         async with self._lock:
             bound = self.record
+            mark = self.deps.live.mark()
             auth = await self.deps.maintenance.authorize(
                 user_id=self.user_id,
                 asset_name=self.target.asset,
@@ -197,11 +210,12 @@ class MaintenanceSession:
             self._check_open()
             link = self.link
             if link is None:
-                link = await self._open(auth, kind)
+                link = await self._open(auth, kind, mark)
                 assert self.record is not None
                 self.deps.track_credential(self.record.id, credential)
             if kind != "tcp" and not link.connected:
                 await link.connect(auth, self.target.login)
+            self._check_open()  # ended while the asset login was being made
         return auth
 
     def _check_open(self) -> None:
@@ -222,7 +236,7 @@ class MaintenanceSession:
             )
             raise AccessDenied(reason, (reason,)) from None
 
-    async def _open(self, auth: Authorization, kind: str) -> AssetLink:
+    async def _open(self, auth: Authorization, kind: str, mark: int) -> AssetLink:
         d, login = self.deps, self.target.login
         session_id = await asyncio.to_thread(
             d.maintenance.open, auth, kind=kind, login=login, source_ip=self.peer
@@ -257,7 +271,13 @@ class MaintenanceSession:
             pin_host_key=d.pin_host_key,
             audit=d.audit,
         )
-        d.live.add(self.record)
+        d.live.add(self.record, since=mark)  # ends it at once if its grant ended meanwhile
+        if self.ending is not None and not self.record.ended:
+            # end() ran while the row was being opened: it had no record to close then.
+            self.record.ended = True
+            d.live.remove(session_id)
+            self.own(self._close_row(self.record, self.ending))
+        self._check_open()
         return self.link
 
     # ---- while it runs ------------------------------------------------------------------
@@ -375,11 +395,15 @@ class MaintenanceSession:
         reason = ending.text
         self.ended, self.ending = reason, ending
         forwarding = bool(self.relays)
-        self._edge.ending(reason)
+        # Each step guarded: one that raises must not leave the row or the live entry open.
+        with _logged("telling the front end"):
+            self._edge.ending(reason)
         if self.link is not None:
-            self.link.close()
+            with _logged("closing the asset link"):
+                self.link.close()
         for relay in list(self.relays):
-            relay.stop(reason)  # OT: answers to requests already sent are still delivered
+            with _logged("stopping a relay"):
+                relay.stop(reason)  # OT: answers to requests already sent are still delivered
         self.own(self._disconnect_later(reason, forwarding))
         record = self.record
         if record is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from sessions.clock import Clock
 from sessions.session_end import EndCode, Ending, grant_ending
 
 log = logging.getLogger("conduit.sessions")
+ENDED_GRANTS_KEPT = 4096  # far more than can end while one session is being authorized
 
 
 @dataclass(eq=False)
@@ -71,9 +73,23 @@ class LiveSessions:
         self._sessions: dict[str, LiveSession] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Grants ended lately -> (sequence number of the end, why): a session authorized under
+        # one just before it ended is ended as it is added (the end could not reach it then).
+        self._ended_grants: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._grant_ends = 0
 
-    def add(self, session: LiveSession) -> None:
+    def mark(self) -> int:
+        """Taken before authorizing a session; pass it to :meth:`add`."""
+        return self._grant_ends
+
+    def add(self, session: LiveSession, since: int | None = None) -> None:
+        """List a session. With ``since`` (a :meth:`mark` taken before it was authorized):
+        if its grant ended after that mark, end it at once. A grant suspended and resumed
+        before the mark (lockout) does not count."""
         self._sessions[session.id] = session
+        ended = self._ended_grants.get(session.grant_id) if session.grant_id else None
+        if ended is not None and since is not None and ended[0] > since:
+            self._end(session, grant_ending(ended[1]))
 
     def remove(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
@@ -109,6 +125,11 @@ class LiveSessions:
             loop.call_soon_threadsafe(self._end_grant, grant_id, reason)
 
     def _end_grant(self, grant_id: str, reason: str) -> None:
+        self._grant_ends += 1
+        self._ended_grants[grant_id] = (self._grant_ends, reason)
+        self._ended_grants.move_to_end(grant_id)
+        while len(self._ended_grants) > ENDED_GRANTS_KEPT:
+            self._ended_grants.popitem(last=False)
         ending = grant_ending(reason)
         for session in [s for s in self._sessions.values() if s.grant_id == grant_id]:
             self._end(session, ending)

@@ -155,7 +155,9 @@ def _check(
     name = asset.name if asset is not None else grant.asset_id
     if user is None or user.disabled:
         who = (user.name or user.sub) if user is not None else grant.user_id
-        return _Check(grant.id, grant.user_id, name, None, f"user {who} is disabled")
+        why = f"eligibility lost: user {who} is disabled"
+        return _Check(grant.id, grant.user_id, name, None, why)
     if asset is None or asset.archived_at is not None:
-        return _Check(grant.id, user.id, name, None, f"asset {name} was archived")
+        why = f"eligibility lost: asset {name} was archived"
+        return _Check(grant.id, user.id, name, None, why)
     return _Check(grant.id, user.id, name, eligibility_input(db, grant, user, now))
