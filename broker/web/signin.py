@@ -199,16 +199,32 @@ async def callback(request: Request) -> Response:
     roles = map_roles(identity.groups, svc.settings.roles.as_mapping())
     auth = auth_context(identity.amr, identity.acr, claims)
 
-    def _sign_in() -> tuple[str, str]:
+    def _sign_in() -> tuple[str, str | None]:
         with session_scope(svc.engine, write=True) as db:
             user = upsert_user(db, identity, roles, svc.clock)
-            user_id = user.id
+            user_id, disabled = user.id, user.disabled
+        if disabled:  # offboarded by an admin (sessions.users): no session at all
+            return user_id, None
         # Tokens and certificates issued under a role the IdP no longer grants die now.
         svc.credentials.revoke_lost_roles(user_id, roles)
         value, _ = svc.web_sessions.create(user_id, tokens.id_token, auth)
         return user_id, value
 
     user_id, cookie = await run_in_threadpool(_sign_in)
+    if cookie is None:
+        await svc.record(
+            request,
+            "auth.login",
+            actor=user_id,
+            outcome="rejected",
+            subject=identity.sub,
+            details={"code": "user_disabled", "error": "the account is disabled"},
+        )
+        raise AuthError(
+            "your account is disabled; ask an administrator of this broker",
+            code="user_disabled",
+            status=403,
+        )
     await svc.record(
         request,
         "auth.login",
