@@ -1,10 +1,11 @@
 """A user's status: disabling (offboarding) and enabling again, by an administrator.
 
-:meth:`UserStatus.disable` sets ``User.disabled`` first (from then on sign-in, the browser
-cookie, CLI tokens and SSH certificates of the user are refused, and so every new request),
-then revokes every credential of the user (:meth:`CredentialService.revoke_user`) and their
-approved and active grants through :meth:`AccessService.revoke` with the reason
-``user disabled: <reason>``, so live sessions on them end at once (``on_grant_ended``).
+:meth:`UserStatus.disable` first revokes the user's approved and active grants through
+:meth:`AccessService.revoke` with the reason ``user disabled: <reason>``, so live sessions on
+them end at once (``on_grant_ended``) with that one line; then sets ``User.disabled`` (from then
+on sign-in, the browser cookie, CLI tokens and SSH certificates of the user are refused, and so
+every new request), revokes every credential of the user (:meth:`CredentialService.revoke_user`)
+and sweeps the grants once more (one approved in between).
 :meth:`UserStatus.enable` clears the flag only: no grant or credential comes back.
 
 Failures: :class:`ValidationError` when the reason is empty or an admin names themselves,
@@ -61,21 +62,34 @@ class UserStatus:
         why = _reason(reason)
         if user_id == by:
             raise ValidationError("you cannot disable your own account; ask another admin")
+        self._exists(user_id)
+        # Grants first: a live session then ends with the grant's reason (the one line the
+        # vendor sees) before the credential watch notices the flag or the revocations.
+        ended = self._end_grants(user_id, by, f"user disabled: {why}")
         changed = self._set(user_id, True)
         revoked = self._credentials.revoke_user(user_id, by=by, reason=f"user disabled: {why}")
-        ended: list[str] = []
-        for grant_id in self._live_grants(user_id):
-            try:
-                self._access.revoke(grant_id, by, f"user disabled: {why}")
-            except ConflictError:  # ended meanwhile (expired, revoked by someone else)
-                continue
-            ended.append(grant_id)
+        ended += self._end_grants(user_id, by, f"user disabled: {why}")  # approved meanwhile
         return StatusChange(user_id, True, changed, revoked, tuple(ended))
 
     def enable(self, user_id: str, *, by: str, reason: str) -> StatusChange:
         """Clear the flag; the user may sign in again but has no grant or credential back."""
         _reason(reason)
         return StatusChange(user_id, False, self._set(user_id, False))
+
+    def _end_grants(self, user_id: str, by: str, reason: str) -> list[str]:
+        ended: list[str] = []
+        for grant_id in self._live_grants(user_id):
+            try:
+                self._access.revoke(grant_id, by, reason)
+            except ConflictError:  # ended meanwhile (expired, revoked by someone else)
+                continue
+            ended.append(grant_id)
+        return ended
+
+    def _exists(self, user_id: str) -> None:
+        with session_scope(self._engine) as db:
+            if db.get(User, user_id) is None:
+                raise NotFoundError(f"no user {user_id}")
 
     def _set(self, user_id: str, disabled: bool) -> bool:
         with session_scope(self._engine, write=True) as db:

@@ -28,7 +28,7 @@ from broker.services import Services, services
 from sessions.authorizer import iso
 from sessions.credentials import Revoked
 from sessions.db import session_scope
-from sessions.errors import SessionsError
+from sessions.errors import NotFoundError, SessionsError
 from sessions.identity import ADMIN
 from sessions.models import ApiToken, SshCertificate, User, WebSession
 from sessions.users import StatusChange, UserStatus
@@ -139,9 +139,10 @@ async def _set_status(
     except SessionsError as exc:
         await svc.record(
             request, kind, actor=principal.user_id, outcome="rejected", subject=subject,
-            details={"code": exc.code, "error": str(exc), "reason": reason.strip()[:200]},
+            details={"code": exc.code, "error": exc.message, "reason": reason.strip()[:200]},
         )  # fmt: skip
-        raise
+        http = 404 if isinstance(exc, NotFoundError) else 400
+        raise BrokerError(exc.message, code=exc.code, status=http) from exc
     revoked = done.revoked
     await svc.record(
         request,
