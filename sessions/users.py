@@ -4,8 +4,9 @@
 :meth:`AccessService.revoke` with the reason ``user disabled: <reason>``, so live sessions on
 them end at once (``on_grant_ended``) with that one line; then sets ``User.disabled`` (from then
 on sign-in, the browser cookie, CLI tokens and SSH certificates of the user are refused, and so
-every new request), revokes every credential of the user (:meth:`CredentialService.revoke_user`)
-and sweeps the grants once more (one approved in between).
+every new request), denies their pending requests (:meth:`AccessService.deny`, same reason),
+revokes every credential of the user (:meth:`CredentialService.revoke_user`) and sweeps the
+grants once more (one approved in between).
 :meth:`UserStatus.enable` clears the flag only: no grant or credential comes back.
 
 Failures: :class:`ValidationError` when the reason is empty or an admin names themselves,
@@ -26,7 +27,7 @@ from sessions.access.base import LIVE_GRANT_STATES
 from sessions.credentials import CredentialService, Revoked
 from sessions.db import session_scope
 from sessions.errors import ConflictError, NotFoundError, ValidationError
-from sessions.models import Grant, User
+from sessions.models import AccessRequest, AccessRequestState, Grant, User
 
 REASON_MAX = 200
 
@@ -40,6 +41,7 @@ class StatusChange:
     changed: bool
     revoked: Revoked = field(default_factory=Revoked)
     grants: tuple[str, ...] = ()
+    requests: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class StatusChange:
             "changed": self.changed,
             "revoked": self.revoked.as_dict(),
             "grants": list(self.grants),
+            "requests": list(self.requests),
         }
 
 
@@ -67,9 +70,10 @@ class UserStatus:
         # vendor sees) before the credential watch notices the flag or the revocations.
         ended = self._end_grants(user_id, by, f"user disabled: {why}")
         changed = self._set(user_id, True)
+        denied = self._deny_pending(user_id, by, f"user disabled: {why}")
         revoked = self._credentials.revoke_user(user_id, by=by, reason=f"user disabled: {why}")
         ended += self._end_grants(user_id, by, f"user disabled: {why}")  # approved meanwhile
-        return StatusChange(user_id, True, changed, revoked, tuple(ended))
+        return StatusChange(user_id, True, changed, revoked, tuple(ended), tuple(denied))
 
     def enable(self, user_id: str, *, by: str, reason: str) -> StatusChange:
         """Clear the flag; the user may sign in again but has no grant or credential back."""
@@ -85,6 +89,22 @@ class UserStatus:
                 continue
             ended.append(grant_id)
         return ended
+
+    def _deny_pending(self, user_id: str, by: str, reason: str) -> list[str]:
+        with session_scope(self._engine) as db:
+            query = select(AccessRequest.id).where(
+                AccessRequest.requester_id == user_id,
+                AccessRequest.state == AccessRequestState.PENDING,
+            )
+            pending = list(db.exec(query))
+        denied: list[str] = []
+        for request_id in pending:
+            try:
+                self._access.deny(request_id, by, reason)
+            except ConflictError:  # decided meanwhile; an approval is caught by the sweep
+                continue
+            denied.append(request_id)
+        return denied
 
     def _exists(self, user_id: str) -> None:
         with session_scope(self._engine) as db:

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 
 from broker.dev.demo import seed
 from sessions.db import session_scope
-from sessions.models import Grant, User
+from sessions.models import AccessRequest, Grant, User
 from tests.harness.broker import (
     RunningBroker,
     audit_events,
@@ -85,6 +85,8 @@ def test_disabling_a_vendor_ends_their_session_grant_credentials_and_sign_in(
     alice_token, adam_token = rig.tokens["alice"], rig.sign_in("adam")
     alice, adam = rig.users["alice"], rig.users["adam"]
     grant_id = rig.grant()
+    pending = rig.request("alice", operation_class="tune")  # filed, not yet approved
+    assert pending.status_code == 201, pending.text
     proc = subprocess.Popen(
         [*rig.ssh_argv(), "echo ready; sleep 600"],
         stdout=subprocess.PIPE,
@@ -110,6 +112,7 @@ def test_disabling_a_vendor_ends_their_session_grant_credentials_and_sign_in(
         done = _post(broker, f"/api/users/{alice}/disable", adam_token, {"reason": REASON})
         assert done.status_code == 200, done.text
         assert done.json()["grants"] == [grant_id] and done.json()["disabled"] is True
+        assert done.json()["requests"] == [pending.json()["id"]]
         _, err = proc.communicate(timeout=TIMEOUT_S)
     finally:
         proc.kill()
@@ -120,6 +123,8 @@ def test_disabling_a_vendor_ends_their_session_grant_credentials_and_sign_in(
         grant = db.get(Grant, grant_id)
         assert grant is not None and grant.state == "revoked"
         assert grant.revoke_reason == f"user disabled: {REASON}" and grant.revoked_by == adam
+        request = db.get(AccessRequest, pending.json()["id"])
+        assert request is not None and request.state == "denied"
 
     # Her CLI token, her certificate and her sign-in at the real IdP are all refused.
     whoami = httpx2.get(
@@ -143,6 +148,7 @@ def test_disabling_a_vendor_ends_their_session_grant_credentials_and_sign_in(
     assert (event["actor"], event["subject"]) == (adam, f"user:{alice}")
     assert event["details"]["reason"] == REASON
     assert event["details"]["grants_revoked"] == [grant_id]
+    assert event["details"]["requests_denied"] == [pending.json()["id"]]
     assert event["details"]["cli_credentials"] >= 1 and event["details"]["certificates"] == 1
 
     # Enable: she can sign in again, but no grant comes back.
@@ -196,7 +202,10 @@ def test_cli_and_page_disable_and_enable_round_trip(broker: RunningBroker, tmp_p
         )
         assert posted.status_code == 303
         shown = adam.get(broker.url + posted.headers["location"]).text
-        assert "disabled; revoked 0 grant(s)" in shown and f'id="enable-confirm-{alice}"' in shown
+        assert (
+            "disabled; revoked 0 grant(s), denied 0 pending" in shown
+            and f'id="enable-confirm-{alice}"' in shown
+        )
         posted = adam.post(
             f"{broker.url}/admin/users/{alice}/enable", data={"csrf": csrf, "reason": "found"}
         )

@@ -83,6 +83,7 @@ def disable(args: argparse.Namespace) -> int:
     done = out["revoked"]
     print(
         f"Disabled {user['email'] or user['sub']}: revoked {len(out['grants'])} grant(s), "
+        f"denied {len(out['requests'])} pending request(s), "
         f"{len(done['cli_credentials'])} token(s) and {len(done['certificates'])} SSH "
         f"certificate(s); ended {done['sessions']} browser session(s)."
     )

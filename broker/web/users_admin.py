@@ -154,6 +154,7 @@ async def _set_status(
             "reason": reason.strip()[:200],
             "changed": done.changed,
             "grants_revoked": list(done.grants),
+            "requests_denied": list(done.requests),
             "cli_credentials": len(revoked.tokens),
             "certificates": len(revoked.certificates),
             "sessions": revoked.sessions,
@@ -193,7 +194,8 @@ async def _status_form(request: Request, *, disable: bool) -> Response:
     done = await _set_status(request, principal, request.path_params["id"], reason, disable)
     if disable:
         message = (
-            f"disabled; revoked {len(done.grants)} grant(s), {len(done.revoked.tokens)} "
+            f"disabled; revoked {len(done.grants)} grant(s), denied {len(done.requests)} "
+            f"pending request(s), {len(done.revoked.tokens)} "
             f"token(s), {len(done.revoked.certificates)} SSH certificate(s), ended "
             f"{done.revoked.sessions} browser session(s)"
         )
