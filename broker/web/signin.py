@@ -4,7 +4,9 @@
 Each sign-in attempt is a one-time *login flow* stored server-side under the hash of its
 ``state``: it holds the nonce, the PKCE verifier and the hash of a binding cookie given to
 the browser that started it. The callback consumes the flow atomically, so a replayed,
-unknown, expired or foreign ``state`` is refused. Every outcome is audited.
+unknown, expired or foreign ``state`` is refused. A user an admin disabled
+(:mod:`sessions.users`) is refused after the IdP's answer (403, no session, code
+``user_disabled``). Every outcome is audited.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def _signed_in(svc: Services, return_to: str, cookie: str) -> Response:
 
 
 async def callback(request: Request) -> Response:
-    """``/auth/callback``: check the flow, redeem the code, upsert the user, start a session."""
+    """``/auth/callback``: check the flow, redeem the code, upsert the user, start a session
+    (none for a disabled user: audited and refused with 403)."""
     svc = services(request)
     flow, code = await _checked_flow(request, svc)
     tokens, claims = await _signed_claims(request, svc, flow, code)
