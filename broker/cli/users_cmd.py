@@ -1,4 +1,5 @@
-"""``conduit users list|revoke``: users' live credentials, and revoking all of them (admin).
+"""``conduit users list|revoke|disable|enable``: users' live credentials, revoking all of them,
+and disabling (offboarding) or enabling a user (admin).
 
 Both call the broker's admin API (:mod:`broker.web.users_admin`) with the stored CLI token. A user
 is named by id, email, IdP subject or exact name; an ambiguous or unknown name is refused.
@@ -26,6 +27,17 @@ def add_parser(sub: Any) -> None:
     r.add_argument("user", help="user id, email, IdP subject or name")
     r.add_argument("--reason", required=True)
     r.set_defaults(func=revoke)
+    d = usub.add_parser(
+        "disable",
+        help="offboard a user: refuse their sign-in, revoke every credential and grant",
+    )
+    d.add_argument("user", help="user id, email, IdP subject or name")
+    d.add_argument("--reason", required=True)
+    d.set_defaults(func=disable)
+    e = usub.add_parser("enable", help="let a disabled user sign in again (no grant comes back)")
+    e.add_argument("user", help="user id, email, IdP subject or name")
+    e.add_argument("--reason", required=True)
+    e.set_defaults(func=enable)
 
 
 def listing(args: argparse.Namespace) -> int:
@@ -35,9 +47,10 @@ def listing(args: argparse.Namespace) -> int:
         return 0
     for u in users:
         roles = ",".join(u["roles"]) or "-"
+        state = "  DISABLED" if u["disabled"] else ""
         print(
             f"{u['id']}  {u['email'] or u['sub']:<36} {roles:<16} tokens {u['tokens']}  "
-            f"certificates {u['certificates']}  sessions {u['sessions']}"
+            f"certificates {u['certificates']}  sessions {u['sessions']}{state}"
         )
     return 0
 
@@ -61,4 +74,24 @@ def revoke(args: argparse.Namespace) -> int:
         f"certificate(s) of {user['email'] or user['sub']}; ended {done['sessions']} browser "
         "session(s)."
     )
+    return 0
+
+
+def disable(args: argparse.Namespace) -> int:
+    user = _resolve(args.user)
+    out = call("POST", f"/api/users/{user['id']}/disable", body={"reason": args.reason})
+    done = out["revoked"]
+    print(
+        f"Disabled {user['email'] or user['sub']}: revoked {len(out['grants'])} grant(s), "
+        f"denied {len(out['requests'])} pending request(s), "
+        f"{len(done['cli_credentials'])} token(s) and {len(done['certificates'])} SSH "
+        f"certificate(s); ended {done['sessions']} browser session(s)."
+    )
+    return 0
+
+
+def enable(args: argparse.Namespace) -> int:
+    user = _resolve(args.user)
+    call("POST", f"/api/users/{user['id']}/enable", body={"reason": args.reason})
+    print(f"Enabled {user['email'] or user['sub']}: they may sign in again (no grant restored).")
     return 0

@@ -4,7 +4,9 @@
 Each sign-in attempt is a one-time *login flow* stored server-side under the hash of its
 ``state``: it holds the nonce, the PKCE verifier and the hash of a binding cookie given to
 the browser that started it. The callback consumes the flow atomically, so a replayed,
-unknown, expired or foreign ``state`` is refused. Every outcome is audited.
+unknown, expired or foreign ``state`` is refused. A user an admin disabled
+(:mod:`sessions.users`) is refused after the IdP's answer (403, no session, code
+``user_disabled``). Every outcome is audited.
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def _signed_in(svc: Services, return_to: str, cookie: str) -> Response:
 
 
 async def callback(request: Request) -> Response:
-    """``/auth/callback``: check the flow, redeem the code, upsert the user, start a session."""
+    """``/auth/callback``: check the flow, redeem the code, upsert the user, start a session
+    (none for a disabled user: audited and refused with 403)."""
     svc = services(request)
     flow, code = await _checked_flow(request, svc)
     tokens, claims = await _signed_claims(request, svc, flow, code)
@@ -199,16 +202,32 @@ async def callback(request: Request) -> Response:
     roles = map_roles(identity.groups, svc.settings.roles.as_mapping())
     auth = auth_context(identity.amr, identity.acr, claims)
 
-    def _sign_in() -> tuple[str, str]:
+    def _sign_in() -> tuple[str, str | None]:
         with session_scope(svc.engine, write=True) as db:
             user = upsert_user(db, identity, roles, svc.clock)
-            user_id = user.id
+            user_id, disabled = user.id, user.disabled
+        if disabled:  # offboarded by an admin (sessions.users): no session at all
+            return user_id, None
         # Tokens and certificates issued under a role the IdP no longer grants die now.
         svc.credentials.revoke_lost_roles(user_id, roles)
         value, _ = svc.web_sessions.create(user_id, tokens.id_token, auth)
         return user_id, value
 
     user_id, cookie = await run_in_threadpool(_sign_in)
+    if cookie is None:
+        await svc.record(
+            request,
+            "auth.login",
+            actor=user_id,
+            outcome="rejected",
+            subject=identity.sub,
+            details={"code": "user_disabled", "error": "the account is disabled"},
+        )
+        raise AuthError(
+            "your account is disabled; ask an administrator of this broker",
+            code="user_disabled",
+            status=403,
+        )
     await svc.record(
         request,
         "auth.login",

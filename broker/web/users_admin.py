@@ -28,8 +28,10 @@ from broker.services import Services, services
 from sessions.authorizer import iso
 from sessions.credentials import Revoked
 from sessions.db import session_scope
+from sessions.errors import NotFoundError, SessionsError
 from sessions.identity import ADMIN
 from sessions.models import ApiToken, SshCertificate, User, WebSession
+from sessions.users import StatusChange, UserStatus
 
 PAGE = "/admin/users"
 
@@ -118,9 +120,97 @@ async def revoke_form(request: Request) -> Response:
     return RedirectResponse(f"{PAGE}?{urlencode({'done': message})}", status_code=303)
 
 
+async def _set_status(
+    request: Request, principal: Principal, user_id: str, reason: str, disable: bool
+) -> StatusChange:
+    """Disable or enable ``user_id``; audited either way, a refusal raised (nothing changed)."""
+    svc = services(request)
+    status = UserStatus(svc.engine, svc.credentials, svc.access)
+    kind = "user.disabled" if disable else "user.enabled"
+    subject = f"user:{user_id}"
+
+    def _run() -> StatusChange:
+        if disable:
+            return status.disable(user_id, by=principal.user_id, reason=reason)
+        return status.enable(user_id, by=principal.user_id, reason=reason)
+
+    try:
+        done = await run_in_threadpool(_run)
+    except SessionsError as exc:
+        await svc.record(
+            request, kind, actor=principal.user_id, outcome="rejected", subject=subject,
+            details={"code": exc.code, "error": exc.message, "reason": reason.strip()[:200]},
+        )  # fmt: skip
+        http = 404 if isinstance(exc, NotFoundError) else 400
+        raise BrokerError(exc.message, code=exc.code, status=http) from exc
+    revoked = done.revoked
+    await svc.record(
+        request,
+        kind,
+        actor=principal.user_id,
+        outcome="ok",
+        subject=subject,
+        details={
+            "reason": reason.strip()[:200],
+            "changed": done.changed,
+            "grants_revoked": list(done.grants),
+            "requests_denied": list(done.requests),
+            "cli_credentials": len(revoked.tokens),
+            "certificates": len(revoked.certificates),
+            "sessions": revoked.sessions,
+        },
+    )
+    return done
+
+
+async def disable_api(request: Request) -> Response:
+    return await _status_api(request, disable=True)
+
+
+async def enable_api(request: Request) -> Response:
+    return await _status_api(request, disable=False)
+
+
+async def _status_api(request: Request, *, disable: bool) -> Response:
+    principal = await require(request, ADMIN)
+    body = await json_object(request)
+    reason = str(body.get("reason", ""))
+    done = await _set_status(request, principal, request.path_params["id"], reason, disable)
+    return JSONResponse(done.as_dict())
+
+
+async def disable_form(request: Request) -> Response:
+    return await _status_form(request, disable=True)
+
+
+async def enable_form(request: Request) -> Response:
+    return await _status_form(request, disable=False)
+
+
+async def _status_form(request: Request, *, disable: bool) -> Response:
+    principal = await require(request, ADMIN)
+    form = await check_csrf(request, principal)
+    reason = str(form.get("reason", ""))
+    done = await _set_status(request, principal, request.path_params["id"], reason, disable)
+    if disable:
+        message = (
+            f"disabled; revoked {len(done.grants)} grant(s), denied {len(done.requests)} "
+            f"pending request(s), {len(done.revoked.tokens)} "
+            f"token(s), {len(done.revoked.certificates)} SSH certificate(s), ended "
+            f"{done.revoked.sessions} browser session(s)"
+        )
+    else:
+        message = "enabled; the user may sign in again (no grant was restored)"
+    return RedirectResponse(f"{PAGE}?{urlencode({'done': message})}", status_code=303)
+
+
 routes = [
     Route("/api/users", list_api, methods=["GET"]),
     Route("/api/users/{id}/revoke", revoke_api, methods=["POST"]),
     Route(PAGE, users_page, methods=["GET"]),
     Route(f"{PAGE}/{{id}}/revoke", revoke_form, methods=["POST"]),
+    Route("/api/users/{id}/disable", disable_api, methods=["POST"]),
+    Route("/api/users/{id}/enable", enable_api, methods=["POST"]),
+    Route(f"{PAGE}/{{id}}/disable", disable_form, methods=["POST"]),
+    Route(f"{PAGE}/{{id}}/enable", enable_form, methods=["POST"]),
 ]
