@@ -30,6 +30,7 @@ from tests.harness.idp import RunningIdP, start_dev_idp
 from tests.harness.plc import PlcServer
 from tests.harness.ports import free_port
 from tests.harness.postgres import RunningPostgres, start_postgres
+from tests.harness.ssh_session import SshRig
 
 CLIENT_ID = "conduit"
 
@@ -206,3 +207,14 @@ def plc() -> Iterator[PlcServer]:
     server = PlcServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
+    """A broker with the real sshd, agent and front door (:class:`SshRig`), vendor alice
+    signed in. Modules that need another shape (a PLC endpoint, another vendor) define their
+    own ``rig``."""
+    rig = SshRig.build(broker, tmp_path)
+    rig.vendor("alice")
+    yield rig
+    rig.close()

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 
 from broker.runtime.settings import default_bundle_dir
 from sessions.authorizer import iso
@@ -27,14 +26,6 @@ pytestmark = needs("sshd")
 
 ORG = "acme-automation"  # alice's organisation; its seeded contract covers the whole site
 CONTRACT = "SVC-2026-001"
-
-
-@pytest.fixture
-def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
-    rig = SshRig.build(broker, tmp_path)
-    rig.vendor("alice")
-    yield rig
-    rig.close()
 
 
 def _start(rig: SshRig) -> subprocess.Popen[str]:

@@ -9,12 +9,10 @@ against it: from the database, or offline from an ``audit export`` file.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx2
-import pytest
 from sqlmodel import select
 
 from sessions.audit import AuditLog
@@ -38,7 +36,7 @@ from sessions.recording_end import (
     subject,
 )
 from sessions.testing import ManualClock
-from tests.harness.broker import RunningBroker, audit_events, form_values, web_login
+from tests.harness.broker import audit_events, form_values, web_login
 from tests.harness.cli import run_conduit
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
@@ -136,14 +134,6 @@ def test_conduit_verify_consults_the_audit_log(tmp_path: Path) -> None:
     export.write_text(json.dumps(record) + "\n")
     bad = run_conduit("verify", recording, "--public-key", str(pub), "--audit-log", str(export))
     assert bad.returncode == 2 and "is not intact" in bad.stderr
-
-
-@pytest.fixture
-def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
-    rig = SshRig.build(broker, tmp_path)
-    rig.vendor("alice")
-    yield rig
-    rig.close()
 
 
 @needs("sshd")

@@ -7,7 +7,7 @@ import contextlib
 import html
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,6 @@ from tests.harness.wait import TIMEOUT_S, wait_until
 from tests.test_recording_asciinema import asciinema_cat
 
 pytestmark = needs("sshd")
-
-
-@pytest.fixture
-def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
-    rig = SshRig.build(broker, tmp_path)
-    rig.vendor("alice")
-    yield rig
-    rig.close()
 
 
 def test_exec_with_exit_code_through_agent(rig: SshRig) -> None:

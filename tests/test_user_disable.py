@@ -8,13 +8,11 @@ enabling lets them sign in again without any grant back.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 from sqlmodel import col, select
 
 from broker.dev.demo import seed
@@ -33,14 +31,6 @@ from tests.harness.ssh_session import SshRig
 from tests.harness.wait import TIMEOUT_S, wait_until
 
 REASON = "contract with ACME ended"
-
-
-@pytest.fixture
-def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[SshRig]:
-    rig = SshRig.build(broker, tmp_path)
-    rig.vendor("alice")
-    yield rig
-    rig.close()
 
 
 def _user_id(broker: RunningBroker, name: str) -> str:
