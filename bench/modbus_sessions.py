@@ -112,9 +112,9 @@ def serve(workdir: Path, plc_port: int) -> None:
     with conduit_rig(workdir, endpoints) as (settings, _broker, rig):
         rig.add_asset(ASSET, plc_port, "modbus", settings=PLC_SETTINGS)
         rig.vendor("alice")
-        rig.grant("alice", minutes=24 * 60, asset=ASSET, operation_class="tune")
+        rig.grant("alice", minutes=3 * 60, asset=ASSET, operation_class="tune")  # tune: 4 h at most
         rig.add_asset(RAW_ASSET, plc_port, "tcp", host="localhost")
-        rig.grant("alice", minutes=24 * 60, asset=RAW_ASSET, operation_class="tune")
+        rig.grant("alice", minutes=3 * 60, asset=RAW_ASSET, operation_class="tune")
         forwards = {}
         for asset in (ASSET, RAW_ASSET):
             local = free_port()
@@ -297,6 +297,9 @@ def wait_manifests(dirs: list[Path], timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
+MODBUS_PCAP_PORT = 502
+
+
 def pcap_payloads(pcap: bytes, server_port: int) -> list[tuple[bool, bytes]]:
     """(from_client, TCP payload) of every data packet in a classic little-endian pcap."""
     (magic,) = struct.unpack_from("<I", pcap)
@@ -392,7 +395,9 @@ def check_recordings(
     arrivals = [datetime.fromisoformat(o["time"].replace("Z", "+00:00")) for o in ops]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(arrivals)]
     pcap = assemble(pcap_dir)
-    payloads = pcap_payloads(pcap, plc_port)
+    # Pcaps carry the protocol's well-known server port (stock tshark decodes them), not the
+    # PLC's real one (that is in the recording's signed metadata).
+    payloads = pcap_payloads(pcap, MODBUS_PCAP_PORT)
     return {
         "verified": verify_recording(pcap_dir, key).ok and verify_recording(ops_dir, key).ok,
         "ops_lines": len(ops),
