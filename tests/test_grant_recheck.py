@@ -21,33 +21,13 @@ from tests.harness.opa_server import start_opa_server
 from tests.harness.ports import free_port
 from tests.harness.ssh_session import SshRig
 from tests.harness.wait import TIMEOUT_S, wait_until
+from tests.test_ssh_sessions import _asset_connections, _start
 
 pytestmark = needs("sshd")
 
 ORG = "acme-automation"  # alice's organisation; its seeded contract covers the whole site
 CONTRACT = "SVC-2026-001"
-
-
-def _start(rig: SshRig) -> subprocess.Popen[str]:
-    """Alice's stock ssh running a long command on the asset (it printed ``ready``)."""
-    proc = subprocess.Popen(
-        [*rig.ssh_argv(), "echo ready; sleep 600"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def _asset_connections(rig: SshRig) -> int:
-    """Established connections to the asset's sshd, seen from the asset's side."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{rig.sshd.port} )"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return len(out.stdout.splitlines())
+LONG = "echo ready; sleep 600"  # outlives any re-check the test waits for
 
 
 def _plant(rig: SshRig, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -107,7 +87,7 @@ def _vendor_sees(proc: subprocess.Popen[str]) -> list[str]:
 
 def test_ending_the_contract_ends_the_live_session_and_revokes_the_grant(rig: SshRig) -> None:
     grant_id = rig.grant()
-    proc = _start(rig)
+    proc = _start(rig, LONG)
     assert _asset_connections(rig) == 1
 
     _end_contract(rig)
@@ -137,7 +117,7 @@ def test_ending_the_contract_ends_the_live_session_and_revokes_the_grant(rig: Ss
 
 def test_archiving_the_asset_ends_the_live_session(rig: SshRig) -> None:
     grant_id = rig.grant()
-    proc = _start(rig)
+    proc = _start(rig, LONG)
     _plant(rig, "POST", "assets/lab-ssh/archive")
     [line] = _vendor_sees(proc)
     assert (
@@ -151,7 +131,7 @@ def test_archiving_the_asset_ends_the_live_session(rig: SshRig) -> None:
 def test_a_login_no_longer_declared_ends_the_live_session(rig: SshRig) -> None:
     """The admin changes the SSH endpoint's logins: the grant's login is no longer one of them."""
     grant_id = rig.grant()
-    proc = _start(rig)
+    proc = _start(rig, LONG)
     rig.declare("lab-ssh", {"logins": ["someone-else"]})
     [line] = _vendor_sees(proc)
     assert line.startswith("conduit: session ended: grant revoked: eligibility lost: ")
@@ -161,7 +141,7 @@ def test_a_login_no_longer_declared_ends_the_live_session(rig: SshRig) -> None:
 
 def test_a_change_to_another_contract_leaves_the_session_running(rig: SshRig) -> None:
     grant_id = rig.grant()
-    proc = _start(rig)
+    proc = _start(rig, LONG)
     contract = {
         "reference": "HIST-1",
         "asset": "hist-01",
@@ -205,7 +185,7 @@ def test_an_engine_failure_during_the_recheck_revokes_nothing(
         try:
             rig.vendor("alice")
             grant_id = rig.grant()
-            proc = _start(rig)
+            proc = _start(rig, LONG)
             opa.kill()
 
             _end_contract(rig)
@@ -252,7 +232,7 @@ def test_a_bundle_that_denies_ends_the_session_once_it_is_active(
     try:
         rig.vendor("alice")
         grant_id = rig.grant()
-        proc = _start(rig)
+        proc = _start(rig, LONG)
         before = broker.services.policy_version()
         access = bundle / "conduit" / "access" / "access.rego"
         text = access.read_text()

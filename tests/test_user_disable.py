@@ -29,6 +29,7 @@ from tests.harness.cli import cli_env, run_conduit
 from tests.harness.components import needs
 from tests.harness.ssh_session import SshRig
 from tests.harness.wait import TIMEOUT_S, wait_until
+from tests.test_ssh_sessions import _asset_connections
 
 REASON = "contract with ACME ended"
 
@@ -45,15 +46,6 @@ def _post(broker: RunningBroker, path: str, token: str, body: dict[str, Any]) ->
         headers={"Authorization": f"Bearer {token}"},
         timeout=TIMEOUT_S,
     )
-
-
-def _asset_connections(rig: SshRig) -> int:
-    """Established connections to the asset's sshd, seen from the asset's side."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{rig.sshd.port} )"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return len(out.stdout.splitlines())
 
 
 def _sign_in(broker: RunningBroker, name: str) -> tuple[httpx2.Client, httpx2.Response]:
